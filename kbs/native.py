@@ -1,0 +1,195 @@
+"""The one module that touches the compiled core (`kbs._native`).
+
+It turns status codes into typed exceptions and C structs into frozen dataclasses;
+nothing else in the package imports the extension.  Every call below runs in C with
+the GIL released (cffi API mode), so verification scales with threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kbs import _native
+from kbs.errors import KbsError, MalformedEvidence, SignatureInvalid
+
+ffi = _native.ffi
+lib = _native.lib
+
+SNP_REPORT_SIZE: int = lib.KBS_SNP_REPORT_SIZE
+SNP_SIGNED_SIZE: int = lib.KBS_SNP_SIGNED_SIZE
+P384_POINT_SIZE: int = lib.KBS_P384_POINT_SIZE
+_MAX_CERTTABLE_ENTRIES = 64
+
+# status code -> (exception class, check label, operator-facing message)
+_STATUS: dict[int, tuple[type[KbsError], str, str]] = {
+    lib.KBS_ERR_NULL_ARGUMENT: (KbsError, "internal", "native core called without a buffer"),
+    lib.KBS_ERR_INTERNAL: (KbsError, "internal", "native core failed internally"),
+    lib.KBS_ERR_SNP_LENGTH: (MalformedEvidence, "report.length",
+                             f"SNP report must be exactly {SNP_REPORT_SIZE} bytes"),
+    lib.KBS_ERR_SNP_VERSION: (MalformedEvidence, "report.version",
+                              "SNP report version is not 2, 3, 4 or 5"),
+    lib.KBS_ERR_SNP_SIG_ALGO: (MalformedEvidence, "report.signature_algo",
+                               "SNP report signature algorithm is not 1 (ECDSA P-384 with SHA-384)"),
+    lib.KBS_ERR_SNP_POLICY_BIT17: (MalformedEvidence, "report.policy",
+                                   "SNP guest policy bit 17 (reserved, must be 1) is 0"),
+    lib.KBS_ERR_SNP_POLICY_RESERVED: (MalformedEvidence, "report.policy",
+                                      "SNP guest policy has reserved bits 63:26 set"),
+    lib.KBS_ERR_SNP_SIGNER_INFO_RESERVED: (MalformedEvidence, "report.signer_info",
+                                           "SNP signer info has reserved bits 31:5 set"),
+    lib.KBS_ERR_SNP_SIGNING_KEY_RESERVED: (MalformedEvidence, "report.signer_info",
+                                           "SNP signing key field is a reserved value (2-6)"),
+    lib.KBS_ERR_SNP_MBZ_04C: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x04C-0x04F are not zero"),
+    lib.KBS_ERR_SNP_MBZ_188: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes before CHIP_ID (0x188/0x18B-0x19F) are not zero"),
+    lib.KBS_ERR_SNP_MBZ_1EB: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved byte 0x1EB is not zero"),
+    lib.KBS_ERR_SNP_MBZ_1EF: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved byte 0x1EF is not zero"),
+    lib.KBS_ERR_SNP_MBZ_1F8: (MalformedEvidence, "report.reserved",
+                              "SNP report bytes 0x1F8-0x207 are reserved before version 5 but not zero"),
+    lib.KBS_ERR_SNP_MBZ_208: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x208-0x29F are not zero"),
+    lib.KBS_ERR_SNP_SIG_R_HIGH: (MalformedEvidence, "report.signature_format",
+                                 "SNP signature r has non-zero bytes above the 48-byte P-384 scalar"),
+    lib.KBS_ERR_SNP_SIG_S_HIGH: (MalformedEvidence, "report.signature_format",
+                                 "SNP signature s has non-zero bytes above the 48-byte P-384 scalar"),
+    lib.KBS_ERR_SNP_MBZ_330: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x330-0x49F after the signature are not zero"),
+    lib.KBS_ERR_SNP_UNSIGNED: (SignatureInvalid, "report.unsigned",
+                               "SNP report says it is not signed (signing key NONE)"),
+    lib.KBS_ERR_KEY_LENGTH: (SignatureInvalid, "key", "public key is not a 97-byte uncompressed P-384 point"),
+    lib.KBS_ERR_KEY_FORMAT: (SignatureInvalid, "key", "public key is not an uncompressed point (0x04)"),
+    lib.KBS_ERR_KEY_NOT_ON_CURVE: (SignatureInvalid, "key", "public key is not a point on P-384"),
+    lib.KBS_ERR_SIG_RANGE: (SignatureInvalid, "report.signature",
+                            "signature r or s is zero or not below the group order"),
+    lib.KBS_ERR_SIG_INVALID: (SignatureInvalid, "report.signature", "signature does not verify with the key"),
+    lib.KBS_ERR_CERTTABLE_UNTERMINATED: (MalformedEvidence, "certtable.format",
+                                         "certificate table has no all-zero terminating entry"),
+    lib.KBS_ERR_CERTTABLE_OFFSET: (MalformedEvidence, "certtable.format",
+                                   "certificate table entry points into the table header"),
+    lib.KBS_ERR_CERTTABLE_BOUNDS: (MalformedEvidence, "certtable.format",
+                                   "certificate table entry extends past the end of the buffer"),
+    lib.KBS_ERR_CERTTABLE_TOO_MANY: (MalformedEvidence, "certtable.format",
+                                     f"certificate table has more than {_MAX_CERTTABLE_ENTRIES} entries"),
+}
+
+
+class NativeStatusError(KbsError):
+    """A status the Python side does not know: a bug, never a verdict on evidence."""
+
+
+def _raise_for(status: int, context: str = "") -> None:
+    if status == lib.KBS_OK:
+        return
+    cls, check, message = _STATUS.get(
+        status, (NativeStatusError, "internal", f"native core returned unknown status {status}"))
+    raise cls(f"{context}{message}", check=check)
+
+
+def status_name(status: int) -> str:
+    """The C enum name of a status code (for tests and diagnostics)."""
+    for name in dir(lib):
+        if name.startswith("KBS_") and getattr(lib, name) == status and not name.endswith("_SIZE"):
+            return name
+    return str(status)
+
+
+@dataclass(frozen=True, slots=True)
+class RawSnpReport:
+    """Every field of an SNP report exactly as the C core decoded it (integers, bytes)."""
+
+    version: int
+    guest_svn: int
+    policy: int
+    family_id: bytes
+    image_id: bytes
+    vmpl: int
+    signature_algo: int
+    current_tcb: int
+    platform_info: int
+    signer_info: int
+    report_data: bytes
+    measurement: bytes
+    host_data: bytes
+    id_key_digest: bytes
+    author_key_digest: bytes
+    report_id: bytes
+    report_id_ma: bytes
+    reported_tcb: int
+    cpuid_fam_id: int
+    cpuid_mod_id: int
+    cpuid_step: int
+    chip_id: bytes
+    committed_tcb: int
+    current_build: int
+    current_minor: int
+    current_major: int
+    committed_build: int
+    committed_minor: int
+    committed_major: int
+    launch_tcb: int
+    launch_mit_vector: int
+    current_mit_vector: int
+    signature_r: bytes
+    signature_s: bytes
+
+
+_RAW_FIELDS = RawSnpReport.__dataclass_fields__
+
+
+def _from_struct(c_report: object) -> RawSnpReport:
+    values = {}
+    for name in _RAW_FIELDS:
+        value = getattr(c_report, name)
+        values[name] = value if isinstance(value, int) else bytes(ffi.buffer(value))
+    return RawSnpReport(**values)
+
+
+def snp_parse(report: bytes) -> RawSnpReport:
+    """Parse and format-check an SNP report; raises MalformedEvidence naming the field."""
+    out = ffi.new("struct kbs_snp_report *")
+    _raise_for(lib.kbs_snp_parse(report, len(report), out))
+    return _from_struct(out[0])
+
+
+def snp_verify(report: bytes, public_key: bytes) -> RawSnpReport:
+    """Parse, hash and verify the report's signature with an uncompressed P-384 point, in one C call."""
+    out = ffi.new("struct kbs_snp_report *")
+    _raise_for(lib.kbs_snp_verify(report, len(report), public_key, len(public_key), out))
+    return _from_struct(out[0])
+
+
+def snp_verify_status(report: bytes, public_key: bytes) -> int:
+    """The raw status of `snp_verify` without building Python objects (hot loops, benchmarks)."""
+    out = ffi.new("struct kbs_snp_report *")
+    return int(lib.kbs_snp_verify(report, len(report), public_key, len(public_key), out))
+
+
+def sha384(data: bytes) -> bytes:
+    digest = ffi.new("uint8_t[48]")
+    _raise_for(lib.kbs_sha384(data, len(data), digest))
+    return bytes(digest)
+
+
+def p384_verify_digest(public_key: bytes, digest: bytes, r: bytes, s: bytes) -> None:
+    """Verify an ECDSA P-384 signature (48-byte big-endian r, s) over a 48-byte digest, or raise."""
+    if len(digest) != 48 or len(r) != 48 or len(s) != 48:
+        raise SignatureInvalid("digest, r and s must be 48 bytes each", check="signature")
+    _raise_for(lib.kbs_p384_verify_digest(public_key, len(public_key), digest, r, s))
+
+
+@dataclass(frozen=True, slots=True)
+class CertTableEntry:
+    guid: bytes
+    offset: int
+    length: int
+
+
+def snp_certtable_parse(table: bytes) -> list[CertTableEntry]:
+    """Parse an extended-report certificate table into (GUID, offset, length) entries."""
+    entries = ffi.new("struct kbs_certtable_entry[]", _MAX_CERTTABLE_ENTRIES)
+    count = ffi.new("size_t *")
+    _raise_for(lib.kbs_snp_certtable_parse(table, len(table), entries, _MAX_CERTTABLE_ENTRIES, count))
+    return [CertTableEntry(bytes(ffi.buffer(e.guid)), int(e.offset), int(e.length))
+            for e in entries[0:count[0]]]

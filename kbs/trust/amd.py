@@ -1,0 +1,306 @@
+"""AMD's certificate chain for SEV-SNP: ARK -> ASK (or ASVK) -> VCEK (or VLEK).
+
+The ARK is trusted only by SHA-256 fingerprint (reference/snp.md §6), or by an
+operator-supplied trust root that replaces the pins (labs, tests).  Signature checks
+of a chain do not depend on time, so they are cached keyed by the exact DER bytes;
+validity windows and pins are checked on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509 as pyca_x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from pyasn1.codec.der import decoder
+from pyasn1.error import PyAsn1Error
+
+from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence
+from kbs.trust.x509 import (
+    OID_EC_PUBLIC_KEY,
+    OID_RSASSA_PSS,
+    OID_SECP384R1,
+    Certificate,
+    check_rsa_pss_sha384,
+    parse_certificate,
+)
+
+PRODUCTS = ("Milan", "Genoa", "Turin")
+
+# SHA-256 over the DER ARK certificates (reference/snp.md §6).
+PINNED_ARKS: dict[str, str] = {
+    "Milan": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    "Genoa": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    "Turin": "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+}
+
+_KDS_ARC = "1.3.6.1.4.1.3704.1."
+OID_STRUCT_VERSION = _KDS_ARC + "1"
+OID_PRODUCT_NAME = _KDS_ARC + "2"
+OID_BL_SPL = _KDS_ARC + "3.1"
+OID_TEE_SPL = _KDS_ARC + "3.2"
+OID_SNP_SPL = _KDS_ARC + "3.3"
+OID_UCODE_SPL = _KDS_ARC + "3.8"
+OID_FMC_SPL = _KDS_ARC + "3.9"
+OID_HWID = _KDS_ARC + "4"
+OID_CSP_ID = _KDS_ARC + "5"
+
+VCEK = "VCEK"
+VLEK = "VLEK"
+
+
+@dataclass(frozen=True)
+class VekExtensions:
+    """The AMD extensions of a VCEK or VLEK certificate."""
+
+    struct_version: int
+    product_name: str
+    bl: int
+    tee: int
+    snp: int
+    ucode: int
+    fmc: int | None
+    hwid: bytes | None
+    csp_id: str | None
+
+    @property
+    def family(self) -> str:
+        """'Milan-B0' -> 'Milan'; the stepping suffix is unreliable (KDS quirk)."""
+        return self.product_name.split("-", 1)[0]
+
+
+def _der_int(raw: bytes, what: str) -> int:
+    try:
+        value, rest = decoder.decode(raw)
+        number = int(value)
+    except (PyAsn1Error, TypeError, ValueError) as exc:
+        raise ChainInvalid(f"VEK extension {what} is not a DER INTEGER", check="vek.extensions") from exc
+    if rest or not 0 <= number <= 255:
+        raise ChainInvalid(f"VEK extension {what} is {number}, wanted 0..255", check="vek.extensions")
+    return number
+
+
+def _der_ia5(raw: bytes, what: str) -> str:
+    if raw[:1] != b"\x16":
+        raise ChainInvalid(f"VEK extension {what} is not an IA5String", check="vek.extensions")
+    try:
+        value, rest = decoder.decode(raw)
+    except PyAsn1Error as exc:
+        raise ChainInvalid(f"VEK extension {what} is malformed", check="vek.extensions") from exc
+    if rest:
+        raise ChainInvalid(f"VEK extension {what} has trailing bytes", check="vek.extensions")
+    return str(value)
+
+
+def _hwid(raw: bytes) -> bytes:
+    """hwID is raw bytes (64 on Milan/Genoa, 8 on Turin); a tagged OCTET STRING is accepted too."""
+    if len(raw) in (8, 64):
+        return raw
+    if raw[:1] == b"\x04" and len(raw) >= 2 and raw[1] == len(raw) - 2 and len(raw) - 2 in (8, 64):
+        return raw[2:]
+    raise ChainInvalid(f"VCEK hwID is {len(raw)} bytes, wanted 8 or 64", check="vek.extensions")
+
+
+def parse_vek_extensions(cert: Certificate) -> VekExtensions:
+    ext = cert.extensions
+    required = {OID_STRUCT_VERSION: "structVersion", OID_PRODUCT_NAME: "productName",
+                OID_BL_SPL: "blSPL", OID_TEE_SPL: "teeSPL", OID_SNP_SPL: "snpSPL",
+                OID_UCODE_SPL: "ucodeSPL"}
+    for oid, name in required.items():
+        if oid not in ext:
+            raise ChainInvalid(f"{cert.subject_cn} lacks the {name} extension ({oid})",
+                               check="vek.extensions")
+    struct_version = _der_int(ext[OID_STRUCT_VERSION], "structVersion")
+    fmc = _der_int(ext[OID_FMC_SPL], "fmcSPL") if OID_FMC_SPL in ext else None
+    return VekExtensions(
+        struct_version=struct_version,
+        product_name=_der_ia5(ext[OID_PRODUCT_NAME], "productName"),
+        bl=_der_int(ext[OID_BL_SPL], "blSPL"),
+        tee=_der_int(ext[OID_TEE_SPL], "teeSPL"),
+        snp=_der_int(ext[OID_SNP_SPL], "snpSPL"),
+        ucode=_der_int(ext[OID_UCODE_SPL], "ucodeSPL"),
+        fmc=fmc,
+        hwid=_hwid(ext[OID_HWID]) if OID_HWID in ext else None,
+        csp_id=_der_ia5(ext[OID_CSP_ID], "cspID") if OID_CSP_ID in ext else None,
+    )
+
+
+@dataclass(frozen=True)
+class AmdChain:
+    """A chain whose signatures, names and extensions have been checked."""
+
+    ark: Certificate
+    ask: Certificate
+    vek: Certificate
+    kind: str  # VCEK or VLEK
+    product: str  # Milan, Genoa or Turin
+    extensions: VekExtensions
+
+    @property
+    def vek_public_point(self) -> bytes:
+        """The VEK's uncompressed P-384 point (97 bytes), as the C core wants it."""
+        return self.vek.public_key_bits
+
+
+def _product_of_ark(ark: Certificate) -> str:
+    name = ark.subject_cn.removeprefix("ARK-")
+    if not ark.subject_cn.startswith("ARK-") or name not in PRODUCTS:
+        raise ChainInvalid(f"root CN is {ark.subject_cn!r}, wanted ARK-Milan, ARK-Genoa or ARK-Turin",
+                           check="chain.names")
+    return name
+
+
+def _vek_kind(vek: Certificate) -> str:
+    if vek.subject_cn == "SEV-VCEK":
+        return VCEK
+    if vek.subject_cn == "SEV-VLEK":
+        return VLEK
+    raise ChainInvalid(f"VEK CN is {vek.subject_cn!r}, wanted SEV-VCEK or SEV-VLEK", check="chain.names")
+
+
+@functools.lru_cache(maxsize=1024)
+def _verified_chain(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> AmdChain:
+    """Every time-independent check of a chain.  Cached by exact bytes: a VCEK signs every
+    report of its host, so a boot storm verifies each chain once."""
+    vek, ask, ark = (parse_certificate(d) for d in (vek_der, ask_der, ark_der))
+    product = _product_of_ark(ark)
+    kind = _vek_kind(vek)
+    wanted_ask = f"SEV-{product}" if kind == VCEK else f"SEV-VLEK-{product}"
+    if ask.subject_cn != wanted_ask:
+        raise ChainInvalid(f"{kind} intermediate CN is {ask.subject_cn!r}, wanted {wanted_ask!r}",
+                           check="chain.names")
+    if ark.issuer_der != ark.subject_der or ask.issuer_der != ark.subject_der \
+            or vek.issuer_der != ask.subject_der:
+        raise ChainInvalid(f"issuer names do not link {vek.subject_cn} <- {ask.subject_cn} <- "
+                           f"{ark.subject_cn}", check="chain.names")
+    if not ark.is_ca() or not ask.is_ca():
+        raise ChainInvalid(f"{ark.subject_cn} and {ask.subject_cn} must be CA certificates",
+                           check="chain.names")
+    check_rsa_pss_sha384(ark, ark)
+    check_rsa_pss_sha384(ask, ark)
+    check_rsa_pss_sha384(vek, ask)
+    if vek.spki_algorithm != OID_EC_PUBLIC_KEY or vek.spki_curve != OID_SECP384R1 \
+            or len(vek.public_key_bits) != 97 or vek.public_key_bits[0] != 4:
+        raise ChainInvalid(f"{kind} key is not an uncompressed ECDSA P-384 key", check="vek.key")
+    extensions = parse_vek_extensions(vek)
+    if extensions.family != product:
+        raise ChainInvalid(f"{kind} productName is {extensions.product_name!r}, chain is {product}",
+                           check="vek.product")
+    if kind == VCEK and (extensions.hwid is None or extensions.csp_id is not None):
+        raise ChainInvalid("VCEK must carry hwID and no cspID", check="vek.extensions")
+    if kind == VLEK and (extensions.csp_id is None or extensions.hwid is not None):
+        raise ChainInvalid("VLEK must carry cspID and no hwID", check="vek.extensions")
+    return AmdChain(ark=ark, ask=ask, vek=vek, kind=kind, product=product, extensions=extensions)
+
+
+def _check_validity(certs: Iterable[Certificate], at: datetime) -> None:
+    for cert in certs:
+        if at < cert.not_before:
+            raise ChainInvalid(f"{cert.subject_cn} is not valid before {cert.not_before.isoformat()}, "
+                               f"verification time is {at.isoformat()}", check="chain.validity")
+        if at > cert.not_after:
+            raise ChainInvalid(f"{cert.subject_cn} expired at {cert.not_after.isoformat()}, "
+                               f"verification time is {at.isoformat()}", check="chain.validity")
+
+
+def _check_anchor(ark: Certificate, product: str, trust_roots: Sequence[Certificate] | None) -> None:
+    if trust_roots is not None:
+        if ark.fingerprint not in {root.fingerprint for root in trust_roots}:
+            raise ChainInvalid(f"ARK fingerprint {ark.fingerprint[:8]}…{ark.fingerprint[-4:]} is not a "
+                               "configured trust root", check="chain.root")
+        return
+    if PINNED_ARKS.get(product) != ark.fingerprint:
+        raise ChainInvalid(f"ARK fingerprint {ark.fingerprint[:8]}…{ark.fingerprint[-4:]} is not the "
+                           f"pinned AMD root for {product}", check="chain.root")
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    """Untrusted certificates offered for a report, sorted by role."""
+
+    veks: tuple[Certificate, ...]
+    intermediates: tuple[Certificate, ...]
+    roots: tuple[Certificate, ...]
+
+    @classmethod
+    def of(cls, certs: Iterable[Certificate]) -> CertBundle:
+        veks, intermediates, roots = [], [], []
+        for cert in certs:
+            if cert.subject_cn in ("SEV-VCEK", "SEV-VLEK"):
+                veks.append(cert)
+            elif cert.subject_cn.startswith("ARK-"):
+                roots.append(cert)
+            elif cert.subject_cn.startswith("SEV-"):
+                intermediates.append(cert)
+            else:
+                raise ChainInvalid(f"certificate {cert.subject_cn!r} is not an AMD SEV certificate",
+                                   check="chain.names")
+        return cls(tuple(_unique(veks)), tuple(_unique(intermediates)), tuple(_unique(roots)))
+
+    def vek(self, kind: str) -> Certificate:
+        wanted = f"SEV-{kind}"
+        found = [c for c in self.veks if c.subject_cn == wanted]
+        if not found:
+            raise CollateralUnavailable(f"no {kind} certificate was supplied", check="collateral.vek")
+        if len(found) > 1:
+            raise ChainInvalid(f"{len(found)} different {kind} certificates were supplied; give one",
+                               check="chain.ambiguous")
+        return found[0]
+
+
+def _unique(certs: list[Certificate]) -> list[Certificate]:
+    return list({c.fingerprint: c for c in certs}.values())
+
+
+def verify_chain(vek: Certificate, bundle: CertBundle, at: datetime,
+                 trust_roots: Sequence[Certificate] | None = None) -> AmdChain:
+    """Build and check ARK -> ASK/ASVK -> VEK from untrusted certificates plus the trust anchors."""
+    ask = next((c for c in bundle.intermediates if c.subject_cn == vek.issuer_cn), None)
+    if ask is None:
+        raise CollateralUnavailable(f"the intermediate {vek.issuer_cn!r} that issued the "
+                                    f"{vek.subject_cn} was not supplied", check="collateral.ask")
+    candidates = [*bundle.roots, *(trust_roots or ())]
+    ark = next((c for c in candidates if c.subject_cn == ask.issuer_cn), None)
+    if ark is None:
+        raise CollateralUnavailable(f"the root {ask.issuer_cn!r} was not supplied", check="collateral.ark")
+    chain = _verified_chain(vek.der, ask.der, ark.der)
+    _check_anchor(chain.ark, chain.product, trust_roots)
+    _check_validity((chain.ark, chain.ask, chain.vek), at)
+    return chain
+
+
+def check_crl(crl_der: bytes, chain: AmdChain, at: datetime) -> None:
+    """The ARK-signed CRL must be current at `at` and must not list the chain's ASK/ASVK."""
+    try:
+        crl = pyca_x509.load_der_x509_crl(crl_der)
+    except ValueError as exc:
+        raise MalformedEvidence("CRL does not parse as DER", check="crl.der") from exc
+    if crl.issuer.public_bytes() != chain.ark.subject_der:
+        raise ChainInvalid(f"CRL issuer is not {chain.ark.subject_cn}", check="crl.issuer")
+    params = crl.signature_algorithm_parameters
+    if crl.signature_algorithm_oid.dotted_string != OID_RSASSA_PSS or not isinstance(params, padding.PSS):
+        raise ChainInvalid("CRL is not signed with RSASSA-PSS", check="crl.signature")
+    ark_key = load_der_public_key(chain.ark.spki_der)
+    if not isinstance(ark_key, rsa.RSAPublicKey):
+        raise ChainInvalid("ARK key is not RSA", check="crl.signature")
+    try:
+        ark_key.verify(crl.signature, crl.tbs_certlist_bytes,
+                       padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48), hashes.SHA384())
+    except InvalidSignature as exc:
+        raise ChainInvalid(f"CRL signature does not verify with {chain.ark.subject_cn}'s key",
+                           check="crl.signature") from exc
+    if at < crl.last_update_utc:
+        raise ChainInvalid(f"CRL is not valid before {crl.last_update_utc.isoformat()}",
+                           check="crl.validity")
+    if crl.next_update_utc is not None and at > crl.next_update_utc:
+        raise ChainInvalid(f"CRL expired at {crl.next_update_utc.isoformat()}; fetch a fresh one",
+                           check="crl.validity")
+    if crl.get_revoked_certificate_by_serial_number(chain.ask.serial) is not None:
+        raise ChainInvalid(f"{chain.ask.subject_cn} serial {chain.ask.serial:#x} is revoked by the "
+                           f"{chain.ark.subject_cn} CRL", check="crl.revoked")

@@ -1,0 +1,229 @@
+"""X.509 certificates parsed with pyasn1, and their signatures checked with `cryptography`.
+
+AMD's VCEK and VLEK certificates have serial number 0, which pyca/cryptography's loader
+only tolerates with a deprecation warning (and says it will refuse).  Parsing every
+vendor certificate here keeps verification independent of that leniency: the exact
+signed bytes (tbsCertificate as it appears on the wire, never re-encoded) are cut out of
+the DER, and fields are decoded with pyasn1's strict DER decoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+from pyasn1.codec.der import decoder
+from pyasn1.error import PyAsn1Error
+from pyasn1_modules import rfc4055, rfc5280
+
+from kbs.errors import ChainInvalid, MalformedEvidence
+
+OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
+OID_MGF1 = "1.2.840.113549.1.1.8"
+OID_SHA384 = "2.16.840.1.101.3.4.2.2"
+OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+OID_SECP384R1 = "1.3.132.0.34"
+OID_COMMON_NAME = "2.5.4.3"
+OID_BASIC_CONSTRAINTS = "2.5.29.19"
+
+_PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
+
+
+def _der_element(data: bytes, offset: int) -> tuple[int, int]:
+    """(start of contents, end of element) of the DER TLV at `offset`, bounds-checked."""
+    if offset + 2 > len(data):
+        raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
+    first_len = data[offset + 1]
+    header = 2
+    if first_len < 0x80:
+        length = first_len
+    else:
+        count = first_len & 0x7F
+        if count == 0 or count > 4 or offset + 2 + count > len(data):
+            raise MalformedEvidence("certificate DER has a bad length", check="certificate.der")
+        length = int.from_bytes(data[offset + 2:offset + 2 + count], "big")
+        header += count
+    end = offset + header + length
+    if end > len(data):
+        raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
+    return offset + header, end
+
+
+def _signed_part(der: bytes) -> bytes:
+    """The tbsCertificate bytes exactly as they were signed."""
+    contents, end = _der_element(der, 0)
+    if der[0] != 0x30 or end != len(der):
+        raise MalformedEvidence("certificate is not one DER SEQUENCE", check="certificate.der")
+    _, tbs_end = _der_element(der, contents)
+    return der[contents:tbs_end]
+
+
+def _cn(name: rfc5280.Name) -> str:
+    for rdn in name["rdnSequence"]:
+        for attr in rdn:
+            if str(attr["type"]) == OID_COMMON_NAME:
+                value, _ = decoder.decode(bytes(attr["value"]))
+                return str(value)
+    return ""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The fields of one certificate that verification needs, plus its exact bytes."""
+
+    der: bytes
+    tbs: bytes
+    version: int
+    serial: int
+    subject_cn: str
+    issuer_cn: str
+    subject_der: bytes
+    issuer_der: bytes
+    not_before: datetime
+    not_after: datetime
+    spki_der: bytes
+    spki_algorithm: str
+    spki_curve: str | None
+    public_key_bits: bytes
+    signature_algorithm: str
+    signature_parameters: bytes
+    tbs_signature_algorithm: str
+    tbs_signature_parameters: bytes
+    signature: bytes
+    extensions: dict[str, bytes] = field(repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the DER certificate, lowercase hex: the form roots are pinned by."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    def is_ca(self) -> bool:
+        raw = self.extensions.get(OID_BASIC_CONSTRAINTS)
+        if raw is None:
+            return False
+        bc, _ = decoder.decode(raw, asn1Spec=rfc5280.BasicConstraints())
+        return bool(bc["cA"])
+
+    def valid_at(self, when: datetime) -> bool:
+        return self.not_before <= when <= self.not_after
+
+
+def parse_certificate(der: bytes) -> Certificate:
+    """Parse a DER certificate; raise MalformedEvidence naming what is wrong."""
+    try:
+        tbs_bytes = _signed_part(der)
+        cert, rest = decoder.decode(der, asn1Spec=rfc5280.Certificate())
+    except PyAsn1Error as exc:
+        raise MalformedEvidence(f"certificate does not parse as DER X.509: {exc}",
+                                check="certificate.der") from exc
+    if rest:
+        raise MalformedEvidence("certificate has trailing bytes", check="certificate.der")
+    tbs = cert["tbsCertificate"]
+    spki = tbs["subjectPublicKeyInfo"]
+    spki_alg = str(spki["algorithm"]["algorithm"])
+    curve = None
+    if spki_alg == OID_EC_PUBLIC_KEY and spki["algorithm"]["parameters"].hasValue():
+        curve_oid, _ = decoder.decode(bytes(spki["algorithm"]["parameters"]))
+        curve = str(curve_oid)
+    extensions = {}
+    if tbs["extensions"].hasValue():
+        for ext in tbs["extensions"]:
+            oid = str(ext["extnID"])
+            if oid in extensions:
+                raise MalformedEvidence(f"certificate repeats extension {oid}", check="certificate.der")
+            extensions[oid] = bytes(ext["extnValue"])
+    sig_params = cert["signatureAlgorithm"]["parameters"]
+    return Certificate(
+        der=bytes(der),
+        tbs=tbs_bytes,
+        version=int(tbs["version"]) + 1,
+        serial=int(tbs["serialNumber"]),
+        subject_cn=_cn(tbs["subject"]),
+        issuer_cn=_cn(tbs["issuer"]),
+        subject_der=_encode(tbs["subject"]),
+        issuer_der=_encode(tbs["issuer"]),
+        not_before=tbs["validity"]["notBefore"].getComponent().asDateTime,
+        not_after=tbs["validity"]["notAfter"].getComponent().asDateTime,
+        spki_der=_encode(spki),
+        spki_algorithm=spki_alg,
+        spki_curve=curve,
+        public_key_bits=spki["subjectPublicKey"].asOctets(),
+        signature_algorithm=str(cert["signatureAlgorithm"]["algorithm"]),
+        signature_parameters=bytes(sig_params) if sig_params.hasValue() else b"",
+        tbs_signature_algorithm=str(tbs["signature"]["algorithm"]),
+        tbs_signature_parameters=(bytes(tbs["signature"]["parameters"])
+                                  if tbs["signature"]["parameters"].hasValue() else b""),
+        signature=cert["signature"].asOctets(),
+        extensions=extensions,
+    )
+
+
+def _encode(value: object) -> bytes:
+    from pyasn1.codec.der import encoder
+
+    return bytes(encoder.encode(value))
+
+
+def load_certificates(data: bytes) -> list[Certificate]:
+    """Every certificate in a file: one or more PEM blocks, or a single DER certificate."""
+    blocks = _PEM_RE.findall(data)
+    if blocks:
+        ders = []
+        for block in blocks:
+            try:
+                ders.append(base64.b64decode(b"".join(block.split()), validate=True))
+            except ValueError as exc:
+                raise MalformedEvidence("PEM certificate block is not valid base64",
+                                        check="certificate.pem") from exc
+        return [parse_certificate(d) for d in ders]
+    if data[:1] == b"\x30":
+        return [parse_certificate(data)]
+    raise MalformedEvidence("file holds neither PEM certificates nor a DER certificate",
+                            check="certificate.pem")
+
+
+def check_rsa_pss_sha384(cert: Certificate, signer: Certificate) -> None:
+    """Verify `cert` was signed by `signer` with RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48.
+
+    The algorithm and its parameters are checked first, from both the outer and the
+    signed copy of the algorithm identifier, so nothing weaker can be substituted.
+    """
+    if cert.signature_algorithm != OID_RSASSA_PSS or cert.tbs_signature_algorithm != OID_RSASSA_PSS:
+        raise ChainInvalid(f"{cert.subject_cn} is signed with {cert.signature_algorithm}, "
+                           "wanted RSASSA-PSS", check="chain.signature_algorithm")
+    if cert.signature_parameters != cert.tbs_signature_parameters:
+        raise ChainInvalid(f"{cert.subject_cn} signed and unsigned signature parameters differ",
+                           check="chain.signature_algorithm")
+    _check_pss_parameters(cert)
+    key = load_der_public_key(signer.spki_der)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ChainInvalid(f"{signer.subject_cn} does not hold an RSA key", check="chain.key_type")
+    try:
+        key.verify(cert.signature, cert.tbs,
+                   padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48), hashes.SHA384())
+    except InvalidSignature as exc:
+        raise ChainInvalid(f"{cert.subject_cn} signature does not verify with "
+                           f"{signer.subject_cn}'s key", check="chain.signature") from exc
+
+
+def _check_pss_parameters(cert: Certificate) -> None:
+    try:
+        params, _ = decoder.decode(cert.signature_parameters, asn1Spec=rfc4055.RSASSA_PSS_params())
+        mgf_hash, _ = decoder.decode(bytes(params["maskGenAlgorithm"]["parameters"]),
+                                     asn1Spec=rfc5280.AlgorithmIdentifier())
+    except PyAsn1Error as exc:
+        raise ChainInvalid(f"{cert.subject_cn} has malformed RSASSA-PSS parameters",
+                           check="chain.signature_algorithm") from exc
+    seen = (str(params["hashAlgorithm"]["algorithm"]), str(params["maskGenAlgorithm"]["algorithm"]),
+            str(mgf_hash["algorithm"]), int(params["saltLength"]), int(params["trailerField"]))
+    wanted = (OID_SHA384, OID_MGF1, OID_SHA384, 48, 1)
+    if seen != wanted:
+        raise ChainInvalid(f"{cert.subject_cn} RSASSA-PSS parameters are {seen}, wanted {wanted} "
+                           "(SHA-384, MGF1-SHA-384, salt 48)", check="chain.signature_algorithm")
