@@ -1,0 +1,79 @@
+"""Shared fixtures: the real vectors (read in place through KBS_VECTORS) and a synthetic AMD PKI."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.amd_synth import SyntheticAmd
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def vectors_dir() -> Path:
+    return Path(os.environ.get("KBS_VECTORS", REPO.parent / "shared" / "vectors")).resolve()
+
+
+def snp_vector_names() -> list[str]:
+    root = vectors_dir() / "snp"
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.name for p in root.glob("*/report.bin"))
+
+
+@dataclass(frozen=True)
+class SnpVector:
+    name: str
+    path: Path
+    report: bytes
+    expected: dict[str, object]
+
+    @property
+    def vek_files(self) -> list[Path]:
+        return sorted([*self.path.glob("*.der"), *self.path.glob("*.pem")])
+
+    @property
+    def chain_file(self) -> Path:
+        return vectors_dir() / "snp" / str(self.expected["verify_chain_file"])
+
+
+def load_snp_vector(name: str) -> SnpVector:
+    path = vectors_dir() / "snp" / name
+    if not (path / "report.bin").is_file():
+        pytest.skip(f"SNP vector {name} not found under KBS_VECTORS={vectors_dir()}")
+    return SnpVector(name, path, (path / "report.bin").read_bytes(),
+                     json.loads((path / "expected.json").read_text()))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "snp_vector" in metafunc.fixturenames:
+        names = snp_vector_names()
+        if not names:
+            metafunc.parametrize("snp_vector", [pytest.param(None, marks=pytest.mark.skip(
+                reason=f"no SNP vectors under KBS_VECTORS={vectors_dir()}"))])
+        else:
+            metafunc.parametrize("snp_vector", [load_snp_vector(n) for n in names], ids=names)
+
+
+@pytest.fixture(scope="session")
+def synth_milan() -> SyntheticAmd:
+    return SyntheticAmd("Milan")
+
+
+@pytest.fixture(scope="session")
+def synth_turin() -> SyntheticAmd:
+    return SyntheticAmd("Turin")
+
+
+@pytest.fixture(scope="session")
+def synth_genoa() -> SyntheticAmd:
+    return SyntheticAmd("Genoa")
+
+
+@pytest.fixture(scope="session")
+def synth_milan_vlek() -> SyntheticAmd:
+    return SyntheticAmd("Milan", kind="VLEK")
