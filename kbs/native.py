@@ -8,12 +8,10 @@ the GIL released (cffi API mode), so verification scales with threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from kbs import _native
+from kbs._native import ffi, lib
 from kbs.errors import KbsError, MalformedEvidence, SignatureInvalid
-
-ffi = _native.ffi
-lib = _native.lib
 
 SNP_REPORT_SIZE: int = lib.KBS_SNP_REPORT_SIZE
 SNP_SIGNED_SIZE: int = lib.KBS_SNP_SIGNED_SIZE
@@ -139,7 +137,7 @@ _RAW_FIELDS = RawSnpReport.__dataclass_fields__
 
 
 def _from_struct(c_report: object) -> RawSnpReport:
-    values = {}
+    values: dict[str, Any] = {}
     for name in _RAW_FIELDS:
         value = getattr(c_report, name)
         values[name] = value if isinstance(value, int) else bytes(ffi.buffer(value))

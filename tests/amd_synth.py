@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
@@ -166,7 +166,7 @@ def tcb_value(parts: dict[str, int], turin: bool) -> int:
 
 
 def build_report(*, cpuid: tuple[int, int, int] | None = (0x19, 0x01, 1), **fields: object) -> bytearray:
-    """An unsigned report (signature zero).  Defaults: v3 Milan, policy 0x30000, VCEK, TCB bl2 snp5 ucode68."""
+    """An unsigned report (signature zero); defaults: v3 Milan, policy 0x30000, VCEK, bl2 snp5 ucode68."""
     tcb = tcb_value({"bl": 2, "tee": 0, "snp": 5, "ucode": 68}, False)
     values: dict[str, object] = {"version": 3, "policy": 0x30000, "signature_algo": 1,
                                  "current_tcb": tcb, "reported_tcb": tcb, "committed_tcb": tcb,

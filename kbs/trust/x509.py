@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
-from pyasn1.codec.der import decoder
+from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1_modules import rfc4055, rfc5280
 
@@ -118,11 +118,15 @@ class Certificate:
 def parse_certificate(der: bytes) -> Certificate:
     """Parse a DER certificate; raise MalformedEvidence naming what is wrong."""
     try:
-        tbs_bytes = _signed_part(der)
-        cert, rest = decoder.decode(der, asn1Spec=rfc5280.Certificate())
-    except PyAsn1Error as exc:
+        return _parse(bytes(der))
+    except (PyAsn1Error, ValueError, TypeError) as exc:
         raise MalformedEvidence(f"certificate does not parse as DER X.509: {exc}",
                                 check="certificate.der") from exc
+
+
+def _parse(der: bytes) -> Certificate:
+    tbs_bytes = _signed_part(der)
+    cert, rest = decoder.decode(der, asn1Spec=rfc5280.Certificate())
     if rest:
         raise MalformedEvidence("certificate has trailing bytes", check="certificate.der")
     tbs = cert["tbsCertificate"]
@@ -140,8 +144,9 @@ def parse_certificate(der: bytes) -> Certificate:
                 raise MalformedEvidence(f"certificate repeats extension {oid}", check="certificate.der")
             extensions[oid] = bytes(ext["extnValue"])
     sig_params = cert["signatureAlgorithm"]["parameters"]
+    tbs_params = tbs["signature"]["parameters"]
     return Certificate(
-        der=bytes(der),
+        der=der,
         tbs=tbs_bytes,
         version=int(tbs["version"]) + 1,
         serial=int(tbs["serialNumber"]),
@@ -158,16 +163,13 @@ def parse_certificate(der: bytes) -> Certificate:
         signature_algorithm=str(cert["signatureAlgorithm"]["algorithm"]),
         signature_parameters=bytes(sig_params) if sig_params.hasValue() else b"",
         tbs_signature_algorithm=str(tbs["signature"]["algorithm"]),
-        tbs_signature_parameters=(bytes(tbs["signature"]["parameters"])
-                                  if tbs["signature"]["parameters"].hasValue() else b""),
+        tbs_signature_parameters=bytes(tbs_params) if tbs_params.hasValue() else b"",
         signature=cert["signature"].asOctets(),
         extensions=extensions,
     )
 
 
 def _encode(value: object) -> bytes:
-    from pyasn1.codec.der import encoder
-
     return bytes(encoder.encode(value))
 
 

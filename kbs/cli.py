@@ -1,0 +1,122 @@
+"""`kbs` command line.  Exit codes: 0 verified, 1 rejected (one line on stderr naming the
+check that failed), 2 usage error (bad arguments, unreadable files)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kbs.errors import EvidenceError, KbsError
+from kbs.evidence.snp import verify_snp
+from kbs.evidence.snp_certtable import parse_cert_table
+from kbs.evidence.snp_report import parse_report
+from kbs.trust.collateral import gather_snp_collateral
+from kbs.trust.kds import KdsClient
+from kbs.trust.x509 import Certificate, load_certificates
+
+EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+DEFAULT_KDS = "https://kdsintf.amd.com"
+
+
+class Usage(Exception):
+    """A usage error: exit 2."""
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kbs" / "kds"
+
+
+def _rfc3339(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from exc
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
+    return when.astimezone(dt.UTC)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise Usage(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kbs", description="Key broker for confidential computing.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="verify evidence offline or against the vendor's service")
+    kinds = verify.add_subparsers(dest="kind", required=True)
+    snp = kinds.add_parser("snp", help="verify an AMD SEV-SNP attestation report (1184 bytes)")
+    snp.add_argument("report", help="the raw report file")
+    snp.add_argument("--certs", action="append", default=[], metavar="FILE",
+                     help="PEM or DER certificates (VCEK/VLEK, ASK/ASVK, ARK in any order); repeatable")
+    snp.add_argument("--cert-table", metavar="FILE", help="extended-report certificate table (GUID table)")
+    snp.add_argument("--trust-root", action="append", default=[], metavar="PEM",
+                     help="trust this ARK instead of the pinned AMD roots (labs, tests); repeatable")
+    snp.add_argument("--at", type=_rfc3339, metavar="RFC3339", help="verification time (default: now)")
+    snp.add_argument("--offline", action="store_true", help="never contact KDS; use only the cache")
+    snp.add_argument("--check-crl", action="store_true", help="fetch the KDS CRL and check the ASK/ASVK")
+    snp.add_argument("--crl", metavar="FILE", help="check the ASK/ASVK against this DER CRL")
+    snp.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_KDS), help="KDS base URL")
+    snp.add_argument("--cache-dir", type=Path, default=None, help="KDS cache (default ~/.cache/kbs/kds)")
+    snp.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
+    return parser
+
+
+async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
+    data = _read(args.report, "report")
+    offered: list[Certificate] = []
+    for path in args.certs:
+        offered += load_certificates(_read(path, "certificates"))
+    table_crl = None
+    if args.cert_table:
+        table = parse_cert_table(_read(args.cert_table, "certificate table"))
+        offered += table.certificates
+        table_crl = table.crl
+    roots = [c for path in args.trust_root for c in load_certificates(_read(path, "trust root"))] or None
+    # A CRL from --crl wins, then one from the certificate table, then KDS (with --check-crl).
+    crl = _read(args.crl, "CRL") if args.crl else (table_crl if args.check_crl else None)
+    at = args.at or dt.datetime.now(dt.UTC)
+
+    report = parse_report(data)
+    async with KdsClient(args.kds_url, cache_dir=args.cache_dir or _default_cache(),
+                         offline=args.offline) as kds:
+        collateral = await gather_snp_collateral(report, offered, kds, roots,
+                                                 want_crl=args.check_crl and crl is None)
+    crl = crl or collateral.crl
+    return verify_snp(data, collateral.certificates, at, roots, crl).claims()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    machine = getattr(args, "json", False)
+    try:
+        claims = asyncio.run(_verify_snp(args))
+    except Usage as exc:
+        print(f"kbs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KbsError as exc:
+        kind = "rejected" if isinstance(exc, EvidenceError) else "error"
+        print(f"kbs: {kind}: {exc.check}: {exc}", file=sys.stderr)
+        if machine:
+            print(json.dumps({"error": {"check": exc.check, "message": str(exc)}}))
+        return EXIT_REJECTED
+    print(json.dumps(claims, separators=(",", ":")) if machine else json.dumps(claims, indent=2))
+    if not machine:
+        print(f"kbs: verified: {claims['product']} SNP report v{claims['version']}, signed by the "
+              f"{claims['signing_key']}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
