@@ -1,0 +1,114 @@
+"""SNP report verification throughput: the C path against a plain pyca/cryptography one.
+
+Both verify the same real reports in the same run, in interleaved rounds (these machines
+are noisy), and the ratio is what to read.  Run: `make bench` or
+`.venv/bin/python bench/bench_snp.py [--seconds 1.0] [--rounds 5]`.
+
+- C path: one call parses the report, hashes bytes 0x000-0x29F with SHA-384 and
+  verifies the ECDSA P-384 signature (`kbs.native.snp_verify_status`).
+- pyca path: slice r and s from the report in Python, DER-encode them, load the key and
+  verify with `cryptography` (what a Python verifier would write without the core).
+- Full pipeline: `verify_snp` (parse, chain from cache, signature, TCB and chip-id checks,
+  claims) for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kbs import native  # noqa: E402
+from kbs.evidence.snp import verify_snp  # noqa: E402
+from kbs.trust.x509 import Certificate, load_certificates  # noqa: E402
+
+VECTORS = Path(os.environ.get("KBS_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
+
+
+def load() -> list[tuple[bytes, list[Certificate], dt.datetime]]:
+    cases = []
+    for report in sorted((VECTORS / "snp").glob("*/report.bin")):
+        d = report.parent
+        certs = [c for f in [*d.glob("*.der"), *d.glob("*.pem")] for c in load_certificates(f.read_bytes())]
+        kind = "vlek" if any(c.subject_cn == "SEV-VLEK" for c in certs) else "vcek"
+        product = next(c.issuer_cn for c in certs if c.subject_cn.startswith("SEV-V")).split("-")[-1]
+        chain = VECTORS / "snp" / "chains" / f"{product.lower()}_{kind}_cert_chain.pem"
+        vek = next(c for c in certs if c.subject_cn.startswith("SEV-V"))
+        # A day into the VEK's validity: inside every vector's window, the expired VLEK's too.
+        at = vek.not_before + dt.timedelta(days=1)
+        cases.append((report.read_bytes(), certs + load_certificates(chain.read_bytes()), at))
+    if not cases:
+        sys.exit(f"no SNP vectors under {VECTORS}; set KBS_VECTORS")
+    return cases
+
+
+def pyca_verify(report: bytes, key: ec.EllipticCurvePublicKey) -> None:
+    r = int.from_bytes(report[0x2A0:0x2E8], "little")
+    s = int.from_bytes(report[0x2E8:0x330], "little")
+    key.verify(encode_dss_signature(r, s), report[:0x2A0], ec.ECDSA(hashes.SHA384()))
+
+
+def rate(fn: Callable[[], None], seconds: float) -> float:
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        count += 1
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one trial")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    args = parser.parse_args()
+
+    cases = load()
+    points = [next(c.public_key_bits for c in certs if c.subject_cn.startswith("SEV-V")) for _, certs, _ in cases]
+    keys = [ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), p) for p in points]
+    reports = [r for r, _, _ in cases]
+    for (report, certs, at), point in zip(cases, points, strict=True):
+        assert native.snp_verify_status(report, point) == native.lib.KBS_OK
+        verify_snp(report, certs, at)  # also warms the chain cache
+
+    def c_path() -> None:
+        for report, point in zip(reports, points, strict=True):
+            if native.snp_verify_status(report, point) != native.lib.KBS_OK:
+                raise AssertionError("C path rejected a valid report")
+
+    def pyca_path() -> None:
+        for report, key in zip(reports, keys, strict=True):
+            pyca_verify(report, key)
+
+    def pipeline() -> None:
+        for report, certs, at in cases:
+            verify_snp(report, certs, at)
+
+    paths = {"C core (parse+SHA-384+ECDSA)": c_path, "pyca/cryptography": pyca_path,
+             "full verify_snp (chain cached)": pipeline}
+    results: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, fn in paths.items():
+            results[name].append(rate(fn, args.seconds) * len(reports))
+
+    print(f"SNP report verification, {len(reports)} real reports, {args.rounds} rounds x {args.seconds}s, "
+          "one thread")
+    base = statistics.median(results["pyca/cryptography"])
+    for name, values in results.items():
+        med = statistics.median(values)
+        print(f"  {name:34s} {med:9.0f} reports/s  (min {min(values):.0f}, max {max(values):.0f})  "
+              f"ratio vs pyca {med / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
