@@ -27,11 +27,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from kbs import native  # noqa: E402
-from kbs.evidence.snp import verify_snp  # noqa: E402
-from kbs.trust.x509 import Certificate, load_certificates  # noqa: E402
+from kbs import native
+from kbs.evidence.snp import verify_snp
+from kbs.trust.x509 import Certificate, load_certificates
 
 VECTORS = Path(os.environ.get("KBS_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))
 
@@ -68,13 +66,15 @@ def rate(fn: Callable[[], None], seconds: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one trial")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     args = parser.parse_args()
 
     cases = load()
-    points = [next(c.public_key_bits for c in certs if c.subject_cn.startswith("SEV-V")) for _, certs, _ in cases]
+    points = [next(c.public_key_bits for c in certs if c.subject_cn.startswith("SEV-V"))
+              for _, certs, _ in cases]
     keys = [ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), p) for p in points]
     reports = [r for r, _, _ in cases]
     for (report, certs, at), point in zip(cases, points, strict=True):
