@@ -48,6 +48,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_snp.py
+	$(PY) bench/bench_policy.py
 
 clean:
 	rm -rf build $(VENV) kbs/_native*.so kbs/_native.c *.egg-info

@@ -1,5 +1,8 @@
-"""`kbs` command line.  Exit codes: 0 verified, 1 rejected (one line on stderr naming the
-check that failed), 2 usage error (bad arguments, unreadable files)."""
+"""`kbs` command line.
+
+Exit codes: 0 verified / valid / allowed; 1 rejected / invalid / denied (one line on stderr
+naming the check that failed); 2 usage error (bad arguments, unreadable files).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,10 @@ from kbs.errors import EvidenceError, KbsError
 from kbs.evidence.snp import verify_snp
 from kbs.evidence.snp_certtable import parse_cert_table
 from kbs.evidence.snp_report import parse_report
+from kbs.policy.loader import claims_document, validate_policy
+from kbs.policy.measure import add_measure_parser, run_measure
+from kbs.policy.model import PolicyInvalid, ResourceRequest
+from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.trust.collateral import gather_snp_collateral
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates
@@ -70,7 +77,68 @@ def _parser() -> argparse.ArgumentParser:
     snp.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_KDS), help="KDS base URL")
     snp.add_argument("--cache-dir", type=Path, default=None, help="KDS cache (default ~/.cache/kbs/kds)")
     snp.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
+    snp.set_defaults(func=_run_verify_snp)
+    _add_policy_parser(commands)
+    add_measure_parser(commands)
+    commands.choices["measure"].set_defaults(func=run_measure)
     return parser
+
+
+def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    policy = commands.add_parser("policy", help="check and evaluate release policies offline, on files")
+    verbs = policy.add_subparsers(dest="verb", required=True)
+    check = verbs.add_parser("check", help="validate a policy (JSON or Rego, recognised from the file)")
+    check.add_argument("policy", help="policy file")
+    check.add_argument("--refs", metavar="FILE", help="reference values (JSON) the policy may name")
+    check.set_defaults(func=_run_policy_check)
+    ev = verbs.add_parser("eval", help="evaluate a policy on a claims document and explain the decision")
+    ev.add_argument("policy", help="policy file")
+    ev.add_argument("claims", help="claims JSON: an EAR document or 'kbs verify snp --json' output")
+    ev.add_argument("--refs", metavar="FILE", help="reference values (JSON)")
+    ev.add_argument("--resource", metavar="REPO/TYPE/TAG", default="default/key/0",
+                    help="resource path the policy sees (plugin 'resource')")
+    ev.add_argument("--at", type=_rfc3339, metavar="RFC3339", help="evaluation time (reference-set expiry)")
+    ev.add_argument("--json", action="store_true", help="decision and explanation as JSON")
+    ev.set_defaults(func=_run_policy_eval)
+
+
+def _load_refs(path: str | None) -> ReferenceValues:
+    return ReferenceValues.load(_read(path, "reference values")) if path else ReferenceValues()
+
+
+def _run_policy_check(args: argparse.Namespace) -> int:
+    text = _text(args.policy, "policy")
+    policy = validate_policy(text, _load_refs(args.refs))
+    names = ", ".join(sorted(policy.referenced_sets())) or "none"
+    print(f"kbs: policy {args.policy} is valid ({policy.dialect}; reference sets used: {names})")
+    return EXIT_OK
+
+
+def _run_policy_eval(args: argparse.Namespace) -> int:
+    refs = _load_refs(args.refs)
+    try:
+        policy = validate_policy(_text(args.policy, "policy"), refs)
+    except PolicyInvalid as exc:
+        raise Usage(f"invalid: {exc.check}: {exc}") from exc  # an unusable policy is an error here
+    try:
+        request = ResourceRequest.parse(args.resource)
+        claims = claims_document(json.loads(_text(args.claims, "claims")))
+    except (ValueError, TypeError) as exc:
+        raise Usage(str(exc)) from exc
+    decision = policy.evaluate(claims, refs, request, args.at or dt.datetime.now(dt.UTC))
+    if args.json:
+        print(json.dumps(decision.to_json(), indent=2))
+    else:
+        print(decision.explanation.render())
+    print(f"kbs: {'allow' if decision.allow else 'deny'}", file=sys.stderr)
+    return EXIT_OK if decision.allow else EXIT_REJECTED
+
+
+def _text(path: str, what: str) -> str:
+    try:
+        return _read(path, what).decode()
+    except UnicodeDecodeError as exc:
+        raise Usage(f"{what} {path} is not UTF-8 text") from exc
 
 
 async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,25 +165,33 @@ async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
     return verify_snp(data, collateral.certificates, at, roots, crl).claims()
 
 
+def _run_verify_snp(args: argparse.Namespace) -> int:
+    claims = asyncio.run(_verify_snp(args))
+    if args.json:
+        print(json.dumps(claims, separators=(",", ":")))
+    else:
+        print(json.dumps(claims, indent=2))
+        print(f"kbs: verified: {claims['product']} SNP report v{claims['version']}, signed by the "
+              f"{claims['signing_key']}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     machine = getattr(args, "json", False)
     try:
-        claims = asyncio.run(_verify_snp(args))
+        code: int = args.func(args)
+        return code
     except Usage as exc:
         print(f"kbs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KbsError as exc:
-        kind = "rejected" if isinstance(exc, EvidenceError) else "error"
+        kind = "rejected" if isinstance(exc, EvidenceError) else "invalid" if isinstance(
+            exc, PolicyInvalid | ReferenceValuesInvalid) else "error"
         print(f"kbs: {kind}: {exc.check}: {exc}", file=sys.stderr)
         if machine:
             print(json.dumps({"error": {"check": exc.check, "message": str(exc)}}))
-        return EXIT_REJECTED
-    print(json.dumps(claims, separators=(",", ":")) if machine else json.dumps(claims, indent=2))
-    if not machine:
-        print(f"kbs: verified: {claims['product']} SNP report v{claims['version']}, signed by the "
-              f"{claims['signing_key']}", file=sys.stderr)
-    return EXIT_OK
+        return EXIT_USAGE if isinstance(exc, ReferenceValuesInvalid) else EXIT_REJECTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Release policies: claims document, dialects (SKR-style JSON and Rego), reference values."""

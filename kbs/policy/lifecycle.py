@@ -1,0 +1,149 @@
+"""Policy envelopes and their history; reference-value sets managed beside them.
+
+Every upload is validated first (it parses, and every reference set it names exists), so a
+malformed policy is refused at upload with a line and a reason, never at release time.
+A policy can be made immutable once; after that nothing about it changes again.
+Storage sits behind a narrow protocol so the database backends (daemon issue) plug in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Protocol
+
+from kbs.errors import KbsError
+from kbs.policy.loader import dialect_of, parse_policy, validate_policy
+from kbs.policy.model import Policy
+from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+
+
+class PolicyConflict(KbsError):
+    """The change is not allowed in the policy's current state (immutable, unknown, in use)."""
+
+    check = "policy.conflict"
+
+
+def content_hash(text: str) -> str:
+    """BASE64URL(SHA-256(policy bytes)), as Azure attestation names policies."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    policy_id: str
+    version: int
+    dialect: str
+    text: str
+    content_hash: str
+    created_by: str
+    created_at: datetime
+    immutable: bool
+
+
+class PolicyStore(Protocol):
+    def versions(self, policy_id: str) -> list[PolicyVersion]: ...
+    def append(self, version: PolicyVersion) -> None:
+        """Add a version; raise PolicyConflict if that version number exists (a concurrent writer won)."""
+    def policy_ids(self) -> list[str]: ...
+    def reference_values(self) -> ReferenceValues: ...
+    def put_reference_set(self, ref: ReferenceSet) -> None: ...
+    def delete_reference_set(self, name: str) -> None: ...
+
+
+class MemoryPolicyStore:
+    def __init__(self, refs: ReferenceValues | None = None) -> None:
+        self._versions: dict[str, list[PolicyVersion]] = {}
+        self._refs = refs or ReferenceValues()
+
+    def versions(self, policy_id: str) -> list[PolicyVersion]:
+        return list(self._versions.get(policy_id, []))
+
+    def append(self, version: PolicyVersion) -> None:
+        existing = self._versions.setdefault(version.policy_id, [])
+        if len(existing) + 1 != version.version:
+            raise PolicyConflict(f"policy {version.policy_id!r} version {version.version} already exists")
+        existing.append(version)
+
+    def policy_ids(self) -> list[str]:
+        return sorted(self._versions)
+
+    def reference_values(self) -> ReferenceValues:
+        return self._refs
+
+    def put_reference_set(self, ref: ReferenceSet) -> None:
+        self._refs = self._refs.with_set(ref)
+
+    def delete_reference_set(self, name: str) -> None:
+        self._refs = self._refs.without(name)
+
+
+class PolicyRegistry:
+    """Policies (versioned, hash-addressed) and reference values, with the rules that bind them."""
+
+    def __init__(self, store: PolicyStore | None = None, refs: ReferenceValues | None = None) -> None:
+        self._store = store or MemoryPolicyStore(refs)
+        self._lock = threading.Lock()
+        self._parsed: dict[str, Policy] = {}  # content hash -> parsed policy
+
+    @property
+    def refs(self) -> ReferenceValues:
+        """Read from the store each time: another replica may have changed them."""
+        return self._store.reference_values()
+
+    def current(self, policy_id: str) -> PolicyVersion:
+        versions = self._store.versions(policy_id)
+        if not versions:
+            raise PolicyConflict(f"no policy {policy_id!r}")
+        return versions[-1]
+
+    def history(self, policy_id: str) -> list[PolicyVersion]:
+        return self._store.versions(policy_id)
+
+    def policy(self, policy_id: str) -> Policy:
+        """The parsed current version (parsed once per content hash)."""
+        version = self.current(policy_id)
+        if version.content_hash not in self._parsed:
+            self._parsed[version.content_hash] = parse_policy(version.text)
+        return self._parsed[version.content_hash]
+
+    def put(self, policy_id: str, text: str, *, created_by: str, at: datetime,
+            immutable: bool = False) -> PolicyVersion:
+        policy = validate_policy(text, self.refs)  # PolicyInvalid with line and reason
+        with self._lock:
+            versions = self._store.versions(policy_id)
+            if versions and versions[-1].immutable:
+                raise PolicyConflict(f"policy {policy_id!r} is immutable since version "
+                                     f"{versions[-1].version}; it cannot change")
+            version = PolicyVersion(policy_id=policy_id, version=len(versions) + 1, dialect=dialect_of(text),
+                                    text=text, content_hash=content_hash(text), created_by=created_by,
+                                    created_at=at, immutable=immutable)
+            self._store.append(version)
+            self._parsed[version.content_hash] = policy
+            return version
+
+    def make_immutable(self, policy_id: str, *, created_by: str, at: datetime) -> PolicyVersion:
+        """Set the one-way flag: a new version with the same text, and no change after it."""
+        with self._lock:
+            current = self.current(policy_id)
+            if current.immutable:
+                return current
+            version = replace(current, version=current.version + 1, created_by=created_by, created_at=at,
+                              immutable=True)
+            self._store.append(version)
+            return version
+
+    def put_reference_set(self, ref: ReferenceSet) -> None:
+        self._store.put_reference_set(ref)
+
+    def delete_reference_set(self, name: str) -> None:
+        """Refused while a current policy names the set: deleting it would break releases silently."""
+        with self._lock:
+            for policy_id in self._store.policy_ids():
+                if name in self.policy(policy_id).referenced_sets():
+                    raise PolicyConflict(f"reference set {name!r} is used by policy {policy_id!r}")
+            self._store.delete_reference_set(name)

@@ -1,0 +1,53 @@
+"""Recognise a policy's dialect, parse it, and check it against the known reference sets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kbs.policy.ear import ear_document, snp_submod
+from kbs.policy.json_policy import JsonPolicy
+from kbs.policy.model import Policy, PolicyInvalid
+from kbs.policy.refvalues import ReferenceValues
+
+
+def dialect_of(text: str) -> str:
+    """JSON starts with an object (or, wrongly, an array); Rego with a comment or `package`."""
+    return "json" if text.lstrip()[:1] in ("{", "[") else "rego"
+
+
+def parse_policy(text: str) -> Policy:
+    if dialect_of(text) == "json":
+        return JsonPolicy.parse(text)
+    from kbs.policy.rego import RegoPolicy  # loads the Rego engine only when a Rego policy is used
+
+    return RegoPolicy.parse(text)
+
+
+def validate_policy(text: str, refs: ReferenceValues) -> Policy:
+    """Parse and check every referenced reference-value set exists: refused at upload, never at release."""
+    policy = parse_policy(text)
+    for name in sorted(policy.referenced_sets()):
+        if name not in refs:
+            raise PolicyInvalid(f"references unknown reference-value set {name!r}; known: "
+                                f"{', '.join(sorted(refs.names())) or '(none)'}", line=_line_of(text, name))
+    return policy
+
+
+def _line_of(text: str, name: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", line):
+            return number
+    return None
+
+
+def claims_document(claims: Mapping[str, Any], at: datetime | None = None) -> dict[str, Any]:
+    """An EAR claims document as is, or `kbs verify snp --json` output wrapped into one."""
+    if "submods" in claims:
+        return dict(claims)
+    if "measurement" in claims and "reported_tcb_snp" in claims:
+        return ear_document([snp_submod(claims)], issued_at=at or datetime.now(UTC))
+    raise ValueError("claims are neither an EAR claims document (with 'submods') nor the output of "
+                     "'kbs verify snp --json'")
