@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     snp.set_defaults(func=_run_verify_snp)
     _add_policy_parser(commands)
     add_measure_parser(commands)
+    serve = commands.add_parser("serve", help="run the key broker daemon")
+    serve.add_argument("--config", type=Path, help="TOML configuration (default: dev mode on loopback)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
+    serve.add_argument("--state-dir", type=Path, help="override `state_dir`")
+    serve.set_defaults(func=_run_serve)
     commands.choices["measure"].set_defaults(func=run_measure)
     return parser
 
@@ -163,6 +168,22 @@ async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
                                                  want_crl=args.check_crl and crl is None)
     crl = crl or collateral.crl
     return verify_snp(data, collateral.certificates, at, roots, crl).claims()
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from kbs.server.app import serve
+    from kbs.server.config import load_config
+
+    config = load_config(args.config)
+    if args.listen:
+        config = replace(config, listen=args.listen)
+        config.host_port  # noqa: B018 - validate now: a usage error, not a crash at bind time
+    if args.state_dir:
+        config = replace(config, state_dir=args.state_dir)
+    serve(config)
+    return EXIT_OK
 
 
 def _run_verify_snp(args: argparse.Namespace) -> int:

@@ -1,0 +1,323 @@
+"""The admin API: Trustee's endpoints under /kbs/v0/ plus the broker's own under /kbs/v0/admin/.
+
+Every request carries `Authorization: Bearer <JWT>` signed with Ed25519 (EdDSA) by one of the
+configured admin keys; the key decides the role (`admin` may change things, `auditor` may only
+read).  Unsigned, expired, wrongly signed or wrong-role requests get 401/403 and change nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from kbs.errors import KbsError
+from kbs.policy.lifecycle import PolicyVersion
+from kbs.policy.model import PolicyInvalid, ResourceRequest
+from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.server.errors import ProtocolError
+from kbs.server.protocol import DEFAULT_POLICY, SEGMENT, STATE
+from kbs.server.state import AdminIdentity, BrokerState
+
+log = logging.getLogger("kbs.admin")
+routes = web.RouteTableDef()
+MAX_KEY_BYTES = 64 * 1024
+Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
+
+
+def authenticate(st: BrokerState, header: str, now: datetime) -> AdminIdentity:
+    if not header.startswith("Bearer "):
+        raise ProtocolError("AdminAuthAccess", "admin endpoints need Authorization: Bearer <EdDSA JWT>",
+                            reason="admin_auth")
+    token = header.removeprefix("Bearer ").strip()
+    for admin in st.admins:
+        try:
+            jwt.decode(token, admin.key, algorithms=["EdDSA"], options={"require": ["exp", "iat"]},
+                       leeway=0)
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.ExpiredSignatureError as exc:
+            raise ProtocolError("AdminAuthAccess", "admin token has expired", reason="admin_auth") from exc
+        except jwt.PyJWTError as exc:
+            raise ProtocolError("AdminAuthAccess", f"admin token is invalid: {exc}", reason="admin_auth") from exc
+        return admin
+    raise ProtocolError("AdminAuthAccess", "admin token is not signed by a configured admin key",
+                        reason="admin_auth")
+
+
+def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Handler]:
+    """Register an admin handler behind authentication and the role check."""
+    def wrap(handler: Handler) -> Handler:
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            st = request.app[STATE]
+            who = authenticate(st, request.headers.get("Authorization", ""), st.clock())
+            if write and who.role != "admin":
+                raise ProtocolError("AdminAuthAccess", f"role {who.role!r} may not change anything",
+                                    status=403, reason="admin_role")
+            try:
+                response = await handler(request, st, who)
+            except (PolicyInvalid, ReferenceValuesInvalid) as exc:
+                raise ProtocolError("ParsePolicyError", str(exc), status=400, reason=exc.check) from exc
+            except KbsError as exc:
+                raise ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=409,
+                                    reason=exc.check) from exc
+            if write:
+                log.info("admin change", extra={"admin": who.name, "method": method, "path": request.path})
+            return response
+        routes.route(method, path)(endpoint)
+        return handler
+    return wrap
+
+
+def _path(request: web.Request) -> str:
+    parts = (request.match_info["repo"], request.match_info["type"], request.match_info["tag"])
+    if not all(SEGMENT.match(p) for p in parts):
+        raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag of [A-Za-z0-9_.-]",
+                            status=404, reason="path")
+    return "/".join(parts)
+
+
+async def _store_resource(st: BrokerState, path: str, value: bytes, who: AdminIdentity,
+                          policy_id: str | None) -> dict[str, Any]:
+    if not value or len(value) > MAX_KEY_BYTES:
+        raise ProtocolError("PluginInternalError", f"a resource must be 1..{MAX_KEY_BYTES} bytes", status=400,
+                            reason="resource_size")
+    current = await st.run(st.store.active_resource, path)
+    policy = policy_id or (current.policy_id if current else DEFAULT_POLICY)
+    await st.run(st.registry.current, policy)  # the policy must exist before a key is bound to it
+    version = await st.run(st.store.put_resource, path, st.kek.seal(value, f"resource:{path}"), policy, who.name,
+                           st.clock())
+    return {"path": path, "version": version, "policy_id": policy}
+
+
+# -- Trustee-compatible endpoints ---------------------------------------------------------
+
+@admin_route("POST", "/kbs/v0/resource/{repo}/{type}/{tag}", write=True)
+async def set_resource(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Write a resource (raw bytes): a new version; the previous one is disabled."""
+    result = await _store_resource(st, _path(request), await request.read(), who, request.query.get("policy"))
+    return web.json_response(result)
+
+
+@admin_route("DELETE", "/kbs/v0/resource/{repo}/{type}/{tag}", write=True)
+async def delete_resource(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    count = await st.run(st.store.delete_resource, _path(request))
+    if not count:
+        raise ProtocolError("PluginInternalError", f"resource not found: {_path(request)}", status=404,
+                            reason="not_found")
+    return web.json_response({"deleted_versions": count})
+
+
+def _b64_policy(body: Any, field: str = "policy") -> str:
+    if not isinstance(body, dict) or not isinstance(body.get(field), str):
+        raise ProtocolError("ParsePolicyError", f'body must be {{"{field}": "<base64url policy>"}}', status=400,
+                            reason="policy_format")
+    text: str = body[field]
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("ParsePolicyError", "policy is not base64url of UTF-8 text", status=400,
+                            reason="policy_format") from exc
+
+
+def _version_json(v: PolicyVersion, with_text: bool = False) -> dict[str, Any]:
+    out = {k: val for k, val in asdict(v).items() if with_text or k != "text"}
+    out["created_at"] = v.created_at.isoformat()
+    return out
+
+
+@admin_route("POST", "/kbs/v0/resource-policy", write=True)
+async def set_resource_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Trustee's single resource policy is this broker's policy `default` (bound to new resources)."""
+    text = _b64_policy(await request.json())
+    version = await st.run(lambda: st.registry.put(DEFAULT_POLICY, text, created_by=who.name, at=st.clock()))
+    return web.json_response(_version_json(version))
+
+
+@admin_route("GET", "/kbs/v0/resource-policy", write=False)
+async def list_policies(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    return web.json_response(await st.run(st.store.policy_ids))
+
+
+@admin_route("POST", "/kbs/v0/attestation-policy", write=True)
+async def set_attestation_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    raise ProtocolError("PluginNotFound", "this broker appraises evidence with its own verifiers and does not run "
+                        "Trustee attestation-service policies; express the conditions in the resource policy "
+                        "(POST /kbs/v0/resource-policy or PUT /kbs/v0/admin/policies/<id>)", status=404,
+                        reason="unsupported")
+
+
+@admin_route("POST", "/kbs/v0/reference-value", write=True)
+async def set_reference_value(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """RVPS 'sample' message: {"version": "0.1.0", "type": "sample", "payload": base64({"name": value|[values]})}."""
+    body = await request.json()
+    if not isinstance(body, dict) or body.get("type") != "sample" or not isinstance(body.get("payload"), str):
+        raise ProtocolError("RvpsError", 'reference value message must be {"version": "0.1.0", "type": "sample", '
+                            '"payload": "<base64 JSON>"}', status=400, reason="refs_format")
+    try:
+        document = json.loads(base64.b64decode(body["payload"]))
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError("RvpsError", "payload is not base64 of a JSON object", status=400,
+                            reason="refs_format") from exc
+    if not isinstance(document, dict):
+        raise ProtocolError("RvpsError", "payload must be a JSON object", status=400, reason="refs_format")
+    refs = ReferenceValues.from_json({k: v if isinstance(v, list) else [v] for k, v in document.items()})
+    for name in refs.names():
+        ref = refs.get(name)
+        assert ref is not None
+        await st.run(st.registry.put_reference_set, ref)
+    return web.json_response(sorted(refs.names()))
+
+
+@admin_route("GET", "/kbs/v0/reference-value/{name}", write=False)
+async def get_reference_value(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    refs = await st.run(lambda: st.registry.refs)
+    ref = refs.get(request.match_info["name"])
+    if ref is None:
+        raise ProtocolError("RvpsError", f"no reference set {request.match_info['name']!r}", status=404,
+                            reason="not_found")
+    return web.json_response({ref.name: ref.to_json()})
+
+
+# -- the broker's own endpoints -------------------------------------------------------------
+
+@admin_route("GET", "/kbs/v0/admin/keys", write=False)
+async def list_keys(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    out = []
+    for path in await st.run(st.store.resource_paths):
+        versions = await st.run(st.store.resource_versions, path)
+        out.append({"path": path, "versions": [{"version": v.version, "state": v.state, "policy_id": v.policy_id,
+                                                "created_by": v.created_by, "created_at": v.created_at.isoformat()}
+                                               for v in versions]})
+    return web.json_response(out)
+
+
+@admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/generate", write=True)
+async def generate_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """A fresh random key (default 32 bytes) as a new version: create and rotate in one."""
+    size = int(request.query.get("size", "32"))
+    if not 16 <= size <= 1024:
+        raise ProtocolError("PluginInternalError", "size must be 16..1024 bytes", status=400, reason="resource_size")
+    return web.json_response(await _store_resource(st, _path(request), secrets.token_bytes(size), who,
+                                                   request.query.get("policy")))
+
+
+async def _set_state(request: web.Request, st: BrokerState, state: str) -> web.Response:
+    version = request.query.get("version")
+    count = await st.run(st.store.set_resource_state, _path(request), int(version) if version else None, state)
+    if not count:
+        raise ProtocolError("PluginInternalError", "no such resource version", status=404, reason="not_found")
+    return web.json_response({"path": _path(request), "state": state, "version": version})
+
+
+@admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/disable", write=True)
+async def disable_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    return await _set_state(request, st, "disabled")
+
+
+@admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/enable", write=True)
+async def enable_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    return await _set_state(request, st, "active")
+
+
+@admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/policy", write=True)
+async def bind_key_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    body = await request.json()
+    policy_id = body.get("policy_id") if isinstance(body, dict) else None
+    if not isinstance(policy_id, str):
+        raise ProtocolError("PluginInternalError", 'body must be {"policy_id": "..."}', status=400,
+                            reason="format")
+    await st.run(st.registry.current, policy_id)
+    count = await st.run(st.store.bind_policy, _path(request), policy_id)
+    if not count:
+        raise ProtocolError("PluginInternalError", "no such resource", status=404, reason="not_found")
+    return web.json_response({"path": _path(request), "policy_id": policy_id})
+
+
+@admin_route("PUT", "/kbs/v0/admin/policies/{policy_id}", write=True)
+async def put_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Body: the policy text (JSON or Rego, recognised from the text).  ?immutable=true sets the one-way flag."""
+    text = (await request.read()).decode(errors="replace")
+    immutable = request.query.get("immutable") == "true"
+    version = await st.run(lambda: st.registry.put(request.match_info["policy_id"], text, created_by=who.name,
+                                                   at=st.clock(), immutable=immutable))
+    return web.json_response(_version_json(version))
+
+
+@admin_route("POST", "/kbs/v0/admin/policies/{policy_id}/immutable", write=True)
+async def make_immutable(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    version = await st.run(lambda: st.registry.make_immutable(request.match_info["policy_id"], created_by=who.name,
+                                                              at=st.clock()))
+    return web.json_response(_version_json(version))
+
+
+@admin_route("GET", "/kbs/v0/admin/policies/{policy_id}", write=False)
+async def policy_history(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    history = await st.run(st.registry.history, request.match_info["policy_id"])
+    if not history:
+        raise ProtocolError("PluginInternalError", "no such policy", status=404, reason="not_found")
+    return web.json_response({"current": _version_json(history[-1], with_text=True),
+                              "history": [_version_json(v) for v in history]})
+
+
+@admin_route("POST", "/kbs/v0/admin/policies/{policy_id}/dry-run", write=False)
+async def dry_run(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Evaluate a policy against the claims of a stored attestation; nothing is released or logged."""
+    body = await request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("attestation_id"), str):
+        raise ProtocolError("PluginInternalError", 'body must be {"attestation_id": "...", "resource": "r/t/t"}',
+                            status=400, reason="format")
+    record = await st.run(st.store.get_attestation, body["attestation_id"])
+    if record is None:
+        raise ProtocolError("PluginInternalError", "no such attestation", status=404, reason="not_found")
+    policy = await st.run(st.registry.policy, request.match_info["policy_id"])
+    refs = await st.run(lambda: st.registry.refs)
+    req = ResourceRequest.parse(str(body.get("resource", "default/key/0")))
+    decision = await st.run(policy.evaluate, record.claims, refs, req, st.clock())
+    return web.json_response(decision.to_json())
+
+
+@admin_route("GET", "/kbs/v0/admin/attestations/{attestation_id}", write=False)
+async def get_attestation(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    record = await st.run(st.store.get_attestation, request.match_info["attestation_id"])
+    if record is None:
+        raise ProtocolError("PluginInternalError", "no such attestation", status=404, reason="not_found")
+    return web.json_response({"attestation_id": record.attestation_id, "at": record.at.isoformat(),
+                              "tee": record.tee, "claims": record.claims})
+
+
+@admin_route("GET", "/kbs/v0/admin/release-log", write=False)
+async def release_log(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    after, limit = int(request.query.get("after", "0")), min(int(request.query.get("limit", "100")), 1000)
+    records = await st.run(st.store.release_log, after, limit)
+    return web.json_response([{**asdict(r), "at": r.at.isoformat()} for r in records])
+
+
+@admin_route("PUT", "/kbs/v0/admin/refs/{name}", write=True)
+async def put_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    refs = ReferenceValues.from_json({request.match_info["name"]: await request.json()})
+    ref = refs.get(request.match_info["name"])
+    assert ref is not None
+    await st.run(st.registry.put_reference_set, ref)
+    return web.json_response({ref.name: ref.to_json()})
+
+
+@admin_route("DELETE", "/kbs/v0/admin/refs/{name}", write=True)
+async def delete_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    await st.run(st.registry.delete_reference_set, request.match_info["name"])
+    return web.json_response({"deleted": request.match_info["name"]})
+
+
+@admin_route("GET", "/kbs/v0/admin/refs", write=False)
+async def list_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    refs = await st.run(lambda: st.registry.refs)
+    return web.json_response(refs.to_json())

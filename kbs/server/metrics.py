@@ -1,0 +1,34 @@
+"""Prometheus metrics through the maintained client library, one registry per app.
+
+Labels stay low-cardinality: no resource paths, session ids or key names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from kbs import __version__
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("kbs_http_requests_total", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.attestations = Counter("kbs_attestations_total", "Attestations by TEE and result (ok or the check "
+                                    "that failed)", ["tee", "result"], registry=self.registry)
+        self.releases = Counter("kbs_resource_requests_total", "Resource requests by decision and reason",
+                                ["decision", "reason"], registry=self.registry)
+        self.verify_seconds = Histogram("kbs_verification_seconds", "Evidence verification latency", ["tee"],
+                                        buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+                                        registry=self.registry)
+        self.request_seconds = Histogram("kbs_http_request_duration_seconds", "Request latency", ["route"],
+                                         registry=self.registry)
+        self.audit_failures = Counter("kbs_release_log_write_failures_total",
+                                      "Release log writes that failed (the request failed too)",
+                                      registry=self.registry)
+        build = Gauge("kbs_build_info", "Build information", ["version"], registry=self.registry)
+        build.labels(version=__version__).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,47 @@
+"""What the request handlers share, built once per app in `app.py`'s cleanup context."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from kbs.keys.kek import Kek
+from kbs.policy.lifecycle import PolicyRegistry
+from kbs.server.attestation import EvidenceVerifier
+from kbs.server.config import Config
+from kbs.server.metrics import Metrics
+from kbs.server.tokens import TokenSigner
+from kbs.store.sqlite import SqliteStore
+
+T = TypeVar("T")
+
+
+@dataclass
+class AdminIdentity:
+    name: str
+    role: str
+    key: Ed25519PublicKey
+
+
+@dataclass
+class BrokerState:
+    config: Config
+    store: SqliteStore
+    kek: Kek
+    signer: TokenSigner
+    registry: PolicyRegistry
+    verifier: EvidenceVerifier
+    metrics: Metrics
+    admins: list[AdminIdentity]
+    io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking call (store, policy engine) on the I/O pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)

@@ -1,0 +1,76 @@
+"""The attestation token: an EAR JWT signed ES256 with the broker's P-256 key.
+
+The key lives in the shared store, sealed under the KEK, so every replica signs and verifies
+with the same key and a token from one replica is accepted by another (the Bearer path).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kbs.errors import KbsError
+from kbs.keys.jwe import public_jwk
+from kbs.keys.kek import Kek
+
+SECRET_NAME = "token-signing-key"
+LEEWAY_SECONDS = 0  # the token's lifetime is configured; no grace on top of it
+
+
+class TokenInvalid(KbsError):
+    check = "token"
+
+
+def _thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638 JWK thumbprint: the key id."""
+    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+class TokenSigner:
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise TokenInvalid("the token signing key must be P-256 (ES256)")
+        self._key = key
+        self._public = key.public_key()
+        jwk = public_jwk(self._public)
+        self.jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y")}
+        self.kid = _thumbprint(self.jwk)
+
+    @classmethod
+    def from_store(cls, get_or_create: Any, kek: Kek) -> TokenSigner:
+        """Load the shared key, creating it if no replica has yet (the store keeps the first one)."""
+        fresh = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        sealed = get_or_create(SECRET_NAME, kek.seal(fresh, SECRET_NAME))
+        key = serialization.load_der_private_key(kek.unseal(sealed, SECRET_NAME), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TokenInvalid("stored token signing key is not an EC key")
+        return cls(key)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self._key, algorithm="ES256",
+                          headers={"typ": "JWT", "kid": self.kid, "jwk": {**self.jwk, "alg": "ES256"}})
+
+    def verify(self, token: str, now: datetime) -> dict[str, Any]:
+        """The claims of a token this broker issued and that has not expired at `now`."""
+        try:
+            header = jwt.get_unverified_header(token)
+            if header.get("alg") != "ES256" or header.get("kid") != self.kid:
+                raise TokenInvalid("token was not issued by this broker (unknown key id or algorithm)")
+            claims: dict[str, Any] = jwt.decode(
+                token, self._public, algorithms=["ES256"], leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat"], "verify_exp": False, "verify_iat": False})
+        except jwt.PyJWTError as exc:
+            raise TokenInvalid(f"token does not verify: {exc}") from exc
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or now.timestamp() >= exp:
+            raise TokenInvalid("token has expired; attest again")
+        return claims

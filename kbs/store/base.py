@@ -1,0 +1,99 @@
+"""The storage interface and the records it holds.
+
+A PostgreSQL backend implements the same methods; callers never see SQL.  Every method
+is one transaction.  Methods that must be single-use across replicas (consuming a
+session's nonce) are compare-and-set operations that report whether they won.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from kbs.errors import KbsError
+from kbs.policy.lifecycle import PolicyStore
+
+
+class StoreError(KbsError):
+    """The store could not do what was asked (unavailable, conflict, corrupt)."""
+
+    check = "store"
+
+
+@dataclass(frozen=True)
+class Session:
+    session_id: str
+    tee: str
+    nonce: str
+    created_at: datetime
+    expires_at: datetime
+    state: str  # "authed" until /attest succeeds, then "attested"
+    evidence_digest: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class ResourceVersion:
+    path: str  # repo/type/tag
+    version: int
+    state: str  # active, disabled
+    sealed: bytes  # AES-256-GCM under the KEK; never plaintext
+    policy_id: str
+    created_by: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One decision on a resource request, written before the response leaves."""
+
+    at: datetime
+    decision: str  # release, deny, error
+    reason: str
+    resource: str
+    version: int | None
+    session_id: str | None
+    tee: str | None
+    policy_id: str | None
+    policy_hash: str | None
+    attestation_id: str | None
+    seq: int | None = None
+    entry_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class AttestationRecord:
+    attestation_id: str
+    at: datetime
+    session_id: str
+    tee: str
+    claims: dict[str, Any]
+
+
+class Store(PolicyStore, Protocol):
+    # sessions
+    def create_session(self, session: Session) -> None: ...
+    def get_session(self, session_id: str) -> Session | None: ...
+    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime) -> bool: ...
+    def purge_expired_sessions(self, now: datetime) -> int: ...
+
+    # keys the broker itself holds (sealed under the KEK)
+    def get_or_create_secret(self, name: str, create: bytes) -> bytes: ...
+
+    # resources
+    def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int: ...
+    def active_resource(self, path: str) -> ResourceVersion | None: ...
+    def resource_versions(self, path: str) -> list[ResourceVersion]: ...
+    def resource_paths(self) -> list[str]: ...
+    def set_resource_state(self, path: str, version: int | None, state: str) -> int: ...
+    def delete_resource(self, path: str) -> int: ...
+    def bind_policy(self, path: str, policy_id: str) -> int: ...
+
+    # attestations and the release log
+    def record_attestation(self, record: AttestationRecord) -> None: ...
+    def get_attestation(self, attestation_id: str) -> AttestationRecord | None: ...
+    def append_release(self, record: ReleaseRecord) -> ReleaseRecord: ...
+    def release_log(self, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]: ...
+
+    def ping(self) -> None: ...
