@@ -1,0 +1,347 @@
+"""End to end over real HTTP on loopback: a synthetic SNP guest obtains a key through `kbs serve`,
+and is refused (401, Trustee's error body) for each way the exchange can be wrong; every refusal
+is in the release log and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kbs.keys.jwe import TeeKey, decrypt, generate_tee_key
+from tests.amd_synth import SyntheticAmd
+from tests.broker import (
+    Broker,
+    SnpGuest,
+    attest,
+    attestation,
+    auth,
+    full_flow,
+    get_resource,
+    jar,
+    run_broker,
+)
+
+SECRET = b"disk-key:" + bytes(range(32))
+ERRORS = "https://github.com/confidential-containers/kbs/errors/"
+GOOD_MEASUREMENT = b"\x5a" * 48
+SNP_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": [
+    {"claim": "snp.measurement", "in": {"ref": "measurements"}},
+    {"claim": "snp.policy_debug_allowed", "equals": False},
+    {"claim": "submod.ear\\.status", "equals": "affirming"}]}]})
+SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
+    {"claim": "sample.svn", "equals": "1"}]}]})
+
+
+@pytest.fixture(scope="module")
+def pki() -> SyntheticAmd:
+    return SyntheticAmd("Milan")
+
+
+def broker_config(tmp: Path, pki: SyntheticAmd, extra: str = "") -> str:
+    (tmp / "ark.pem").write_bytes(pki.ark_pem)
+    return (f'[trust]\nsnp_roots = ["{tmp / "ark.pem"}"]\n[kds]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
+            + extra)
+
+
+async def admin(broker: Broker, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with aiohttp.ClientSession() as http, \
+            http.request(method, f"{broker.url}{path}", headers=broker.admin_headers(), **kwargs) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def provision(broker: Broker) -> None:
+    async def go() -> None:
+        status, _ = await admin(broker, "PUT", "/kbs/v0/admin/refs/measurements",
+                                json={"values": [GOOD_MEASUREMENT.hex()]})
+        assert status == 200
+        for pid, text in (("snp-prod", SNP_POLICY), ("sample-ok", SAMPLE_POLICY)):
+            status, body = await admin(broker, "PUT", f"/kbs/v0/admin/policies/{pid}", data=text)
+            assert status == 200, body
+        status, body = await admin(broker, "POST", "/kbs/v0/resource/prod/key/disk?policy=snp-prod", data=SECRET)
+        assert status == 200 and body["version"] == 1, body
+        status, _ = await admin(broker, "POST", "/kbs/v0/resource/lab/key/sample", data=b"default-policy-key")
+        assert status == 200
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Iterator[Broker]:
+    tmp = tmp_path_factory.mktemp("broker")
+    with run_broker(tmp, broker_config(tmp, pki)) as b:
+        provision(b)
+        yield b
+
+
+@pytest.fixture(scope="module")
+def guest(pki: SyntheticAmd) -> SnpGuest:
+    return SnpGuest(pki, measurement=GOOD_MEASUREMENT)
+
+
+def joserfc_decrypt(jwe_obj: dict[str, str], key: TeeKey) -> bytes:
+    from joserfc import jwe as joserfc_jwe
+    from joserfc import jwk as joserfc_jwk
+
+    pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+    key_class = joserfc_jwk.ECKey if key.jwk["kty"] == "EC" else joserfc_jwk.RSAKey
+    result = joserfc_jwe.decrypt_json(jwe_obj, key_class.import_key(pem), algorithms=[key.jwk["alg"], "A256GCM"])
+    return bytes(result.plaintext or b"")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("bearer", [False, True], ids=["cookie", "bearer"])
+@pytest.mark.parametrize("kind", ["EC-P256", "EC-P521", "RSA-OAEP-256", "RSA1_5"])
+def test_snp_guest_obtains_key(broker: Broker, guest: SnpGuest, kind: str, bearer: bool) -> None:
+    status, body, key = asyncio.run(full_flow(broker.url, "snp", "prod/key/disk", kind, guest, bearer=bearer))
+    assert status == 200, body
+    assert set(body) == {"protected", "encrypted_key", "iv", "ciphertext", "tag"}
+    header = base64.urlsafe_b64decode(body["protected"] + "==")
+    assert header.startswith(b'{"alg":"' + key.jwk["alg"].encode() + b'","enc":"A256GCM"')
+    assert joserfc_decrypt(body, key) == SECRET  # an independent JOSE implementation
+    assert decrypt(body, key.private_key) == SECRET
+
+
+def release_log(broker: Broker) -> list[dict[str, Any]]:
+    async def go() -> list[dict[str, Any]]:
+        status, body = await admin(broker, "GET", "/kbs/v0/admin/release-log?limit=1000")
+        assert status == 200
+        return list(body)
+    return asyncio.run(go())
+
+
+def metric(broker: Broker, name: str, **labels: str) -> float:
+    text = asyncio.run(_metrics(broker))
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0 if wanted else float("nan")
+
+
+async def _metrics(broker: Broker) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{broker.url}/metrics") as r:
+        return await r.text()
+
+
+def assert_refused(broker: Broker, status: int, body: dict[str, Any], variant: str, detail: str, reason: str,
+                   before: list[dict[str, Any]], metric_before: float, **metric_labels: str) -> None:
+    assert status == 401, body
+    assert body["type"] == ERRORS + variant and detail in body["detail"], body
+    new = release_log(broker)[len(before):]
+    assert any(r["decision"] == "deny" and r["reason"] == reason for r in new), new
+    assert metric(broker, "kbs_resource_requests_total", decision="deny", reason=reason) > metric_before
+
+
+def _deny_count(broker: Broker, reason: str) -> float:
+    return metric(broker, "kbs_resource_requests_total", decision="deny", reason=reason)
+
+
+def test_policy_denies_other_measurement(broker: Broker, pki: SyntheticAmd) -> None:
+    before, m = release_log(broker), _deny_count(broker, "policy")
+    other = SnpGuest(pki, measurement=b"\x11" * 48)
+    status, body, _ = asyncio.run(full_flow(broker.url, "snp", "prod/key/disk", guest=other))
+    assert_refused(broker, status, body, "PolicyDeny", "snp.measurement in", "policy", before, m)
+
+
+def test_report_data_must_bind_nonce_and_key(broker: Broker, guest: SnpGuest) -> None:
+    before, m = release_log(broker), _deny_count(broker, "binding.report_data")
+
+    async def go() -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            wrong = base64.b64encode(b"\x00" * 32).decode()
+            return await attest(http, broker.url, attestation(nonce, generate_tee_key("EC-P256"), "snp", guest,
+                                                              report_nonce=wrong))
+    status, body = asyncio.run(go())
+    assert_refused(broker, status, body, "AttestationError", "binding.report_data", "binding.report_data",
+                   before, m)
+
+
+def test_replayed_nonce_refused(broker: Broker, guest: SnpGuest) -> None:
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        key = generate_tee_key("EC-P256")
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            first = attestation(nonce, key, "snp", guest)
+            ok = await attest(http, broker.url, first)
+            again = await attest(http, broker.url, attestation(nonce, key, "snp", guest))  # other evidence
+            nonce2 = await auth(http, broker.url, "snp")  # new session, old message
+            replay = await attest(http, broker.url, first)
+            assert nonce2 != nonce
+            return [ok, again, replay]
+    before, m = release_log(broker), _deny_count(broker, "replay")
+    ok, again, replay = asyncio.run(go())
+    assert ok[0] == 200
+    assert_refused(broker, *again, "AttestationError", "already attested", "replay", before, m)
+    assert replay[0] == 401 and "binding.nonce" in replay[1]["detail"]
+
+
+def test_tampered_evidence_refused(broker: Broker, guest: SnpGuest) -> None:
+    async def go() -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            body = attestation(nonce, generate_tee_key("EC-P256"), "snp", guest)
+            body["tee-evidence"]["primary_evidence"]["attestation_report"]["measurement"][0] ^= 1
+            return await attest(http, broker.url, body)
+    before, m = release_log(broker), _deny_count(broker, "report.signature")
+    status, body = asyncio.run(go())
+    assert_refused(broker, status, body, "AttestationError", "report signature does not verify",
+                   "report.signature", before, m)
+
+
+def _forge(token: str) -> list[str]:
+    header, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["exp"] += 3600
+    forged_payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    import jwt
+
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    resigned = jwt.encode(claims, other_key, algorithm="ES256",
+                          headers=json.loads(base64.urlsafe_b64decode(header + "==")))
+    return [f"{header}.{forged_payload}.{sig}", resigned, "not-a-token"]
+
+
+def test_forged_tokens_refused(broker: Broker, guest: SnpGuest) -> None:
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        key = generate_tee_key("EC-P256")
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            status, body = await attest(http, broker.url, attestation(nonce, key, "snp", guest))
+            assert status == 200
+        async with aiohttp.ClientSession() as fresh:
+            return [await get_resource(fresh, broker.url, "prod/key/disk", token=t) for t in _forge(body["token"])]
+    before, m = release_log(broker), _deny_count(broker, "token")
+    results = asyncio.run(go())
+    for status, body in results:
+        assert_refused(broker, status, body, "TokenVerifierError", "", "token", before, m)
+
+
+def test_sample_tee_refused_by_default_policy_and_allowed_by_its_own(broker: Broker) -> None:
+    before, m = release_log(broker), _deny_count(broker, "policy")
+    status, body, _ = asyncio.run(full_flow(broker.url, "sample", "lab/key/sample"))
+    assert_refused(broker, status, body, "PolicyDeny", "policy 'default'", "policy", before, m)
+
+    async def rebind() -> None:
+        status, _ = await admin(broker, "POST", "/kbs/v0/admin/keys/lab/key/sample/policy",
+                                json={"policy_id": "sample-ok"})
+        assert status == 200
+    asyncio.run(rebind())
+    status, body, key = asyncio.run(full_flow(broker.url, "sample", "lab/key/sample"))
+    assert status == 200 and decrypt(body, key.private_key) == b"default-policy-key"
+
+
+def test_wrong_protocol_version_and_missing_cookie(broker: Broker) -> None:
+    async def go() -> tuple[tuple[int, str], tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{broker.url}/kbs/v0/auth", json={"version": "0.2.0", "tee": "snp"}) as r:
+                version = (r.status, (await r.json(content_type=None))["detail"])
+            return version, await attest(http, broker.url, {})
+    (status, detail), (status2, body2) = asyncio.run(go())
+    assert status == 401 and "expect =0.4.0 while the request is 0.2.0" in detail
+    assert status2 == 401 and "no kbs-session-id cookie" in body2["detail"]
+
+
+def test_missing_resource_is_404_after_policy(broker: Broker, guest: SnpGuest) -> None:
+    status, body, _ = asyncio.run(full_flow(broker.url, "snp", "prod/key/absent", guest=guest))
+    # The default policy allows an affirming SNP guest; only then is the absence revealed.
+    assert status == 404 and "resource not found" in body["detail"]
+    status, body, _ = asyncio.run(full_flow(broker.url, "snp", "bad..path/x/.y", guest=guest))
+    assert status == 404 and body["type"] == ERRORS + "InvalidRequestPath"
+
+
+def test_short_lifetimes_expire_sessions_and_tokens(tmp_path: Path, pki: SyntheticAmd, guest: SnpGuest) -> None:
+    extra = "[session]\nlifetime_seconds = 1\n[token]\nlifetime_seconds = 1\n"
+    with run_broker(tmp_path, broker_config(tmp_path, pki, extra)) as b:
+        provision(b)
+
+        async def go() -> tuple[tuple[int, dict[str, Any]], tuple[int, dict[str, Any]]]:
+            key = generate_tee_key("EC-P256")
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, b.url, "snp")
+                cookie = {c.key: c.value for c in http.cookie_jar}
+                await asyncio.sleep(1.2)
+                # Send the cookie ourselves: the client's jar would drop it, the server must refuse it.
+                async with aiohttp.ClientSession(cookies=cookie) as stale:
+                    late = await attest(stale, b.url, attestation(nonce, key, "snp", guest))
+                nonce = await auth(http, b.url, "snp")
+                status, body = await attest(http, b.url, attestation(nonce, key, "snp", guest))
+                assert status == 200, body
+                await asyncio.sleep(1.2)
+            async with aiohttp.ClientSession() as fresh:
+                expired = await get_resource(fresh, b.url, "prod/key/disk", token=body["token"])
+            return late, expired
+        (s1, b1), (s2, b2) = asyncio.run(go())
+        log = release_log(b)
+        assert s1 == 401 and "session expired" in b1["detail"]
+        assert s2 == 401 and "token has expired" in b2["detail"]
+        assert [r["reason"] for r in log if r["decision"] == "deny"] == ["session", "token"]
+        assert metric(b, "kbs_resource_requests_total", decision="deny", reason="token") == 1
+
+
+def test_admin_api_refuses_bad_tokens_and_changes_nothing(broker: Broker, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    async def go() -> list[int]:
+        statuses = []
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"Authorization": "Bearer junk"},
+                            {"Authorization": f"Bearer {broker.admin_token(key_path=stranger)}"},
+                            {"Authorization": f"Bearer {broker.admin_token(lifetime=-10)}"}):
+                async with http.post(f"{broker.url}/kbs/v0/resource/prod/key/disk", data=b"evil",
+                                     headers=headers) as r:
+                    statuses.append(r.status)
+        status, keys = await admin(broker, "GET", "/kbs/v0/admin/keys")
+        assert status == 200
+        versions = next(k["versions"] for k in keys if k["path"] == "prod/key/disk")
+        assert len(versions) == 1  # nothing changed
+        return statuses
+    assert asyncio.run(go()) == [401, 401, 401, 401]
+
+
+def test_release_log_chain_and_no_key_in_logs(broker: Broker) -> None:
+    from kbs.store.sqlite import SqliteStore
+
+    assert SqliteStore(broker.state_dir / "kbs.sqlite3").verify_release_chain() > 0
+    assert SECRET.hex() not in broker.log() and "disk-key" not in broker.log()
+
+
+def test_metrics_and_health(broker: Broker) -> None:
+    text = asyncio.run(_metrics(broker))
+    assert "kbs_attestations_total{result=\"ok\",tee=\"snp\"}" in text
+    assert "kbs_verification_seconds_bucket" in text and "kbs_build_info" in text
+
+
+def test_two_replicas_share_sessions(tmp_path: Path, pki: SyntheticAmd, guest: SnpGuest,
+                                     broker: Broker) -> None:
+    """/auth on one `kbs serve`, /attest on another, the resource from a third path: one state directory."""
+    config = broker_config(tmp_path, pki)
+    with run_broker(tmp_path, config, state_dir=broker.state_dir) as other:
+        async def go() -> bytes:
+            key = generate_tee_key("EC-P256")
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, broker.url, "snp")
+                cookie = {c.key: c.value for c in http.cookie_jar}
+                async with aiohttp.ClientSession(cookies=cookie) as http2:
+                    status, body = await attest(http2, other.url, attestation(nonce, key, "snp", guest))
+                    assert status == 200, body
+            async with aiohttp.ClientSession() as fresh:
+                status, out = await get_resource(fresh, broker.url, "prod/key/disk", token=body["token"])
+                assert status == 200, out
+            return decrypt(out, key.private_key)
+        assert asyncio.run(go()) == SECRET
+    time.sleep(0)  # the other replica is stopped; the shared broker keeps serving
