@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,9 +27,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kbs.keys.jwe import decrypt  # noqa: E402
-from tests.amd_synth import SyntheticAmd  # noqa: E402
-from tests.broker import Broker, SnpGuest, full_flow, run_broker  # noqa: E402
+from kbs.keys.jwe import decrypt
+from tests.amd_synth import SyntheticAmd
+from tests.broker import Broker, SnpGuest, full_flow, run_broker
 
 SECRET = b"boot-storm-key-0123456789abcdef"
 POLICIES = {
@@ -68,6 +69,12 @@ async def storm(broker: Broker, tee: str, guests: int, seconds: float, guest: Sn
     return latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -75,12 +82,13 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def report(name: str, latencies: list[float], seconds: float) -> float:
+def report(name: str, latencies: list[float], seconds: float, broker_cpu: float) -> float:
     rate = len(latencies) / seconds
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     print(f"  {name:28s} {rate:8.1f} releases/s  p50 {statistics.median(ordered) * 1000:7.1f} ms  "
-          f"p99 {p99 * 1000:7.1f} ms  ({len(latencies)} releases)")
+          f"p99 {p99 * 1000:7.1f} ms  broker CPU {broker_cpu / len(latencies) * 1000:5.2f} ms/release  "
+          f"({len(latencies)} releases)")
     return rate
 
 
@@ -101,10 +109,14 @@ def main() -> None:
             asyncio.run(storm(broker, "snp", 2, 1.0, guest))  # warm up
             print(f"Boot storm: {args.guests} concurrent guests, {args.seconds:.0f}s per run, broker on loopback "
                   "(one process; the load generator shares the machine's cores)")
+            pid = broker.process.pid
+            cpu0 = cpu_seconds(pid)
             snp = asyncio.run(storm(broker, "snp", args.guests, args.seconds, guest))
+            cpu1 = cpu_seconds(pid)
             sample = asyncio.run(storm(broker, "sample", args.guests, args.seconds, None))
-            snp_rate = report("SNP (full verification)", snp, args.seconds)
-            sample_rate = report("sample TEE (no verification)", sample, args.seconds)
+            cpu2 = cpu_seconds(pid)
+            snp_rate = report("SNP (full verification)", snp, args.seconds, cpu1 - cpu0)
+            sample_rate = report("sample TEE (no verification)", sample, args.seconds, cpu2 - cpu1)
             print(f"  ratio SNP / sample: {snp_rate / sample_rate:.2f}x;  broker peak RSS "
                   f"{peak_rss_mib(broker.process.pid):.0f} MiB")
 

@@ -10,6 +10,7 @@ the DER, and fields are decoded with pyasn1's strict DER decoder.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -116,9 +117,18 @@ class Certificate:
 
 
 def parse_certificate(der: bytes) -> Certificate:
-    """Parse a DER certificate; raise MalformedEvidence naming what is wrong."""
+    """Parse a DER certificate; raise MalformedEvidence naming what is wrong.
+
+    Parsed certificates are cached by their exact bytes: pyasn1 takes milliseconds per
+    certificate, and the same VCEK, ASK and ARK arrive with every report of a host.
+    """
+    return _parse_cached(bytes(der))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(der: bytes) -> Certificate:
     try:
-        return _parse(bytes(der))
+        return _parse(der)
     except (PyAsn1Error, ValueError, TypeError) as exc:
         raise MalformedEvidence(f"certificate does not parse as DER X.509: {exc}",
                                 check="certificate.der") from exc
