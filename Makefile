@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) native/build_ffi.py
 
 install: $(STAMP)
 
-# Start the broker on the embedded default (for now: the CLI, which is all that exists).
+# Start the broker on the embedded default: SQLite and generated dev keys under .kbs-state/, loopback.
 serve: $(STAMP)
-	$(VENV)/bin/kbs --help
+	$(VENV)/bin/kbs serve
 
 # Every test: lint, types, the C core under ASan+UBSan, then pytest (bounded fuzz runs included).
 test: $(STAMP) lint sanitize
