@@ -345,3 +345,23 @@ def test_two_replicas_share_sessions(tmp_path: Path, pki: SyntheticAmd, guest: S
             return decrypt(out, key.private_key)
         assert asyncio.run(go()) == SECRET
     time.sleep(0)  # the other replica is stopped; the shared broker keeps serving
+
+
+def test_init_data_bound_into_host_data(broker: Broker, guest: SnpGuest) -> None:
+    import hashlib
+
+    init = "version = '0.1.0'\nalgorithm = 'sha256'\n[data]\n\"aa.toml\" = 'x'\n"
+
+    async def go(host_data: bytes) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            body = attestation(nonce, generate_tee_key("EC-P256"), "snp", guest, init_data=init, host_data=host_data)
+            return await attest(http, broker.url, body)
+    status, body = asyncio.run(go(hashlib.sha256(init.encode()).digest()))
+    assert status == 200, body
+    claims = json.loads(base64.urlsafe_b64decode(body["token"].split(".")[1] + "=="))
+    evidence = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+    assert evidence["init_data_claims"] == {"aa.toml": "x"} and evidence["init_data"] == \
+        hashlib.sha256(init.encode()).hexdigest()
+    status, body = asyncio.run(go(bytes(32)))
+    assert status == 401 and "binding.init_data" in body["detail"]

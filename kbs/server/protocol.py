@@ -7,6 +7,7 @@ release log; if that write fails, the request fails and no key leaves.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -120,8 +121,13 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
         body = json.loads(raw)
         message = AttestationMessage.parse(body)
         started = time.perf_counter()
-        submod = await st.verifier.verify(session.tee, message, session.nonce, now)
+        submod = await asyncio.wait_for(st.verifier.verify(session.tee, message, session.nonce, now),
+                                        st.config.request_timeout)
         st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
+    except TimeoutError as exc:
+        st.metrics.attestations.labels(tee=session.tee, result="timeout").inc()
+        raise ProtocolError("AttestationError", f"verification took longer than {st.config.request_timeout}s "
+                            "(collateral service slow?)", reason="timeout") from exc
     except json.JSONDecodeError as exc:
         st.metrics.attestations.labels(tee=session.tee, result="attestation.format").inc()
         raise ProtocolError("SerdeError", f"attestation body is not JSON: {exc}", reason="format") from exc
