@@ -365,3 +365,48 @@ def test_init_data_bound_into_host_data(broker: Broker, guest: SnpGuest) -> None
         hashlib.sha256(init.encode()).hexdigest()
     status, body = asyncio.run(go(bytes(32)))
     assert status == 401 and "binding.init_data" in body["detail"]
+
+
+def test_resources_are_encrypted_at_rest(broker: Broker) -> None:
+    assert SECRET not in (broker.state_dir / "kbs.sqlite3").read_bytes()
+    wal = broker.state_dir / "kbs.sqlite3-wal"
+    assert not wal.exists() or SECRET not in wal.read_bytes()
+
+
+def test_request_body_limit(broker: Broker) -> None:
+    async def go() -> int:
+        async with aiohttp.ClientSession() as http, \
+                http.post(f"{broker.url}/kbs/v0/auth", data=b"x" * (3 * 1024 * 1024)) as r:
+            return r.status
+    assert asyncio.run(go()) == 413
+
+
+def test_auditor_role_reads_but_cannot_write(tmp_path: Path, pki: SyntheticAmd) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    keys = {}
+    for name in ("ops", "audit"):
+        private = Ed25519PrivateKey.generate()
+        (tmp_path / f"{name}.pem").write_bytes(private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (tmp_path / f"{name}.pub").write_bytes(private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        keys[name] = tmp_path / f"{name}.pem"
+    extra = (f'[[admin.keys]]\nname = "ops"\npublic_key = "{tmp_path / "ops.pub"}"\nrole = "admin"\n'
+             f'[[admin.keys]]\nname = "audit"\npublic_key = "{tmp_path / "audit.pub"}"\nrole = "auditor"\n')
+    with run_broker(tmp_path, broker_config(tmp_path, pki, extra)) as b:
+        async def go() -> list[int]:
+            out = []
+            async with aiohttp.ClientSession() as http:
+                for key, method, path in (("audit", "GET", "/kbs/v0/admin/keys"),
+                                          ("audit", "POST", "/kbs/v0/resource/a/b/c"),
+                                          ("ops", "POST", "/kbs/v0/resource/a/b/c"),
+                                          ("audit", "GET", "/kbs/v0/admin/keys")):
+                    headers = {"Authorization": f"Bearer {b.admin_token(key_path=keys[key])}"}
+                    async with http.request(method, f"{b.url}{path}", data=b"k" * 32, headers=headers) as r:
+                        out.append(r.status)
+                        if method == "GET":
+                            out.append(len(await r.json()))
+            return out
+        assert asyncio.run(go()) == [200, 0, 403, 200, 200, 1]
+        assert not (b.state_dir / "admin-key.pem").exists()  # configured keys: no dev admin key made
