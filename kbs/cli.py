@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kbs.admin_client import add_admin_parsers, add_remote_policy_verbs
 from kbs.errors import EvidenceError, KbsError
 from kbs.evidence.snp import verify_snp
 from kbs.evidence.snp_certtable import parse_cert_table
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     snp.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
     snp.set_defaults(func=_run_verify_snp)
     _add_policy_parser(commands)
+    add_admin_parsers(commands)
     add_measure_parser(commands)
     serve = commands.add_parser("serve", help="run the key broker daemon")
     serve.add_argument("--config", type=Path, help="TOML configuration (default: dev mode on loopback)")
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    policy = commands.add_parser("policy", help="check and evaluate release policies offline, on files")
+    policy = commands.add_parser("policy", help="check and evaluate policies on files; manage them on a broker")
     verbs = policy.add_subparsers(dest="verb", required=True)
     check = verbs.add_parser("check", help="validate a policy (JSON or Rego, recognised from the file)")
     check.add_argument("policy", help="policy file")
@@ -105,6 +107,7 @@ def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     ev.add_argument("--at", type=_rfc3339, metavar="RFC3339", help="evaluation time (reference-set expiry)")
     ev.add_argument("--json", action="store_true", help="decision and explanation as JSON")
     ev.set_defaults(func=_run_policy_eval)
+    add_remote_policy_verbs(verbs)
 
 
 def _load_refs(path: str | None) -> ReferenceValues:

@@ -68,9 +68,13 @@ def test_resource_versions_disable_enable_delete(tmp_path: Path) -> None:
     store.set_resource_state("r/t/k", 1, "active")  # roll back to version 1
     active = store.active_resource("r/t/k")
     assert active is not None and active.version == 1
-    store.set_resource_state("r/t/k", None, "disabled")
-    store.set_resource_state("r/t/k", 1, "disabled")
+    assert store.set_resource_state("r/t/k", None, "disabled") == 1  # the active one (v1), not the latest
     assert store.active_resource("r/t/k") is None
+    assert store.set_resource_state("r/t/k", None, "disabled") == 0  # nothing active left
+    assert store.set_resource_state("r/t/k", None, "active") == 1
+    active = store.active_resource("r/t/k")
+    assert active is not None and active.version == 2  # enabling without a version: the latest
+    store.set_resource_state("r/t/k", None, "disabled")
     assert store.bind_policy("r/t/k", "strict") == 2
     assert {v.policy_id for v in store.resource_versions("r/t/k")} == {"strict"}
     assert store.resource_paths() == ["r/t/k"]

@@ -27,6 +27,10 @@ class PolicyConflict(KbsError):
     check = "policy.conflict"
 
 
+class PolicyNotFound(PolicyConflict):
+    check = "policy.not_found"
+
+
 def content_hash(text: str) -> str:
     """BASE64URL(SHA-256(policy bytes)), as Azure attestation names policies."""
     digest = hashlib.sha256(text.encode()).digest()
@@ -98,7 +102,7 @@ class PolicyRegistry:
     def current(self, policy_id: str) -> PolicyVersion:
         versions = self._store.versions(policy_id)
         if not versions:
-            raise PolicyConflict(f"no policy {policy_id!r}")
+            raise PolicyNotFound(f"no policy {policy_id!r}")
         return versions[-1]
 
     def history(self, policy_id: str) -> list[PolicyVersion]:

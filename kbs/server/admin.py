@@ -14,14 +14,13 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 import jwt
 from aiohttp import web
 
 from kbs.errors import KbsError
-from kbs.policy.lifecycle import PolicyVersion
+from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.server.errors import ProtocolError
@@ -34,7 +33,8 @@ MAX_KEY_BYTES = 64 * 1024
 Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
 
 
-def authenticate(st: BrokerState, header: str, now: datetime) -> AdminIdentity:
+def authenticate(st: BrokerState, header: str) -> AdminIdentity:
+    """The configured admin whose key signed the token (PyJWT checks exp against the wall clock)."""
     if not header.startswith("Bearer "):
         raise ProtocolError("AdminAuthAccess", "admin endpoints need Authorization: Bearer <EdDSA JWT>",
                             reason="admin_auth")
@@ -59,7 +59,7 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
     def wrap(handler: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
             st = request.app[STATE]
-            who = authenticate(st, request.headers.get("Authorization", ""), st.clock())
+            who = authenticate(st, request.headers.get("Authorization", ""))
             if write and who.role != "admin":
                 raise ProtocolError("AdminAuthAccess", f"role {who.role!r} may not change anything",
                                     status=403, reason="admin_role")
@@ -67,6 +67,8 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
                 response = await handler(request, st, who)
             except (PolicyInvalid, ReferenceValuesInvalid) as exc:
                 raise ProtocolError("ParsePolicyError", str(exc), status=400, reason=exc.check) from exc
+            except PolicyNotFound as exc:
+                raise ProtocolError("PluginInternalError", str(exc), status=404, reason=exc.check) from exc
             except KbsError as exc:
                 raise ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=409,
                                     reason=exc.check) from exc
@@ -212,10 +214,12 @@ async def generate_key(request: web.Request, st: BrokerState, who: AdminIdentity
 
 
 async def _set_state(request: web.Request, st: BrokerState, state: str) -> web.Response:
-    version = request.query.get("version")
-    count = await st.run(st.store.set_resource_state, _path(request), int(version) if version else None, state)
+    raw = request.query.get("version")
+    version = int(raw) if raw else None
+    count = await st.run(st.store.set_resource_state, _path(request), version, state)
     if not count:
-        raise ProtocolError("PluginInternalError", "no such resource version", status=404, reason="not_found")
+        raise ProtocolError("PluginInternalError", "no such resource version (or none active to disable)",
+                            status=404, reason="not_found")
     return web.json_response({"path": _path(request), "state": state, "version": version})
 
 
@@ -297,7 +301,8 @@ async def get_attestation(request: web.Request, st: BrokerState, who: AdminIdent
 
 @admin_route("GET", "/kbs/v0/admin/release-log", write=False)
 async def release_log(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
-    after, limit = int(request.query.get("after", "0")), min(int(request.query.get("limit", "100")), 1000)
+    after = max(int(request.query.get("after", "0")), 0)
+    limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
     records = await st.run(st.store.release_log, after, limit)
     return web.json_response([{**asdict(r), "at": r.at.isoformat()} for r in records])
 
@@ -313,6 +318,10 @@ async def put_refs(request: web.Request, st: BrokerState, who: AdminIdentity) ->
 
 @admin_route("DELETE", "/kbs/v0/admin/refs/{name}", write=True)
 async def delete_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    refs = await st.run(lambda: st.registry.refs)
+    if request.match_info["name"] not in refs:
+        raise ProtocolError("RvpsError", f"no reference set {request.match_info['name']!r}", status=404,
+                            reason="not_found")
     await st.run(st.registry.delete_reference_set, request.match_info["name"])
     return web.json_response({"deleted": request.match_info["name"]})
 

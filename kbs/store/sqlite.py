@@ -191,8 +191,15 @@ class SqliteStore:
         return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
 
     def set_resource_state(self, path: str, version: int | None, state: str) -> int:
-        """Enable or disable one version (or the latest); enabling disables the others."""
+        """Enable or disable one version; enabling disables the others.
+
+        Without a version, disabling means "whatever is being released now" (the active
+        version) and enabling means the latest.
+        """
         with self._tx() as db:
+            if version is None and state == "disabled":
+                return db.execute("UPDATE resources SET state='disabled' WHERE path=? AND state='active'",
+                                  (path,)).rowcount
             if version is None:
                 row = db.execute("SELECT MAX(version) FROM resources WHERE path=?", (path,)).fetchone()
                 version = row[0]
