@@ -192,11 +192,13 @@ def _tee_pubkey(claims: dict[str, Any]) -> dict[str, Any]:
 
 
 def _first_failure(explanation: Explanation) -> str:
-    """The deepest failing condition: what an operator should look at first."""
-    for child in explanation.children:
-        if not child.ok:
-            return _first_failure(child)
-    return explanation.detail
+    """Why a failing node failed: the first failing condition of an allOf, every branch of an anyOf."""
+    failing = [c for c in explanation.children if not c.ok]
+    if not failing:
+        return explanation.detail
+    if explanation.kind == "anyOf" or "(anyOf over" in explanation.detail:
+        return " | ".join(_first_failure(c) for c in failing)
+    return _first_failure(failing[0])
 
 
 @routes.get("/kbs/v0/resource/{repo}/{type}/{tag}")
