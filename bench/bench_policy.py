@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
+
+from timing import interleaved, print_rates
 
 from kbs.policy.ear import Submod, ear_document, snp_submod
 from kbs.policy.loader import validate_policy
@@ -75,14 +75,6 @@ def handwritten(doc: dict[str, Any]) -> bool:
             and cpu["ear.status"] == "affirming" and doc["submods"]["gpu0"]["ear.status"] == "affirming")
 
 
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        count += 1
-    return count / elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0)
@@ -97,16 +89,10 @@ def main() -> None:
     for name, decide in engines.items():
         assert decide(good) is True and decide(bad) is False, name
 
-    results: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(args.rounds):
-        for name, decide in engines.items():
-            results[name].append(rate(lambda d=decide: d(good), args.seconds))  # type: ignore[misc]
-    base = statistics.median(results["hand-written Python"])
+    paths = {name: (lambda d=decide: d(good)) for name, decide in engines.items()}
+    results = interleaved(paths, args.rounds, args.seconds)  # type: ignore[arg-type]
     print(f"Policy evaluation, nine conditions, {args.rounds} rounds x {args.seconds}s, one thread")
-    for name, values in results.items():
-        med = statistics.median(values)
-        print(f"  {name:34s} {med:9.0f} evals/s  ({1e6 / med:7.1f} µs/eval)  ratio vs hand-written "
-              f"{med / base:.3f}x")
+    print_rates(results, "hand-written Python", "evals/s")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from timing import interleaved, print_rates
 
 from kbs import native
 from kbs.evidence.snp import verify_snp
@@ -55,14 +53,6 @@ def pyca_verify(report: bytes, key: ec.EllipticCurvePublicKey) -> None:
     r = int.from_bytes(report[0x2A0:0x2E8], "little")
     s = int.from_bytes(report[0x2E8:0x330], "little")
     key.verify(encode_dss_signature(r, s), report[:0x2A0], ec.ECDSA(hashes.SHA384()))
-
-
-def rate(fn: Callable[[], None], seconds: float) -> float:
-    count, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        count += 1
-    return count / elapsed
 
 
 def main() -> None:
@@ -96,18 +86,10 @@ def main() -> None:
 
     paths = {"C core (parse+SHA-384+ECDSA)": c_path, "pyca/cryptography": pyca_path,
              "full verify_snp (chain cached)": pipeline}
-    results: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(args.rounds):
-        for name, fn in paths.items():
-            results[name].append(rate(fn, args.seconds) * len(reports))
-
+    results = interleaved(paths, args.rounds, args.seconds, per_call=len(reports))
     print(f"SNP report verification, {len(reports)} real reports, {args.rounds} rounds x {args.seconds}s, "
           "one thread")
-    base = statistics.median(results["pyca/cryptography"])
-    for name, values in results.items():
-        med = statistics.median(values)
-        print(f"  {name:34s} {med:9.0f} reports/s  (min {min(values):.0f}, max {max(values):.0f})  "
-              f"ratio vs pyca {med / base:.2f}x")
+    print_rates(results, "pyca/cryptography", "reports/s")
 
 
 if __name__ == "__main__":

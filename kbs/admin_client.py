@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import json
 import os
 import sys
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kbs.errors import KbsError
 from kbs.policy.model import Explanation
+from kbs.timearg import rfc3339
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -251,13 +251,7 @@ def _positive(text: str) -> int:
 
 
 def _rfc3339(text: str) -> str:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from exc
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
-    return when.isoformat()
+    return rfc3339(text).isoformat()
 
 
 def _read(path: str, what: str) -> bytes:

@@ -25,6 +25,7 @@ from kbs.policy.loader import claims_document, validate_policy
 from kbs.policy.measure import add_measure_parser, run_measure
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.timearg import rfc3339
 from kbs.trust.collateral import gather_snp_collateral
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates
@@ -40,16 +41,6 @@ class Usage(Exception):
 def _default_cache() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "kbs" / "kds"
-
-
-def _rfc3339(text: str) -> dt.datetime:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from exc
-    if when.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z or +00:00)")
-    return when.astimezone(dt.UTC)
 
 
 def _read(path: str, what: str) -> bytes:
@@ -71,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     snp.add_argument("--cert-table", metavar="FILE", help="extended-report certificate table (GUID table)")
     snp.add_argument("--trust-root", action="append", default=[], metavar="PEM",
                      help="trust this ARK instead of the pinned AMD roots (labs, tests); repeatable")
-    snp.add_argument("--at", type=_rfc3339, metavar="RFC3339", help="verification time (default: now)")
+    snp.add_argument("--at", type=rfc3339, metavar="RFC3339", help="verification time (default: now)")
     snp.add_argument("--offline", action="store_true", help="never contact KDS; use only the cache")
     snp.add_argument("--check-crl", action="store_true", help="fetch the KDS CRL and check the ASK/ASVK")
     snp.add_argument("--crl", metavar="FILE", help="check the ASK/ASVK against this DER CRL")
@@ -104,7 +95,7 @@ def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: i
     ev.add_argument("--refs", metavar="FILE", help="reference values (JSON)")
     ev.add_argument("--resource", metavar="REPO/TYPE/TAG", default="default/key/0",
                     help="resource path the policy sees (plugin 'resource')")
-    ev.add_argument("--at", type=_rfc3339, metavar="RFC3339", help="evaluation time (reference-set expiry)")
+    ev.add_argument("--at", type=rfc3339, metavar="RFC3339", help="evaluation time (reference-set expiry)")
     ev.add_argument("--json", action="store_true", help="decision and explanation as JSON")
     ev.set_defaults(func=_run_policy_eval)
     add_remote_policy_verbs(verbs)
