@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -234,7 +235,7 @@ async def get_resource(request: web.Request) -> web.Response:
         await _log(st, record, decision="error", reason=exc.check, policy_id=policy_id)
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason="policy_error") from exc
-    record = ReleaseRecord(**{**record.__dict__, "policy_id": policy_id, "policy_hash": policy_version.content_hash})
+    record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
         await _log(st, record, decision="deny", reason="policy")
@@ -255,7 +256,7 @@ async def get_resource(request: web.Request) -> web.Response:
 
 async def _log(st: BrokerState, record: ReleaseRecord, **changes: Any) -> None:
     """Write the decision first; if the log cannot be written, the request fails closed."""
-    final = ReleaseRecord(**{**record.__dict__, **changes})
+    final = replace(record, **changes)
     try:
         await st.run(st.store.append_release, final)
     except (StoreError, OSError) as exc:
