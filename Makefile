@@ -10,7 +10,7 @@ SAN_FLAGS := -std=c11 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefine
 NATIVE_TESTS := $(patsubst native/tests/%.c,build/native-tests/%,$(wildcard native/tests/test_*.c))
 export KBS_VECTORS ?= $(abspath ../shared/vectors)
 
-.PHONY: serve test install sanitize fuzz lint bench clean
+.PHONY: serve test install sanitize fuzz fuzz-p384 lint bench clean
 
 $(STAMP): pyproject.toml setup.py $(NATIVE_SRC) native/build_ffi.py
 	@command -v $(CC) >/dev/null || { echo "need a C compiler (apt-get install build-essential)"; exit 1; }
@@ -47,8 +47,16 @@ fuzz: $(STAMP)
 	KBS_FUZZ_EXAMPLES=$${KBS_FUZZ_EXAMPLES:-200000} $(PY) -m pytest -q -p no:cacheprovider fuzz/
 
 bench: $(STAMP)
+	$(PY) bench/bench_p384.py
 	$(PY) bench/bench_snp.py
 	$(PY) bench/bench_policy.py
+	$(PY) bench/bench_load.py
+
+# The long differential run of the P-384 core against libcrypto (KBS_P384_DIFF_ITERS cases).
+fuzz-p384:
+	@mkdir -p build
+	$(CC) -std=c11 -O2 -Inative -o build/p384-diff native/tests/test_p384.c $(filter %.c,$(NATIVE_SRC)) -lcrypto
+	KBS_P384_DIFF_ITERS=$${KBS_P384_DIFF_ITERS:-1000000} build/p384-diff
 
 clean:
 	rm -rf build $(VENV) kbs/_native*.so kbs/_native.c *.egg-info

@@ -7,6 +7,9 @@ the GIL released (cffi API mode), so verification scales with threads.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,10 +203,6 @@ def snp_certtable_parse(table: bytes) -> list[CertTableEntry]:
 # LRU of per-key tables guarded by a lock.  Every C call below releases the GIL.
 # ---------------------------------------------------------------------------------------------
 
-import threading  # noqa: E402  (kept with the section that needs it)
-from collections import OrderedDict  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
 P384_SCALAR_SIZE = 48
 
 
@@ -382,3 +381,16 @@ def p384_verify_batch(items: Sequence[P384BatchItem], cache: P384KeyCache | None
     for slot, i in enumerate(todo):
         results[i] = int(out[slot])
     return results
+
+
+def snp_verify_cached(report: bytes, public_key: bytes, cache: P384KeyCache) -> RawSnpReport:
+    """`snp_verify`, using the key's precomputed table once the cache has one (a VCEK seen before)."""
+    try:
+        table = cache.table_for(public_key)
+    except SignatureInvalid:
+        table = None  # the cold path names the key problem
+    if table is None:
+        return snp_verify(report, public_key)
+    out = ffi.new("struct kbs_snp_report *")
+    _raise_for(lib.kbs_snp_verify_with_table(report, len(report), table.c_pointer(), out))
+    return _from_struct(out[0])

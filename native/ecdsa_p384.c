@@ -1,8 +1,8 @@
 /*
  * ECDSA P-384 verification of a prehashed digest.
  *
- * This version uses libcrypto's EC arithmetic; the entry point is the stable API,
- * so a faster implementation can replace the body without touching callers.
+ * The libcrypto version, kept under its own name as the reference implementation for
+ * differential tests and benchmarks; kbs_p384_verify_digest is the fast core (p384_verify.c).
  * Every object is created per call: no shared mutable state, safe without the GIL.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
@@ -22,7 +22,7 @@ static int scalar_in_range(const BIGNUM *v, const BIGNUM *order)
     return !BN_is_zero(v) && !BN_is_negative(v) && BN_cmp(v, order) < 0;
 }
 
-int kbs_p384_verify_digest(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+int kbs_p384_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
                            const uint8_t *r, const uint8_t *s)
 {
     if (pubkey == NULL || digest == NULL || r == NULL || s == NULL)

@@ -127,4 +127,45 @@ struct kbs_certtable_entry {
 int kbs_snp_certtable_parse(const uint8_t *buf, size_t len, struct kbs_certtable_entry *entries,
                             size_t max_entries, size_t *count_out);
 
+/* ---- Fast ECDSA P-384 verification (native/p384_*.c; issue 5) ----
+ * kbs_p384_verify_digest above is implemented by this core.  All inputs are public;
+ * the code runs in variable time and keeps no mutable state. */
+
+/* Precomputed multiples of one public key (24 KB); opaque, filled by kbs_p384_key_precompute. */
+#define KBS_P384_KEY_TABLE_WORDS 3080
+struct kbs_p384_key_table {
+    uint64_t words[3080];
+};
+
+/* The libcrypto implementation, kept as a reference for differential tests and benchmarks. */
+int kbs_p384_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                                     const uint8_t *r, const uint8_t *s);
+
+/* Like kbs_p384_verify_digest for a hash of any length: e is its leftmost 384 bits. */
+int kbs_p384_verify_hash(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *hash, size_t hash_len,
+                         const uint8_t *r, const uint8_t *s);
+
+/* Validate a public key and fill its table (costs about two cold verifications). */
+int kbs_p384_key_precompute(const uint8_t *pubkey, size_t pubkey_len, struct kbs_p384_key_table *out);
+
+/* kbs_p384_verify_digest for a key already turned into a table. */
+int kbs_p384_verify_digest_with_table(const struct kbs_p384_key_table *table, const uint8_t *digest,
+                                      const uint8_t *r, const uint8_t *s);
+
+/*
+ * Verify count items in one call: item i is digests[48i..], r||s at sigs[96i..], and the key
+ * tables[i] if tables and tables[i] are non-NULL, else the point pubkeys[97i..].
+ * results[i] gets item i's status; the return value is about the call itself.
+ */
+int kbs_p384_verify_batch(size_t count, const uint8_t *digests, const uint8_t *sigs,
+                          const uint8_t *pubkeys, const struct kbs_p384_key_table *const *tables,
+                          int *results);
+
+/* kbs_snp_verify with the signing key already turned into a table (a VCEK seen before). */
+int kbs_snp_verify_with_table(const uint8_t *buf, size_t len, const struct kbs_p384_key_table *table,
+                              struct kbs_snp_report *out);
+
+/* Which field multiply this CPU runs ("mulx/adcx/adox asm" or "portable C ..."). */
+const char *kbs_p384_implementation(void);
+
 #endif

@@ -199,3 +199,20 @@ int kbs_snp_verify(const uint8_t *buf, size_t len, const uint8_t *pubkey, size_t
         return rc;
     return kbs_p384_verify_digest(pubkey, pubkey_len, digest, out->signature_r, out->signature_s);
 }
+
+int kbs_snp_verify_with_table(const uint8_t *buf, size_t len, const struct kbs_p384_key_table *table,
+                              struct kbs_snp_report *out)
+{
+    if (table == NULL)
+        return KBS_ERR_NULL_ARGUMENT;
+    int rc = kbs_snp_parse(buf, len, out);
+    if (rc != KBS_OK)
+        return rc;
+    if (((out->signer_info >> 2) & 7) == SIGNING_KEY_NONE)
+        return KBS_ERR_SNP_UNSIGNED;
+    uint8_t digest[48];
+    rc = kbs_sha384(buf, KBS_SNP_SIGNED_SIZE, digest);
+    if (rc != KBS_OK)
+        return rc;
+    return kbs_p384_verify_digest_with_table(table, digest, out->signature_r, out->signature_s);
+}

@@ -205,3 +205,17 @@ def test_missing_certificates_named(snp_vector: SnpVector) -> None:
         verify_snp(snp_vector.report, [vek, chain[1]], _at(snp_vector))
     with pytest.raises(EvidenceError, match="root .* was not supplied"):
         verify_snp(snp_vector.report, [vek, chain[0]], _at(snp_vector))
+
+
+def test_cached_key_table_path_agrees_with_cold_path(snp_vector: SnpVector) -> None:
+    point = _point(snp_vector)
+    cache = native.P384KeyCache(max_tables=4, build_after=2)
+    first = native.snp_verify_cached(snp_vector.report, point, cache)  # cold: first sighting
+    assert len(cache) == 0
+    second = native.snp_verify_cached(snp_vector.report, point, cache)  # builds and uses the table
+    assert len(cache) == 1 and first == second == native.snp_verify(snp_vector.report, point)
+    for offset in (0x050, 0x090, 0x2A0, 0x2E8):
+        data = bytearray(snp_vector.report)
+        data[offset] ^= 0x01
+        with pytest.raises(SignatureInvalid):
+            native.snp_verify_cached(bytes(data), point, cache)

@@ -33,10 +33,20 @@ class SnpVerification:
         return snp_claims(self)
 
 
+# Per-key precomputed tables: one VCEK signs every report of its host, so from its second
+# report on it verifies ~3x faster.  Bounded (24 KB a table); `configure_key_tables` sets the size.
+_KEY_TABLES = native.P384KeyCache(max_tables=256)
+
+
+def configure_key_tables(max_tables: int) -> None:
+    global _KEY_TABLES
+    _KEY_TABLES = native.P384KeyCache(max_tables=max_tables)
+
+
 def verify_signature(report: SnpReport, chain: AmdChain) -> None:
     """The report's ECDSA P-384 signature, checked in C with the VEK's key."""
     try:
-        native.snp_verify(report.data, chain.vek_public_point)
+        native.snp_verify_cached(report.data, chain.vek_public_point, _KEY_TABLES)
     except SignatureInvalid as exc:
         raise SignatureInvalid(f"report signature does not verify with the {chain.kind} key ({exc})",
                                check=exc.check) from exc

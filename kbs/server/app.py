@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from kbs.errors import KbsError
+from kbs.evidence.snp import configure_key_tables
 from kbs.keys.kek import create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.server import admin, protocol
@@ -139,6 +140,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kbs-io")
     verify_pool = ThreadPoolExecutor(max_workers=config.verify_threads or os.cpu_count() or 2,
                                      thread_name_prefix="kbs-verify")
+    configure_key_tables(config.key_tables)
     store = SqliteStore(config.database_path)
     kek = load_kek(config.kek_file or (config.kek_path if config.dev_mode else None), config.kek_credential)
     signer = TokenSigner.from_store(store.get_or_create_secret, kek)

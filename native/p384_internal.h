@@ -1,0 +1,91 @@
+/*
+ * Private interface of the P-384 verify core (p384_*.c).  Not part of the cffi API.
+ *
+ * Numbers are 6 little-endian 64-bit limbs.  Field elements mod p live in Montgomery
+ * form (a * 2^384 mod p) and are always fully reduced, so equality is limb equality.
+ * Everything here handles public data only and runs in variable time.
+ */
+#ifndef KBS_P384_INTERNAL_H
+#define KBS_P384_INTERNAL_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint64_t p384_limbs[6];
+
+/* An odd modulus m > 2^383 with n0 = -m^-1 mod 2^64; layout is read by the asm multiply. */
+struct p384_modulus {
+    uint64_t m[6];
+    uint64_t n0;
+};
+
+extern const struct p384_modulus p384_mod_p;
+extern const struct p384_modulus p384_mod_n;
+
+/* --- p384_mont.c: Montgomery multiply a*b/2^384 mod m, inputs < m, output < m --- */
+void p384_mont_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
+                   const struct p384_modulus *mod);
+void p384_mont_mul_portable(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
+                            const struct p384_modulus *mod);
+/* Nonzero when the CPU has BMI2 and ADX, so p384_mont_mul takes the asm path. */
+int p384_have_adx(void);
+#if defined(__x86_64__) && defined(__GNUC__)
+#define P384_HAVE_ASM 1
+void p384_mont_mul_adx(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
+                       const struct p384_modulus *mod);
+/* p384_field_x86.c: a +- b mod p, plain x86-64. */
+void p384_fe_add_x86(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_sub_x86(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+#endif
+
+/* --- p384_bignum.c: plain 384-bit helpers --- */
+void p384_from_be(uint64_t r[6], const uint8_t in[48]);
+void p384_to_be(uint8_t out[48], const uint64_t a[6]);
+int p384_cmp(const uint64_t a[6], const uint64_t b[6]);
+int p384_is_zero(const uint64_t a[6]);
+/* a + b mod m and a - b mod m, inputs < m. */
+void p384_mod_add(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
+void p384_mod_sub(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
+/* a^-1 mod m (odd m), variable time; a must be in [1, m). */
+void p384_mod_inv_vartime(uint64_t r[6], const uint64_t a[6], const struct p384_modulus *mod);
+
+/* --- p384_field.c: arithmetic mod p in Montgomery form --- */
+void p384_fe_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_sqr(uint64_t r[6], const uint64_t a[6]);
+void p384_fe_add(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_sub(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_to_mont(uint64_t r[6], const uint64_t a[6]);
+void p384_fe_from_mont(uint64_t r[6], const uint64_t a[6]);
+void p384_fe_inv(uint64_t r[6], const uint64_t a[6]);
+
+/* --- p384_point.c: curve points --- */
+struct p384_affine {
+    p384_limbs x, y;
+};
+struct p384_jacobian {
+    p384_limbs x, y, z; /* z == 0 is the point at infinity */
+};
+
+void p384_point_double(struct p384_jacobian *r, const struct p384_jacobian *a);
+void p384_point_add(struct p384_jacobian *r, const struct p384_jacobian *a, const struct p384_jacobian *b);
+/* r = a + (x, sign ? -y : y) for an affine b. */
+void p384_point_add_affine(struct p384_jacobian *r, const struct p384_jacobian *a, const uint64_t *b_xy,
+                           int negate);
+/* Decode and check 0x04||X||Y; fills q in Montgomery form.  Returns a kbs_status. */
+int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubkey_len);
+/* out[i] = (2i+1) * base in affine form, for i < count (one field inversion for all). */
+void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *base, size_t count);
+
+/* --- p384_scalar.c: scalars mod n and wNAF recoding --- */
+enum { P384_WNAF_MAX = 386 };
+/* digits[i] of the width-w NAF of k (k < 2^384), w in [2, 8]; returns the digit count. */
+size_t p384_wnaf(int8_t digits[P384_WNAF_MAX], const uint64_t k[6], unsigned w);
+enum { P384_BATCH_MAX = 64 };
+/* w_mont = s^-1 * R mod n (Montgomery form) for s in [1, n). */
+void p384_scalar_inv_mont(uint64_t w_mont[6], const uint64_t s[6]);
+/* The same for count <= P384_BATCH_MAX values at the cost of one inversion. */
+void p384_scalar_batch_inv_mont(uint64_t (*w_mont)[6], const uint64_t (*s)[6], size_t count);
+/* u1 = e*w, u2 = r*w mod n, given w_mont from the above; e, r < n. */
+void p384_scalars(uint64_t u1[6], uint64_t u2[6], const uint64_t e[6], const uint64_t r[6],
+                  const uint64_t w_mont[6]);
+
+#endif

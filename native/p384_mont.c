@@ -1,0 +1,83 @@
+/*
+ * Montgomery multiplication for 6-limb odd moduli (p and n of P-384).
+ *
+ * Two implementations: mulx/adcx/adox assembly (p384_mont_adx.c) chosen per call from
+ * the CPU features libgcc detected at load time, and portable CIOS in C as fallback.
+ * The choice reads no state of ours, so the core stays free of mutable globals.
+ */
+#include "p384_internal.h"
+
+typedef unsigned __int128 u128;
+
+const struct p384_modulus p384_mod_p = {
+    {0x00000000ffffffffu, 0xffffffff00000000u, 0xfffffffffffffffeu, 0xffffffffffffffffu,
+     0xffffffffffffffffu, 0xffffffffffffffffu},
+    0x0000000100000001u};
+const struct p384_modulus p384_mod_n = {
+    {0xecec196accc52973u, 0x581a0db248b0a77au, 0xc7634d81f4372ddfu, 0xffffffffffffffffu,
+     0xffffffffffffffffu, 0xffffffffffffffffu},
+    0x6ed46089e88fdc45u};
+
+/* native/tests/test_p384.c checks these against the generated p384_tables.h. */
+_Static_assert(sizeof(struct p384_modulus) == 56, "asm reads n0 at offset 48");
+
+void p384_mont_mul_portable(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
+                            const struct p384_modulus *mod)
+{
+    uint64_t t[8] = {0};
+    for (int i = 0; i < 6; i++) {
+        u128 c = 0;
+        for (int j = 0; j < 6; j++) {
+            c += (u128)a[j] * b[i] + t[j];
+            t[j] = (uint64_t)c;
+            c >>= 64;
+        }
+        c += t[6];
+        t[6] = (uint64_t)c;
+        t[7] = (uint64_t)(c >> 64);
+
+        uint64_t m = t[0] * mod->n0;
+        c = ((u128)m * mod->m[0] + t[0]) >> 64;
+        for (int j = 1; j < 6; j++) {
+            c += (u128)m * mod->m[j] + t[j];
+            t[j - 1] = (uint64_t)c;
+            c >>= 64;
+        }
+        c += t[6];
+        t[5] = (uint64_t)c;
+        t[6] = t[7] + (uint64_t)(c >> 64);
+    }
+    /* t < 2m: subtract m once unless that borrows. */
+    uint64_t d[6];
+    u128 borrow = 0;
+    for (int j = 0; j < 6; j++) {
+        u128 v = (u128)t[j] - mod->m[j] - borrow;
+        d[j] = (uint64_t)v;
+        borrow = (v >> 64) & 1;
+    }
+    int keep = t[6] < borrow;
+    for (int j = 0; j < 6; j++)
+        r[j] = keep ? t[j] : d[j];
+}
+
+/* Build with -DKBS_P384_PORTABLE_ONLY to test or time the fallback on an ADX machine. */
+int p384_have_adx(void)
+{
+#if defined(P384_HAVE_ASM) && !defined(KBS_P384_PORTABLE_ONLY)
+    return __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("adx");
+#else
+    return 0;
+#endif
+}
+
+void p384_mont_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
+                   const struct p384_modulus *mod)
+{
+#ifdef P384_HAVE_ASM
+    if (p384_have_adx()) {
+        p384_mont_mul_adx(r, a, b, mod);
+        return;
+    }
+#endif
+    p384_mont_mul_portable(r, a, b, mod);
+}

@@ -1,0 +1,204 @@
+/*
+ * P-384 points in Jacobian coordinates (x = X/Z^2, y = Y/Z^3), a = -3.
+ * Additions detect equal and opposite inputs (variable time is fine: public data),
+ * so wNAF ladders never feed an exceptional case to the formulas.
+ */
+#include <string.h>
+
+#include "kbs_native.h"
+#include "p384_internal.h"
+
+static const uint64_t B_MONT[6] = {0x081188719d412dccu, 0xf729add87a4c32ecu, 0x77f2209b1920022eu,
+                                   0xe3374bee94938ae2u, 0xb62b21f41f022094u, 0xcd08114b604fbff9u};
+static const uint64_t ONE_MONT[6] = {0xffffffff00000001u, 0x00000000ffffffffu, 1, 0, 0, 0};
+
+static void set_infinity(struct p384_jacobian *r)
+{
+    memset(r, 0, sizeof *r);
+}
+
+/* dbl-2001-b: 3M + 5S, using a = -3 for alpha = 3(X - Z^2)(X + Z^2). */
+void p384_point_double(struct p384_jacobian *r, const struct p384_jacobian *a)
+{
+    uint64_t delta[6], gamma[6], beta[6], alpha[6], t1[6], t2[6];
+    if (p384_is_zero(a->z)) {
+        set_infinity(r);
+        return;
+    }
+    p384_fe_sqr(delta, a->z);
+    p384_fe_sqr(gamma, a->y);
+    p384_fe_mul(beta, a->x, gamma);
+    p384_fe_sub(t1, a->x, delta);
+    p384_fe_add(t2, a->x, delta);
+    p384_fe_mul(t1, t1, t2);
+    p384_fe_add(alpha, t1, t1);
+    p384_fe_add(alpha, alpha, t1);
+    /* Z3 = (Y + Z)^2 - gamma - delta, before r->y and r->z may be overwritten */
+    p384_fe_add(t1, a->y, a->z);
+    p384_fe_sqr(t1, t1);
+    p384_fe_sub(t1, t1, gamma);
+    p384_fe_sub(r->z, t1, delta);
+    /* X3 = alpha^2 - 8 beta */
+    p384_fe_add(beta, beta, beta);
+    p384_fe_add(beta, beta, beta); /* 4 beta */
+    p384_fe_sqr(t1, alpha);
+    p384_fe_add(t2, beta, beta);
+    p384_fe_sub(r->x, t1, t2);
+    /* Y3 = alpha (4 beta - X3) - 8 gamma^2 */
+    p384_fe_sub(t1, beta, r->x);
+    p384_fe_mul(t1, alpha, t1);
+    p384_fe_sqr(gamma, gamma);
+    p384_fe_add(gamma, gamma, gamma);
+    p384_fe_add(gamma, gamma, gamma);
+    p384_fe_add(gamma, gamma, gamma);
+    p384_fe_sub(r->y, t1, gamma);
+}
+
+/*
+ * Shared tail of both additions, given U1 = X1 Z2^2, U2, S1 = Y1 Z2^3, S2 and the
+ * product of the Z inputs: H = U2 - U1, R = S2 - S1.  Returns 0 if H == 0 (caller decides
+ * between doubling and infinity, depending on R).
+ */
+static int add_tail(struct p384_jacobian *r, const uint64_t u1[6], const uint64_t u2[6],
+                    const uint64_t s1[6], const uint64_t s2[6], const uint64_t zz[6], int *same)
+{
+    uint64_t h[6], rr[6], hh[6], hhh[6], v[6], t[6];
+    p384_fe_sub(h, u2, u1);
+    p384_fe_sub(rr, s2, s1);
+    if (p384_is_zero(h)) {
+        *same = p384_is_zero(rr);
+        return 0;
+    }
+    p384_fe_sqr(hh, h);
+    p384_fe_mul(hhh, h, hh);
+    p384_fe_mul(v, u1, hh);
+    p384_fe_mul(r->z, zz, h);
+    /* X3 = R^2 - H^3 - 2V */
+    p384_fe_sqr(t, rr);
+    p384_fe_sub(t, t, hhh);
+    p384_fe_sub(t, t, v);
+    p384_fe_sub(r->x, t, v);
+    /* Y3 = R (V - X3) - S1 H^3 */
+    p384_fe_sub(v, v, r->x);
+    p384_fe_mul(v, rr, v);
+    p384_fe_mul(t, s1, hhh);
+    p384_fe_sub(r->y, v, t);
+    return 1;
+}
+
+void p384_point_add(struct p384_jacobian *r, const struct p384_jacobian *a, const struct p384_jacobian *b)
+{
+    uint64_t z1z1[6], z2z2[6], u1[6], u2[6], s1[6], s2[6], zz[6];
+    if (p384_is_zero(a->z)) {
+        *r = *b;
+        return;
+    }
+    if (p384_is_zero(b->z)) {
+        *r = *a;
+        return;
+    }
+    p384_fe_sqr(z1z1, a->z);
+    p384_fe_sqr(z2z2, b->z);
+    p384_fe_mul(u1, a->x, z2z2);
+    p384_fe_mul(u2, b->x, z1z1);
+    p384_fe_mul(s1, a->y, b->z);
+    p384_fe_mul(s1, s1, z2z2);
+    p384_fe_mul(s2, b->y, a->z);
+    p384_fe_mul(s2, s2, z1z1);
+    p384_fe_mul(zz, a->z, b->z);
+    struct p384_jacobian out;
+    int same = 0;
+    if (add_tail(&out, u1, u2, s1, s2, zz, &same)) {
+        *r = out;
+        return;
+    }
+    if (same)
+        p384_point_double(r, a);
+    else
+        set_infinity(r);
+}
+
+void p384_point_add_affine(struct p384_jacobian *r, const struct p384_jacobian *a, const uint64_t *b_xy,
+                           int negate)
+{
+    uint64_t y2[6], z1z1[6], u2[6], s2[6];
+    if (negate)
+        p384_fe_sub(y2, (const uint64_t[6]){0}, b_xy + 6);
+    else
+        memcpy(y2, b_xy + 6, sizeof y2);
+    if (p384_is_zero(a->z)) {
+        memcpy(r->x, b_xy, sizeof r->x);
+        memcpy(r->y, y2, sizeof r->y);
+        memcpy(r->z, ONE_MONT, sizeof r->z);
+        return;
+    }
+    p384_fe_sqr(z1z1, a->z);
+    p384_fe_mul(u2, b_xy, z1z1);
+    p384_fe_mul(s2, y2, a->z);
+    p384_fe_mul(s2, s2, z1z1);
+    struct p384_jacobian out;
+    int same = 0;
+    if (add_tail(&out, a->x, u2, a->y, s2, a->z, &same)) {
+        *r = out;
+        return;
+    }
+    if (same)
+        p384_point_double(r, a);
+    else
+        set_infinity(r);
+}
+
+int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubkey_len)
+{
+    uint64_t x[6], y[6], lhs[6], rhs[6], t[6];
+    if (pubkey_len != KBS_P384_POINT_SIZE)
+        return KBS_ERR_KEY_LENGTH;
+    if (pubkey[0] != 0x04)
+        return KBS_ERR_KEY_FORMAT;
+    p384_from_be(x, pubkey + 1);
+    p384_from_be(y, pubkey + 49);
+    if (p384_cmp(x, p384_mod_p.m) >= 0 || p384_cmp(y, p384_mod_p.m) >= 0)
+        return KBS_ERR_KEY_NOT_ON_CURVE;
+    p384_fe_to_mont(q->x, x);
+    p384_fe_to_mont(q->y, y);
+    /* y^2 == x^3 - 3x + b; the cofactor is 1, so on the curve means in the group. */
+    p384_fe_sqr(lhs, q->y);
+    p384_fe_sqr(rhs, q->x);
+    p384_fe_mul(rhs, rhs, q->x);
+    p384_fe_add(t, q->x, q->x);
+    p384_fe_add(t, t, q->x);
+    p384_fe_sub(rhs, rhs, t);
+    p384_fe_add(rhs, rhs, B_MONT);
+    if (p384_cmp(lhs, rhs) != 0)
+        return KBS_ERR_KEY_NOT_ON_CURVE;
+    return KBS_OK;
+}
+
+/* Montgomery's trick turns count inversions into one inversion and 3(count-1) products. */
+void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *base, size_t count)
+{
+    struct p384_jacobian pts[64], twice;
+    uint64_t prefix[64][6], inv[6], zi[6], zi2[6], t[6];
+    if (count > 64)
+        count = 64;
+    pts[0] = *base;
+    p384_point_double(&twice, base);
+    for (size_t i = 1; i < count; i++)
+        p384_point_add(&pts[i], &pts[i - 1], &twice);
+    memcpy(prefix[0], pts[0].z, sizeof prefix[0]);
+    for (size_t i = 1; i < count; i++)
+        p384_fe_mul(prefix[i], prefix[i - 1], pts[i].z);
+    p384_fe_inv(inv, prefix[count - 1]);
+    for (size_t i = count; i-- > 0;) {
+        if (i > 0) {
+            p384_fe_mul(zi, inv, prefix[i - 1]);
+            p384_fe_mul(inv, inv, pts[i].z);
+        } else {
+            memcpy(zi, inv, sizeof zi);
+        }
+        p384_fe_sqr(zi2, zi);
+        p384_fe_mul(out[i], pts[i].x, zi2);
+        p384_fe_mul(t, zi2, zi);
+        p384_fe_mul(out[i] + 6, pts[i].y, t);
+    }
+}

@@ -1,0 +1,413 @@
+/*
+ * The fast P-384 core under ASan/UBSan (`make sanitize`), and its differential fuzzer.
+ *
+ *  1. field layer: asm multiply, add and sub against the portable C, on random and extreme
+ *     inputs; the inverse against a * a^-1 == 1; constants against p384_tables.h;
+ *  2. NIST CAVP SigVer P-384 records (all five hashes) from $KBS_VECTORS, if present;
+ *  3. differential loop: kbs_p384_verify_digest, the table path, kbs_p384_verify_hash and
+ *     kbs_p384_verify_batch against the libcrypto implementation on random keys,
+ *     signatures, mutations and edge values.  Statuses must match exactly.
+ *     KBS_P384_DIFF_ITERS sets the number of cases (default 300), KBS_P384_SEED the seed.
+ *
+ * Prints "N passed, M failed" and exits non-zero on any failure.
+ */
+#define _POSIX_C_SOURCE 200809L
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/obj_mac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kbs_native.h"
+#include "p384_internal.h"
+#include "p384_tables.h"
+
+static long passed, failed;
+
+#define CHECK(cond, ...)                                   \
+    do {                                                   \
+        if (cond) {                                        \
+            passed++;                                      \
+        } else {                                           \
+            failed++;                                      \
+            if (failed <= 20) {                            \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+                fprintf(stderr, __VA_ARGS__);              \
+                fputc('\n', stderr);                       \
+            }                                              \
+        }                                                  \
+    } while (0)
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t rnd(void)
+{
+    uint64_t x = rng_state; /* xorshift64*: reproducible from the printed seed */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng_state = x;
+    return x * 0x2545f4914f6cdd1du;
+}
+
+static void rnd_bytes(uint8_t *out, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        out[i] = (uint8_t)rnd();
+}
+
+/* Random value below m, biased towards 0, 1, m-1 and long runs of ones/zeros. */
+static void rnd_below(uint64_t a[6], const uint64_t m[6])
+{
+    for (;;) {
+        switch (rnd() % 8) {
+        case 0:
+            memcpy(a, m, 48);
+            a[0] -= 1 + rnd() % 3;
+            break;
+        case 1:
+            memset(a, 0, 48);
+            a[0] = rnd() % 3;
+            break;
+        case 2:
+            for (int i = 0; i < 6; i++)
+                a[i] = (rnd() & 1) ? ~(uint64_t)0 : 0;
+            break;
+        default:
+            for (int i = 0; i < 6; i++)
+                a[i] = rnd();
+        }
+        if (p384_cmp(a, m) < 0)
+            return;
+    }
+}
+
+static void test_field(long iters)
+{
+    CHECK(memcmp(p384_mod_p.m, P384_P, 48) == 0 && p384_mod_p.n0 == P384_N0_P, "p constants");
+    CHECK(memcmp(p384_mod_n.m, P384_N, 48) == 0 && p384_mod_n.n0 == P384_N0_N, "n constants");
+    const struct p384_modulus *mods[2] = {&p384_mod_p, &p384_mod_n};
+    long bad = 0;
+    for (long i = 0; i < iters; i++) {
+        const struct p384_modulus *mod = mods[i & 1];
+        uint64_t a[6], b[6], x[6], y[6];
+        rnd_below(a, mod->m);
+        rnd_below(b, mod->m);
+        p384_mont_mul_portable(x, a, b, mod);
+        p384_mont_mul(y, a, b, mod);
+        bad += memcmp(x, y, 48) != 0;
+        p384_mod_add(x, a, b, mod->m);
+        p384_mod_sub(y, x, b, mod->m);
+        bad += memcmp(y, a, 48) != 0;
+        if (mod == &p384_mod_p) {
+            p384_fe_add(y, a, b);
+            bad += memcmp(x, y, 48) != 0;
+            p384_mod_sub(x, a, b, mod->m);
+            p384_fe_sub(y, a, b);
+            bad += memcmp(x, y, 48) != 0;
+        }
+        if (!p384_is_zero(a) && i % 16 < 2) {
+            uint64_t one[6] = {1, 0, 0, 0, 0, 0}, rr[6];
+            p384_mod_inv_vartime(x, a, mod);
+            /* mont(mont(a, a^-1), R^2) = a * a^-1 */
+            p384_mont_mul(y, a, x, mod);
+            p384_mont_mul(rr, y, mod == &p384_mod_p ? P384_RR_P : P384_RR_N, mod);
+            bad += memcmp(rr, one, 48) != 0;
+        }
+    }
+    CHECK(bad == 0, "field layer: %ld mismatches in %ld rounds (%s)", bad, iters,
+          kbs_p384_implementation());
+}
+
+/* Horner on 7 limbs mod 2^448: sum d_i 2^i must give k back, digits odd and in range. */
+static int wnaf_ok(const uint64_t k[6], unsigned w)
+{
+    int8_t d[P384_WNAF_MAX];
+    size_t len = p384_wnaf(d, k, w);
+    uint64_t acc[7] = {0};
+    for (size_t i = len; i-- > 0;) {
+        for (int j = 6; j > 0; j--)
+            acc[j] = (acc[j] << 1) | (acc[j - 1] >> 63);
+        acc[0] <<= 1;
+        if (d[i] != 0 && ((d[i] & 1) == 0 || d[i] >= (1 << (w - 1)) || d[i] <= -(1 << (w - 1))))
+            return 0;
+        uint64_t add = (uint64_t)(int64_t)d[i], carry = 0;
+        for (int j = 0; j < 7; j++) {
+            uint64_t ext = j == 0 ? add : (d[i] < 0 ? ~(uint64_t)0 : 0);
+            uint64_t sum = acc[j] + ext;
+            uint64_t c1 = sum < acc[j];
+            acc[j] = sum + carry;
+            carry = c1 | (acc[j] < sum);
+        }
+    }
+    return memcmp(acc, k, 48) == 0 && acc[6] == 0 && (len == 0 || d[len - 1] != 0);
+}
+
+static void test_wnaf(long iters)
+{
+    long bad = 0;
+    for (long i = 0; i < iters; i++) {
+        uint64_t k[6];
+        rnd_below(k, P384_N);
+        if (i % 3 == 0) /* a 96-bit split part */
+            k[2] &= 0xffffffffu, k[3] = k[4] = k[5] = 0;
+        bad += !wnaf_ok(k, 2 + (unsigned)(i % 7));
+    }
+    CHECK(bad == 0, "wNAF: %ld bad recodings", bad);
+}
+
+static size_t unhex(uint8_t *out, size_t cap, const char *hex)
+{
+    size_t n = strlen(hex) / 2;
+    if (n > cap)
+        return (size_t)-1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
+            return (size_t)-1;
+        out[i] = (uint8_t)v;
+    }
+    return n;
+}
+
+/* Right-align a big-endian hex integer in `width` bytes. */
+static int unhex_int(uint8_t *out, size_t width, const char *hex)
+{
+    uint8_t tmp[80];
+    size_t n = unhex(tmp, sizeof tmp, hex);
+    if (n == (size_t)-1 || n > width)
+        return 0;
+    memset(out, 0, width);
+    memcpy(out + width - n, tmp, n);
+    return 1;
+}
+
+static void test_cavp(const char *dir)
+{
+    char path[4096], line[1024], section[64] = "";
+    snprintf(path, sizeof path, "%s/nist_cavp/SigVer.rsp", dir);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        printf("skipped CAVP: %s not found (set KBS_VECTORS)\n", path);
+        return;
+    }
+    uint8_t msg[256], key[97] = {4}, r[48], s[48];
+    size_t msg_len = 0;
+    int records = 0;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (line[0] == '[') {
+            snprintf(section, sizeof section, "%.63s", line);
+            continue;
+        }
+        if (strncmp(section, "[P-384,", 7) != 0)
+            continue;
+        if (strncmp(line, "Msg = ", 6) == 0)
+            msg_len = unhex(msg, sizeof msg, line + 6);
+        else if (strncmp(line, "Qx = ", 5) == 0)
+            CHECK(unhex_int(key + 1, 48, line + 5), "Qx");
+        else if (strncmp(line, "Qy = ", 5) == 0)
+            CHECK(unhex_int(key + 49, 48, line + 5), "Qy");
+        else if (strncmp(line, "R = ", 4) == 0)
+            CHECK(unhex_int(r, 48, line + 4), "R");
+        else if (strncmp(line, "S = ", 4) == 0)
+            CHECK(unhex_int(s, 48, line + 4), "S");
+        else if (strncmp(line, "Result = ", 9) == 0) {
+            char name[16];
+            snprintf(name, sizeof name, "%.*s", (int)(strcspn(section + 7, "]")), section + 7);
+            for (char *c = name; *c; c++)
+                if (*c == '-')
+                    memmove(c, c + 1, strlen(c));
+            const EVP_MD *md = EVP_get_digestbyname(name);
+            uint8_t hash[64];
+            unsigned hash_len = 0;
+            CHECK(md != NULL && EVP_Digest(msg, msg_len, hash, &hash_len, md, NULL) == 1, "hash %s", name);
+            int want = line[9] == 'P';
+            int got = kbs_p384_verify_hash(key, sizeof key, hash, hash_len, r, s);
+            CHECK((got == KBS_OK) == want, "CAVP %s record %d: status %d", section, records, got);
+            records++;
+        }
+    }
+    fclose(f);
+    CHECK(records == 75, "CAVP P-384 SigVer records: %d", records);
+}
+
+/* --- the differential loop --- */
+
+struct keypair {
+    EC_KEY *key;
+    uint8_t point[97];
+    struct kbs_p384_key_table *table;
+};
+
+static void make_key(struct keypair *kp)
+{
+    kp->key = EC_KEY_new_by_curve_name(NID_secp384r1);
+    if (kp->key == NULL || EC_KEY_generate_key(kp->key) != 1 ||
+        EC_POINT_point2oct(EC_KEY_get0_group(kp->key), EC_KEY_get0_public_key(kp->key),
+                           POINT_CONVERSION_UNCOMPRESSED, kp->point, 97, NULL) != 97) {
+        fprintf(stderr, "libcrypto key generation failed\n");
+        exit(2);
+    }
+    kp->table = malloc(sizeof *kp->table);
+    if (kp->table == NULL || kbs_p384_key_precompute(kp->point, 97, kp->table) != KBS_OK) {
+        fprintf(stderr, "precompute failed\n");
+        exit(2);
+    }
+}
+
+static void sign(const struct keypair *kp, const uint8_t digest[48], uint8_t r[48], uint8_t s[48])
+{
+    ECDSA_SIG *sig = ECDSA_do_sign(digest, 48, kp->key);
+    const BIGNUM *br, *bs;
+    if (sig == NULL) {
+        fprintf(stderr, "libcrypto sign failed\n");
+        exit(2);
+    }
+    ECDSA_SIG_get0(sig, &br, &bs);
+    BN_bn2binpad(br, r, 48);
+    BN_bn2binpad(bs, s, 48);
+    ECDSA_SIG_free(sig);
+}
+
+/* One of the scalar values every range check must get right. */
+static void edge_scalar(uint8_t out[48])
+{
+    uint64_t v[6];
+    switch (rnd() % 7) {
+    case 0: memset(v, 0, sizeof v); break;
+    case 1: memcpy(v, P384_N, 48); break;
+    case 2: memcpy(v, P384_N, 48); v[0] -= 1; break;
+    case 3: memcpy(v, P384_N, 48); v[0] += 1; break;
+    case 4: memcpy(v, P384_P, 48); break;
+    case 5: memset(v, 0xff, sizeof v); break;
+    default: memset(v, 0, sizeof v); v[0] = 1 + rnd() % 4; break;
+    }
+    p384_to_be(out, v);
+}
+
+static void mutate(uint8_t point[97], uint8_t digest[48], uint8_t r[48], uint8_t s[48],
+                   const struct keypair *other)
+{
+    switch (rnd() % 12) {
+    case 0: r[47 - rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
+    case 1: s[47 - rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
+    case 2: digest[rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
+    case 3: edge_scalar(r); break;
+    case 4: edge_scalar(s); break;
+    case 5: memcpy(point, other->point, 97); break;
+    case 6: point[1 + rnd() % 96] ^= (uint8_t)(1u << rnd() % 8); break; /* off the curve */
+    case 7: memset(point + 1, 0xff, 48); break;                           /* x >= p */
+    case 8: edge_scalar(digest); break;                                   /* e = 0, n, ... */
+    case 9: { uint8_t t[48]; memcpy(t, r, 48); memcpy(r, s, 48); memcpy(s, t, 48); break; }
+    default: break; /* valid as signed */
+    }
+}
+
+/* Cold-key batches of up to 8 pending cases, checked against libcrypto's verdicts. */
+enum { PENDING = 8 };
+struct pending {
+    uint8_t digests[PENDING * 48], sigs[PENDING * 96], points[PENDING * 97];
+    int want[PENDING];
+    size_t count;
+};
+
+static long flush_batch(struct pending *p)
+{
+    int got[PENDING];
+    long bad = 0;
+    if (p->count == 0)
+        return 0;
+    if (kbs_p384_verify_batch(p->count, p->digests, p->sigs, p->points, NULL, got) != KBS_OK)
+        return (long)p->count;
+    for (size_t i = 0; i < p->count; i++)
+        bad += got[i] != p->want[i];
+    p->count = 0;
+    return bad;
+}
+
+static void test_differential(long iters, struct keypair *keys, int nkeys)
+{
+    long cases = 0, valid = 0, disagreements = 0, batch_bad = 0;
+    static struct pending pend;
+    for (long i = 0; i < iters; i++) {
+        const struct keypair *kp = &keys[rnd() % (unsigned)nkeys];
+        const struct keypair *other = &keys[rnd() % (unsigned)nkeys];
+        uint8_t digest[48], r[48], s[48], point[97];
+        rnd_bytes(digest, 48);
+        if (rnd() % 4 == 0)
+            memset(digest, (rnd() & 1) ? 0xff : 0, 1 + rnd() % 47); /* zero/one runs */
+        memcpy(point, kp->point, 97);
+        sign(kp, digest, r, s);
+        if (rnd() % 3)
+            mutate(point, digest, r, s, other);
+        int want = kbs_p384_verify_digest_libcrypto(point, 97, digest, r, s);
+        int got = kbs_p384_verify_digest(point, 97, digest, r, s);
+        int ok = got == want;
+        if (memcmp(point, kp->point, 97) == 0 || memcmp(point, other->point, 97) == 0) {
+            const struct kbs_p384_key_table *t = memcmp(point, kp->point, 97) == 0 ? kp->table : other->table;
+            int tab = kbs_p384_verify_digest_with_table(t, digest, r, s);
+            int batch = -1;
+            uint8_t sig[96];
+            memcpy(sig, r, 48);
+            memcpy(sig + 48, s, 48);
+            kbs_p384_verify_batch(1, digest, sig, NULL, &t, &batch);
+            ok = ok && tab == want && batch == want;
+        }
+        /* a longer hash: only its first 48 bytes may matter */
+        uint8_t longer[64];
+        memcpy(longer, digest, 48);
+        rnd_bytes(longer + 48, 16);
+        ok = ok && kbs_p384_verify_hash(point, 97, longer, 48 + rnd() % 17, r, s) == want;
+        memcpy(pend.digests + 48 * pend.count, digest, 48);
+        memcpy(pend.sigs + 96 * pend.count, r, 48);
+        memcpy(pend.sigs + 96 * pend.count + 48, s, 48);
+        memcpy(pend.points + 97 * pend.count, point, 97);
+        pend.want[pend.count++] = want;
+        if (pend.count == PENDING || rnd() % 5 == 0)
+            batch_bad += flush_batch(&pend);
+        cases++;
+        valid += want == KBS_OK;
+        if (!ok) {
+            disagreements++;
+            if (disagreements <= 5)
+                fprintf(stderr, "disagreement at case %ld: libcrypto %d, fast %d\n", i, want, got);
+        }
+    }
+    batch_bad += flush_batch(&pend);
+    printf("differential: %ld cases (%ld valid), %ld disagreements with libcrypto, %ld in batches\n",
+           cases, valid, disagreements, batch_bad);
+    CHECK(disagreements == 0, "%ld disagreements", disagreements);
+    CHECK(batch_bad == 0, "%ld batch disagreements", batch_bad);
+}
+
+int main(void)
+{
+    const char *iters_env = getenv("KBS_P384_DIFF_ITERS"), *seed_env = getenv("KBS_P384_SEED");
+    const char *vectors = getenv("KBS_VECTORS");
+    long iters = iters_env ? atol(iters_env) : 300;
+    if (seed_env)
+        rng_state = strtoull(seed_env, NULL, 0) | 1;
+    printf("p384: %s, seed 0x%016llx\n", kbs_p384_implementation(), (unsigned long long)rng_state);
+
+    test_field(20000);
+    test_wnaf(20000);
+    test_cavp(vectors ? vectors : "../shared/vectors");
+
+    enum { NKEYS = 4 };
+    struct keypair keys[NKEYS];
+    for (int i = 0; i < NKEYS; i++)
+        make_key(&keys[i]);
+    test_differential(iters, keys, NKEYS);
+    for (int i = 0; i < NKEYS; i++) {
+        EC_KEY_free(keys[i].key);
+        free(keys[i].table);
+    }
+
+    printf("%ld passed, %ld failed\n", passed, failed);
+    return failed != 0;
+}
