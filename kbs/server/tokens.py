@@ -23,7 +23,7 @@ from kbs.keys.kek import Kek
 
 SECRET_NAME = "token-signing-key"
 LEEWAY_SECONDS = 0  # the token's lifetime is configured; no grace on top of it
-VERIFIED_CACHE = 4096
+VERIFIED_CACHE = 1024  # ~5-10 KB each (claims and token)
 
 
 class TokenInvalid(KbsError):
