@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pythonjsonlogger.json import JsonFormatter
 
 from kbs.errors import KbsError
 from kbs.evidence.snp import configure_key_tables
@@ -185,23 +186,11 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; `extra` fields included.  Handlers never log key material."""
-
-    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}
-        out.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
 def setup_logging(level: str = "INFO") -> None:
+    """One JSON object per line (python-json-logger); `extra` fields included.  Never key material."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
+                                       rename_fields={"levelname": "level", "name": "logger"}))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
