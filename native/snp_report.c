@@ -183,18 +183,24 @@ int kbs_snp_parse(const uint8_t *buf, size_t len, struct kbs_snp_report *out)
     return KBS_OK;
 }
 
-int kbs_snp_verify(const uint8_t *buf, size_t len, const uint8_t *pubkey, size_t pubkey_len,
-                   struct kbs_snp_report *out)
+/* Parse, refuse an unsigned report, and hash the signed bytes: the part both verify calls share. */
+static int parse_and_digest(const uint8_t *buf, size_t len, struct kbs_snp_report *out, uint8_t digest[48])
 {
-    if (pubkey == NULL)
-        return KBS_ERR_NULL_ARGUMENT;
     int rc = kbs_snp_parse(buf, len, out);
     if (rc != KBS_OK)
         return rc;
     if (((out->signer_info >> 2) & 7) == SIGNING_KEY_NONE)
         return KBS_ERR_SNP_UNSIGNED;
+    return kbs_sha384(buf, KBS_SNP_SIGNED_SIZE, digest);
+}
+
+int kbs_snp_verify(const uint8_t *buf, size_t len, const uint8_t *pubkey, size_t pubkey_len,
+                   struct kbs_snp_report *out)
+{
+    if (pubkey == NULL)
+        return KBS_ERR_NULL_ARGUMENT;
     uint8_t digest[48];
-    rc = kbs_sha384(buf, KBS_SNP_SIGNED_SIZE, digest);
+    int rc = parse_and_digest(buf, len, out, digest);
     if (rc != KBS_OK)
         return rc;
     return kbs_p384_verify_digest(pubkey, pubkey_len, digest, out->signature_r, out->signature_s);
@@ -205,13 +211,8 @@ int kbs_snp_verify_with_table(const uint8_t *buf, size_t len, const struct kbs_p
 {
     if (table == NULL)
         return KBS_ERR_NULL_ARGUMENT;
-    int rc = kbs_snp_parse(buf, len, out);
-    if (rc != KBS_OK)
-        return rc;
-    if (((out->signer_info >> 2) & 7) == SIGNING_KEY_NONE)
-        return KBS_ERR_SNP_UNSIGNED;
     uint8_t digest[48];
-    rc = kbs_sha384(buf, KBS_SNP_SIGNED_SIZE, digest);
+    int rc = parse_and_digest(buf, len, out, digest);
     if (rc != KBS_OK)
         return rc;
     return kbs_p384_verify_digest_with_table(table, digest, out->signature_r, out->signature_s);

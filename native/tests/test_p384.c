@@ -22,25 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "kbs_native.h"
 #include "p384_internal.h"
 #include "p384_tables.h"
 
-static long passed, failed;
-
-#define CHECK(cond, ...)                                   \
-    do {                                                   \
-        if (cond) {                                        \
-            passed++;                                      \
-        } else {                                           \
-            failed++;                                      \
-            if (failed <= 20) {                            \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-                fprintf(stderr, __VA_ARGS__);              \
-                fputc('\n', stderr);                       \
-            }                                              \
-        }                                                  \
-    } while (0)
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 

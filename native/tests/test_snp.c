@@ -12,21 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "kbs_native.h"
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        } else {                                                                                   \
-            failed++;                                                                              \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-        }                                                                                          \
-    } while (0)
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15u;
 
@@ -220,7 +208,7 @@ int main(void)
         while ((e = readdir(d)) != NULL) {
             if (e->d_name[0] == '.')
                 continue;
-            int before = passed;
+            long before = passed;
             test_report(dir, e->d_name, iters / 10);
             reports += passed > before;
         }
@@ -230,6 +218,6 @@ int main(void)
         fprintf(stderr, "note: no SNP vectors under %s; real-report tests skipped\n", dir);
     test_certtable(iters);
     test_p384_arguments();
-    printf("test_snp: %d reports; %d passed, %d failed\n", reports, passed, failed);
+    printf("test_snp: %d reports; %ld passed, %ld failed\n", reports, passed, failed);
     return failed != 0;
 }
