@@ -85,7 +85,7 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await st.run(st.store.ping)
         st.kek.unseal(st.kek.seal(b"ready", "readyz"), "readyz")
-        st.signer.sign({"iat": 0, "exp": 1})
+        st.signer.probe()
     except Exception as exc:  # readiness reports any failure; it never raises
         return web.Response(status=503, text=f"not ready: {type(exc).__name__}")
     return web.Response(text="ready")

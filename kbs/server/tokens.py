@@ -67,6 +67,11 @@ class TokenSigner:
         self._remember(token, json.loads(json.dumps(claims)))  # the claims exactly as a verifier decodes them
         return token
 
+    def probe(self) -> None:
+        """Sign and verify a throwaway token without caching it (readiness check)."""
+        token = jwt.encode({"iat": 0, "exp": 1}, self._key, algorithm="ES256", headers={"kid": self.kid})
+        jwt.decode(token, self._public, algorithms=["ES256"], options={"verify_exp": False})
+
     def _remember(self, token: str, claims: dict[str, Any]) -> None:
         self._verified[token] = claims
         while len(self._verified) > VERIFIED_CACHE:
