@@ -116,6 +116,8 @@ def test_attestation_records(tmp_path: Path) -> None:
     store.record_attestation(AttestationRecord("att1", NOW, "s", "snp", {"submods": {}}))
     got = store.get_attestation("att1")
     assert got is not None and got.claims == {"submods": {}} and store.get_attestation("x") is None
+    assert store.purge_attestations(NOW) == 0  # not older than NOW
+    assert store.purge_attestations(NOW + dt.timedelta(seconds=1)) == 1 and store.get_attestation("att1") is None
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
@@ -165,12 +165,16 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _purge_sessions(state: BrokerState) -> None:
+    """Every minute: drop expired sessions and attestation records past their retention."""
+    retention = timedelta(days=state.config.attestation_retention_days)
     while True:
         await asyncio.sleep(60)
         try:
-            await state.run(state.store.purge_expired_sessions, state.clock())
+            now = state.clock()
+            await state.run(state.store.purge_expired_sessions, now)
+            await state.run(state.store.purge_attestations, now - retention)
         except KbsError as exc:
-            log.warning("session purge failed", extra={"error": str(exc)})
+            log.warning("purge failed", extra={"error": str(exc)})
 
 
 def make_app(config: Config) -> web.Application:

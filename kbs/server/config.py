@@ -10,7 +10,8 @@
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
     [limits]   max_body_bytes = 2097152, request_timeout_seconds = 30, verify_threads = 0 (0: one per core),
-               key_tables = 256 (cached per-key P-384 tables, 24 KB each)
+               key_tables = 256 (cached per-key P-384 tables, 24 KB each),
+               attestation_retention_days = 30 (stored claims kept for dry-runs)
 
     [[admin.keys]]                      # who may use the admin API
     name = "ops"; public_key = "/etc/kbs/ops.pub.pem"; role = "admin"   # role: admin or auditor
@@ -58,6 +59,7 @@ class Config:
     request_timeout: float = 30.0
     verify_threads: int = 0
     key_tables: int = 256
+    attestation_retention_days: int = 30
     admin_keys: tuple[AdminKey, ...] = ()
     snp_roots: tuple[Path, ...] = ()
     kds_url: str = "https://kdsintf.amd.com"
@@ -99,7 +101,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "session": {"lifetime_seconds": "session_lifetime"},
     "token": {"lifetime_seconds": "token_lifetime"},
     "limits": {"max_body_bytes": "max_body_bytes", "request_timeout_seconds": "request_timeout",
-               "verify_threads": "verify_threads", "key_tables": "key_tables"},
+               "verify_threads": "verify_threads", "key_tables": "key_tables",
+               "attestation_retention_days": "attestation_retention_days"},
     "trust": {"snp_roots": "snp_roots"},
     "kds": {"url": "kds_url", "cache_dir": "kds_cache_dir", "offline": "kds_offline"},
 }

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS reference_sets (name TEXT PRIMARY KEY, body TEXT NOT 
 CREATE TABLE IF NOT EXISTS attestations (
     attestation_id TEXT PRIMARY KEY, at REAL NOT NULL, session_id TEXT NOT NULL, tee TEXT NOT NULL,
     claims TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS attestations_at ON attestations(at);
 CREATE TABLE IF NOT EXISTS release_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL,
     resource TEXT NOT NULL, version INTEGER, session_id TEXT, tee TEXT, policy_id TEXT, policy_hash TEXT,
@@ -265,6 +266,11 @@ class SqliteStore:
             return None
         r = rows[0]
         return AttestationRecord(r["attestation_id"], _dt(r["at"]), r["session_id"], r["tee"], json.loads(r["claims"]))
+
+    def purge_attestations(self, before: datetime) -> int:
+        """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM attestations WHERE at < ?", (_ts(before),)).rowcount
 
     def append_release(self, record: ReleaseRecord) -> ReleaseRecord:
         """Append to the hash chain; durable when this returns (synchronous=FULL)."""
