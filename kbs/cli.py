@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kbs.admin_client import add_admin_parsers, add_remote_policy_verbs
+from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
 from kbs.errors import EvidenceError, KbsError
 from kbs.evidence.snp import verify_snp
 from kbs.evidence.snp_certtable import parse_cert_table

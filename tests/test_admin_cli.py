@@ -1,4 +1,4 @@
-"""The operator verbs (kbs.admin_client) against a real `kbs serve`: each verb's effect is checked
+"""The operator verbs (kbs.admin_cli over kbs.admin_client) against a real `kbs serve`: each verb's effect is checked
 through the admin API, refusals exit 1 with the broker's detail, local problems exit 2, and key
 material never reaches the terminal."""
 
@@ -18,7 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kbs.admin_client import AdminClient, add_admin_parsers, add_remote_policy_verbs
+from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
+from kbs.admin_client import AdminClient
 from kbs.cli import _parser as cli_parser
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM

@@ -1,0 +1,337 @@
+"""Operator verbs (`kbs key|refs|log|attestation`, remote `kbs policy` verbs) over `kbs.admin_client`.
+
+This module only parses arguments and prints answers.  Key material is sent, never printed.
+Exit codes as `kbs`: 0 done / allowed, 1 refused by the broker (or unreachable) / denied, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kbs.admin_client import (
+    DEFAULT_ADMIN_KEY,
+    DEFAULT_URL,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    AdminClient,
+    AdminError,
+    SubParsers,
+    UsageProblem,
+    resource_path,
+)
+from kbs.policy.model import Explanation
+from kbs.timearg import rfc3339
+
+Run = Callable[[argparse.Namespace], int]
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    url = args.url or os.environ.get("KBS_URL") or DEFAULT_URL
+    key = args.admin_key or os.environ.get("KBS_ADMIN_KEY") or DEFAULT_ADMIN_KEY
+    return AdminClient(url, key)
+
+
+def _guarded(run: Run) -> Run:
+    """Every verb returns an exit code: the broker's refusals and local usage problems never escape."""
+    def func(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except UsageProblem as exc:
+            print(f"kbs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except AdminError as exc:
+            print(f"kbs: {'refused' if exc.status is not None else 'error'}: {exc.detail}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"error": {"check": exc.check, "status": exc.status, "type": exc.variant,
+                                            "message": exc.detail}}))
+            return EXIT_REFUSED
+    return func
+
+
+def _verb(group: SubParsers, name: str, help_text: str, run: Run) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--url", help=f"broker URL (default: $KBS_URL or {DEFAULT_URL})")
+    parser.add_argument("--admin-key", metavar="PEM",
+                        help=f"Ed25519 private key (default: $KBS_ADMIN_KEY or {DEFAULT_ADMIN_KEY})")
+    parser.add_argument("--json", action="store_true", help="machine output: the broker's JSON answer")
+    parser.set_defaults(func=_guarded(run))
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _rfc3339(text: str) -> str:
+    return rfc3339(text).isoformat()
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _text(path: str, what: str) -> str:
+    try:
+        return _read(path, what).decode()
+    except UnicodeDecodeError as exc:
+        raise UsageProblem(f"{what} {path} is not UTF-8 text") from exc
+
+
+def _emit(args: argparse.Namespace, answer: Any, human: str) -> int:
+    print(json.dumps(answer) if args.json else human)
+    return EXIT_OK
+
+
+def add_admin_parsers(commands: SubParsers) -> None:
+    """Top-level `key`, `refs`, `log` and `attestation` commands."""
+    _add_key_parsers(commands)
+    _add_refs_parsers(commands)
+    log = _verb(commands, "log", "show the release log (every release and refusal, hash-chained)", _run_log)
+    log.add_argument("--after", type=int, default=0, metavar="N", help="entries after sequence number N")
+    log.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N entries (max 1000)")
+    attestation = commands.add_parser("attestation", help="inspect stored attestations on the broker")
+    verbs = attestation.add_subparsers(dest="verb", required=True)
+    show = _verb(verbs, "show", "show a stored attestation and its claims", _run_attestation_show)
+    show.add_argument("attestation_id", metavar="ATT_ID", help="the token's kbs.attestation-id claim")
+
+
+def _add_key_parsers(commands: SubParsers) -> None:
+    key = commands.add_parser("key", help="manage keys (resources) on the broker")
+    verbs = key.add_subparsers(dest="verb", required=True)
+    _verb(verbs, "list", "list keys and their versions", _run_key_list)
+    for name, what, generate_ok in (("create", "store a key from a file or a generated one", True),
+                                    ("import", "store a key from a file (create --from-file)", False)):
+        create = _verb(verbs, name, what, _run_key_create)
+        create.add_argument("resource", metavar="REPO/TYPE/TAG")
+        source = create.add_mutually_exclusive_group(required=True)
+        source.add_argument("--from-file", metavar="FILE", help="the key's bytes (1..65536)")
+        if generate_ok:
+            source.add_argument("--generate", action="store_true", help="let the broker generate random bytes")
+            create.add_argument("--size", type=_positive, metavar="N", help="generated size in bytes (default 32)")
+        create.add_argument("--policy", metavar="ID", help="bind to this policy (default: the current binding, "
+                            "else 'default')")
+    rotate = _verb(verbs, "rotate", "generate a new version; the previous one is disabled", _run_key_rotate)
+    rotate.add_argument("resource", metavar="REPO/TYPE/TAG")
+    rotate.add_argument("--size", type=_positive, metavar="N", help="size in bytes (default 32)")
+    for name, enabled in (("disable", False), ("enable", True)):
+        toggle = _verb(verbs, name, f"{name} a version (default: the latest)"
+                       + ("; the other versions are disabled" if enabled else ""), _run_key_state)
+        toggle.add_argument("resource", metavar="REPO/TYPE/TAG")
+        toggle.add_argument("--version", type=_positive, metavar="N")
+        toggle.set_defaults(enabled=enabled)
+    delete = _verb(verbs, "delete", "delete a key and all its versions (needs --yes)", _run_key_delete)
+    delete.add_argument("resource", metavar="REPO/TYPE/TAG")
+    delete.add_argument("--yes", action="store_true", help="really delete: there is no undo")
+    bind = _verb(verbs, "bind", "bind a key (all its versions) to a policy", _run_key_bind)
+    bind.add_argument("resource", metavar="REPO/TYPE/TAG")
+    bind.add_argument("--policy", required=True, metavar="ID")
+
+
+def _add_refs_parsers(commands: SubParsers) -> None:
+    refs = commands.add_parser("refs", help="manage reference-value sets on the broker")
+    verbs = refs.add_subparsers(dest="verb", required=True)
+    _verb(verbs, "list", "list reference-value sets", _run_refs_list)
+    put = _verb(verbs, "put", "create or replace a reference-value set", _run_refs_put)
+    put.add_argument("name", metavar="NAME")
+    put.add_argument("values", nargs="*", metavar="VALUE", help="the allowed values (strings)")
+    put.add_argument("--from-file", metavar="FILE",
+                     help='JSON body instead of VALUEs: [values] or {"values": [...], "expires": ..., '
+                          '"description": ...}')
+    put.add_argument("--expires", type=_rfc3339, metavar="RFC3339", help="the set is absent after this time")
+    put.add_argument("--description", help="free text shown in listings")
+    delete = _verb(verbs, "delete", "delete a set (refused while a policy uses it)", _run_refs_delete)
+    delete.add_argument("name", metavar="NAME")
+
+
+def add_remote_policy_verbs(verbs: SubParsers) -> None:
+    """Broker-side verbs for the existing `kbs policy` group (beside the offline check and eval)."""
+    _verb(verbs, "list", "list the policy ids stored on the broker", _run_policy_list)
+    put = _verb(verbs, "put", "store a new version of a policy (JSON or Rego)", _run_policy_put)
+    put.add_argument("policy_id", metavar="ID")
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("--immutable", action="store_true", help="no change after this version (one way)")
+    show = _verb(verbs, "show", "show a policy's current text and its history", _run_policy_show)
+    show.add_argument("policy_id", metavar="ID")
+    immutable = _verb(verbs, "immutable", "make a policy immutable (one way)", _run_policy_immutable)
+    immutable.add_argument("policy_id", metavar="ID")
+    dry = _verb(verbs, "dry-run", "evaluate a stored policy on a stored attestation; nothing is released",
+                _run_policy_dry_run)
+    dry.add_argument("policy_id", metavar="ID")
+    dry.add_argument("--attestation", required=True, metavar="ATT_ID", help="the token's kbs.attestation-id")
+    dry.add_argument("--resource", metavar="REPO/TYPE/TAG", help="resource the policy sees (default default/key/0)")
+    trustee = _verb(verbs, "set-resource-policy", "Trustee's POST /kbs/v0/resource-policy: replaces policy "
+                    "'default'", _run_set_resource_policy)
+    trustee.add_argument("file", metavar="FILE")
+
+
+# -- verbs -----------------------------------------------------------------------------------
+
+def _run_key_list(args: argparse.Namespace) -> int:
+    keys = _client(args).list_keys()
+    lines = []
+    for key in keys:
+        lines.append(key["path"])
+        lines += [f"  v{v['version']:<3} {v['state']:<8} policy {v['policy_id']:<16} {v['created_at']}  "
+                  f"by {v['created_by']}" for v in key["versions"]]
+    return _emit(args, keys, "\n".join(lines) or "no keys")
+
+
+def _stored(answer: Mapping[str, Any]) -> str:
+    return f"{answer['path']}: version {answer['version']} stored, bound to policy {answer['policy_id']!r}"
+
+
+def _run_key_create(args: argparse.Namespace) -> int:
+    resource_path(args.resource)  # a usage error before anything else
+    if getattr(args, "generate", False):
+        answer = _client(args).generate_key(args.resource, args.size, args.policy)
+    else:
+        if getattr(args, "size", None) is not None:
+            raise UsageProblem("--size goes with --generate")
+        value = _read(args.from_file, "key file")
+        answer = _client(args).put_key(args.resource, value, args.policy)
+    return _emit(args, answer, _stored(answer))
+
+
+def _run_key_rotate(args: argparse.Namespace) -> int:
+    answer = _client(args).generate_key(args.resource, args.size)
+    return _emit(args, answer, _stored(answer))
+
+
+def _run_key_state(args: argparse.Namespace) -> int:
+    answer = _client(args).set_key_state(args.resource, args.enabled, args.version)
+    which = f"version {args.version}" if args.version else "latest version"
+    return _emit(args, answer, f"{args.resource}: {which} {'enabled' if args.enabled else 'disabled'}")
+
+
+def _run_key_delete(args: argparse.Namespace) -> int:
+    resource_path(args.resource)
+    if not args.yes:
+        raise UsageProblem(f"deleting {args.resource} removes every version for good; add --yes")
+    answer = _client(args).delete_key(args.resource)
+    return _emit(args, answer, f"{args.resource}: deleted ({answer['deleted_versions']} versions)")
+
+
+def _run_key_bind(args: argparse.Namespace) -> int:
+    answer = _client(args).bind_key(args.resource, args.policy)
+    return _emit(args, answer, f"{args.resource}: bound to policy {args.policy!r}")
+
+
+def _version_line(v: Mapping[str, Any]) -> str:
+    flag = ", immutable" if v.get("immutable") else ""
+    return f"v{v['version']} ({v['dialect']}{flag}) {v['created_at']} by {v['created_by']} sha256 {v['content_hash']}"
+
+
+def _run_policy_list(args: argparse.Namespace) -> int:
+    ids = _client(args).list_policies()
+    return _emit(args, ids, "\n".join(ids) or "no policies")
+
+
+def _run_policy_put(args: argparse.Namespace) -> int:
+    text = _text(args.file, "policy")
+    answer = _client(args).put_policy(args.policy_id, text, args.immutable)
+    return _emit(args, answer, f"policy {args.policy_id!r}: stored {_version_line(answer)}")
+
+
+def _run_policy_show(args: argparse.Namespace) -> int:
+    answer = _client(args).policy_history(args.policy_id)
+    current = answer["current"]
+    human = [f"policy {args.policy_id!r} {_version_line(current)}", current["text"].rstrip(), "history:"]
+    human += [f"  {_version_line(v)}" for v in answer["history"]]
+    return _emit(args, answer, "\n".join(human))
+
+
+def _run_policy_immutable(args: argparse.Namespace) -> int:
+    answer = _client(args).make_immutable(args.policy_id)
+    return _emit(args, answer, f"policy {args.policy_id!r}: immutable from version {answer['version']}")
+
+
+def explanation_from_json(doc: Mapping[str, Any]) -> Explanation:
+    """Rebuild the broker's explanation tree so it renders exactly as `kbs policy eval` does."""
+    return Explanation(kind=str(doc.get("kind", "")), ok=bool(doc.get("ok")), detail=str(doc.get("detail", "")),
+                       where=str(doc.get("where", "")), line=doc.get("line"), claim=doc.get("claim"),
+                       operator=doc.get("operator"), expected=doc.get("expected"), seen=doc.get("seen"),
+                       children=tuple(explanation_from_json(c) for c in doc.get("children", ())))
+
+
+def _run_policy_dry_run(args: argparse.Namespace) -> int:
+    if args.resource:
+        resource_path(args.resource)
+    decision = _client(args).dry_run(args.policy_id, args.attestation, args.resource)
+    allow = decision.get("allow") is True
+    _emit(args, decision, explanation_from_json(decision.get("explanation", {})).render())
+    print(f"kbs: {'allow' if allow else 'deny'}", file=sys.stderr)
+    return EXIT_OK if allow else EXIT_REFUSED
+
+
+def _run_set_resource_policy(args: argparse.Namespace) -> int:
+    answer = _client(args).set_resource_policy(_text(args.file, "policy"))
+    return _emit(args, answer, f"policy 'default': stored {_version_line(answer)}")
+
+
+def _run_refs_list(args: argparse.Namespace) -> int:
+    refs = _client(args).list_refs()
+    human = []
+    for name, ref in refs.items():
+        extra = "".join(f" ({k} {ref[k]})" for k in ("expires", "description") if ref.get(k))
+        human.append(f"{name}{extra}: " + ", ".join(str(v) for v in ref["values"]))
+    return _emit(args, refs, "\n".join(human) or "no reference sets")
+
+
+def _run_refs_put(args: argparse.Namespace) -> int:
+    if args.from_file:
+        if args.values or args.expires or args.description:
+            raise UsageProblem("--from-file replaces VALUEs, --expires and --description")
+        try:
+            body = json.loads(_read(args.from_file, "reference values"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageProblem(f"reference values {args.from_file} are not JSON: {exc}") from exc
+    elif args.values:
+        body = {"values": args.values}
+        body.update({k: v for k, v in (("expires", args.expires), ("description", args.description)) if v})
+    else:
+        raise UsageProblem("give the VALUEs or --from-file")
+    answer = _client(args).put_refs(args.name, body)
+    count = len(answer.get(args.name, {}).get("values", []))
+    return _emit(args, answer, f"reference set {args.name!r}: {count} values stored")
+
+
+def _run_refs_delete(args: argparse.Namespace) -> int:
+    answer = _client(args).delete_refs(args.name)
+    return _emit(args, answer, f"reference set {args.name!r} deleted")
+
+
+def _log_line(r: Mapping[str, Any]) -> str:
+    version = f" v{r['version']}" if r.get("version") is not None else ""
+    parts = [f"#{r['seq']}", r["at"], f"{r['decision']}({r['reason']})", f"{r['resource']}{version}"]
+    parts += [f"{label} {r[k]}" for k, label in (("policy_id", "policy"), ("tee", "tee"),
+                                                   ("attestation_id", "attestation")) if r.get(k)]
+    return "  ".join(parts)
+
+
+def _run_log(args: argparse.Namespace) -> int:
+    records = _client(args).release_log(args.after, min(args.limit, 1000))
+    human = "\n".join(_log_line(r) for r in records) or f"no entries after #{args.after}"
+    return _emit(args, records, human)
+
+
+def _run_attestation_show(args: argparse.Namespace) -> int:
+    record = _client(args).attestation(args.attestation_id)
+    human = f"attestation {record['attestation_id']}: tee {record['tee']} at {record['at']}\n" + json.dumps(
+        record["claims"], indent=2)
+    return _emit(args, record, human)
