@@ -110,10 +110,14 @@ class PolicyRegistry:
 
     def policy(self, policy_id: str) -> Policy:
         """The parsed current version (parsed once per content hash)."""
+        return self.resolve(policy_id)[1]
+
+    def resolve(self, policy_id: str) -> tuple[PolicyVersion, Policy]:
+        """The current version and its parsed policy, from one read of the store."""
         version = self.current(policy_id)
         if version.content_hash not in self._parsed:
             self._parsed[version.content_hash] = parse_policy(version.text)
-        return self._parsed[version.content_hash]
+        return version, self._parsed[version.content_hash]
 
     def put(self, policy_id: str, text: str, *, created_by: str, at: datetime,
             immutable: bool = False) -> PolicyVersion:

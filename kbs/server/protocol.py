@@ -226,8 +226,7 @@ async def get_resource(request: web.Request) -> web.Response:
     resource = await st.run(st.store.active_resource, path)
     policy_id = resource.policy_id if resource else DEFAULT_POLICY
     try:
-        policy_version = await st.run(st.registry.current, policy_id)
-        policy = await st.run(st.registry.policy, policy_id)
+        policy_version, policy = await st.run(st.registry.resolve, policy_id)
         refs = await st.run(lambda: st.registry.refs)
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
         decision: Decision = await st.run(policy.evaluate, claims, refs, req, now)
