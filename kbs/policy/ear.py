@@ -29,7 +29,7 @@ AUTHORITY_OF_TEE = {"snp": "local:snp", "tdx": "local:tdx", "nvgpu": "local:nvgp
                     "sampledevice": "local:sampledevice"}
 
 # AR4SI values used below (draft-ietf-rats-ar4si): 2 affirming, 32+ warning, 96+ contraindicated.
-AFFIRMING, WARNING, CONTRAINDICATED = 2, 32, 96
+AFFIRMING, WARNING = 2, 32
 
 
 def tier(value: int) -> str:

@@ -25,7 +25,7 @@ Unknown keys are refused with their name, so a typo never silently falls back to
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class Config:
     kds_url: str = "https://kdsintf.amd.com"
     kds_cache_dir: Path | None = None
     kds_offline: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from kbs.server.attestation import EvidenceVerifier
 from kbs.server.config import Config
 from kbs.server.metrics import Metrics
 from kbs.server.tokens import TokenSigner
-from kbs.store.sqlite import SqliteStore
+from kbs.store.base import Store
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class AdminIdentity:
 @dataclass
 class BrokerState:
     config: Config
-    store: SqliteStore
+    store: Store  # the narrow interface: handlers never see the backend
     kek: Kek
     signer: TokenSigner
     registry: PolicyRegistry

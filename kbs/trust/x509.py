@@ -100,9 +100,11 @@ class Certificate:
     signature: bytes
     extensions: dict[str, bytes] = field(repr=False)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 of the DER certificate, lowercase hex: the form roots are pinned by."""
+        """SHA-256 of the DER certificate, lowercase hex: the form roots are pinned by.
+
+        Computed once: parsed certificates are shared (cached by bytes) across requests."""
         return hashlib.sha256(self.der).hexdigest()
 
     def is_ca(self) -> bool:
@@ -111,9 +113,6 @@ class Certificate:
             return False
         bc, _ = decoder.decode(raw, asn1Spec=rfc5280.BasicConstraints())
         return bool(bc["cA"])
-
-    def valid_at(self, when: datetime) -> bool:
-        return self.not_before <= when <= self.not_after
 
 
 def parse_certificate(der: bytes) -> Certificate:
