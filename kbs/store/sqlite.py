@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS release_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL,
     resource TEXT NOT NULL, version INTEGER, session_id TEXT, tee TEXT, policy_id TEXT, policy_hash TEXT,
     attestation_id TEXT, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS admin_token_ids (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 """
 GENESIS = "0" * 64
 
@@ -153,6 +154,15 @@ class SqliteStore:
     def purge_expired_sessions(self, now: datetime) -> int:
         with self._tx() as db:
             return db.execute("DELETE FROM sessions WHERE expires_at <= ?", (_ts(now),)).rowcount
+
+    # -- admin tokens ------------------------------------------------------------------------
+
+    def use_token_id(self, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record an admin token's `jti`: true the first time, false for a replay still in its lifetime."""
+        with self._tx() as db:
+            db.execute("DELETE FROM admin_token_ids WHERE expires_at <= ?", (_ts(now),))
+            cur = db.execute("INSERT OR IGNORE INTO admin_token_ids VALUES (?, ?)", (jti, _ts(expires_at)))
+            return cur.rowcount == 1
 
     # -- the broker's own secrets ------------------------------------------------------------
 
