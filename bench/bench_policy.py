@@ -6,14 +6,26 @@ version minimum, and every submod affirming.  Each evaluation includes handing t
 to the engine, as the server does per request.  The obvious alternative measured in the
 same run is a hand-written Python function with the same conditions (no explanation).
 
-Run: `.venv/bin/python bench/bench_policy.py [--seconds 1] [--rounds 5]`.
+Rego runs in worker processes (kbs.policy.rego_pool); the cost of that isolation is measured
+against the same engine code (kbs.policy.rego_worker.Engine) called in this process, on the
+same policy, claims and data, with the same per-request work (data document, cache key, input).
+
+With `--threads N` (default 2) the two Rego paths are also measured from N threads at once:
+the pool's workers run in parallel, the in-process engine needs a lock (rego-cpp's thread
+safety is undocumented).
+
+Run: `.venv/bin/python bench/bench_policy.py [--seconds 1] [--rounds 5] [--threads 2]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
+import statistics
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +35,8 @@ from kbs.policy.ear import Submod, ear_document, snp_submod
 from kbs.policy.loader import validate_policy
 from kbs.policy.model import ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from kbs.policy.rego_pool import RegoWorkerPool
+from kbs.policy.rego_worker import Engine
 
 NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 GOOD = "f5" * 48
@@ -79,20 +93,76 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     good, bad = claims(), claims(debug=True)
     engines: dict[str, Callable[[dict[str, Any]], bool]] = {"hand-written Python": handwritten}
-    for name, text in (("JSON dialect (with explanation)", JSON_POLICY), ("Rego dialect (regopy)", REGO_POLICY)):
-        policy = validate_policy(text, REFS)
-        engines[name] = lambda doc, p=policy: p.evaluate(doc, REFS, REQUEST, NOW).allow  # type: ignore[misc]
-    for name, decide in engines.items():
-        assert decide(good) is True and decide(bad) is False, name
+    pool = RegoWorkerPool(workers=2)
+    try:
+        for name, text in (("JSON dialect (with explanation)", JSON_POLICY),
+                           ("Rego, worker pool (isolated)", REGO_POLICY)):
+            policy = validate_policy(text, REFS, rego=pool)
+            engines[name] = lambda doc, p=policy: p.evaluate(doc, REFS, REQUEST, NOW).allow  # type: ignore[misc]
+        engines["Rego, in-process regopy"] = in_process(Engine())
+        for name, decide in engines.items():
+            assert decide(good) is True and decide(bad) is False, name
 
-    paths = {name: (lambda d=decide: d(good)) for name, decide in engines.items()}
-    results = interleaved(paths, args.rounds, args.seconds)  # type: ignore[arg-type]
+        paths = {name: (lambda d=decide: d(good)) for name, decide in engines.items()}
+        results = interleaved(paths, args.rounds, args.seconds)  # type: ignore[arg-type]
+        lock = threading.Lock()
+        local = engines["Rego, in-process regopy"]
+
+        def locked() -> None:
+            with lock:
+                local(good)
+
+        concurrent = {"Rego, worker pool (isolated)": paths["Rego, worker pool (isolated)"],
+                      "Rego, in-process regopy + lock": locked}
+        threaded: dict[str, list[float]] = {name: [] for name in concurrent}
+        for _ in range(args.rounds):
+            for name, fn in concurrent.items():
+                threaded[name].append(threaded_rate(fn, args.threads, args.seconds))
+    finally:
+        pool.close()
     print(f"Policy evaluation, nine conditions, {args.rounds} rounds x {args.seconds}s, one thread")
     print_rates(results, "hand-written Python", "evals/s")
+    isolated, inproc = (statistics.median(results[n]) for n in ("Rego, worker pool (isolated)",
+                                                                  "Rego, in-process regopy"))
+    print(f"  Rego per evaluation: worker pool {1e6 / isolated:.0f} us, in-process {1e6 / inproc:.0f} us; "
+          f"pool/in-process rate ratio {isolated / inproc:.2f}x")
+    print(f"Rego from {args.threads} threads at once (pool of 2 workers)")
+    print_rates(threaded, "Rego, in-process regopy + lock", "evals/s")
+
+
+def threaded_rate(fn: Callable[[], object], threads: int, seconds: float) -> float:
+    """Calls of `fn` per second, summed over `threads` threads calling it for `seconds`."""
+    counts = [0] * threads
+    end = time.perf_counter() + seconds
+
+    def run(i: int) -> None:
+        while time.perf_counter() < end:
+            fn()
+            counts[i] += 1
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def in_process(engine: Engine) -> Callable[[dict[str, Any]], bool]:
+    """What the pool's worker does, minus the process boundary: data document, cache key, input, query."""
+    def decide(doc: dict[str, Any]) -> bool:
+        data = {"plugin": REQUEST.plugin, "resource-path": list(REQUEST.path), "query": dict(REQUEST.query),
+                "reference": REFS.as_data(NOW)}
+        key = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        reply = engine.evaluate(key, doc, REGO_POLICY, data)
+        return reply.get("status") == "ok" and reply.get("allow") is True
+    return decide
 
 
 if __name__ == "__main__":

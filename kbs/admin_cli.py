@@ -16,6 +16,7 @@ from typing import Any
 
 from kbs.admin_client import (
     DEFAULT_ADMIN_KEY,
+    DEFAULT_AUDIENCE,
     DEFAULT_URL,
     EXIT_OK,
     EXIT_REFUSED,
@@ -35,7 +36,10 @@ Run = Callable[[argparse.Namespace], int]
 def _client(args: argparse.Namespace) -> AdminClient:
     url = args.url or os.environ.get("KBS_URL") or DEFAULT_URL
     key = args.admin_key or os.environ.get("KBS_ADMIN_KEY") or DEFAULT_ADMIN_KEY
-    return AdminClient(url, key)
+    return AdminClient(url, key, ca_cert=args.ca_cert or os.environ.get("KBS_CA_CERT") or None,
+                       client_cert=args.client_cert or os.environ.get("KBS_CLIENT_CERT") or None,
+                       client_key=args.client_key or os.environ.get("KBS_CLIENT_KEY") or None,
+                       audience=args.audience or os.environ.get("KBS_ADMIN_AUDIENCE") or DEFAULT_AUDIENCE)
 
 
 def _guarded(run: Run) -> Run:
@@ -60,6 +64,14 @@ def _verb(group: SubParsers, name: str, help_text: str, run: Run) -> argparse.Ar
     parser.add_argument("--url", help=f"broker URL (default: $KBS_URL or {DEFAULT_URL})")
     parser.add_argument("--admin-key", metavar="PEM",
                         help=f"Ed25519 private key (default: $KBS_ADMIN_KEY or {DEFAULT_ADMIN_KEY})")
+    parser.add_argument("--ca-cert", metavar="PEM", help="verify the https:// broker against these CA certificates "
+                        "only (default: $KBS_CA_CERT, else the system trust store)")
+    parser.add_argument("--client-cert", metavar="PEM", help="TLS client certificate, for a broker whose admin API "
+                        "needs one ([tls] client_ca; default: $KBS_CLIENT_CERT)")
+    parser.add_argument("--client-key", metavar="PEM", help="its private key, if not in --client-cert's file "
+                        "(default: $KBS_CLIENT_KEY)")
+    parser.add_argument("--audience", metavar="AUD", help="the token's aud, the broker's [admin] audience "
+                        f"(default: $KBS_ADMIN_AUDIENCE or {DEFAULT_AUDIENCE})")
     parser.add_argument("--json", action="store_true", help="machine output: the broker's JSON answer")
     parser.set_defaults(func=_guarded(run))
     return parser
@@ -102,9 +114,16 @@ def add_admin_parsers(commands: SubParsers) -> None:
     """Top-level `key`, `refs`, `log` and `attestation` commands."""
     _add_key_parsers(commands)
     _add_refs_parsers(commands)
-    log = _verb(commands, "log", "show the release log (every release and refusal, hash-chained)", _run_log)
+    log = _verb(commands, "log", "show the release log (every release, deny and admin change, hash-chained), "
+                "or verify both logs", _run_log)
+    log.add_argument("action", nargs="?", choices=("show", "verify"), default="show",
+                     help="show entries (default), or verify: check both hash chains and MACs and print their heads")
+    log.add_argument("--refusals", action="store_true",
+                     help="the refusal log (auth/attest refusals, bad tokens; kept refusal_retention_days)")
     log.add_argument("--after", type=int, default=0, metavar="N", help="entries after sequence number N")
     log.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N entries (max 1000)")
+    log.add_argument("--expect", metavar="SEQ:HASH", type=_head,
+                     help="with verify: fail unless release-log entry SEQ still has HASH (a head you kept elsewhere)")
     attestation = commands.add_parser("attestation", help="inspect stored attestations on the broker")
     verbs = attestation.add_subparsers(dest="verb", required=True)
     show = _verb(verbs, "show", "show a stored attestation and its claims", _run_attestation_show)
@@ -324,10 +343,37 @@ def _log_line(r: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _head(text: str) -> tuple[int, str]:
+    seq, _, digest = text.partition(":")
+    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise argparse.ArgumentTypeError(f"{text!r} is not SEQ:HASH (a sequence number and 64 hex digits)")
+    return int(seq), digest
+
+
 def _run_log(args: argparse.Namespace) -> int:
-    records = _client(args).release_log(args.after, min(args.limit, 1000))
+    if args.action == "verify":
+        return _run_log_verify(args)
+    chain = "refusal" if args.refusals else "release"
+    records = _client(args).release_log(args.after, min(args.limit, 1000), chain=chain)
     human = "\n".join(_log_line(r) for r in records) or f"no entries after #{args.after}"
     return _emit(args, records, human)
+
+
+def _run_log_verify(args: argparse.Namespace) -> int:
+    """Both chains verify on the broker; with --expect, an old head must still be in the release log."""
+    client = _client(args)
+    answer = client.verify_log()
+    lines = [f"{h['chain']} log: entries {h['first_seq']}..{h['head_seq']} verify; head {h['head_seq']}:"
+             f"{h['head_hash']}" for h in answer["heads"]]
+    if args.expect:
+        seq, digest = args.expect
+        found = client.release_log(seq - 1, 1)
+        if not found or found[0]["seq"] != seq or found[0]["entry_hash"] != digest:
+            seen = found[0]["entry_hash"] if found and found[0]["seq"] == seq else "absent"
+            raise AdminError(f"release-log entry {seq} is {seen}, not the {digest} you kept: the log was rewritten "
+                             "or truncated", status=409)
+        lines.append(f"release-log entry {seq} still has the hash you kept")
+    return _emit(args, answer, "\n".join(lines))
 
 
 def _run_attestation_show(args: argparse.Namespace) -> int:

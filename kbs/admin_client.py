@@ -1,7 +1,10 @@
 """A client of the broker's admin API: one method per endpoint.
 
-Every request carries a fresh, short-lived EdDSA JWT signed with the operator's Ed25519 key.  The
-broker does every check; this module only shapes requests.  Key material is sent, never logged.
+Every request carries a fresh, short-lived EdDSA JWT signed with the operator's Ed25519 key, with a
+random `jti` (the broker accepts each token once) and `aud` (default "KBS", Trustee's).  https://
+URLs are verified against the system's trust store or `ca_cert`; `client_cert`/`client_key` answer
+a broker whose admin API needs mutual TLS.  There is no way to skip verification.  The broker does
+every check; this module only shapes requests.  Key material is sent, never logged.
 The `kbs` verbs that use it are in `kbs.admin_cli`.
 """
 
@@ -10,12 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import ipaddress
 import json
+import secrets
+import ssl
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeAlias
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import jwt
@@ -28,6 +35,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_ADMIN_KEY = ".kbs-state/admin-key.pem"
 TOKEN_LIFETIME = 120
+DEFAULT_AUDIENCE = "KBS"
 # The broker checks iat with no leeway: backdate it so a client clock slightly ahead is not refused.
 CLOCK_SKEW = 30
 
@@ -77,20 +85,62 @@ def resource_path(text: str) -> str:
     return "/".join(_seg(p) for p in parts)
 
 
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(url: str, ca_cert: str | Path | None = None, client_cert: str | Path | None = None,
+                client_key: str | Path | None = None) -> ssl.SSLContext | None:
+    """The verifying client context for an https:// URL (system trust, or `ca_cert` only); None for http://."""
+    if not url.startswith("https://"):
+        if ca_cert or client_cert or client_key:
+            raise UsageProblem(f"--ca-cert, --client-cert and --client-key need an https:// broker URL, not {url!r}")
+        return None
+    if client_key and not client_cert:
+        raise UsageProblem("--client-key goes with --client-cert")
+    try:
+        context = ssl.create_default_context(cafile=str(ca_cert) if ca_cert else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageProblem(f"cannot load CA certificates from {ca_cert} (--ca-cert or KBS_CA_CERT): "
+                           f"{getattr(exc, 'strerror', None) or exc}") from exc
+    if client_cert:
+        try:
+            context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageProblem(f"cannot load the client certificate {client_cert} with key "
+                               f"{client_key or client_cert} (--client-cert, --client-key): "
+                               f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return context
+
+
 class AdminClient:
     """Synchronous calls to the admin API; one aiohttp session per call (a CLI makes one or two)."""
 
-    def __init__(self, url: str, key_path: str | Path, timeout: float = 30) -> None:
+    def __init__(self, url: str, key_path: str | Path, timeout: float = 30, *, ca_cert: str | Path | None = None,
+                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
+                 audience: str = DEFAULT_AUDIENCE) -> None:
         if not url.startswith(("http://", "https://")):
             raise UsageProblem(f"{url!r} is not a broker URL (want http(s)://HOST:PORT)")
         self.url = url.rstrip("/")
+        self._ssl = tls_context(self.url, ca_cert, client_cert, client_key)
         self._key = _load_key(Path(key_path))
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.audience = audience
+        if self._ssl is None and not _loopback(self.url):
+            print(f"kbs: warning: {self.url} is plain HTTP: the admin token and any key or policy sent travel "
+                  "unencrypted and the broker is not authenticated; use https://", file=sys.stderr)
 
     def token(self) -> str:
+        """A fresh token per request: the broker refuses a second use of the same `jti`."""
         now = int(time.time())
-        return jwt.encode({"sub": "kbs-cli", "iat": now - CLOCK_SKEW, "exp": now + TOKEN_LIFETIME}, self._key,
-                          algorithm="EdDSA")
+        return jwt.encode({"sub": "kbs-cli", "aud": self.audience, "jti": secrets.token_urlsafe(18),
+                           "iat": now - CLOCK_SKEW, "exp": now + TOKEN_LIFETIME}, self._key, algorithm="EdDSA")
 
     def request(self, method: str, path: str, *, body: Any = None, data: bytes | None = None,
                 params: Mapping[str, str] | None = None, content_type: str = "application/octet-stream") -> Any:
@@ -103,13 +153,17 @@ class AdminClient:
         if data is not None:
             headers["Content-Type"] = content_type
         try:
-            async with aiohttp.ClientSession(timeout=self._timeout) as http, \
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+            async with aiohttp.ClientSession(timeout=self._timeout, connector=connector) as http, \
                     http.request(method, self.url + path, json=body, data=data, params=params,
                                  headers=headers) as r:
                 text = await r.text(errors="replace")
                 status = r.status
         except aiohttp.InvalidURL as exc:
             raise UsageProblem(f"{self.url!r} is not a broker URL (want http(s)://HOST:PORT)") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise AdminError(f"the broker at {self.url} is not who it claims to be: its TLS certificate does not "
+                             f"verify ({exc.certificate_error}); give its CA with --ca-cert or KBS_CA_CERT") from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise AdminError(f"cannot reach the broker at {self.url}: {str(exc) or type(exc).__name__}") from exc
         if not 200 <= status < 300:
@@ -179,9 +233,12 @@ class AdminClient:
     def delete_refs(self, name: str) -> dict[str, Any]:
         return dict(self.request("DELETE", f"/kbs/v0/admin/refs/{_seg(name)}"))
 
-    def release_log(self, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    def release_log(self, after: int = 0, limit: int = 100, chain: str = "release") -> list[dict[str, Any]]:
         return list(self.request("GET", "/kbs/v0/admin/release-log",
-                                 params={"after": str(after), "limit": str(limit)}))
+                                 params={"after": str(after), "limit": str(limit), "chain": chain}))
+
+    def verify_log(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/kbs/v0/admin/release-log/verify"))
 
     def attestation(self, attestation_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/kbs/v0/admin/attestations/{_seg(attestation_id)}"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,13 +19,14 @@ from typing import Any
 
 from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
 from kbs.errors import EvidenceError, KbsError
-from kbs.evidence.snp import verify_snp
+from kbs.evidence.snp import DEFAULT_VMPLS, verify_snp
 from kbs.evidence.snp_certtable import parse_cert_table
 from kbs.evidence.snp_report import parse_report
-from kbs.policy.loader import claims_document, validate_policy
+from kbs.policy.loader import claims_document, dialect_of, validate_policy
 from kbs.policy.measure import add_measure_parser, run_measure
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.timearg import rfc3339
 from kbs.trust.collateral import gather_snp_collateral
 from kbs.trust.kds import KdsClient
@@ -68,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     snp.add_argument("--crl", metavar="FILE", help="check the ASK/ASVK against this DER CRL")
     snp.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_KDS), help="KDS base URL")
     snp.add_argument("--cache-dir", type=Path, default=None, help="KDS cache (default ~/.cache/kbs/kds)")
+    snp.add_argument("--vmpl", action="append", type=int, choices=range(4), metavar="N",
+                     help="allow reports requested at VMPL N (repeatable; default: 0 only)")
     snp.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
     snp.set_defaults(func=_run_verify_snp)
     _add_policy_parser(commands)
@@ -105,9 +109,16 @@ def _load_refs(path: str | None) -> ReferenceValues:
     return ReferenceValues.load(_read(path, "reference values")) if path else ReferenceValues()
 
 
+def _rego_pool(text: str) -> contextlib.AbstractContextManager[RegoWorkerPool | None]:
+    """One Rego worker for this run when the policy is Rego (JSON policies need none)."""
+    return RegoWorkerPool(workers=1) if dialect_of(text) == "rego" else contextlib.nullcontext()
+
+
 def _run_policy_check(args: argparse.Namespace) -> int:
     text = _text(args.policy, "policy")
-    policy = validate_policy(text, _load_refs(args.refs))
+    refs = _load_refs(args.refs)
+    with _rego_pool(text) as rego:
+        policy = validate_policy(text, refs, rego)
     names = ", ".join(sorted(policy.referenced_sets())) or "none"
     print(f"kbs: policy {args.policy} is valid ({policy.dialect}; reference sets used: {names})")
     return EXIT_OK
@@ -115,16 +126,18 @@ def _run_policy_check(args: argparse.Namespace) -> int:
 
 def _run_policy_eval(args: argparse.Namespace) -> int:
     refs = _load_refs(args.refs)
-    try:
-        policy = validate_policy(_text(args.policy, "policy"), refs)
-    except PolicyInvalid as exc:
-        raise Usage(f"invalid: {exc.check}: {exc}") from exc  # an unusable policy is an error here
-    try:
-        request = ResourceRequest.parse(args.resource)
-        claims = claims_document(json.loads(_text(args.claims, "claims")))
-    except (ValueError, TypeError) as exc:
-        raise Usage(str(exc)) from exc
-    decision = policy.evaluate(claims, refs, request, args.at or dt.datetime.now(dt.UTC))
+    text = _text(args.policy, "policy")
+    with _rego_pool(text) as rego:
+        try:
+            policy = validate_policy(text, refs, rego)
+        except PolicyInvalid as exc:
+            raise Usage(f"invalid: {exc.check}: {exc}") from exc  # an unusable policy is an error here
+        try:
+            request = ResourceRequest.parse(args.resource)
+            claims = claims_document(json.loads(_text(args.claims, "claims")))
+        except (ValueError, TypeError) as exc:
+            raise Usage(str(exc)) from exc
+        decision = policy.evaluate(claims, refs, request, args.at or dt.datetime.now(dt.UTC))
     if args.json:
         print(json.dumps(decision.to_json(), indent=2))
     else:
@@ -161,7 +174,8 @@ async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
         collateral = await gather_snp_collateral(report, offered, kds, roots,
                                                  want_crl=args.check_crl and crl is None)
     crl = crl or collateral.crl
-    return verify_snp(data, collateral.certificates, at, roots, crl).claims()
+    vmpls = frozenset(args.vmpl) if args.vmpl else DEFAULT_VMPLS
+    return verify_snp(data, collateral.certificates, at, roots, crl, vmpls).claims()
 
 
 def _run_serve(args: argparse.Namespace) -> int:

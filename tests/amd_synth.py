@@ -202,3 +202,61 @@ def sign_report(report: bytearray, key: ec.EllipticCurvePrivateKey) -> bytes:
     out[0x2A0:0x2E8] = r.to_bytes(72, "little")
     out[0x2E8:0x330] = s.to_bytes(72, "little")
     return bytes(out)
+
+
+# -- hostile certificates (DER surgery; signatures no longer verify) ----------------------------
+
+def der_tlv(tag: int, body: bytes) -> bytes:
+    """One DER element with a definite length."""
+    if len(body) < 0x80:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def _der_split(data: bytes) -> list[bytes]:
+    """The whole TLVs that make up `data` (a SEQUENCE's contents), for well-formed DER."""
+    out = []
+    offset = 0
+    while offset < len(data):
+        first = data[offset + 1]
+        header, length = 2, first
+        if first & 0x80:
+            count = first & 0x7F
+            header, length = 2 + count, int.from_bytes(data[offset + 2:offset + 2 + count], "big")
+        out.append(data[offset:offset + header + length])
+        offset += header + length
+    return out
+
+
+def _der_contents(element: bytes) -> bytes:
+    first = element[1]
+    return element[2 + (first & 0x7F if first & 0x80 else 0):]
+
+
+EMPTY_EXTENSION = der_tlv(0x30, der_tlv(0x06, b"\x2a\x03") + der_tlv(0x04, b""))  # 1.2.3, empty value: 8 bytes
+
+
+def distinct_empty_extensions(count: int) -> bytes:
+    """`count` extensions with distinct OIDs 1.2.3.<i> (i < 16384) and empty values, 9-10 bytes each."""
+    assert count < 1 << 14
+    out = []
+    for i in range(count):
+        arc = bytes([i]) if i < 0x80 else bytes([0x80 | i >> 7, i & 0x7F])
+        out.append(der_tlv(0x30, der_tlv(0x06, b"\x2a\x03" + arc) + der_tlv(0x04, b"")))
+    return b"".join(out)
+
+
+def with_extra_extensions(der: bytes, count: int, extension: bytes = EMPTY_EXTENSION) -> bytes:
+    """`der` with `count` more copies of `extension` appended to its extensions.  The signature no longer
+    verifies: such a certificate must be refused before anything looks at signatures."""
+    tbs, algorithm, signature = _der_split(_der_contents(der))
+    fields = _der_split(_der_contents(tbs))
+    for i, part in enumerate(fields):
+        if part[0] == 0xA3:
+            extensions = _der_split(_der_contents(_der_contents(part)))
+            fields[i] = der_tlv(0xA3, der_tlv(0x30, b"".join(extensions) + extension * count))
+            break
+    else:
+        fields.append(der_tlv(0xA3, der_tlv(0x30, extension * count)))
+    return der_tlv(0x30, der_tlv(0x30, b"".join(fields)) + algorithm + signature)

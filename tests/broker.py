@@ -7,10 +7,12 @@ import datetime as dt
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import trustme
 from cryptography.hazmat.primitives import serialization
 
 from kbs.evidence.binding import primary_runtime_digest
@@ -36,17 +39,66 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS broker (made by `issue_tls`): the CA that issued its certificate, the certificate
+    chain and key, and an optional client CA (the admin API then needs a client certificate from it)."""
+
+    ca: Path
+    certificate: Path
+    private_key: Path
+    client_ca: Path | None = None
+
+    def config(self) -> str:
+        client = f'client_ca = "{self.client_ca}"\n' if self.client_ca else ""
+        return f'[tls]\ncertificate = "{self.certificate}"\nprivate_key = "{self.private_key}"\n{client}'
+
+    def client_context(self, cert: Path | None = None) -> ssl.SSLContext:
+        """Verifies the broker against `ca`; `cert` (PEM with key) is presented as the client certificate."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            context.load_cert_chain(str(cert))
+        return context
+
+
+def issue_tls(tmp: Path, *, client_ca: trustme.CA | None = None, name: str = "tls") -> TlsFiles:
+    """A fresh CA and a server certificate for 127.0.0.1, ::1 and localhost, written under tmp/name."""
+    folder = tmp / name
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "::1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    (folder / "cert.pem").write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    server.private_key_pem.write_to_path(str(folder / "key.pem"))
+    client_ca_path = None
+    if client_ca is not None:
+        client_ca_path = folder / "client-ca.pem"
+        client_ca.cert_pem.write_to_path(str(client_ca_path))
+    return TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem", client_ca_path)
+
+
 @dataclass
 class Broker:
     url: str
     state_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    tls: TlsFiles | None = None
 
-    def admin_token(self, lifetime: int = 300, key_path: Path | None = None) -> str:
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client context that verifies this broker (None for plain HTTP)."""
+        return self.tls.client_context() if self.tls else None
+
+    def admin_token(self, lifetime: int = 300, key_path: Path | None = None, **claims: Any) -> str:
+        """A token shaped as kbs.admin_client makes them (aud "KBS", a random jti); `claims` override the
+        defaults, and a claim given as None is left out."""
         key = serialization.load_pem_private_key((key_path or self.state_dir / "admin-key.pem").read_bytes(), None)
         now = int(time.time())
-        return jwt.encode({"sub": "tests", "iat": now, "exp": now + lifetime}, key, algorithm="EdDSA")  # type: ignore[arg-type]
+        payload: dict[str, Any] = {"sub": "tests", "aud": "KBS", "jti": uuid.uuid4().hex, "iat": now,
+                                   "exp": now + lifetime, **claims}
+        return jwt.encode({k: v for k, v in payload.items() if v is not None}, key,  # type: ignore[arg-type]
+                          algorithm="EdDSA")
 
     def admin_headers(self, **kwargs: Any) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_token(**kwargs)}"}
@@ -55,24 +107,41 @@ class Broker:
         return self.log_path.read_text()
 
 
-def write_config(path: Path, port: int, state_dir: Path, extra: str = "") -> Path:
-    path.write_text(f'listen = "127.0.0.1:{port}"\nstate_dir = "{state_dir}"\ndev_mode = true\n{extra}')
+# Tests hammer one broker from one address: per-client rate limits are off and the per-client
+# connection cap is high, unless a test sets them itself.
+TEST_LIMITS = {"auth_per_second": "0", "attest_per_second": "0", "resource_per_second": "0",
+               "max_connections_per_client": "512"}
+
+
+def write_config(path: Path, port: int, state_dir: Path, extra: str = "", host: str = "127.0.0.1") -> Path:
+    defaults = "".join(f"{k} = {v}\n" for k, v in TEST_LIMITS.items() if k not in extra)
+    if "[limits]\n" in extra:
+        extra = extra.replace("[limits]\n", "[limits]\n" + defaults, 1)
+    else:
+        extra = f"{extra}\n[limits]\n{defaults}"
+    dev = "" if "dev_mode" in extra else "dev_mode = true\n"
+    path.write_text(f'listen = "{host}:{port}"\nstate_dir = "{state_dir}"\n{dev}{extra}')
     return path
 
 
 @contextmanager
 def run_broker(tmp: Path, extra_config: str = "", state_dir: Path | None = None,
-               env: dict[str, str] | None = None) -> Iterator[Broker]:
-    """A `kbs serve` subprocess, ready (readyz 200) when yielded, stopped with SIGTERM after."""
+               env: dict[str, str] | None = None, tls: TlsFiles | None = None,
+               host: str = "127.0.0.1") -> Iterator[Broker]:
+    """A `kbs serve` subprocess, ready (readyz 200) when yielded, stopped with SIGTERM after.
+
+    With `tls`, the broker serves HTTPS (its `[tls]` section is appended to `extra_config`) and `url` is
+    https://; `host` is what it listens on (the URL stays 127.0.0.1)."""
     port = free_port()
     state = state_dir or tmp / "state"
-    config = write_config(tmp / f"kbs-{port}.toml", port, state, extra_config)
+    extra = f"{extra_config}\n{tls.config()}" if tls else extra_config
+    config = write_config(tmp / f"kbs-{port}.toml", port, state, extra, host)
     log_path = tmp / f"kbs-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "kbs.cli", "serve", "--config", str(config)],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                 env={**os.environ, **(env or {})})
-    broker = Broker(f"http://127.0.0.1:{port}", state, proc, log_path)
+    broker = Broker(f"{'https' if tls else 'http'}://127.0.0.1:{port}", state, proc, log_path, tls)
     try:
         wait_ready(broker)
         yield broker
@@ -91,7 +160,7 @@ def wait_ready(broker: Broker, timeout: float = 30) -> None:
         if broker.process.poll() is not None:
             raise RuntimeError(f"broker exited with {broker.process.returncode}:\n{broker.log()}")
         try:
-            with urllib.request.urlopen(f"{broker.url}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"{broker.url}/readyz", timeout=1, context=broker.ssl_context) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -111,6 +180,7 @@ class SnpGuest:
     vek: Vek = field(init=False)
     measurement: bytes = b"\x5a" * 48
     policy: int = 0x30000
+    vmpl: int = 0
 
     def __post_init__(self) -> None:
         self.vek = self.pki.issue_vek(hwid=self.chip)
@@ -118,7 +188,8 @@ class SnpGuest:
     def evidence(self, report_data: bytes, host_data: bytes = b"") -> dict[str, Any]:
         assert self.vek.private_key is not None
         report = sign_report(build_report(chip_id=self.chip, report_data=report_data, measurement=self.measurement,
-                                          host_data=host_data, policy=self.policy), self.vek.private_key)
+                                          host_data=host_data, policy=self.policy, vmpl=self.vmpl),
+                             self.vek.private_key)
         return report_to_coco(report, [("VCEK", self.vek.der), ("ASK", self.pki.ask_der), ("ARK", self.pki.ark_der)])
 
 

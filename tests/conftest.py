@@ -43,6 +43,11 @@ class SnpVector:
         return sorted([*self.path.glob("*.der"), *self.path.glob("*.pem")])
 
     @property
+    def vmpls(self) -> frozenset[int]:
+        """The report's own VMPL: tests of other checks allow it (the AWS report is from VMPL 1)."""
+        return frozenset({int.from_bytes(self.report[0x30:0x34], "little")})
+
+    @property
     def chain_file(self) -> Path:
         return vectors_dir() / "snp" / str(self.expected["verify_chain_file"])
 

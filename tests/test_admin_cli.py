@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
-from kbs.admin_client import AdminClient
+from kbs.admin_client import AdminClient, AdminError
 from kbs.cli import _parser as cli_parser
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM
@@ -240,6 +240,26 @@ def test_release_log(kbs: Kbs, broker: Broker, tmp_path: Path) -> None:
     assert out.startswith(f"#{mine[-1]['seq']} ") and "deny(policy)  lab/key/logged  policy default" in out
     code, out, _ = kbs("log", "--after", str(entries[-1]["seq"]))
     assert code == 0 and "no entries after" in out
+    assert any(e["decision"] == "admin" and e["reason"] == "generate_key" and e["actor"] == "dev-admin"
+               and e["resource"].endswith("lab/key/logged/generate") for e in entries)
+    refusals = kbs.json("log", "--refusals")
+    assert all(e["decision"] in ("deny", "error") for e in refusals)
+
+
+def test_log_verify_reports_heads_and_checks_a_kept_head(kbs: Kbs, broker: Broker) -> None:
+    assert kbs("key", "create", "lab/key/verify", "--generate")[0] == 0
+    code, out, _ = kbs("log", "verify")
+    assert code == 0 and "release log: entries 1.." in out and "refusal log: entries" in out
+    heads = {h["chain"]: h for h in kbs.json("log", "verify")["heads"]}
+    kept = f"{heads['release']['head_seq']}:{heads['release']['head_hash']}"
+    assert kbs("key", "create", "lab/key/verify2", "--generate")[0] == 0  # the log grows; the kept head stays
+    code, out, _ = kbs("log", "verify", "--expect", kept)
+    assert code == 0 and "still has the hash you kept" in out
+    code, _, err = kbs("log", "verify", "--expect", f"{heads['release']['head_seq']}:{'0' * 64}")
+    assert code == 1 and "the log was rewritten or truncated" in err
+    with pytest.raises(SystemExit) as usage:
+        kbs("log", "verify", "--expect", "x:y")
+    assert usage.value.code == 2
 
 
 def test_wrong_and_missing_admin_key(kbs: Kbs, tmp_path: Path) -> None:
@@ -280,3 +300,31 @@ def test_client_signs_short_lived_tokens(broker: Broker) -> None:
     claims = jwt.decode(client.token(), options={"verify_signature": False})
     assert 0 < claims["exp"] - claims["iat"] <= 180
     assert isinstance(client.list_keys(), list)
+
+
+def test_client_tokens_carry_audience_and_a_fresh_jti(broker: Broker) -> None:
+    client = AdminClient(broker.url, broker.state_dir / "admin-key.pem")
+    first, second = (jwt.decode(client.token(), options={"verify_signature": False}) for _ in range(2))
+    assert first["aud"] == second["aud"] == "KBS"
+    assert len(first["jti"]) >= 16 and first["jti"] != second["jti"]
+    other = AdminClient(broker.url, broker.state_dir / "admin-key.pem", audience="kbs-eu")
+    assert jwt.decode(other.token(), options={"verify_signature": False})["aud"] == "kbs-eu"
+    with pytest.raises(AdminError, match="audience 'kbs-eu'") as info:
+        other.list_keys()
+    assert info.value.status == 401
+
+
+def test_tls_options_need_https(kbs: Kbs, broker: Broker, tmp_path: Path) -> None:
+    ca = write(tmp_path, "ca.pem", "not used")
+    code, _, err = kbs("key", "list", "--ca-cert", ca)
+    assert code == 2 and "need an https:// broker URL" in err and broker.url in err
+    code, _, err = kbs("key", "list", "--client-cert", ca)
+    assert code == 2 and "need an https:// broker URL" in err
+
+
+def test_plain_http_to_a_remote_broker_warns(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+    AdminClient(broker.url, broker.state_dir / "admin-key.pem")
+    assert capsys.readouterr().err == ""  # loopback: dev mode, no warning
+    AdminClient("http://kbs.example.com:8080", broker.state_dir / "admin-key.pem")
+    err = capsys.readouterr().err
+    assert err.startswith("kbs: warning: http://kbs.example.com:8080 is plain HTTP") and "https://" in err

@@ -52,6 +52,9 @@ def test_expired_vlek_exit_1_one_line_and_passes_inside_validity(capsys: pytest.
     code, out, err = run(capsys, *args, "--at", AT)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "chain.validity" in err and "SEV-VLEK expired" in err
+    code, out, err = run(capsys, *args, "--at", "2025-06-01T00:00:00+00:00")
+    assert code == 1 and "report.vmpl" in err  # the AWS report is from VMPL 1
+    args += ["--vmpl", "1"]
     code, out, _ = run(capsys, *args, "--at", "2025-06-01T00:00:00+00:00", "--json")
     assert code == 0 and json.loads(out)["signing_key"] == "VLEK"
     code, out, _ = run(capsys, *args, "--json")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from kbs.server.config import Config, ConfigError, load_config, parse_config
+from kbs.server.tls import check_listen, is_loopback
 
 
 def test_defaults_are_dev_mode_on_loopback() -> None:
@@ -80,3 +81,76 @@ def test_unreadable_or_invalid_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("listen = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_tls_and_admin_token_keys(tmp_path: Path) -> None:
+    path = tmp_path / "kbs.toml"
+    path.write_text('''
+listen = "0.0.0.0:8443"
+insecure_http = false
+[tls]
+certificate = "/etc/kbs/tls/cert.pem"
+private_key = "/etc/kbs/tls/key.pem"
+private_key_credential = "tls-key"
+client_ca = "/etc/kbs/tls/admin-ca.pem"
+[admin]
+max_token_lifetime_seconds = 300
+audience = "kbs-eu"
+require_jti = false
+[[admin.keys]]
+name = "ops"
+public_key = "/etc/kbs/ops.pub"
+role = "admin"
+''')
+    config = load_config(path)
+    assert config.tls_certificate == Path("/etc/kbs/tls/cert.pem") and config.tls_private_key_credential == "tls-key"
+    assert config.tls_private_key == Path("/etc/kbs/tls/key.pem")
+    assert config.tls_client_ca == Path("/etc/kbs/tls/admin-ca.pem") and not config.insecure_http
+    assert (config.admin_max_token_lifetime, config.admin_audience, config.admin_require_jti) == (300, "kbs-eu", False)
+    assert [k.name for k in config.admin_keys] == ["ops"]
+    defaults = Config()
+    assert defaults.tls_certificate is None and not defaults.insecure_http
+    assert defaults.admin_max_token_lifetime == 900 and defaults.admin_audience == "KBS" and defaults.admin_require_jti
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"tls": {"private_key": "k.pem"}}, "[tls] private_key is set but [tls] certificate is not"),
+    ({"tls": {"client_ca": "ca.pem"}}, "[tls] client_ca is set but [tls] certificate is not"),
+    ({"tls": {"cert": "c.pem"}}, "unknown configuration key [tls] cert"),
+    ({"tls": {"certificate": 5}}, "[tls] certificate must be a path string"),
+    ({"insecure_http": "yes"}, "insecure_http must be bool"),
+    ({"admin": {"max_token_lifetime_seconds": 0}}, "max_token_lifetime_seconds must be 1 or more"),
+    ({"admin": {"max_token_lifetime_seconds": "900"}}, "[admin] max_token_lifetime_seconds must be int"),
+    ({"admin": {"audience": ""}}, "[admin] audience must not be empty"),
+    ({"admin": {"require_jti": 1}}, "[admin] require_jti must be bool"),
+    ({"admin": {"token_ttl": 5}}, "unknown configuration key [admin] token_ttl"),
+    ({"admin": {"keys": {"name": "x"}}}, "[admin] keys must be a list"),
+])
+def test_bad_tls_and_admin_keys_named(document: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(document)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost", "LOCALHOST",
+                                  "::ffff:127.0.0.1"])
+def test_loopback_hosts(host: str) -> None:
+    assert is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.0.0.1", "192.168.1.10", "fe80::1", "kbs.example.com",
+                                  "localhost.example.com"])
+def test_non_loopback_hosts(host: str) -> None:
+    assert not is_loopback(host)
+
+
+def test_plain_http_only_on_loopback() -> None:
+    check_listen(Config())  # `make serve`: dev mode on 127.0.0.1:8080, no configuration, as before
+    check_listen(Config(listen="localhost:8080"))
+    check_listen(Config(listen="[::1]:8080"))
+    with pytest.raises(ConfigError) as info:
+        check_listen(Config(listen="0.0.0.0:8080"))
+    assert "refusing to serve plain HTTP on 0.0.0.0:8080" in str(info.value)
+    assert "insecure_http = true" in str(info.value) and "[tls] certificate" in str(info.value)
+    check_listen(Config(listen="0.0.0.0:8080", insecure_http=True))
+    check_listen(Config(listen="0.0.0.0:8443", tls_certificate=Path("cert.pem")))

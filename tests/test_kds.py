@@ -13,8 +13,9 @@ import logging
 import os
 import re
 import socket
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ from yarl import URL
 
 from kbs.errors import CollateralUnavailable, MalformedEvidence, UsageError
 from kbs.evidence.snp_report import TcbVersion, parse_report
-from kbs.trust.kds import KdsClient, vcek_url_path
+from kbs.trust.kds import (
+    DEFAULT_BURST,
+    DEFAULT_RETRY_AFTER,
+    MAX_RETRY_AFTER,
+    MIN_RETRY_AFTER,
+    KdsClient,
+    vcek_url_path,
+)
 from kbs.trust.x509 import load_certificates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,13 +62,35 @@ def url_key(path_and_query: str) -> Key:
     return url.path, tuple(sorted(url.query.items()))
 
 
+class FakeClock:
+    """A monotonic clock a test moves by hand (KdsClient(clock=...))."""
+
+    def __init__(self) -> None:
+        self.start = self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+
 class FakeKds:
-    """Serves scripted replies per URL (query order ignored) and counts requests."""
+    """Serves scripted replies per URL (query order ignored) and counts requests.
+
+    Unknown URLs answer 404; `delay` holds every answer back that long (in-flight tests)."""
 
     def __init__(self) -> None:
         self.routes: dict[Key, list[Reply]] = {}
         self.hits: Counter[Key] = Counter()
         self.base = ""
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def add(self, path_and_query: str, *replies: Reply) -> Key:
         key = url_key(path_and_query)
@@ -77,6 +107,13 @@ class FakeKds:
     async def handle(self, request: web.Request) -> web.Response:
         key = (request.path, tuple(sorted(request.query.items())))
         self.hits[key] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
         replies = self.routes.get(key)
         if not replies:
             return web.Response(status=404, text="not found")
@@ -336,17 +373,69 @@ def test_503_then_200_succeeds_after_retry(tmp_path: Path) -> None:
     run(body)
 
 
-def test_429_honours_retry_after() -> None:
+def test_429_is_not_retried_and_retry_after_stops_every_request() -> None:
     pem = chain_pem("Turin")
+    clock = FakeClock()
 
     async def body(kds: FakeKds, base: str) -> None:
-        key = kds.add("/vcek/v1/Turin/cert_chain", (429, b"slow down", {"Retry-After": "0"}),
-                      (200, pem, {}))
-        # With backoff 30 s, only honouring Retry-After: 0 finishes inside wait_for.
-        async with KdsClient(base, retries=2, backoff=30.0) as client:
-            chain = await asyncio.wait_for(client.cert_chain("Turin"), timeout=3)
-        assert len(chain) == 2
+        throttled = kds.add("/vcek/v1/Turin/cert_chain", (429, b"slow down", {"Retry-After": "5"}), (200, pem, {}))
+        other = kds.ok("/vcek/v1/Milan/cert_chain", chain_pem("Milan"))
+        async with KdsClient(base, retries=3, backoff=0.01, clock=clock) as client:
+            with pytest.raises(CollateralUnavailable, match=r"429 Too Many Requests .*Retry-After '5'") as info:
+                await client.cert_chain("Turin")
+            assert info.value.check == "kds.throttled"
+            assert kds.hits[throttled] == 1  # no retry loop
+            # Until Retry-After has passed nothing goes to KDS, for any URL, and each refusal says until when.
+            while clock.elapsed < 4.8:
+                clock.advance(0.2)
+                for product in ("Turin", "Milan"):
+                    with pytest.raises(CollateralUnavailable, match=r"no request is sent to it before "
+                                                                    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(in ") as info:
+                        await client.cert_chain(product)
+                    assert info.value.check == "kds.throttled"
+            assert kds.total == 1
+            clock.advance(0.3)  # 5.1 s after the 429
+            assert len(await client.cert_chain("Milan")) == 2
+            assert len(await client.cert_chain("Turin")) == 2
+        assert kds.hits[throttled] == 2 and kds.hits[other] == 1
+
+    run(body)
+
+
+def test_429_retry_after_on_the_real_clock() -> None:
+    pem = chain_pem("Genoa")
+
+    async def body(kds: FakeKds, base: str) -> None:
+        key = kds.add("/vcek/v1/Genoa/cert_chain", (429, b"", {"Retry-After": "1"}), (200, pem, {}))
+        async with fast_client(base) as client:
+            with pytest.raises(CollateralUnavailable, match="429"):
+                await client.cert_chain("Genoa")
+            with pytest.raises(CollateralUnavailable, match="no request is sent to it before"):
+                await client.cert_chain("Genoa")
+            await asyncio.sleep(1.1)
+            assert len(await client.cert_chain("Genoa")) == 2
         assert kds.hits[key] == 2
+
+    run(body)
+
+
+@pytest.mark.parametrize(("header", "seconds"), [(None, DEFAULT_RETRY_AFTER), ("0", MIN_RETRY_AFTER),
+                                                 ("86400", MAX_RETRY_AFTER), ("soon", DEFAULT_RETRY_AFTER)])
+def test_429_window_is_clamped(header: str | None, seconds: float) -> None:
+    clock = FakeClock()
+
+    async def body(kds: FakeKds, base: str) -> None:
+        kds.add("/vcek/v1/Milan/crl", (429, b"", {"Retry-After": header} if header is not None else {}))
+        async with KdsClient(base, clock=clock) as client:
+            with pytest.raises(CollateralUnavailable, match="429"):
+                await client.crl("Milan")
+            clock.advance(seconds - 0.05)
+            with pytest.raises(CollateralUnavailable, match="no request is sent"):
+                await client.crl("Milan")
+            clock.advance(0.1)
+            with pytest.raises(CollateralUnavailable, match="429"):
+                await client.crl("Milan")  # asked again: the window is over
+        assert kds.total == 2
 
     run(body)
 
@@ -393,14 +482,20 @@ def test_provided_session_is_left_open() -> None:
 
 def test_garbage_vcek_is_refused_and_not_cached(tmp_path: Path) -> None:
     chip, reported, _ = report_vcek("milan-v2-gsg", "Milan")
+    clock = FakeClock()
 
     async def body(kds: FakeKds, base: str) -> None:
         key = kds.ok(vcek_url_path("Milan", chip, reported), b"<html>maintenance</html>")
-        async with fast_client(base, cache_dir=tmp_path) as client:
+        async with KdsClient(base, cache_dir=tmp_path, clock=clock, transient_ttl=60) as client:
             for _ in range(2):
-                with pytest.raises(MalformedEvidence, match="VCEK"):
+                with pytest.raises(MalformedEvidence, match="VCEK") as info:
                     await client.vcek("Milan", chip, reported)
-        assert kds.hits[key] == 2  # nothing was remembered either
+                assert info.value.check == "kds.vcek"
+            assert kds.hits[key] == 1  # the failure is remembered briefly (a transient failure) ...
+            clock.advance(61)
+            with pytest.raises(MalformedEvidence, match="VCEK"):
+                await client.vcek("Milan", chip, reported)
+        assert kds.hits[key] == 2  # ... but the answer itself never is
 
     run(body)
     assert cache_files(tmp_path) == []
@@ -531,3 +626,213 @@ def test_fetches_are_logged_without_certificate_contents(caplog: pytest.LogCaptu
     text = "\n".join(r.getMessage() for r in records)
     assert f"{kds.base}/vcek/v1/Milan/cert_chain" in text and "200" in text
     assert b"BEGIN" not in text.encode() and pem.split(b"\n")[1].decode() not in text
+
+
+# -- floods: remembered failures, the request limit, the in-flight bound ----------------------
+
+def random_chip() -> bytes:
+    return b"\x01" + os.urandom(63)  # never masked (all zero)
+
+
+MILAN_TCB = tcb(2, 0, 5, 68)
+
+
+async def outcomes(calls: Sequence[Awaitable[object]]) -> Counter[str]:
+    """How each concurrent call ended: 'ok' or the check label of its CollateralUnavailable."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    seen: Counter[str] = Counter()
+    for result in results:
+        if isinstance(result, CollateralUnavailable):
+            seen[result.check] += 1
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            seen["ok"] += 1
+    return seen
+
+
+def test_flood_for_one_unknown_chip_makes_one_request() -> None:
+    chip = random_chip()
+    clock = FakeClock()
+
+    async def body(kds: FakeKds, base: str) -> None:
+        kds.delay = 0.05  # the flood arrives while the first request is still out
+        async with KdsClient(base, clock=clock, negative_ttl=600) as client:
+            seen = await outcomes([client.vcek("Milan", chip, MILAN_TCB) for _ in range(200)])
+            assert seen == Counter({"kds.not_found": 200})
+            assert kds.total == 1
+            seen = await outcomes([client.vcek("Milan", chip, MILAN_TCB) for _ in range(200)])
+            assert seen == Counter({"kds.not_found": 200}) and kds.total == 1
+            with pytest.raises(CollateralUnavailable, match=r"404 Not Found.*remembered: KDS is not asked"):
+                await client.vcek("Milan", chip, MILAN_TCB)
+            clock.advance(599)
+            with pytest.raises(CollateralUnavailable, match="remembered"):
+                await client.vcek("Milan", chip, MILAN_TCB)
+            assert kds.total == 1
+            clock.advance(2)  # past negative_ttl: KDS is asked again, once
+            seen = await outcomes([client.vcek("Milan", chip, MILAN_TCB) for _ in range(50)])
+            assert seen == Counter({"kds.not_found": 50}) and kds.total == 2
+
+    run(body)
+
+
+def test_flood_of_distinct_chips_is_rate_limited() -> None:
+    clock = FakeClock()
+
+    async def body(kds: FakeKds, base: str) -> None:
+        async with KdsClient(base, clock=clock) as client:  # defaults: 1 request/s, burst 5
+            started = time.monotonic()
+            seen = await outcomes([client.vcek("Milan", random_chip(), MILAN_TCB) for _ in range(300)])
+            assert time.monotonic() - started < 2  # refused at once, not queued
+            assert seen == Counter({"kds.not_found": DEFAULT_BURST, "kds.rate_limited": 300 - DEFAULT_BURST})
+            assert kds.total == DEFAULT_BURST
+            with pytest.raises(CollateralUnavailable, match=r"limit on requests to KDS \(1/s, burst 5\) is used up, "
+                                                            r"the next is allowed in 1\.0 s") as info:
+                await client.vcek("Milan", random_chip(), MILAN_TCB)
+            assert info.value.check == "kds.rate_limited"
+            # One token a second: ten seconds later, ten more requests (not the rest of the flood).
+            for _ in range(10):
+                clock.advance(1.0)
+                seen = await outcomes([client.vcek("Milan", random_chip(), MILAN_TCB) for _ in range(30)])
+                assert seen == Counter({"kds.not_found": 1, "kds.rate_limited": 29})
+            assert kds.total == DEFAULT_BURST + 10
+            # The bucket holds at most `burst` tokens, however long it was idle.
+            clock.advance(3600)
+            seen = await outcomes([client.vcek("Milan", random_chip(), MILAN_TCB) for _ in range(30)])
+            assert seen["kds.not_found"] == DEFAULT_BURST
+
+    run(body)
+
+
+def test_rate_limit_on_the_real_clock() -> None:
+    async def body(kds: FakeKds, base: str) -> None:
+        async with KdsClient(base, rate_per_second=4, burst=2) as client:
+            started = time.monotonic()
+            for _ in range(40):
+                await outcomes([client.vcek("Milan", random_chip(), MILAN_TCB) for _ in range(10)])
+                await asyncio.sleep(0.025)
+            elapsed = time.monotonic() - started
+        assert kds.total <= 2 + 4 * elapsed + 1, (kds.total, elapsed)
+
+    run(body)
+
+
+def test_in_flight_fetches_are_bounded() -> None:
+    async def body(kds: FakeKds, base: str) -> None:
+        kds.delay = 0.3
+        async with KdsClient(base, max_in_flight=3, burst=20) as client:
+            seen = await outcomes([client.vcek("Milan", random_chip(), MILAN_TCB) for _ in range(10)])
+        assert seen == Counter({"kds.not_found": 3, "kds.busy": 7})
+        assert kds.total == 3 and kds.max_in_flight == 3
+
+    run(body)
+
+
+def test_transient_failures_are_remembered_briefly() -> None:
+    clock = FakeClock()
+
+    async def body(kds: FakeKds, base: str) -> None:
+        key = kds.add("/vcek/v1/Milan/cert_chain", (503, b"busy", {}))
+        async with KdsClient(base, retries=1, backoff=0.01, clock=clock, transient_ttl=60) as client:
+            seen = await outcomes([client.cert_chain("Milan") for _ in range(100)])
+            assert seen == Counter({"kds.unavailable": 100})
+            assert kds.hits[key] == 2  # one fetch: first attempt and one retry
+            clock.advance(59)
+            with pytest.raises(CollateralUnavailable, match=r"after 2 attempts .*HTTP 503.*remembered"):
+                await client.cert_chain("Milan")
+            assert kds.hits[key] == 2
+            clock.advance(2)
+            with pytest.raises(CollateralUnavailable, match="after 2 attempts"):
+                await client.cert_chain("Milan")
+            assert kds.hits[key] == 4
+
+    run(body)
+
+
+def test_connection_failures_are_remembered_briefly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clock = FakeClock()
+
+    async def body() -> None:
+        async with KdsClient(f"http://127.0.0.1:{port}", retries=1, backoff=0.01, clock=clock) as client:
+            with pytest.raises(CollateralUnavailable, match="after 2 attempts"):
+                await client.crl("Turin")
+            started = time.monotonic()
+            with pytest.raises(CollateralUnavailable, match="remembered") as info:
+                await client.crl("Turin")
+            assert info.value.check == "kds.unavailable" and time.monotonic() - started < 0.05
+
+    asyncio.run(body())
+
+
+def test_retries_end_within_total_timeout() -> None:
+    async def body(kds: FakeKds, base: str) -> None:
+        key = kds.add("/vcek/v1/Genoa/crl", (503, b"busy", {}))
+        async with KdsClient(base, retries=50, backoff=0.1, total_timeout=1.0, burst=100) as client:
+            started = time.monotonic()
+            with pytest.raises(CollateralUnavailable, match=r"HTTP 503; no more retries: the next would end "
+                                                            r"after the 1 s allowed") as info:
+                await client.crl("Genoa")
+            assert time.monotonic() - started < 1.5  # total_timeout, plus the last answer's own time
+        assert info.value.check == "kds.unavailable"
+        assert 2 <= kds.hits[key] <= 4  # 0.1 + 0.2 + 0.4 (+ jitter): never 51
+
+    run(body)
+
+
+def test_retries_take_tokens_too() -> None:
+    async def body(kds: FakeKds, base: str) -> None:
+        key = kds.add("/vcek/v1/Milan/crl", (500, b"oops", {}))
+        async with KdsClient(base, retries=5, backoff=0.01, rate_per_second=0.01, burst=2,
+                             total_timeout=5) as client:
+            with pytest.raises(CollateralUnavailable, match="the KDS request limit allows none in time"):
+                await client.crl("Milan")
+            with pytest.raises(CollateralUnavailable) as info:
+                await client.crl("Genoa")
+            assert info.value.check == "kds.rate_limited"
+        assert kds.hits[key] == 2
+
+    run(body)
+
+
+def test_memory_cache_is_bounded_by_bytes() -> None:
+    pems = {p: chain_pem(p) for p in ("Milan", "Genoa", "Turin")}
+
+    async def body(kds: FakeKds, base: str) -> None:
+        keys = {p: kds.ok(f"/vcek/v1/{p}/cert_chain", pem) for p, pem in pems.items()}
+        # Room for about two chains (4.6 KB each), not three.
+        async with KdsClient(base, memory_cache_bytes=10_000, burst=20) as client:
+            for product in ("Milan", "Genoa", "Turin", "Turin", "Genoa", "Milan"):
+                await client.cert_chain(product)
+            assert client._memory.bytes_used <= 10_000
+        assert [kds.hits[keys[p]] for p in ("Milan", "Genoa", "Turin")] == [2, 1, 1]
+
+    run(body)
+
+
+def test_a_caller_that_gives_up_does_not_cancel_the_shared_fetch() -> None:
+    pem = chain_pem("Milan")
+
+    async def body(kds: FakeKds, base: str) -> None:
+        kds.delay = 0.2
+        key = kds.ok("/vcek/v1/Milan/cert_chain", pem)
+        async with KdsClient(base) as client:
+            impatient = asyncio.ensure_future(client.cert_chain("Milan"))
+            patient = asyncio.ensure_future(client.cert_chain("Milan"))
+            await asyncio.sleep(0.05)
+            impatient.cancel()
+            assert len(await patient) == 2
+            assert impatient.cancelled()
+        assert kds.hits[key] == 1
+
+    run(body)
+
+
+@pytest.mark.parametrize("kwargs", [{"rate_per_second": 0}, {"burst": 0}, {"max_in_flight": 0},
+                                    {"total_timeout": 0}, {"negative_ttl": -1}, {"memory_cache_bytes": -1}])
+def test_bad_limits_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(UsageError) as info:
+        KdsClient(**kwargs)
+    assert info.value.check == "kds.config"

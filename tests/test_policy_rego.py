@@ -1,10 +1,12 @@
 """The Rego dialect: Trustee's sample and test policies give Trustee's answers, reference values
-via data.reference, refusal at upload with a line, fail-closed evaluation, random claims, threads."""
+via data.reference, refusal at upload with a line, fail-closed evaluation, random claims, threads.
+Every check and evaluation runs in the worker processes of one pool per module."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from kbs.policy.ear import Submod, ear_document, snp_submod
 from kbs.policy.model import Decision, PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.policy.rego import RegoPolicy
+from kbs.policy.rego_pool import RegoWorkerPool
 from tests.conftest import vectors_dir
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -33,12 +36,27 @@ def resource_policy(name: str) -> str:
 
 
 _PARSED: dict[str, RegoPolicy] = {}
+_POOL: list[RegoWorkerPool] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_pool() -> Iterator[None]:
+    yield
+    while _POOL:
+        _POOL.pop().close()
+
+
+def parse(text: str) -> RegoPolicy:
+    """Checked in (and later evaluated by) this module's pool; generous time: speed is the benchmark's."""
+    if not _POOL:
+        _POOL.append(RegoWorkerPool(workers=2, timeout=20.0))
+    return RegoPolicy.parse(text, _POOL[0])
 
 
 def vector(name: str) -> RegoPolicy:
     """Parse each vector policy once (a compile is a few ms)."""
     if name not in _PARSED:
-        _PARSED[name] = RegoPolicy.parse(resource_policy(name))
+        _PARSED[name] = parse(resource_policy(name))
     return _PARSED[name]
 
 
@@ -101,7 +119,7 @@ def test_default_allows_real_tees_for_resource_only() -> None:
     other = evaluate(policy, snp_doc(), ResourceRequest(plugin="other", path=("a",)))
     assert not other.allow
     assert other.explanation.detail == "data.policy.allow is false"
-    assert {c.where: c.seen for c in other.explanation.children}["data.policy.plugin"] == "other"
+    assert other.explanation.where == "data.policy.allow" and other.explanation.seen is False
 
 
 def test_allow_all_and_deny_all() -> None:
@@ -117,8 +135,6 @@ def test_affirming() -> None:
     assert not evaluate(policy, snp_doc({**SNP, "policy_debug_allowed": True})).allow  # warning
     assert not evaluate(policy, sample_doc()).allow  # contraindicated
     assert not evaluate(policy, ear_document([], issued_at=NOW)).allow  # no submods at all
-    rules = {c.where: c for c in evaluate(policy, sample_doc()).explanation.children}
-    assert rules["data.policy.any_not_affirming"].seen is True
 
 
 def test_guest_components_policy_allows_only_sample() -> None:
@@ -148,7 +164,7 @@ def refs_with(expires: dt.datetime | None = None) -> ReferenceValues:
 
 
 def test_reference_values() -> None:
-    policy = RegoPolicy.parse(REF_POLICY)
+    policy = parse(REF_POLICY)
     assert policy.referenced_sets() == {"measurements", "min-tcb"}
     assert evaluate(policy, snp_doc(), refs=refs_with()).allow
     assert evaluate(policy, snp_doc(), refs=refs_with(NOW + dt.timedelta(days=1))).allow
@@ -162,17 +178,17 @@ def test_reference_values() -> None:
 
 def test_referenced_sets_ignores_comments() -> None:
     text = 'package policy\n# data.reference.commented\nallow if { input.x in data.reference.used }\n'
-    assert RegoPolicy.parse(text).referenced_sets() == {"used"}
+    assert parse(text).referenced_sets() == {"used"}
 
 
 # -- refusal at upload ----------------------------------------------------------------------------
 
 def test_policy_that_crashes_the_engine_is_refused() -> None:
-    """regopy 1.5.2 aborts (std::terminate) compiling this valid Rego; the upload check runs it in a child."""
+    """regopy 1.5.2 aborts (std::terminate) compiling this valid Rego; the upload check runs it in a worker."""
     text = ("package policy\nimport rego.v1\nev := input.a\ninner if ev.b == 1\n"
             "allow if { inner with input as input.c }\n")
     with pytest.raises(PolicyInvalid, match="crashed"):
-        RegoPolicy.parse(text)
+        parse(text)
 
 
 @pytest.mark.parametrize(("text", "line", "reason"), [
@@ -187,7 +203,7 @@ def test_policy_that_crashes_the_engine_is_refused() -> None:
 ])
 def test_malformed_policies_refused_with_line(text: str, line: int, reason: str) -> None:
     with pytest.raises(PolicyInvalid) as info:
-        RegoPolicy.parse(text)
+        parse(text)
     assert info.value.line == line
     assert reason in info.value.reason
     assert str(info.value).startswith(f"line {line}: ")
@@ -202,7 +218,7 @@ def test_malformed_policies_refused_with_line(text: str, line: int, reason: str)
     ("package policy\nother := true\n", "data.policy.allow is undefined"),
 ])
 def test_non_true_allow_denies(text: str, detail: str) -> None:
-    decision = evaluate(RegoPolicy.parse(text), snp_doc())
+    decision = evaluate(parse(text), snp_doc())
     assert not decision.allow
     assert decision.explanation.detail.startswith(detail)
 
@@ -218,7 +234,7 @@ def test_non_true_allow_denies(text: str, detail: str) -> None:
 ])
 def test_evaluation_error_denies_with_reason(text: str, reason: str | None) -> None:
     claims = {"zero": 0, "text": "abc", "a": True, "b": 2, "nothing_here_is_empty": []}
-    decision = evaluate(RegoPolicy.parse(text), claims)
+    decision = evaluate(parse(text), claims)
     assert not decision.allow
     if reason is not None:
         assert "failed" in decision.explanation.detail
@@ -226,11 +242,12 @@ def test_evaluation_error_denies_with_reason(text: str, reason: str | None) -> N
 
 
 def test_error_in_unrelated_rule_does_not_change_allow() -> None:
-    """Only allow decides (as in Trustee); a failing helper only costs the explanation its values."""
-    policy = RegoPolicy.parse("package policy\nimport rego.v1\nallow if input.ok\nbroken := 1 / input.zero\n")
+    """Only allow is queried (as in Trustee): a rule allow does not need is never evaluated."""
+    policy = parse("package policy\nimport rego.v1\nallow if input.ok\nbroken := 1 / input.zero\n"
+                   "slow := count(numbers.range(1, 4000000000))\n")
     decision = evaluate(policy, {"ok": True, "zero": 0})
     assert decision.allow
-    assert "divide by zero" in decision.explanation.children[-1].detail
+    assert decision.explanation.detail == "data.policy.allow is true" and not decision.explanation.children
 
 
 @pytest.mark.parametrize("claims", [
@@ -247,7 +264,7 @@ def test_decision_serialises() -> None:
     out = decision.to_json()
     assert out["allow"] is True
     assert out["explanation"]["kind"] == "policy"
-    assert {c["where"] for c in out["explanation"]["children"]} >= {"data.policy.allow"}
+    assert out["explanation"]["where"] == "data.policy.allow"
 
 
 # -- random claims documents ----------------------------------------------------------------------
@@ -309,7 +326,7 @@ def test_random_claims_match_plain_python_reading(claims: dict[str, Any], plugin
 
 def test_concurrent_evaluations_are_correct() -> None:
     affirming, default = vector("affirming.rego"), vector("default.rego")
-    reference = RegoPolicy.parse(REF_POLICY)
+    reference = parse(REF_POLICY)
     cases = [
         (affirming, snp_doc(gpus=1), NO_REFS, True), (affirming, sample_doc(), NO_REFS, False),
         (default, snp_doc(), NO_REFS, True), (default, sample_doc(), NO_REFS, False),

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
+from kbs.audit.chain import RELEASES
 from kbs.keys.jwe import decrypt
+from kbs.keys.kek import load_kek
+from kbs.store.integrity import ROW_MAC_PURPOSE
 from kbs.store.sqlite import SqliteStore
 from tests.broker import Broker, full_flow, run_broker
 
@@ -62,10 +65,10 @@ def test_sigkill_loses_no_acknowledged_key_or_release(tmp_path: Path) -> None:
     db = sqlite3.connect(state / "kbs.sqlite3")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()
-    store = SqliteStore(state / "kbs.sqlite3")
-    entries = store.verify_release_chain()
-    release_paths = [r.resource for r in store.release_log(limit=100000) if r.decision == "release"]
-    assert entries >= len(released)
+    store = SqliteStore(state / "kbs.sqlite3", load_kek(state / "kek", None).derive(ROW_MAC_PURPOSE))
+    [releases, _] = store.verify_logs()  # hashes, MACs and recorded heads agree after SIGKILL
+    release_paths = [r.resource for r in store.log_entries(RELEASES, limit=100000) if r.decision == "release"]
+    assert releases.entries >= len(released)
     assert set(released) <= set(release_paths)  # every acknowledged release was logged first
 
     with run_broker(tmp_path, state_dir=state) as again:  # and the restarted broker still serves them

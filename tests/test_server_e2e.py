@@ -111,12 +111,19 @@ def test_snp_guest_obtains_key(broker: Broker, guest: SnpGuest, kind: str, beare
     assert decrypt(body, key.private_key) == SECRET
 
 
-def release_log(broker: Broker) -> list[dict[str, Any]]:
+def release_log(broker: Broker, chain: str = "release") -> list[dict[str, Any]]:
     async def go() -> list[dict[str, Any]]:
-        status, body = await admin(broker, "GET", "/kbs/v0/admin/release-log?limit=1000")
+        status, body = await admin(broker, "GET", f"/kbs/v0/admin/release-log?limit=1000&chain={chain}")
         assert status == 200
         return list(body)
     return asyncio.run(go())
+
+
+def logged(broker: Broker, reference: str) -> dict[str, Any]:
+    """The one log entry (release or refusal log) a guest's reference points to."""
+    found = [e for chain in ("release", "refusal") for e in release_log(broker, chain) if e["ref"] == reference]
+    assert len(found) == 1, (reference, found)
+    return found[0]
 
 
 def metric(broker: Broker, name: str, **labels: str) -> float:
@@ -134,12 +141,14 @@ async def _metrics(broker: Broker) -> str:
 
 
 def assert_refused(broker: Broker, status: int, body: dict[str, Any], variant: str, detail: str, reason: str,
-                   before: list[dict[str, Any]], metric_before: float, **metric_labels: str) -> None:
+                   metric_before: float) -> dict[str, Any]:
+    """A 401 of that variant, whose reference finds exactly one deny entry with that reason and detail."""
     assert status == 401, body
-    assert body["type"] == ERRORS + variant and detail in body["detail"], body
-    new = release_log(broker)[len(before):]
-    assert any(r["decision"] == "deny" and r["reason"] == reason for r in new), new
+    assert body["type"] == ERRORS + variant and body["reference"] in body["detail"], body
+    entry = logged(broker, body["reference"])
+    assert entry["decision"] == "deny" and entry["reason"] == reason and detail in entry["detail"], entry
     assert metric(broker, "kbs_resource_requests_total", decision="deny", reason=reason) > metric_before
+    return entry
 
 
 def _deny_count(broker: Broker, reason: str) -> float:
@@ -147,14 +156,17 @@ def _deny_count(broker: Broker, reason: str) -> float:
 
 
 def test_policy_denies_other_measurement(broker: Broker, pki: SyntheticAmd) -> None:
-    before, m = release_log(broker), _deny_count(broker, "policy")
+    m = _deny_count(broker, "policy")
     other = SnpGuest(pki, measurement=b"\x11" * 48)
     status, body, _ = asyncio.run(full_flow(broker.url, "snp", "prod/key/disk", guest=other))
-    assert_refused(broker, status, body, "PolicyDeny", "snp.measurement in", "policy", before, m)
+    entry = assert_refused(broker, status, body, "PolicyDeny", "snp.measurement in", "policy", m)
+    # The guest learns only that it was denied: not the policy's name, version or condition.
+    assert "snp-prod" not in json.dumps(body) and "measurement" not in json.dumps(body)
+    assert entry["policy_id"] == "snp-prod" and "policy 'snp-prod' (version 1) denied" in entry["detail"]
 
 
 def test_report_data_must_bind_nonce_and_key(broker: Broker, guest: SnpGuest) -> None:
-    before, m = release_log(broker), _deny_count(broker, "binding.report_data")
+    m = _deny_count(broker, "binding.report_data")
 
     async def go() -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession(cookie_jar=jar()) as http:
@@ -163,8 +175,7 @@ def test_report_data_must_bind_nonce_and_key(broker: Broker, guest: SnpGuest) ->
             return await attest(http, broker.url, attestation(nonce, generate_tee_key("EC-P256"), "snp", guest,
                                                               report_nonce=wrong))
     status, body = asyncio.run(go())
-    assert_refused(broker, status, body, "AttestationError", "binding.report_data", "binding.report_data",
-                   before, m)
+    assert_refused(broker, status, body, "AttestationError", "binding.report_data", "binding.report_data", m)
 
 
 def test_replayed_nonce_refused(broker: Broker, guest: SnpGuest) -> None:
@@ -179,11 +190,12 @@ def test_replayed_nonce_refused(broker: Broker, guest: SnpGuest) -> None:
             replay = await attest(http, broker.url, first)
             assert nonce2 != nonce
             return [ok, again, replay]
-    before, m = release_log(broker), _deny_count(broker, "replay")
+    m = _deny_count(broker, "replay")
     ok, again, replay = asyncio.run(go())
     assert ok[0] == 200
-    assert_refused(broker, *again, "AttestationError", "already attested", "replay", before, m)
+    assert_refused(broker, *again, "AttestationError", "already attested", "replay", m)
     assert replay[0] == 401 and "binding.nonce" in replay[1]["detail"]
+    assert logged(broker, replay[1]["reference"])["reason"] == "binding.nonce"
 
 
 def test_tampered_evidence_refused(broker: Broker, guest: SnpGuest) -> None:
@@ -193,10 +205,10 @@ def test_tampered_evidence_refused(broker: Broker, guest: SnpGuest) -> None:
             body = attestation(nonce, generate_tee_key("EC-P256"), "snp", guest)
             body["tee-evidence"]["primary_evidence"]["attestation_report"]["measurement"][0] ^= 1
             return await attest(http, broker.url, body)
-    before, m = release_log(broker), _deny_count(broker, "report.signature")
+    m = _deny_count(broker, "report.signature")
     status, body = asyncio.run(go())
     assert_refused(broker, status, body, "AttestationError", "report signature does not verify",
-                   "report.signature", before, m)
+                   "report.signature", m)
 
 
 def _forge(token: str) -> list[str]:
@@ -221,16 +233,16 @@ def test_forged_tokens_refused(broker: Broker, guest: SnpGuest) -> None:
             assert status == 200
         async with aiohttp.ClientSession() as fresh:
             return [await get_resource(fresh, broker.url, "prod/key/disk", token=t) for t in _forge(body["token"])]
-    before, m = release_log(broker), _deny_count(broker, "token")
+    m = _deny_count(broker, "token")
     results = asyncio.run(go())
     for status, body in results:
-        assert_refused(broker, status, body, "TokenVerifierError", "", "token", before, m)
+        assert_refused(broker, status, body, "TokenVerifierError", "", "token", m)
 
 
 def test_sample_tee_refused_by_default_policy_and_allowed_by_its_own(broker: Broker) -> None:
-    before, m = release_log(broker), _deny_count(broker, "policy")
+    m = _deny_count(broker, "policy")
     status, body, _ = asyncio.run(full_flow(broker.url, "sample", "lab/key/sample"))
-    assert_refused(broker, status, body, "PolicyDeny", "policy 'default'", "policy", before, m)
+    assert_refused(broker, status, body, "PolicyDeny", "policy 'default'", "policy", m)
 
     async def rebind() -> None:
         status, _ = await admin(broker, "POST", "/kbs/v0/admin/keys/lab/key/sample/policy",
@@ -282,10 +294,10 @@ def test_short_lifetimes_expire_sessions_and_tokens(tmp_path: Path, pki: Synthet
                 expired = await get_resource(fresh, b.url, "prod/key/disk", token=body["token"])
             return late, expired
         (s1, b1), (s2, b2) = asyncio.run(go())
-        log = release_log(b)
+        refusals = release_log(b, "refusal")
         assert s1 == 401 and "session expired" in b1["detail"]
         assert s2 == 401 and "token has expired" in b2["detail"]
-        assert [r["reason"] for r in log if r["decision"] == "deny"] == ["session", "token"]
+        assert [r["reason"] for r in refusals if r["decision"] == "deny"] == ["session", "token"]
         assert metric(b, "kbs_resource_requests_total", decision="deny", reason="token") == 1
 
 
@@ -314,10 +326,15 @@ def test_admin_api_refuses_bad_tokens_and_changes_nothing(broker: Broker, tmp_pa
 
 
 def test_release_log_chain_and_no_key_in_logs(broker: Broker) -> None:
-    from kbs.store.sqlite import SqliteStore
-
-    assert SqliteStore(broker.state_dir / "kbs.sqlite3").verify_release_chain() > 0
+    async def verify() -> dict[str, Any]:
+        status, body = await admin(broker, "GET", "/kbs/v0/admin/release-log/verify")
+        assert status == 200, body
+        return dict(body)
+    heads = {h["chain"]: h for h in asyncio.run(verify())["heads"]}
+    assert heads["release"]["entries"] > 0 and heads["refusal"]["head_seq"] >= heads["refusal"]["first_seq"] - 1
     assert SECRET.hex() not in broker.log() and "disk-key" not in broker.log()
+    releases = [e for e in release_log(broker) if e["decision"] == "release"]
+    assert all(e["ref"] for e in releases) and any(e["resource"] == "prod/key/disk" for e in releases)
 
 
 def test_metrics_and_health(broker: Broker) -> None:

@@ -32,10 +32,10 @@ def test_real_report_outcome_matches_sources(snp_vector: SnpVector) -> None:
     """Every real report passes at the research time, except the VLEK that has expired."""
     if snp_vector.name == VLEK_VECTOR:
         with pytest.raises(ChainInvalid, match="SEV-VLEK expired at 2025-12-10") as info:
-            verify_snp(snp_vector.report, certs_of(snp_vector), NOW)
+            verify_snp(snp_vector.report, certs_of(snp_vector), NOW, allowed_vmpls=snp_vector.vmpls)
         assert info.value.check == "chain.validity"
         return
-    result = verify_snp(snp_vector.report, certs_of(snp_vector), NOW)
+    result = verify_snp(snp_vector.report, certs_of(snp_vector), NOW, allowed_vmpls=snp_vector.vmpls)
     expected = snp_vector.expected["verify_results"]
     assert isinstance(expected, dict)
     assert f"ARK-{result.product}" == expected["ark"]
@@ -47,14 +47,26 @@ def test_real_report_outcome_matches_sources(snp_vector: SnpVector) -> None:
     assert result.chain.ark.fingerprint == PINNED_ARKS[result.product]
 
 
+def test_report_from_vmpl_above_zero_refused_by_default() -> None:
+    """The real AWS report was requested at VMPL 1: refused unless the verifier allows VMPL 1."""
+    v = load_snp_vector("milan-v3-vlek-aws-trustee")
+    at = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    assert v.vmpls == {1}
+    with pytest.raises(EvidenceError, match="VMPL 1; allowed: 0") as caught:
+        verify_snp(v.report, certs_of(v), at)
+    assert caught.value.check == "report.vmpl"
+    claims = verify_snp(v.report, certs_of(v), at, allowed_vmpls=frozenset({0, 1})).claims()
+    assert claims["vmpl"] == 1 and claims["allowed_vmpls"] == [0, 1]
+
+
 def test_expired_vlek_passes_inside_its_validity() -> None:
     v = load_snp_vector(VLEK_VECTOR)
     at = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
-    result = verify_snp(v.report, certs_of(v), at)
+    result = verify_snp(v.report, certs_of(v), at, allowed_vmpls=v.vmpls)
     assert result.chain.kind == "VLEK" and result.product == "Milan"
     assert result.claims()["vek"]["csp_id"] == "CN=cc-us-east-2.amazonaws.com"
     with pytest.raises(ChainInvalid, match="not valid before"):
-        verify_snp(v.report, certs_of(v), dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
+        verify_snp(v.report, certs_of(v), dt.datetime(2024, 1, 1, tzinfo=dt.UTC), allowed_vmpls=v.vmpls)
 
 
 def _at(v: SnpVector) -> dt.datetime:
@@ -89,7 +101,7 @@ def test_signature_flip_is_reported_as_signature_failure(snp_vector: SnpVector) 
     data = bytearray(snp_vector.report)
     data[0x090] ^= 0x01  # one measurement bit
     with pytest.raises(SignatureInvalid, match="report signature does not verify") as info:
-        verify_snp(bytes(data), certs_of(snp_vector), _at(snp_vector))
+        verify_snp(bytes(data), certs_of(snp_vector), _at(snp_vector), allowed_vmpls=snp_vector.vmpls)
     assert info.value.check == "report.signature"
 
 
@@ -102,7 +114,8 @@ def test_vek_certificate_signature_flip_rejected(snp_vector: SnpVector, where: s
     bad[sig_at + index] ^= 0x80
     others = [c for c in certs_of(snp_vector) if c.fingerprint != vek.fingerprint]
     with pytest.raises(ChainInvalid, match="signature does not verify") as info:
-        verify_snp(snp_vector.report, [parse_certificate(bytes(bad)), *others], _at(snp_vector))
+        verify_snp(snp_vector.report, [parse_certificate(bytes(bad)), *others], _at(snp_vector),
+                   allowed_vmpls=snp_vector.vmpls)
     assert info.value.check == "chain.signature"
 
 
@@ -110,7 +123,7 @@ def test_vek_certificate_signature_flip_rejected(snp_vector: SnpVector, where: s
 def test_truncated_or_extended_report_rejected(snp_vector: SnpVector, length: int) -> None:
     data = (snp_vector.report + bytes(64))[:length]
     with pytest.raises(MalformedEvidence, match="exactly 1184 bytes"):
-        verify_snp(data, certs_of(snp_vector), _at(snp_vector))
+        verify_snp(data, certs_of(snp_vector), _at(snp_vector), allowed_vmpls=snp_vector.vmpls)
 
 
 # --- The real report's own VEK key, re-certified by a synthetic AMD PKI -------------------------
@@ -159,13 +172,14 @@ def test_recertified_real_key_verifies_only_under_its_trust_root(
     synth = _synth(synth_for, snp_vector)
     certs = _recertify(snp_vector, synth)
     root = [parse_certificate(synth.ark_der)]
-    result = verify_snp(snp_vector.report, certs, NOW, trust_roots=root)
+    result = verify_snp(snp_vector.report, certs, NOW, trust_roots=root, allowed_vmpls=snp_vector.vmpls)
     assert result.product == _product(snp_vector)
     with pytest.raises(ChainInvalid, match="is not the pinned AMD root") as info:
-        verify_snp(snp_vector.report, certs, NOW)
+        verify_snp(snp_vector.report, certs, NOW, allowed_vmpls=snp_vector.vmpls)
     assert info.value.check == "chain.root"
     with pytest.raises(ChainInvalid, match="not a configured trust root"):
-        verify_snp(snp_vector.report, certs_of(snp_vector), _at(snp_vector), trust_roots=root)
+        verify_snp(snp_vector.report, certs_of(snp_vector), _at(snp_vector), trust_roots=root,
+                   allowed_vmpls=snp_vector.vmpls)
 
 
 @pytest.mark.parametrize("component", ["bl", "tee", "snp", "ucode", "fmc"])
@@ -178,7 +192,7 @@ def test_vek_tcb_mismatch_rejected(snp_vector: SnpVector, synth_for: dict[tuple[
     certs = _recertify(snp_vector, synth, tcb={component: (reported[component] + 1) % 256})
     wanted = f"{component}SPL is .*reported_tcb has {reported[component]}"
     with pytest.raises(ChainInvalid, match=wanted) as i:
-        verify_snp(snp_vector.report, certs, NOW, trust_roots=[certs[2]])
+        verify_snp(snp_vector.report, certs, NOW, trust_roots=[certs[2]], allowed_vmpls=snp_vector.vmpls)
     assert i.value.check == "vek.tcb"
 
 
@@ -192,7 +206,7 @@ def test_vcek_hwid_mismatch_rejected(snp_vector: SnpVector,
     hwid[-1] ^= 1
     certs = _recertify(snp_vector, synth, hwid=bytes(hwid))
     with pytest.raises(ChainInvalid, match="does not match the VCEK hwID") as info:
-        verify_snp(snp_vector.report, certs, NOW, trust_roots=[certs[2]])
+        verify_snp(snp_vector.report, certs, NOW, trust_roots=[certs[2]], allowed_vmpls=snp_vector.vmpls)
     assert info.value.check == "vek.chip_id"
 
 
@@ -200,11 +214,11 @@ def test_missing_certificates_named(snp_vector: SnpVector) -> None:
     vek = vek_of(snp_vector)
     chain = load_certificates(snp_vector.chain_file.read_bytes())
     with pytest.raises(EvidenceError, match="certificate was supplied"):
-        verify_snp(snp_vector.report, chain, _at(snp_vector))
+        verify_snp(snp_vector.report, chain, _at(snp_vector), allowed_vmpls=snp_vector.vmpls)
     with pytest.raises(EvidenceError, match="intermediate .* was not supplied"):
-        verify_snp(snp_vector.report, [vek, chain[1]], _at(snp_vector))
+        verify_snp(snp_vector.report, [vek, chain[1]], _at(snp_vector), allowed_vmpls=snp_vector.vmpls)
     with pytest.raises(EvidenceError, match="root .* was not supplied"):
-        verify_snp(snp_vector.report, [vek, chain[0]], _at(snp_vector))
+        verify_snp(snp_vector.report, [vek, chain[0]], _at(snp_vector), allowed_vmpls=snp_vector.vmpls)
 
 
 def test_cached_key_table_path_agrees_with_cold_path(snp_vector: SnpVector) -> None:

@@ -26,3 +26,12 @@ def test_broker_unit_runs_unprivileged_with_the_kek_as_credential() -> None:
     text = (UNITS / "kbs.service").read_text()
     assert re.search(r"^User=kbs$", text, re.M) and "NoNewPrivileges=yes" in text
     assert "LoadCredentialEncrypted=kbs-kek:" in text and "ProtectSystem=strict" in text
+
+
+def test_tls_key_is_a_credential_and_the_guest_verifies_the_broker() -> None:
+    broker = (UNITS / "kbs.service").read_text()
+    assert re.search(r"^LoadCredentialEncrypted=kbs-tls-key:", broker, re.M)  # private_key_credential's default
+    example = (UNITS / "kbs-guest.conf.example").read_text()
+    assert re.search(r"^KBS_URL=https://", example, re.M) and re.search(r"^KBS_CA_CERT=/etc/kbs-guest/", example, re.M)
+    assert "--insecure" not in example and "EnvironmentFile=/etc/kbs-guest/%i.conf" in (
+        UNITS / "kbs-guest@.service").read_text()

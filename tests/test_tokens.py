@@ -36,9 +36,7 @@ def test_expiry_is_checked_even_for_cached_tokens() -> None:
     assert signer.verify(token, NOW)  # cached since signing
     with pytest.raises(TokenInvalid, match="expired"):
         signer.verify(token, NOW + dt.timedelta(seconds=10))
-    fresh = TokenSigner.__new__(TokenSigner)
-    fresh.__dict__.update(signer.__dict__)
-    fresh._verified = type(signer._verified)()  # an empty cache: the full check must agree
+    fresh = TokenSigner(signer._key, cache_bytes=0)  # no cache: the full check must agree
     with pytest.raises(TokenInvalid, match="expired"):
         fresh.verify(token, NOW + dt.timedelta(seconds=11))
     assert fresh.verify(token, NOW)["exp"] == int(NOW.timestamp()) + 10
@@ -57,3 +55,15 @@ def test_foreign_and_edited_tokens_refused() -> None:
         mine.verify(f"{header}.{payload}.{sig[:-4]}AAAA", NOW)
     with pytest.raises(TokenInvalid, match="must be P-256"):
         TokenSigner(ec.generate_private_key(ec.SECP384R1()))
+
+
+def test_verified_token_cache_is_bounded_by_bytes() -> None:
+    """Large tokens (big init-data claims) cannot fill memory: the cache charges bytes, not entries."""
+    budget = 1024 * 1024
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()), cache_bytes=budget)
+    tokens = [signer.sign({**claims(), "pad": "x" * 20_000, "n": i}) for i in range(200)]
+    assert signer.cache_bytes <= budget
+    assert signer.cache_bytes > 0  # the newest ones are kept
+    for token in tokens[:5]:  # evicted ones still verify through the full path
+        assert signer.verify(token, NOW)["pad"] == "x" * 20_000
+    assert signer.cache_bytes <= budget

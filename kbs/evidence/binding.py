@@ -18,8 +18,10 @@ from typing import Any
 
 import rfc8785
 
+from kbs import jsondoc
 from kbs.errors import EvidenceError, MalformedEvidence
 
+MAX_INIT_DATA_BYTES = 128 * 1024  # Trustee's sample with a policy (aa.toml, cdh.toml, policy.rego) is 62 KB
 INIT_DATA_ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 
 
@@ -59,17 +61,25 @@ def parse_init_data(init_data: Any) -> InitData | None:
         raise MalformedEvidence('init-data must be null or {"format": "toml", "body": "<TOML>"}',
                                 check="init_data.format")
     body: str = init_data["body"]
+    if len(body) > MAX_INIT_DATA_BYTES:
+        raise MalformedEvidence(f"init-data is {len(body)} characters; at most {MAX_INIT_DATA_BYTES}",
+                                check="init_data.size")
     try:
         document = tomllib.loads(body)
     except tomllib.TOMLDecodeError as exc:
         raise MalformedEvidence(f"init-data is not valid TOML: {exc}", check="init_data.format") from exc
+    except RecursionError:
+        raise MalformedEvidence("init-data TOML is nested too deeply", check="init_data.format") from None
+    jsondoc.check_shape(document, what="init-data", check="init_data.format")
     algorithm = document.get("algorithm")
     if algorithm not in INIT_DATA_ALGORITHMS:
         raise MalformedEvidence(f"init-data algorithm {algorithm!r} is not one of "
                                 f"{', '.join(INIT_DATA_ALGORITHMS)}", check="init_data.algorithm")
     data = document.get("data", {})
+    # TOML dates and times become RFC 3339 strings: the claims are JSON (token, policies, database).
+    claims = jsondoc.to_json_types(data) if isinstance(data, Mapping) else {}
     return InitData(digest=INIT_DATA_ALGORITHMS[algorithm](body.encode()).digest(), algorithm=algorithm,
-                    claims=dict(data) if isinstance(data, Mapping) else {})
+                    claims=claims)
 
 
 def check_init_data(field_value: bytes, init: InitData, field_name: str) -> None:

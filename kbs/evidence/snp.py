@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from kbs import native
-from kbs.errors import ChainInvalid, SignatureInvalid
+from kbs.errors import ChainInvalid, EvidenceError, SignatureInvalid
 from kbs.evidence.snp_report import SnpReport, TcbVersion, parse_report
 from kbs.trust.amd import VCEK, AmdChain, CertBundle, check_crl, verify_chain
 from kbs.trust.x509 import Certificate
@@ -28,10 +28,16 @@ class SnpVerification:
     chain: AmdChain
     product: str
     tcbs: dict[str, TcbVersion]
+    allowed_vmpls: frozenset[int] = frozenset({0})
 
     def claims(self) -> dict[str, Any]:
         return snp_claims(self)
 
+
+# A report from VMPL > 0 was requested by software below the guest's most privileged level (a
+# paravisor's guest, or anything the VMPL 0 code let ask): Trustee requires VMPL 0, and so do we
+# unless the operator allows more.
+DEFAULT_VMPLS = frozenset({0})
 
 # Per-key precomputed tables: one VCEK signs every report of its host, so from its second
 # report on it verifies ~3x faster.  Bounded (24 KB a table); `configure_key_tables` sets the size.
@@ -103,17 +109,26 @@ def check_chip_id(report: SnpReport, chain: AmdChain) -> None:
                            f"{hwid[:8].hex()}…", check="vek.chip_id")
 
 
-def appraise(report: SnpReport, chain: AmdChain) -> SnpVerification:
+def check_vmpl(report: SnpReport, allowed: frozenset[int]) -> None:
+    if report.raw.vmpl not in allowed:
+        raise EvidenceError(f"report was requested at VMPL {report.raw.vmpl}; allowed: "
+                            f"{', '.join(map(str, sorted(allowed)))} (verifier setting allowed_vmpls)",
+                            check="report.vmpl")
+
+
+def appraise(report: SnpReport, chain: AmdChain, allowed_vmpls: frozenset[int] = DEFAULT_VMPLS) -> SnpVerification:
+    check_vmpl(report, allowed_vmpls)
     check_signer(report, chain)
     product = check_product(report, chain)
     tcbs = report.tcbs(product)
     check_tcb(tcbs["reported"], chain)
     check_chip_id(report, chain)
-    return SnpVerification(report=report, chain=chain, product=product, tcbs=tcbs)
+    return SnpVerification(report=report, chain=chain, product=product, tcbs=tcbs, allowed_vmpls=allowed_vmpls)
 
 
 def verify_snp(data: bytes, certificates: Iterable[Certificate], at: datetime,
-               trust_roots: Sequence[Certificate] | None = None, crl: bytes | None = None) -> SnpVerification:
+               trust_roots: Sequence[Certificate] | None = None, crl: bytes | None = None,
+               allowed_vmpls: frozenset[int] = DEFAULT_VMPLS) -> SnpVerification:
     """The whole SNP pipeline.  Raises an EvidenceError subclass naming the failed check."""
     report = parse_report(data)
     bundle = CertBundle.of(certificates)
@@ -122,7 +137,7 @@ def verify_snp(data: bytes, certificates: Iterable[Certificate], at: datetime,
     if crl is not None:
         check_crl(crl, chain, at)
     verify_signature(report, chain)
-    return appraise(report, chain)
+    return appraise(report, chain, allowed_vmpls)
 
 
 def snp_claims(v: SnpVerification) -> dict[str, Any]:
@@ -155,6 +170,7 @@ def snp_claims(v: SnpVerification) -> dict[str, Any]:
         "product": v.product,
         "guest_svn": r.guest_svn,
         "vmpl": r.vmpl,
+        "allowed_vmpls": sorted(v.allowed_vmpls),
         "signing_key": v.report.signer.signing_key,
         "author_key_en": v.report.signer.author_key_en,
         "mask_chip_key": v.report.signer.mask_chip_key,

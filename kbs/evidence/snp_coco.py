@@ -30,6 +30,7 @@ from typing import Any
 from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
 from kbs.evidence.snp_report import TcbVersion
+from kbs.trust import x509
 from kbs.trust.x509 import Certificate, parse_certificate
 
 CHECK = "evidence.snp_json"
@@ -49,7 +50,7 @@ CERT_TYPE_GUIDS = {
 _NAME_OF_GUID = {guid: name for name, guid in CERT_TYPE_GUIDS.items()}
 _CERTIFICATE_TYPES = ("ARK", "ASK", "VCEK", "VLEK")
 MAX_CERTIFICATES = 16  # a chain is VEK, ASK, ARK (+ CRL); the cap bounds work on hostile input
-MAX_CERTIFICATE_SIZE = 64 * 1024
+MAX_CERTIFICATE_SIZE = x509.MAX_CERTIFICATE_SIZE  # refused before any per-byte work
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,8 @@ def _byte_array(value: object, length: int | None, path: str, limit: int = MAX_C
     if length is not None and len(value) != length:
         raise _fail(f"{path} must have exactly {length} elements, got {len(value)}")
     if len(value) > limit:
-        raise _fail(f"{path} has {len(value)} elements, more than the {limit} allowed")
+        raise MalformedEvidence(f"{path} has {len(value)} bytes, more than the {limit} a certificate may have",
+                                check="certificate.size")
     for i, element in enumerate(value):
         if type(element) is not int or not 0 <= element <= 0xFF:
             shown = _show(element) if type(element) is int else _kind(element)

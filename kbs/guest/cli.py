@@ -1,6 +1,10 @@
 """`kbs-guest`: fetch a key from a KBS at boot.
 
-    kbs-guest get-resource kbs:///<repo>/<type>/<tag> --url URL [--tee auto|snp|sample] [--output FILE] ...
+    kbs-guest get-resource kbs:///<repo>/<type>/<tag> --url URL [--ca-cert PEM] [--tee auto|snp|sample]
+                           [--output FILE] ...
+
+https:// brokers are verified against the system trust store, or only against `--ca-cert`
+(`$KBS_CA_CERT`); a certificate that does not verify fails at once, with no key.
 
 Exit codes: 0 the key was written; 1 refused or failed after the retries (one line on stderr,
 with the broker's detail); 2 usage error.
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import ssl
@@ -18,6 +23,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -27,6 +33,7 @@ from kbs.guest.client import fetch_resource, parse_resource
 from kbs.guest.evidence import SNP_PROVIDERS, TSM_REPORT_ROOT, EvidenceSource, SampleEvidence, TsmReport
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("kbs.guest")
 KEY_TYPES = ("EC-P256", "EC-P521", "RSA-OAEP-256")
 
 
@@ -57,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--backoff", type=float, default=1.0, help="base of the exponential backoff, seconds")
     get.add_argument("--timeout", type=float, default=60.0, help="timeout of each HTTP request, seconds")
     get.add_argument("--bearer", action="store_true", help="fetch with Authorization: Bearer <token>, no cookie")
-    get.add_argument("--cacert", metavar="PEM", help="trust these CA certificates for https:// (default: system)")
+    get.add_argument("--ca-cert", "--cacert", dest="ca_cert", metavar="PEM",
+                     help="verify the https:// broker against these CA certificates only (default: $KBS_CA_CERT, "
+                     "else the system trust store); verification cannot be turned off")
     return parser
 
 
@@ -85,6 +94,9 @@ def _check_args(args: argparse.Namespace) -> str | None:
         raise Usage(str(exc)) from exc
     if not args.url.startswith(("http://", "https://")):
         raise Usage(f"--url must be http:// or https://, got {args.url!r}")
+    args.ca_cert = args.ca_cert or os.environ.get("KBS_CA_CERT") or None
+    if args.ca_cert and not args.url.startswith("https://"):
+        raise Usage(f"--ca-cert (or KBS_CA_CERT) {args.ca_cert} is set but --url {args.url} is not https://")
     if args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
         raise Usage("--retries and --backoff must be >= 0, --timeout > 0")
     if args.output not in (None, "-"):
@@ -99,14 +111,26 @@ def _check_args(args: argparse.Namespace) -> str | None:
         raise Usage(f"cannot read --init-data {args.init_data}: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
-def _session(cacert: str | None) -> aiohttp.ClientSession:
+def _session(url: str, ca_cert: str | None) -> aiohttp.ClientSession:
+    """https:// is always verified: against `ca_cert` alone when given, else the system trust store."""
     connector = None
-    if cacert is not None:
+    if ca_cert is not None:
         try:
-            connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=cacert))
+            connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=ca_cert))
         except (OSError, ssl.SSLError) as exc:
-            raise Usage(f"cannot load --cacert {cacert}: {exc}") from exc
+            raise Usage(f"cannot load CA certificates from --ca-cert {ca_cert}: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from exc
+    elif not url.startswith("https://") and not _loopback(url):
+        log.warning("%s is plain HTTP: the broker is not authenticated (use https:// and --ca-cert)", url)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+def _loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -133,7 +157,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 async def _get_resource(args: argparse.Namespace, init_data: str | None) -> bytes:
     source = _source(args)
-    async with _session(args.cacert) as session:
+    async with _session(args.url, args.ca_cert) as session:
         return await fetch_resource(args.url, args.resource, source, key_kind=args.key_type, init_data=init_data,
                                     retries=args.retries, backoff=args.backoff, session=session,
                                     timeout=args.timeout, use_bearer=args.bearer)

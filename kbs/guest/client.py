@@ -8,7 +8,8 @@ Every attempt uses a fresh ephemeral TEE key and a fresh nonce; the private key 
 this process and neither it, the token nor the plaintext is logged.  Retries (exponential
 backoff, full jitter) cover what can heal: connection errors, timeouts, 5xx, 429, and 401 (a
 refusal may be an expired session or a policy that is about to change, so the whole handshake
-runs again, as CoCo's client does).  404 and other 4xx fail at once with the broker's detail.
+runs again, as CoCo's client does).  404 and other 4xx fail at once with the broker's detail, and
+so does an https:// broker whose certificate does not verify (check `guest.tls`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ class _Exchange:
         except TimeoutError as exc:
             raise _Transient(GuestError(f"{step}: no answer from {url} within {self.timeout.total} s",
                                         check="guest.unavailable")) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:  # not retried: a MITM does not go away
+            raise GuestError(f"{step}: refusing {self.base}: its TLS certificate does not verify against the "
+                             f"trusted CAs ({exc.certificate_error}); the request was not sent",
+                             check="guest.tls") from exc
         except aiohttp.ClientError as exc:
             raise _Transient(GuestError(f"{step}: cannot reach {url}: {exc}", check="guest.unavailable")) from exc
         if status >= 400:

@@ -51,6 +51,13 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], int, int]] = {
 }
 _CRV_BY_CURVE_NAME = {"secp256r1": "P-256", "secp521r1": "P-521"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# The members each key type defines (RFC 7517 §4, RFC 7518 §6) that a TEE key may carry; anything
+# else is refused, so the JWK (copied into the token and the stored claims) has a bounded size.
+_JWK_MEMBERS = {"EC": frozenset({"kty", "crv", "alg", "x", "y", "kid", "use"}),
+                "RSA": frozenset({"kty", "alg", "n", "e", "kid", "use"})}
+MAX_KID_CHARS = 128
+MAX_MEMBER_CHARS = 4096  # base64url of a 16384-bit modulus is 2731
+RSA_MAX_EXPONENT_BITS = 64  # OpenSSL refuses larger exponents with moduli over 3072 bits
 _JWE_MEMBERS = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 # Header members that are informational only; anything else (crit, zip, apu, apv, …) would change
 # how the JWE must be processed, so it is refused rather than ignored.
@@ -117,9 +124,13 @@ def _member(obj: Mapping[str, Any], name: str, error: type[KbsError], where: str
     return value
 
 
-def _bytes_member(obj: Mapping[str, Any], name: str, error: type[KbsError], where: str) -> bytes:
+def _bytes_member(obj: Mapping[str, Any], name: str, error: type[KbsError], where: str,
+                  max_chars: int = MAX_MEMBER_CHARS) -> bytes:
+    text = _member(obj, name, error, where)
+    if len(text) > max_chars:
+        raise error(f"{where} member {name!r} is {len(text)} characters; at most {max_chars}")
     try:
-        return b64u_decode(_member(obj, name, error, where))
+        return b64u_decode(text)
     except ValueError:
         raise error(f"{where} member {name!r} is not base64url without padding") from None
 
@@ -150,6 +161,7 @@ def parse_tee_jwk(jwk: Mapping[str, Any]) -> TeePublicKey:
     if private:
         raise JweKeyInvalid(f"{where} carries private-key members {private}; only the public key may be sent")
     kty = _member(jwk, "kty", JweKeyInvalid, where)
+    _check_members(jwk, kty, where)
     if kty == "EC":
         crv = _member(jwk, "crv", JweKeyInvalid, where)
         if crv not in _CURVES:
@@ -172,11 +184,30 @@ def parse_tee_jwk(jwk: Mapping[str, Any]) -> TeePublicKey:
             raise JweKeyInvalid("RSA modulus n must be odd")
         if e <= 1 or e % 2 == 0 or e >= n:
             raise JweKeyInvalid("RSA public exponent e must be odd, greater than 1 and below n")
+        if e.bit_length() > RSA_MAX_EXPONENT_BITS:
+            raise JweKeyInvalid(f"RSA public exponent e is {e.bit_length()} bits; at most "
+                                f"{RSA_MAX_EXPONENT_BITS} are supported (65537 is usual)")
         try:
             return TeePublicKey(alg, rsa.RSAPublicNumbers(e, n).public_key())
         except ValueError:
             raise JweKeyInvalid("RSA public key (n, e) is not valid") from None
     raise JweKeyInvalid(f"unsupported kty {_show(kty)}; {_SUPPORTED}")
+
+
+def _check_members(jwk: Mapping[str, Any], kty: str, where: str) -> None:
+    """Only the members the key type defines; `kid` short, `use` only "enc"."""
+    allowed = _JWK_MEMBERS.get(kty)
+    if allowed is None:
+        raise JweKeyInvalid(f"unsupported kty {_show(kty)}; {_SUPPORTED}")
+    unknown = sorted(str(name) for name in jwk if name not in allowed)
+    if unknown:
+        raise JweKeyInvalid(f"{where} has {len(unknown)} member(s) not defined for kty {kty}, e.g. "
+                            f"{_show(unknown[0])}; allowed: {', '.join(sorted(allowed))}")
+    kid = jwk.get("kid")
+    if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_KID_CHARS):
+        raise JweKeyInvalid(f"{where} kid must be a string of at most {MAX_KID_CHARS} characters")
+    if jwk.get("use", "enc") != "enc":
+        raise JweKeyInvalid(f"{where} use must be \"enc\" when present")
 
 
 def concat_kdf(z: bytes, alg: str = ECDH_ES_A256KW, key_bits: int = 256) -> bytes:
@@ -311,7 +342,7 @@ def decrypt(jwe: Mapping[str, str], private_key: TeePrivateKey) -> bytes:
     unknown = sorted(str(name) for name in jwe if name not in _JWE_MEMBERS)
     if unknown:
         raise JweInvalid(f"JWE members {_show(unknown)} are not supported; expected exactly {list(_JWE_MEMBERS)}")
-    raw = {name: _bytes_member(jwe, name, JweInvalid, where) for name in _JWE_MEMBERS}
+    raw = {name: _bytes_member(jwe, name, JweInvalid, where, max_chars=1 << 24) for name in _JWE_MEMBERS}
     if len(raw["iv"]) != IV_BYTES or len(raw["tag"]) != TAG_BYTES:
         raise JweInvalid(f"JWE iv must be {IV_BYTES} bytes and tag {TAG_BYTES} bytes")
     header = _load_header(raw["protected"])

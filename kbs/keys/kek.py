@@ -12,7 +12,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kbs.errors import KbsError
 
@@ -29,6 +31,11 @@ class Kek:
         if len(key) != KEK_SIZE:
             raise KekError(f"the key encryption key must be {KEK_SIZE} bytes, got {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose (HKDF-SHA256), so the KEK itself is used only for sealing."""
+        return HKDF(hashes.SHA256(), 32, salt=None, info=f"kbs/{purpose}/v1".encode()).derive(self._key)
 
     def __repr__(self) -> str:
         return "Kek(<sealed>)"  # never print key material
@@ -61,9 +68,13 @@ def load_kek(path: Path | None, credential: str | None) -> Kek:
     if source is None:
         raise KekError("no key encryption key configured: set kek_file or a systemd credential")
     try:
+        mode = source.stat().st_mode
         raw = source.read_bytes()
     except OSError as exc:
         raise KekError(f"cannot read the key encryption key {source}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise KekError(f"the key encryption key {source} is readable or writable by others (mode "
+                       f"{mode & 0o777:04o}); chmod 600 it, or pass it as a systemd credential")
     text = raw.strip()
     if len(text) == 2 * KEK_SIZE:
         try:
@@ -74,8 +85,28 @@ def load_kek(path: Path | None, credential: str | None) -> Kek:
 
 
 def create_kek_file(path: Path) -> None:
-    """Dev mode: a fresh random KEK, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(KEK_SIZE))
+    """Dev mode: a fresh random KEK, readable by the owner only.  Replicas starting together agree
+    on one: whoever links first wins, the others keep the winner's file."""
+    create_exclusive(path, secrets.token_bytes(KEK_SIZE))
+
+
+def create_exclusive(path: Path, content: bytes) -> bool:
+    """Write `content` to `path` (0600) atomically unless `path` exists; True if this call created it.
+
+    Written to a temporary file first and hard-linked into place, so a concurrent reader never
+    sees a partial file and a concurrent writer never overwrites it.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)

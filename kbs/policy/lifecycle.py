@@ -13,12 +13,15 @@ import hashlib
 import threading
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from kbs.errors import KbsError
 from kbs.policy.loader import dialect_of, parse_policy, validate_policy
 from kbs.policy.model import Policy
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+
+if TYPE_CHECKING:
+    from kbs.policy.rego_pool import RegoWorkerPool
 
 
 class PolicyConflict(KbsError):
@@ -29,6 +32,12 @@ class PolicyConflict(KbsError):
 
 class PolicyNotFound(PolicyConflict):
     check = "policy.not_found"
+
+
+class BindingLocked(PolicyConflict):
+    """A key bound to an immutable policy keeps that binding: rebinding it would bypass immutability."""
+
+    check = "policy.immutable"
 
 
 def content_hash(text: str) -> str:
@@ -89,8 +98,11 @@ class MemoryPolicyStore:
 class PolicyRegistry:
     """Policies (versioned, hash-addressed) and reference values, with the rules that bind them."""
 
-    def __init__(self, store: PolicyStore | None = None, refs: ReferenceValues | None = None) -> None:
+    def __init__(self, store: PolicyStore | None = None, refs: ReferenceValues | None = None, *,
+                 rego: RegoWorkerPool | None = None) -> None:
+        """`rego`: the worker pool Rego policies are checked and evaluated in (None: Rego is refused)."""
         self._store = store or MemoryPolicyStore(refs)
+        self._rego = rego
         self._lock = threading.Lock()
         self._parsed: dict[str, Policy] = {}  # content hash -> parsed policy
 
@@ -116,12 +128,12 @@ class PolicyRegistry:
         """The current version and its parsed policy, from one read of the store."""
         version = self.current(policy_id)
         if version.content_hash not in self._parsed:
-            self._parsed[version.content_hash] = parse_policy(version.text)
+            self._parsed[version.content_hash] = parse_policy(version.text, self._rego)
         return version, self._parsed[version.content_hash]
 
     def put(self, policy_id: str, text: str, *, created_by: str, at: datetime,
             immutable: bool = False) -> PolicyVersion:
-        policy = validate_policy(text, self.refs)  # PolicyInvalid with line and reason
+        policy = validate_policy(text, self.refs, self._rego)  # PolicyInvalid with line and reason
         with self._lock:
             versions = self._store.versions(policy_id)
             if versions and versions[-1].immutable:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbs.policy.ear import ear_document, snp_submod
 from kbs.policy.json_policy import JsonPolicy
 from kbs.policy.model import Policy, PolicyInvalid
 from kbs.policy.refvalues import ReferenceValues
+
+if TYPE_CHECKING:
+    from kbs.policy.rego_pool import RegoWorkerPool
 
 
 def dialect_of(text: str) -> str:
@@ -18,17 +21,20 @@ def dialect_of(text: str) -> str:
     return "json" if text.lstrip()[:1] in ("{", "[") else "rego"
 
 
-def parse_policy(text: str) -> Policy:
+def parse_policy(text: str, rego: RegoWorkerPool | None = None) -> Policy:
+    """JSON policies are parsed here; Rego ones are checked and later evaluated in `rego`'s workers."""
     if dialect_of(text) == "json":
         return JsonPolicy.parse(text)
-    from kbs.policy.rego import RegoPolicy  # loads the Rego engine only when a Rego policy is used
+    if rego is None:
+        raise PolicyInvalid("Rego policies are not enabled here (no Rego worker pool)")
+    from kbs.policy.rego import RegoPolicy
 
-    return RegoPolicy.parse(text)
+    return RegoPolicy.parse(text, rego)
 
 
-def validate_policy(text: str, refs: ReferenceValues) -> Policy:
+def validate_policy(text: str, refs: ReferenceValues, rego: RegoWorkerPool | None = None) -> Policy:
     """Parse and check every referenced reference-value set exists: refused at upload, never at release."""
-    policy = parse_policy(text)
+    policy = parse_policy(text, rego)
     for name in sorted(policy.referenced_sets()):
         if name not in refs:
             raise PolicyInvalid(f"references unknown reference-value set {name!r}; known: "

@@ -3,6 +3,8 @@
 Every request carries `Authorization: Bearer <JWT>` signed with Ed25519 (EdDSA) by one of the
 configured admin keys; the key decides the role (`admin` may change things, `auditor` may only
 read).  Unsigned, expired, wrongly signed or wrong-role requests get 401/403 and change nothing.
+Tokens are short-lived and single use (`authenticate`); with `[tls] client_ca` the connection must
+also carry a verified client certificate.
 """
 
 from __future__ import annotations
@@ -14,44 +16,105 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
 from aiohttp import web
 
+from kbs.audit.chain import CHAINS, RELEASES
 from kbs.errors import KbsError
 from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.server.config import Config
 from kbs.server.errors import ProtocolError
 from kbs.server.protocol import DEFAULT_POLICY, SEGMENT, STATE
 from kbs.server.state import AdminIdentity, BrokerState
+from kbs.server.tls import require_admin_client_certificate
+from kbs.store.base import ReleaseRecord, StoreError
+from kbs.store.integrity import StoreIntegrityError
 
 log = logging.getLogger("kbs.admin")
 routes = web.RouteTableDef()
 MAX_KEY_BYTES = 64 * 1024
+MAX_CHANGE_DETAIL = 2000
 Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
 
 
-def authenticate(st: BrokerState, header: str) -> AdminIdentity:
-    """The configured admin whose key signed the token (PyJWT checks exp against the wall clock)."""
+async def authenticate(st: BrokerState, request: web.Request) -> AdminIdentity:
+    """The configured admin whose key signed the request's token, once every rule holds:
+
+    - with `[tls] client_ca`, the connection carried a client certificate that verified against it;
+    - the JWT is EdDSA-signed by a configured key; `exp` and `iat` are required, with no leeway;
+    - `exp - now` and `exp - iat` are at most `[admin] max_token_lifetime_seconds`;
+    - `aud`, a string or a list as in Trustee's tokens, names `[admin] audience`; a token without
+      `aud` (legacy kbs-client) is accepted;
+    - `jti` is used once, across replicas (the store); required unless `[admin] require_jti = false`.
+    `iss`, `sub` and `role` may be present and grant nothing: the key decides the role.
+    """
+    require_admin_client_certificate(st.config, request)
+    header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise ProtocolError("AdminAuthAccess", "admin endpoints need Authorization: Bearer <EdDSA JWT>",
                             reason="admin_auth")
-    token = header.removeprefix("Bearer ").strip()
-    for admin in st.admins:
+    admin, claims = _signed_by(st.admins, header.removeprefix("Bearer ").strip())
+    now = st.clock()
+    jti = _check_token_rules(st.config, claims, now.timestamp())
+    if jti is not None:
+        expires_at = datetime.fromtimestamp(float(claims["exp"]), UTC)
+        if not await st.run(st.store.use_token_id, jti, expires_at, now):
+            log.warning("admin token replayed", extra={"admin": admin.name})
+            raise ProtocolError("AdminAuthAccess", "admin token was already used (its jti is single use): "
+                                "sign a fresh token for every request", reason="admin_replay")
+    return admin
+
+
+def _refuse(detail: str) -> ProtocolError:
+    return ProtocolError("AdminAuthAccess", detail, reason="admin_auth")
+
+
+def _signed_by(admins: list[AdminIdentity], token: str) -> tuple[AdminIdentity, dict[str, Any]]:
+    """Signature, exp and iat (PyJWT, against the wall clock); `aud` is judged in _check_token_rules."""
+    for admin in admins:
         try:
-            jwt.decode(token, admin.key, algorithms=["EdDSA"], options={"require": ["exp", "iat"]},
-                       leeway=0)
+            claims = jwt.decode(token, admin.key, algorithms=["EdDSA"], leeway=0,
+                                options={"require": ["exp", "iat"], "verify_aud": False})
         except jwt.InvalidSignatureError:
             continue
         except jwt.ExpiredSignatureError as exc:
-            raise ProtocolError("AdminAuthAccess", "admin token has expired", reason="admin_auth") from exc
+            raise _refuse("admin token has expired") from exc
         except jwt.PyJWTError as exc:
-            raise ProtocolError("AdminAuthAccess", f"admin token is invalid: {exc}", reason="admin_auth") from exc
-        return admin
-    raise ProtocolError("AdminAuthAccess", "admin token is not signed by a configured admin key",
-                        reason="admin_auth")
+            raise _refuse(f"admin token is invalid: {exc}") from exc
+        return admin, claims
+    raise _refuse("admin token is not signed by a configured admin key")
+
+
+def _check_token_rules(config: Config, claims: dict[str, Any], now: float) -> str | None:
+    """Lifetime and audience; returns the `jti` to spend (None: a token without one, when allowed)."""
+    longest = config.admin_max_token_lifetime
+    exp, iat = float(claims["exp"]), float(claims["iat"])
+    for what, seconds in (("lives", exp - iat), ("expires in", exp - now)):
+        if seconds > longest:
+            raise _refuse(f"admin token {what} {int(seconds)} s; this broker accepts admin tokens of at most "
+                          f"{longest} s ([admin] max_token_lifetime_seconds)")
+    if "aud" in claims:
+        aud = claims["aud"]
+        audiences = [aud] if isinstance(aud, str) else aud
+        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+            raise _refuse("admin token aud must be a string or a list of strings")
+        if config.admin_audience not in audiences:
+            raise _refuse(f"admin token is for audience {aud!r}, not this broker's {config.admin_audience!r} "
+                          "([admin] audience)")
+    jti = claims.get("jti")
+    if jti is None:
+        if config.admin_require_jti:
+            raise _refuse("admin token has no jti: every admin token must carry a unique jti (single use); "
+                          "[admin] require_jti = false accepts legacy tokens without one")
+        return None
+    if not isinstance(jti, str) or not 0 < len(jti) <= 256:
+        raise _refuse("admin token jti must be a string of 1 to 256 characters")
+    return jti
 
 
 def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Handler]:
@@ -59,7 +122,7 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
     def wrap(handler: Handler) -> Handler:
         async def endpoint(request: web.Request) -> web.StreamResponse:
             st = request.app[STATE]
-            who = authenticate(st, request.headers.get("Authorization", ""))
+            who = await authenticate(st, request)
             if write and who.role != "admin":
                 raise ProtocolError("AdminAuthAccess", f"role {who.role!r} may not change anything",
                                     status=403, reason="admin_role")
@@ -73,16 +136,36 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
                 raise ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=409,
                                     reason=exc.check) from exc
             if write:
-                log.info("admin change", extra={"admin": who.name, "method": method, "path": request.path})
+                await _log_change(st, who, handler.__name__, request, response)
             return response
         routes.route(method, path)(endpoint)
         return handler
     return wrap
 
 
+async def _log_change(st: BrokerState, who: AdminIdentity, action: str, request: web.Request,
+                      response: web.StreamResponse) -> None:
+    """Every change goes into the release log, hash-chained like the releases it governs.
+
+    The change is committed by then; if the entry cannot be written the caller hears so (503)."""
+    summary = response.text if isinstance(response, web.Response) and response.text else ""
+    record = ReleaseRecord(at=st.clock(), decision="admin", reason=action, resource=request.path[:512],
+                           version=None, session_id=None, tee=None, policy_id=None, policy_hash=None,
+                           attestation_id=None, actor=who.name, detail=summary[:MAX_CHANGE_DETAIL])
+    try:
+        await st.run(st.store.append_log, RELEASES, record)
+    except (StoreError, OSError) as exc:
+        st.metrics.audit_failures.inc()
+        log.error("admin change applied but not logged", extra={"admin": who.name, "action": action,
+                                                                 "error": str(exc)})
+        raise ProtocolError("PluginInternalError", "the change was applied but the release log could not record "
+                            "it; check the store and `kbs log verify`", status=503, reason="log_unavailable") from exc
+    log.info("admin change", extra={"admin": who.name, "action": action, "path": request.path})
+
+
 def _path(request: web.Request) -> str:
     parts = (request.match_info["repo"], request.match_info["type"], request.match_info["tag"])
-    if not all(SEGMENT.match(p) for p in parts):
+    if not all(SEGMENT.fullmatch(p) for p in parts):
         raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag of [A-Za-z0-9_.-]",
                             status=404, reason="path")
     return "/".join(parts)
@@ -301,10 +384,25 @@ async def get_attestation(request: web.Request, st: BrokerState, who: AdminIdent
 
 @admin_route("GET", "/kbs/v0/admin/release-log", write=False)
 async def release_log(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """?chain=release (default: every release, deny and admin change) or refusal; ?after=SEQ&limit=N."""
+    chain = request.query.get("chain", RELEASES)
+    if chain not in CHAINS:
+        raise ProtocolError("PluginInternalError", f"chain must be one of {', '.join(CHAINS)}", status=400,
+                            reason="format")
     after = max(int(request.query.get("after", "0")), 0)
     limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-    records = await st.run(st.store.release_log, after, limit)
+    records = await st.run(st.store.log_entries, chain, after, limit)
     return web.json_response([{**asdict(r), "at": r.at.isoformat()} for r in records])
+
+
+@admin_route("GET", "/kbs/v0/admin/release-log/verify", write=False)
+async def verify_log(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Check both logs from anchor to head (hashes and MACs) and report the heads to keep elsewhere."""
+    try:
+        heads = await st.run(st.store.verify_logs)
+    except StoreIntegrityError as exc:
+        raise ProtocolError("PluginInternalError", str(exc), status=409, reason=exc.check) from exc
+    return web.json_response({"ok": True, "heads": [h.to_json() for h in heads]})
 
 
 @admin_route("PUT", "/kbs/v0/admin/refs/{name}", write=True)

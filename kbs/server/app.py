@@ -8,11 +8,14 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
@@ -22,16 +25,20 @@ from pythonjsonlogger.json import JsonFormatter
 
 from kbs.errors import KbsError
 from kbs.evidence.snp import configure_key_tables
-from kbs.keys.kek import create_kek_file, load_kek
+from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
+from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.server import admin, protocol
 from kbs.server.attestation import EvidenceVerifier
 from kbs.server.config import AdminKey, Config, ConfigError
 from kbs.server.errors import ProtocolError
+from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
 from kbs.server.metrics import Metrics
 from kbs.server.protocol import DEFAULT_POLICY, STATE
 from kbs.server.state import AdminIdentity, BrokerState
+from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
+from kbs.store.integrity import ROW_MAC_PURPOSE
 from kbs.store.sqlite import SqliteStore
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import load_certificates
@@ -39,6 +46,7 @@ from kbs.trust.x509 import load_certificates
 log = logging.getLogger("kbs.server")
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+LIMITS: web.AppKey[dict[str, RateLimiter]] = web.AppKey("limits", dict)
 
 # Installed on first start: release only to non-sample TEEs whose every submod is affirming.
 DEFAULT_POLICY_TEXT = json.dumps({"version": "1.0.0", "anyOf": [
@@ -48,22 +56,55 @@ DEFAULT_POLICY_TEXT = json.dumps({"version": "1.0.0", "anyOf": [
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _rate_limiters(config: Config) -> dict[str, RateLimiter]:
+    """Per-client limits on the routes anyone can call (admin routes need a signed token)."""
+    return {"/kbs/v0/auth": RateLimiter(config.auth_rate, config.rate_burst),
+            "/kbs/v0/attest": RateLimiter(config.attest_rate, config.rate_burst),
+            "/kbs/v0/resource/{repo}/{type}/{tag}": RateLimiter(config.resource_rate, config.rate_burst)}
+
+
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
+    config = request.app[CONFIG]
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.perf_counter()
+    wait = 0.0
     try:
-        response = await handler(request)
+        limiter = request.app[LIMITS].get(route)
+        if limiter is not None:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            wait = limiter.allow(client_key(peer))
+            if wait:
+                metrics.rate_limited.labels(route=route).inc()
+                raise ProtocolError("TooManyRequests", f"too many requests from this client; retry in {wait:.1f} s "
+                                    f"(at most {limiter.rate:g}/s, bursts of {limiter.burst})", status=429,
+                                    reason="rate_limited")
+        # Everything a request does, a slow upload included, ends within a bound.
+        guard = connection_guard(request)
+        if guard is not None:
+            guard.request_started()
+        try:
+            async with asyncio.timeout(config.request_timeout + config.header_timeout):
+                response = await handler(request)
+        finally:
+            if guard is not None:
+                guard.request_finished()
+    except TimeoutError:
+        response = ProtocolError("RequestTimeout", "the request took too long (slow upload?)", status=408).response()
     except ProtocolError as exc:
         response = exc.response()
     except web.HTTPException as exc:
         response = exc  # 404/405/413 from aiohttp itself
     except (json.JSONDecodeError, ValueError) as exc:
         response = ProtocolError("SerdeError", f"bad request: {exc}", status=400).response()
+    except RecursionError:
+        response = ProtocolError("SerdeError", "bad request: JSON nested too deeply", status=400).response()
     except Exception:
         log.exception("unexpected error", extra={"path": request.path})
         response = ProtocolError("PluginInternalError", "internal error; see the broker's log", status=500).response()
+    if wait:
+        response.headers["Retry-After"] = str(max(1, round(wait)))
     metrics.requests.labels(route=route, method=request.method, status=str(response.status)).inc()
     metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
     return response
@@ -83,7 +124,7 @@ async def readyz(request: web.Request) -> web.Response:
     if st is None:
         return web.Response(status=503, text="starting")
     try:
-        await st.run(st.store.ping)
+        await st.run(st.store.probe_write, st.clock())  # a write: a full disk or read-only file shows here
         st.kek.unseal(st.kek.seal(b"ready", "readyz"), "readyz")
         st.signer.probe()
     except Exception as exc:  # readiness reports any failure; it never raises
@@ -105,27 +146,25 @@ def _admin_identities(config: Config) -> list[AdminIdentity]:
 
 
 def bootstrap_dev(config: Config) -> Config:
-    """Dev mode: create the KEK and an admin key on first start; register the key as admin."""
+    """Dev mode: create the KEK and an admin key on first start; register the key as admin.
+
+    Replicas starting together agree: each file is created atomically and only once.
+    """
     if not config.dev_mode:
         return config
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not config.kek_path.exists():
         create_kek_file(config.kek_path)
     if config.admin_keys:
         return config
     if not config.dev_admin_key.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption())
-        fd = os.open(config.dev_admin_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+        create_exclusive(config.dev_admin_key, Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     private = serialization.load_pem_private_key(config.dev_admin_key.read_bytes(), password=None)
     assert isinstance(private, Ed25519PrivateKey)
     public_path = config.state_dir / "admin-key.pub.pem"
-    public_path.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
-    from dataclasses import replace
-
+    create_exclusive(public_path, private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
     return replace(config, admin_keys=(AdminKey("dev-admin", public_path, "admin"),))
 
 
@@ -139,40 +178,58 @@ def _install_default_policy(registry: PolicyRegistry) -> None:
 async def _broker(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kbs-io")
+    policy_pool = ThreadPoolExecutor(max_workers=max(config.rego_workers, 1) + 2, thread_name_prefix="kbs-policy")
     verify_pool = ThreadPoolExecutor(max_workers=config.verify_threads or os.cpu_count() or 2,
                                      thread_name_prefix="kbs-verify")
     configure_key_tables(config.key_tables)
-    store = SqliteStore(config.database_path)
     kek = load_kek(config.kek_file or (config.kek_path if config.dev_mode else None), config.kek_credential)
-    signer = TokenSigner.from_store(store.get_or_create_secret, kek)
-    registry = PolicyRegistry(store)
+    store = SqliteStore(config.database_path, kek.derive(ROW_MAC_PURPOSE))
+    signer = TokenSigner.from_store(store.get_or_create_secret, kek, config.token_cache_bytes)
+    metrics = app[METRICS]
+    # Rego runs only in worker processes with time and memory limits: a policy that crashes or
+    # spins the engine costs one worker and is a deny, never the broker (kbs.policy.rego_pool).
+    rego = RegoWorkerPool(workers=max(config.rego_workers, 1), timeout=config.rego_timeout,
+                          memory_bytes=config.rego_memory_mb << 20,
+                          on_event=lambda event: metrics.rego_events.labels(event=event).inc())
+    registry = PolicyRegistry(store, rego=rego)
     await asyncio.get_running_loop().run_in_executor(io, _install_default_policy, registry)
     roots = [c for p in config.snp_roots for c in load_certificates(p.read_bytes())] or None
-    kds = KdsClient(config.kds_url, cache_dir=config.kds_cache, offline=config.kds_offline)
-    state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry,
-                        verifier=EvidenceVerifier(kds, verify_pool, roots), metrics=app[METRICS],
-                        admins=_admin_identities(config), io=io)
+    kds = KdsClient(config.kds_url, cache_dir=config.kds_cache, offline=config.kds_offline,
+                    rate_per_second=config.kds_rate, burst=config.kds_burst, negative_ttl=config.kds_negative_ttl)
+    try:
+        verifier = EvidenceVerifier(kds, verify_pool, tees=config.enabled_tees, snp_roots=roots,
+                                    snp_vmpls=frozenset(config.snp_allowed_vmpls))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, verifier=verifier,
+                        metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool)
     app[STATE] = state
-    purger = asyncio.create_task(_purge_sessions(state))
+    log.info("verifiers enabled", extra={"tees": list(verifier.tees)})
+    purger = asyncio.create_task(_purge(state))
     try:
         yield
     finally:
         purger.cancel()
         await kds.close()
         verify_pool.shutdown(wait=True)
+        policy_pool.shutdown(wait=True)
+        rego.close()
         io.shutdown(wait=True)
         store.close()
 
 
-async def _purge_sessions(state: BrokerState) -> None:
-    """Every minute: drop expired sessions and attestation records past their retention."""
-    retention = timedelta(days=state.config.attestation_retention_days)
+async def _purge(state: BrokerState) -> None:
+    """Every minute: drop expired sessions, and attestation records and refusals past their retention."""
+    attestations = timedelta(days=state.config.attestation_retention_days)
+    refusals = timedelta(days=state.config.refusal_retention_days)
     while True:
         await asyncio.sleep(60)
         try:
             now = state.clock()
             await state.run(state.store.purge_expired_sessions, now)
-            await state.run(state.store.purge_attestations, now - retention)
+            await state.run(state.store.purge_attestations, now - attestations)
+            if state.config.refusal_retention_days > 0:
+                await state.run(state.store.purge_refusals, now - refusals)
         except KbsError as exc:
             log.warning("purge failed", extra={"error": str(exc)})
 
@@ -181,6 +238,7 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    app[LIMITS] = _rate_limiters(config)
     app.cleanup_ctx.append(_broker)
     app.add_routes(protocol.routes)
     app.add_routes(admin.routes)
@@ -201,29 +259,64 @@ def setup_logging(level: str = "INFO") -> None:
 
 def serve(config: Config) -> None:
     setup_logging(os.environ.get("KBS_LOG_LEVEL", "INFO"))
+    check_listen(config)  # plain HTTP only on loopback unless insecure_http
+    ssl_context = server_ssl_context(config)  # None without [tls]; a bad file is named here, before anything else
     config = bootstrap_dev(config)
     if config.dev_mode:
         log.warning("dev mode: keys generated under the state directory; do not use in production",
                     extra={"state_dir": str(config.state_dir.resolve()),
                            "admin_key": str(config.dev_admin_key.resolve())})
-    asyncio.run(_serve(make_app(config), *config.host_port))
+    asyncio.run(_serve(make_app(config), *config.host_port, ssl_context=ssl_context))
 
 
-async def _serve(app: web.Application, host: str, port: int) -> None:
-    """Bind, say where, serve until SIGTERM/SIGINT, then drain in-flight requests."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
+async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Bind (with TLS when given a context), say where, serve until SIGTERM/SIGINT, then drain requests."""
+    config, metrics = app[CONFIG], app[METRICS]
+    # The keep-alive timer also runs on new connections and is not reset by partial data, so it is
+    # the header-read timeout too; a connection's unparsed head is bounded as a whole by the limiter
+    # (kbs.server.limits), so header fields can fit a Bearer token of the largest claims allowed.
+    field_size = max(8190, config.max_claims_bytes * 3 // 2 + 4096)  # a Bearer token of the largest claims
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10,
+                           keepalive_timeout=config.header_timeout, max_headers=MAX_HEADERS,
+                           max_field_size=field_size)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    for address in runner.addresses:
-        bound_host, bound_port = address[0], address[1]
+    limiter = ConnectionLimiter(_connection_cap(config.max_connections), config.max_connections_per_client,
+                                head_bytes=field_size + 32 * 1024,
+                                on_refused=lambda why: metrics.connections_refused.labels(limit=why).inc())
+    metrics.connections.set_function(lambda: limiter.open)
+    assert runner.server is not None
+    server = await asyncio.get_running_loop().create_server(
+        limiter.wrap(runner.server), host, port, ssl=ssl_context, reuse_address=True, backlog=1024)
+    scheme = "https" if ssl_context is not None else "http"
+    for sock in server.sockets:
+        bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"kbs: listening on http://{shown}:{bound_port}", file=sys.stderr, flush=True)
-        log.info("listening", extra={"url": f"http://{shown}:{bound_port}"})
+        print(f"kbs: listening on {scheme}://{shown}:{bound_port}", file=sys.stderr, flush=True)
+        log.info("listening", extra={"url": f"{scheme}://{shown}:{bound_port}", "max_connections": limiter.total})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: draining requests")
+    server.close()
     await runner.cleanup()
+
+
+MAX_HEADERS = 24
+FD_RESERVE = 64  # descriptors kept for the database, collateral fetches, worker pipes and logs
+
+
+def _connection_cap(wanted: int) -> int:
+    """Raise the descriptor limit as far as allowed and keep the cap below it, so accept never fails."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted + FD_RESERVE)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    cap = min(wanted, soft - FD_RESERVE)
+    if cap < wanted:
+        log.warning("connection cap lowered to fit the descriptor limit",
+                    extra={"max_connections": cap, "wanted": wanted, "nofile": soft})
+    return max(cap, 16)

@@ -6,6 +6,7 @@
     kek_file = ""                       # 32 raw bytes or 64 hex chars; default <state_dir>/kek in dev mode
     kek_credential = "kbs-kek"          # systemd credential name, preferred when $CREDENTIALS_DIRECTORY has it
     dev_mode = true                     # generate the KEK and an admin key on first start (never in production)
+    insecure_http = false               # allow plain HTTP on a non-loopback `listen` (TLS terminated in front)
 
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
@@ -15,6 +16,10 @@
 
     [[admin.keys]]                      # who may use the admin API
     name = "ops"; public_key = "/etc/kbs/ops.pub.pem"; role = "admin"   # role: admin or auditor
+    [admin]    max_token_lifetime_seconds = 900, audience = "KBS", require_jti = true   # admin JWT rules
+
+    [tls]      certificate = PATH, private_key = PATH (or the systemd credential private_key_credential =
+               "kbs-tls-key"), client_ca = PATH (optional: admin API needs a client certificate); see tls.py
 
     [trust]    snp_roots = []           # PEM ARKs replacing the pinned AMD roots (labs, tests only)
     [kds]      url = "https://kdsintf.amd.com", cache_dir = "<state_dir>/kds", offline = false
@@ -60,11 +65,39 @@ class Config:
     verify_threads: int = 0
     key_tables: int = 256
     attestation_retention_days: int = 30
+    max_attest_body_bytes: int = 1024 * 1024
+    max_claims_bytes: int = 128 * 1024
+    token_cache_bytes: int = 16 * 1024 * 1024
+    refusal_retention_days: int = 30
+    max_connections: int = 900
+    max_connections_per_client: int = 32
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    auth_rate: float = 10.0
+    attest_rate: float = 10.0
+    resource_rate: float = 50.0
+    rate_burst: int = 20
     admin_keys: tuple[AdminKey, ...] = ()
+    verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
+    snp_allowed_vmpls: tuple[int, ...] = (0,)
+    rego_workers: int = 2
+    rego_timeout: float = 2.0
+    rego_memory_mb: int = 512
     snp_roots: tuple[Path, ...] = ()
     kds_url: str = "https://kdsintf.amd.com"
     kds_cache_dir: Path | None = None
     kds_offline: bool = False
+    kds_rate: float = 1.0
+    kds_burst: int = 5
+    kds_negative_ttl: float = 600.0
+    insecure_http: bool = False  # plain HTTP on a non-loopback address (kbs.server.tls.check_listen)
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_private_key_credential: str = "kbs-tls-key"
+    tls_client_ca: Path | None = None
+    admin_max_token_lifetime: int = 900
+    admin_audience: str = "KBS"
+    admin_require_jti: bool = True
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -93,23 +126,54 @@ class Config:
     def kds_cache(self) -> Path:
         return self.kds_cache_dir or self.state_dir / "kds"
 
+    @property
+    def enabled_tees(self) -> tuple[str, ...]:
+        """`sample` has no hardware behind it: only in dev mode, or when enabled explicitly."""
+        if self.verifiers_enabled is not None:
+            return self.verifiers_enabled
+        return ("snp", "sample") if self.dev_mode else ("snp",)
+
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "": {"listen": "listen", "state_dir": "state_dir", "database_url": "database_url", "kek_file": "kek_file",
-         "kek_credential": "kek_credential", "dev_mode": "dev_mode"},
+         "kek_credential": "kek_credential", "dev_mode": "dev_mode", "insecure_http": "insecure_http"},
     "session": {"lifetime_seconds": "session_lifetime"},
     "token": {"lifetime_seconds": "token_lifetime"},
     "limits": {"max_body_bytes": "max_body_bytes", "request_timeout_seconds": "request_timeout",
                "verify_threads": "verify_threads", "key_tables": "key_tables",
-               "attestation_retention_days": "attestation_retention_days"},
+               "attestation_retention_days": "attestation_retention_days",
+               "max_attest_body_bytes": "max_attest_body_bytes", "max_claims_bytes": "max_claims_bytes",
+               "token_cache_bytes": "token_cache_bytes", "refusal_retention_days": "refusal_retention_days",
+               "max_connections": "max_connections", "max_connections_per_client": "max_connections_per_client",
+               "header_timeout_seconds": "header_timeout", "keepalive_timeout_seconds": "keepalive_timeout",
+               "auth_per_second": "auth_rate", "attest_per_second": "attest_rate",
+               "resource_per_second": "resource_rate", "rate_burst": "rate_burst"},
+    "verifiers": {"enabled": "verifiers_enabled"},
+    "verifiers.snp": {"allowed_vmpls": "snp_allowed_vmpls"},
+    "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
+               "rego_memory_mb": "rego_memory_mb"},
     "trust": {"snp_roots": "snp_roots"},
-    "kds": {"url": "kds_url", "cache_dir": "kds_cache_dir", "offline": "kds_offline"},
+    "kds": {"url": "kds_url", "cache_dir": "kds_cache_dir", "offline": "kds_offline",
+            "rate_per_second": "kds_rate", "burst": "kds_burst", "negative_ttl_seconds": "kds_negative_ttl"},
+    "tls": {"certificate": "tls_certificate", "private_key": "tls_private_key",
+            "private_key_credential": "tls_private_key_credential", "client_ca": "tls_client_ca"},
 }
+_ADMIN_OPTIONS = {"max_token_lifetime_seconds": "admin_max_token_lifetime", "audience": "admin_audience",
+                  "require_jti": "admin_require_jti"}
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 
 def _convert(name: str, value: Any, where: str) -> Any:
     kind = str(_TYPES[name])
+    if name == "verifiers_enabled":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of TEE names")  # checked against the verifiers at start
+        return tuple(dict.fromkeys(value))
+    if name == "snp_allowed_vmpls":
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3 for v in value):
+            raise ConfigError(f"{where} must be a non-empty list of VMPLs (0..3)")
+        return tuple(sorted(set(value)))
     if "Path" in kind and "tuple" in kind:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of paths")
@@ -129,31 +193,63 @@ def _convert(name: str, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {kind}, got {type(value).__name__}")
 
 
+def _section_values(section: str, table: dict[str, Any], values: dict[str, Any]) -> None:
+    """One table's keys into `values`; nested tables ([verifiers.snp]) are sections of their own."""
+    known = _SECTIONS[section]
+    for key, value in table.items():
+        dotted = f"{section}.{key}" if section else key
+        if isinstance(value, dict) and dotted in _SECTIONS:
+            _section_values(dotted, value, values)
+        elif dotted == "admin":
+            values.update(_admin_section(value))
+        elif key in known:
+            values[known[key]] = _convert(known[key], value, f"[{section}] {key}" if section else key)
+        else:
+            raise ConfigError(f"unknown configuration key [{section}] {key}" if section
+                              else f"unknown configuration key {key}")
+
+
 def parse_config(document: dict[str, Any], base: Config | None = None) -> Config:
     values: dict[str, Any] = {}
-    for key, value in document.items():
-        if isinstance(value, dict) and key in _SECTIONS and key:
-            for sub, sub_value in value.items():
-                if sub not in _SECTIONS[key]:
-                    raise ConfigError(f"unknown configuration key [{key}] {sub}")
-                name = _SECTIONS[key][sub]
-                values[name] = _convert(name, sub_value, f"[{key}] {sub}")
-        elif key == "admin":
-            values["admin_keys"] = _admin_keys(value)
-        elif key in _SECTIONS[""]:
-            values[_SECTIONS[""][key]] = _convert(_SECTIONS[""][key], value, key)
-        else:
-            raise ConfigError(f"unknown configuration key {key}")
+    _section_values("", document, values)
     config = replace(base or Config(), **values)
     config.host_port  # noqa: B018 - validates listen now, not at bind time
+    _check_tls_and_admin(config)
     return config
 
 
-def _admin_keys(section: Any) -> tuple[AdminKey, ...]:
-    if not isinstance(section, dict) or set(section) - {"keys"}:
-        raise ConfigError("[admin] holds only a `keys` list of {name, public_key, role}")
+def _check_tls_and_admin(config: Config) -> None:
+    """What can be judged without the files (those are read at start, kbs.server.tls)."""
+    if config.tls_certificate is None:
+        for name, value in (("private_key", config.tls_private_key), ("client_ca", config.tls_client_ca)):
+            if value is not None:
+                raise ConfigError(f"[tls] {name} is set but [tls] certificate is not")
+    if config.admin_max_token_lifetime < 1:
+        raise ConfigError("[admin] max_token_lifetime_seconds must be 1 or more")
+    if not config.admin_audience:
+        raise ConfigError("[admin] audience must not be empty")
+
+
+def _admin_section(section: Any) -> dict[str, Any]:
+    """[admin]: the `keys` list and the admin token rules."""
+    if not isinstance(section, dict):
+        raise ConfigError("[admin] must be a table (keys, max_token_lifetime_seconds, audience, require_jti)")
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        if key == "keys":
+            values["admin_keys"] = _admin_keys(value)
+        elif key in _ADMIN_OPTIONS:
+            values[_ADMIN_OPTIONS[key]] = _convert(_ADMIN_OPTIONS[key], value, f"[admin] {key}")
+        else:
+            raise ConfigError(f"unknown configuration key [admin] {key}")
+    return values
+
+
+def _admin_keys(entries: Any) -> tuple[AdminKey, ...]:
+    if not isinstance(entries, list):
+        raise ConfigError("[admin] keys must be a list of {name, public_key, role} ([[admin.keys]])")
     keys = []
-    for i, entry in enumerate(section.get("keys", [])):
+    for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != {"name", "public_key", "role"}:
             raise ConfigError(f"[[admin.keys]] entry {i} must have exactly name, public_key and role")
         if entry["role"] not in ROLES:

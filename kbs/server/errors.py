@@ -1,8 +1,10 @@
 """Protocol errors: Trustee's body `{"type": ".../errors/<Variant>", "detail": "..."}`.
 
 Almost everything is 401, as Trustee does (its guests retry on 401 and treat other codes as
-fatal); an invalid path or unknown plugin is 404.  Details name what was wrong and never
-carry key material.
+fatal); a malformed or oversized body is 400/413, an invalid path or unknown plugin 404.
+Details name what was wrong and never carry key material.  Where the full story would tell
+an unauthenticated caller something about the broker's resources or policies, the guest gets
+`public` (a generic sentence) and the operator gets `detail` in the log, joined by `reference`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,22 @@ ERROR_TYPE = "https://github.com/confidential-containers/kbs/errors/"
 
 
 class ProtocolError(Exception):
-    def __init__(self, variant: str, detail: str, status: int = 401, reason: str = "error") -> None:
+    def __init__(self, variant: str, detail: str, status: int = 401, reason: str = "error", *,
+                 public: str | None = None, decision: str = "deny") -> None:
         super().__init__(detail)
         self.variant = variant
-        self.detail = detail
+        self.detail = detail  # for the log and the operator
+        self.public = public  # for the guest, when it must say less than `detail`
         self.status = status
-        self.reason = reason  # low-cardinality label for metrics and the release log
+        self.reason = reason  # low-cardinality label for metrics and the log
+        self.decision = decision  # deny, or error when the broker (not the request) failed
+        self.reference: str | None = None
+        self.logged = False  # already written to a log: do not write it twice
 
     def response(self) -> web.Response:
-        body = json.dumps({"type": ERROR_TYPE + self.variant, "detail": self.detail})
-        return web.Response(status=self.status, text=body, content_type="application/json")
+        detail = self.public or self.detail
+        body: dict[str, str] = {"type": ERROR_TYPE + self.variant, "detail": detail}
+        if self.reference:
+            body["detail"] = f"{detail} (reference {self.reference})"
+            body["reference"] = self.reference
+        return web.Response(status=self.status, text=json.dumps(body), content_type="application/json")

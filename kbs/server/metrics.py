@@ -27,6 +27,14 @@ class Metrics:
         self.audit_failures = Counter("kbs_release_log_write_failures_total",
                                       "Release log writes that failed (the request failed too)",
                                       registry=self.registry)
+        self.rate_limited = Counter("kbs_rate_limited_total", "Guest requests refused with 429 by the per-client "
+                                    "rate limit", ["route"], registry=self.registry)
+        self.connections_refused = Counter("kbs_connections_refused_total", "Connections closed at once: over the "
+                                           "total or the per-client cap", ["limit"], registry=self.registry)
+        self.connections = Gauge("kbs_open_connections", "Open client connections", registry=self.registry)
+        self.rego_events = Counter("kbs_rego_events_total", "Rego worker pool events: evaluations, checks, restarts "
+                                   "and failures (rego.crash, rego.timeout, rego.memory, rego.busy, ...)", ["event"],
+                                   registry=self.registry)
         build = Gauge("kbs_build_info", "Build information", ["version"], registry=self.registry)
         build.labels(version=__version__).set(1)
 

@@ -1,8 +1,12 @@
 """KBS protocol 0.4.0: /kbs/v0/auth, /kbs/v0/attest, GET /kbs/v0/resource/<repo>/<type>/<tag>.
 
 Sessions (and their single-use nonces) live in the shared store, so /auth on one replica and
-/attest on another work.  A resource is released only after the decision is written to the
-release log; if that write fails, the request fails and no key leaves.
+/attest on another work.  Every outcome of a guest request is written to a log before the
+answer leaves: refusals before a valid token exists go to the refusal log (kept for
+`refusal_retention_days`), decisions on resources to the release log (kept for good); a key
+is released only after its entry is durable, and if that write fails nothing is released.
+Guests learn what was wrong with their own request; what a policy checked, they do not: a
+denial says "denied" with a reference under which the operator finds the failing condition.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -22,12 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from kbs.errors import KbsError
+from kbs import jsondoc
+from kbs.audit.chain import REFUSALS, RELEASES
+from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
-from kbs.keys.kek import KekError
 from kbs.policy.ear import ear_document
 from kbs.policy.model import Decision, Explanation, ResourceRequest
-from kbs.server.attestation import AttestationMessage
+from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.errors import ProtocolError
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
@@ -35,9 +39,13 @@ from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
-SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else is never looked up or stored
+SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: no trailing newline
 DEFAULT_POLICY = "default"
 ATTESTATION_ID_CLAIM = "kbs.attestation-id"
+MAX_AUTH_BODY = 4096
+MAX_DETAIL = 2000  # characters of an operator-facing detail kept in the log
+MAX_SHOWN = 40  # characters of a guest-chosen string echoed back
 
 log = logging.getLogger("kbs.protocol")
 routes = web.RouteTableDef()
@@ -48,32 +56,115 @@ def _state(request: web.Request) -> BrokerState:
     return request.app[STATE]
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json(loads=json.loads)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError("SerdeError", f"request body is not JSON: {exc}", reason="format") from exc
+def _show(text: str) -> str:
+    return repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…")
+
+
+def new_reference() -> str:
+    return secrets.token_hex(8)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes before more is read (Content-Length or not)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ProtocolError("SerdeError", f"request body is {request.content_length} bytes; at most {limit}",
+                            status=413, reason="body_size")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise ProtocolError("SerdeError", f"request body exceeds {limit} bytes", status=413, reason="body_size")
+    return bytes(body)
+
+
+def session_cookie(request: web.Request) -> str | None:
+    """The session id from the cookie, only if it has the form this broker issues."""
+    value = request.cookies.get(COOKIE)
+    return value if value is not None and SESSION_ID.fullmatch(value) else None
 
 
 def _cookie(session: Session) -> str:
     expires = session.expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return f"{COOKIE}={session.session_id}; Expires={expires}"
+    return f"{COOKIE}={session.session_id}; Expires={expires}; HttpOnly"
 
+
+async def _log(st: BrokerState, chain: str, record: ReleaseRecord) -> None:
+    """Write the entry first; if the log cannot be written, the request fails closed (503)."""
+    try:
+        await st.run(st.store.append_log, chain, record)
+    except (StoreError, OSError) as exc:
+        st.metrics.audit_failures.inc()
+        log.error("log write failed", extra={"log": chain, "resource": record.resource, "error": str(exc)})
+        failure = ProtocolError("PluginInternalError", "the release log is unavailable; nothing was released",
+                                status=503, reason="log_unavailable", decision="error")
+        failure.logged = True
+        raise failure from exc
+    st.metrics.releases.labels(decision=record.decision, reason=record.reason).inc()
+    log.info("decision", extra={"log": chain, "decision": record.decision, "reason": record.reason,
+                                "resource": record.resource, "tee": record.tee, "policy": record.policy_id,
+                                "reference": record.ref, "session": record.session_id})
+
+
+async def _log_refusal(st: BrokerState, chain: str, record: ReleaseRecord, exc: ProtocolError) -> None:
+    """Record a refusal (once) and give the guest its reference."""
+    exc.reference = record.ref
+    if exc.logged:
+        return
+    exc.logged = True
+    await _log(st, chain, replace(record, decision=exc.decision, reason=exc.reason, detail=exc.detail[:MAX_DETAIL]))
+
+
+def _internal(exc: Exception) -> ProtocolError:
+    log.error("unexpected error", exc_info=exc)
+    return ProtocolError("PluginInternalError", f"internal error: {type(exc).__name__}: {exc}", status=500,
+                         reason="internal", decision="error", public="internal error; see the broker's log")
+
+
+def _refusal(at: datetime, resource: str, request: web.Request, ref: str, tee: str | None = None) -> ReleaseRecord:
+    return ReleaseRecord(at=at, decision="deny", reason="", resource=resource, version=None,
+                         session_id=session_cookie(request), tee=tee, policy_id=None, policy_hash=None,
+                         attestation_id=None, ref=ref)
+
+
+def _json(raw: bytes, what: str) -> Any:
+    try:
+        return jsondoc.loads(raw, what=what, check="format")
+    except MalformedEvidence as exc:
+        raise ProtocolError("SerdeError", str(exc), status=400, reason="format") from exc
+
+
+# -- /auth ----------------------------------------------------------------------------------
 
 @routes.post("/kbs/v0/auth")
 async def auth(request: web.Request) -> web.Response:
-    st = _state(request)
-    body = await _json_body(request)
+    st, now, ref = _state(request), _state(request).clock(), new_reference()
+    try:
+        return await _auth(request, st, now)
+    except ProtocolError as exc:
+        await _log_refusal(st, REFUSALS, _refusal(now, "(auth)", request, ref), exc)
+        raise
+    except Exception as exc:
+        failure = _internal(exc)
+        await _log_refusal(st, REFUSALS, _refusal(now, "(auth)", request, ref), failure)
+        raise failure from exc
+
+
+async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Response:
+    body = _json(await read_body(request, MAX_AUTH_BODY), "the auth request")
     if not isinstance(body, dict) or not isinstance(body.get("tee"), str):
         raise ProtocolError("AttestationError", 'auth request must be {"version": "0.4.0", "tee": "...", '
-                            '"extra-params": ...}', reason="format")
+                            '"extra-params": ...}', status=400, reason="format")
     version = body.get("version")
     if version != PROTOCOL_VERSION:
+        shown = version[:MAX_SHOWN] if isinstance(version, str) else type(version).__name__
         raise ProtocolError("AttestationError", f"Attestation error: RCAR handshake Auth failed: KBS Client "
-                            f"Protocol Version Mismatch: expect ={PROTOCOL_VERSION} while the request is {version}",
+                            f"Protocol Version Mismatch: expect ={PROTOCOL_VERSION} while the request is {shown}",
                             reason="version")
-    now = st.clock()
-    session = Session(session_id=uuid.uuid4().hex, tee=body["tee"],
+    tee = body["tee"]
+    if tee not in st.verifier.tees:
+        raise ProtocolError("AttestationError", f"TEE {_show(tee)} is not enabled on this broker; enabled: "
+                            f"{', '.join(st.verifier.tees)}", reason="tee")
+    session = Session(session_id=uuid.uuid4().hex, tee=tee,
                       nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=now,
                       expires_at=now + timedelta(seconds=st.config.session_lifetime), state="authed")
     await st.run(st.store.create_session, session)
@@ -84,9 +175,12 @@ async def auth(request: web.Request) -> web.Response:
 
 async def _live_session(request: web.Request, now: datetime) -> Session:
     st = _state(request)
-    session_id = request.cookies.get(COOKIE)
-    if not session_id:
+    if request.cookies.get(COOKIE) is None:
         raise ProtocolError("AttestationError", "no kbs-session-id cookie: call /kbs/v0/auth first", reason="session")
+    session_id = session_cookie(request)
+    if session_id is None:
+        raise ProtocolError("AttestationError", "the kbs-session-id cookie is not one this broker issued: "
+                            "call /kbs/v0/auth again", reason="session")
     session = await st.run(st.store.get_session, session_id)
     if session is None:
         raise ProtocolError("AttestationError", "unknown session: call /kbs/v0/auth again", reason="session")
@@ -95,51 +189,54 @@ async def _live_session(request: web.Request, now: datetime) -> Session:
     return session
 
 
+# -- /attest --------------------------------------------------------------------------------
+
 @routes.post("/kbs/v0/attest")
 async def attest(request: web.Request) -> web.Response:
-    st = _state(request)
-    now = st.clock()
+    st, now, ref = _state(request), _state(request).clock(), new_reference()
     try:
         return await _attest(request, st, now)
     except ProtocolError as exc:
-        # Every refusal is on record, not only resource decisions.
-        await _log(st, ReleaseRecord(at=now, decision="deny", reason=exc.reason, resource="(attest)", version=None,
-                                     session_id=request.cookies.get(COOKIE), tee=None, policy_id=None,
-                                     policy_hash=None, attestation_id=None))
+        await _log_refusal(st, REFUSALS, _refusal(now, "(attest)", request, ref), exc)
         raise
+    except Exception as exc:
+        failure = _internal(exc)
+        await _log_refusal(st, REFUSALS, _refusal(now, "(attest)", request, ref), failure)
+        raise failure from exc
 
 
 async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.Response:
     session = await _live_session(request, now)
-    raw = await request.read()
+    raw = await read_body(request, st.config.max_attest_body_bytes)
     evidence_digest = hashlib.sha256(raw).hexdigest()
     if session.state == "attested":
         if session.evidence_digest == evidence_digest and session.token:
             return _token_response(session, session.token)  # idempotent, as Trustee
         raise ProtocolError("AttestationError", "this session is already attested with other evidence; "
                             "call /kbs/v0/auth again", reason="replay")
+    started = time.perf_counter()
     try:
-        body = json.loads(raw)
-        message = AttestationMessage.parse(body)
-        started = time.perf_counter()
-        submod = await asyncio.wait_for(st.verifier.verify(session.tee, message, session.nonce, now),
+        submod = await asyncio.wait_for(st.verifier.verify(session.tee, raw, session.nonce, now),
                                         st.config.request_timeout)
-        st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
     except TimeoutError as exc:
         st.metrics.attestations.labels(tee=session.tee, result="timeout").inc()
         raise ProtocolError("AttestationError", f"verification took longer than {st.config.request_timeout}s "
                             "(collateral service slow?)", reason="timeout") from exc
-    except json.JSONDecodeError as exc:
-        st.metrics.attestations.labels(tee=session.tee, result="attestation.format").inc()
-        raise ProtocolError("SerdeError", f"attestation body is not JSON: {exc}", reason="format") from exc
     except KbsError as exc:
         st.metrics.attestations.labels(tee=session.tee, result=exc.check).inc()
-        log.info("attestation refused", extra={"session": session.session_id, "tee": session.tee,
-                                                "check": exc.check, "detail": str(exc)})
-        raise ProtocolError("AttestationError", f"Attestation error: {exc.check}: {exc}", reason=exc.check) from exc
+        status = 400 if exc.check in ("attestation.format", "format") else 401
+        raise ProtocolError("AttestationError" if status == 401 else "SerdeError",
+                            f"Attestation error: {exc.check}: {exc}", status=status, reason=exc.check) from exc
+    st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
     attestation_id = uuid.uuid4().hex
     document = ear_document([submod], issued_at=now, lifetime=timedelta(seconds=st.config.token_lifetime))
     document[ATTESTATION_ID_CLAIM] = attestation_id
+    size = jsondoc.encoded_size(document)
+    if size > st.config.max_claims_bytes:
+        st.metrics.attestations.labels(tee=session.tee, result="claims.size").inc()
+        raise ProtocolError("AttestationError", f"Attestation error: claims.size: the claims are {size} bytes; at most "
+                            f"{st.config.max_claims_bytes} ([limits] max_claims_bytes): send smaller init-data",
+                            status=400, reason="claims.size")
     token = st.signer.sign(document)
     await st.run(st.store.record_attestation,
                  AttestationRecord(attestation_id, now, session.session_id, session.tee, document))
@@ -160,6 +257,8 @@ def _token_response(session: Session, token: str) -> web.Response:
     return response
 
 
+# -- resources ------------------------------------------------------------------------------
+
 async def _token_claims(request: web.Request, now: datetime) -> tuple[dict[str, Any], str | None]:
     """Claims of the Bearer token, or of the cookie session's token (re-verified either way)."""
     st = _state(request)
@@ -167,7 +266,7 @@ async def _token_claims(request: web.Request, now: datetime) -> tuple[dict[str, 
     session_id = None
     if header.startswith("Bearer "):
         token = header.removeprefix("Bearer ").strip()
-    elif request.cookies.get(COOKIE):
+    elif request.cookies.get(COOKIE) is not None:
         session = await _live_session(request, now)
         if session.state != "attested" or not session.token:
             raise ProtocolError("TokenNotFound", "this session has not attested: call /kbs/v0/attest",
@@ -204,63 +303,68 @@ def _first_failure(explanation: Explanation) -> str:
 
 @routes.get("/kbs/v0/resource/{repo}/{type}/{tag}")
 async def get_resource(request: web.Request) -> web.Response:
-    st = _state(request)
-    now = st.clock()
-    parts = (request.match_info["repo"], request.match_info["type"], request.match_info["tag"])
-    if not all(SEGMENT.match(p) for p in parts):
-        raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag of [A-Za-z0-9_.-]",
-                            status=404, reason="path")
-    path = "/".join(parts)
+    st, now = _state(request), _state(request).clock()
+    record = _refusal(now, "(invalid path)", request, new_reference())
+    chain = REFUSALS  # until the caller shows a valid token
     try:
+        parts = (request.match_info["repo"], request.match_info["type"], request.match_info["tag"])
+        if not all(SEGMENT.fullmatch(p) for p in parts):
+            raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag, each 1..128 of "
+                                "[A-Za-z0-9_.-] not starting with '.'", status=404, reason="path")
+        record = replace(record, resource="/".join(parts))
         claims, session_id = await _token_claims(request, now)
+        cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+        record = replace(record, session_id=session_id, tee=next(iter(cpu0), None),
+                         attestation_id=claims.get(ATTESTATION_ID_CLAIM))
+        chain = RELEASES
+        return await _release(request, st, now, parts, claims, record)
     except ProtocolError as exc:
-        await _log(st, ReleaseRecord(at=now, decision="deny", reason=exc.reason, resource=path, version=None,
-                                     session_id=request.cookies.get(COOKIE), tee=None, policy_id=None,
-                                     policy_hash=None, attestation_id=None))
+        await _log_refusal(st, chain, record, exc)
         raise
+    except StoreError as exc:  # unreachable, or a row that fails authentication: nothing is released
+        log.error("store failure", extra={"resource": record.resource, "check": exc.check, "error": str(exc)})
+        failure = ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=503, reason=exc.check,
+                                decision="error", public="the broker's store failed; nothing was released")
+        await _log_refusal(st, chain, record, failure)
+        raise failure from exc
+    except Exception as exc:
+        failure = _internal(exc)
+        await _log_refusal(st, chain, record, failure)
+        raise failure from exc
+
+
+async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
+                   claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
+    path = record.resource
     tee_pubkey = _tee_pubkey(claims)
-    tee = next(iter(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]), None)
-    record = ReleaseRecord(at=now, decision="deny", reason="", resource=path, version=None, session_id=session_id,
-                           tee=tee, policy_id=None, policy_hash=None,
-                           attestation_id=claims.get(ATTESTATION_ID_CLAIM))
     resource = await st.run(st.store.active_resource, path)
     policy_id = resource.policy_id if resource else DEFAULT_POLICY
+    record = replace(record, policy_id=policy_id)
     try:
         policy_version, policy = await st.run(st.registry.resolve, policy_id)
         refs = await st.run(lambda: st.registry.refs)
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-        decision: Decision = await st.run(policy.evaluate, claims, refs, req, now)
+        decision: Decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
     except KbsError as exc:
-        await _log(st, record, decision="error", reason=exc.check, policy_id=policy_id)
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
-                            reason="policy_error") from exc
+                            reason=exc.check, decision="error", public="the release policy could not be evaluated"
+                            ) from exc
     record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
-        await _log(st, record, decision="deny", reason="policy")
-        raise ProtocolError("PolicyDeny", f"policy {policy_id!r} (version {policy_version.version}) denied: {why}",
-                            reason="policy")
+        engine_failure = why.split(":", 1)[0]  # a Rego worker that crashed, timed out, ran out of memory...
+        failure = ProtocolError("PolicyDeny", f"policy {policy_id!r} (version {policy_version.version}) denied: {why}",
+                                reason=engine_failure if engine_failure in FAILURE_LABELS else "policy",
+                                public="the release policy denied this request")
+        await _log_refusal(st, RELEASES, record, failure)
+        raise failure
     if resource is None:
-        await _log(st, record, decision="deny", reason="not_found")
         raise ProtocolError("PluginInternalError", f"resource not found: {path}", status=404, reason="not_found")
     try:
         plaintext = st.kek.unseal(resource.sealed, f"resource:{path}")
         body = jwe.encrypt(plaintext, tee_pubkey)
-    except (KekError, jwe.JweKeyInvalid) as exc:
-        await _log(st, record, decision="error", reason=exc.check)
-        raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check) from exc
-    await _log(st, record, decision="release", reason="policy", version=resource.version)
+    except KbsError as exc:
+        raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
+                            decision="error") from exc
+    await _log(st, RELEASES, replace(record, decision="release", reason="policy", version=resource.version))
     return web.json_response(body)
-
-
-async def _log(st: BrokerState, record: ReleaseRecord, **changes: Any) -> None:
-    """Write the decision first; if the log cannot be written, the request fails closed."""
-    final = replace(record, **changes)
-    try:
-        await st.run(st.store.append_release, final)
-    except (StoreError, OSError) as exc:
-        st.metrics.audit_failures.inc()
-        log.error("release log write failed", extra={"resource": record.resource, "error": str(exc)})
-        raise ProtocolError("PluginInternalError", "the release log is unavailable; nothing was released",
-                            status=503, reason="log_unavailable") from exc
-    st.metrics.releases.labels(decision=final.decision, reason=final.reason).inc()

@@ -40,8 +40,13 @@ class BrokerState:
     metrics: Metrics
     admins: list[AdminIdentity]
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
+    policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking call (store, policy engine) on the I/O pool."""
+        """Run a blocking store call on the I/O pool."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def evaluate(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a policy evaluation on its own pool (Rego goes on to a worker process from there)."""
+        return await asyncio.get_running_loop().run_in_executor(self.policy, fn, *args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -17,13 +17,17 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from kbs.cache import ByteBoundedCache
 from kbs.errors import KbsError
 from kbs.keys.jwe import public_jwk
 from kbs.keys.kek import Kek
 
 SECRET_NAME = "token-signing-key"
 LEEWAY_SECONDS = 0  # the token's lifetime is configured; no grace on top of it
-VERIFIED_CACHE = 1024  # ~5-10 KB each (claims and token)
+# A decoded claims dict costs about 3x its JSON (small keys and ints; measured with tracemalloc on an
+# SNP EAR), and a token is 4/3 of its JSON: 3x the token's length over-charges a little, never under.
+DECODED_COST_FACTOR = 3
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 
 
 class TokenInvalid(KbsError):
@@ -36,8 +40,18 @@ def _thumbprint(jwk: dict[str, str]) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    claims: dict[str, Any]
+    cost: int
+
+
+def _key(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
 class TokenSigner:
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         if not isinstance(key.curve, ec.SECP256R1):
             raise TokenInvalid("the token signing key must be P-256 (ES256)")
         self._key = key
@@ -47,11 +61,12 @@ class TokenSigner:
         self.kid = _thumbprint(self.jwk)
         # Tokens whose signature this process already checked (or made): a guest presents the
         # same token on every resource request, and PyJWT's parse costs ~0.5 ms for an EAR.
-        # Only the signature is cached; `exp` is checked on every use.
-        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Only the signature is cached; `exp` is checked on every use.  Keyed by the token's
+        # SHA-256 and bounded by bytes, so large tokens cannot fill memory.
+        self._verified: ByteBoundedCache[bytes, _Verified] = ByteBoundedCache(cache_bytes, lambda v: v.cost)
 
     @classmethod
-    def from_store(cls, get_or_create: Any, kek: Kek) -> TokenSigner:
+    def from_store(cls, get_or_create: Any, kek: Kek, cache_bytes: int = DEFAULT_CACHE_BYTES) -> TokenSigner:
         """Load the shared key, creating it if no replica has yet (the store keeps the first one)."""
         fresh = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -59,7 +74,7 @@ class TokenSigner:
         key = serialization.load_der_private_key(kek.unseal(sealed, SECRET_NAME), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise TokenInvalid("stored token signing key is not an EC key")
-        return cls(key)
+        return cls(key, cache_bytes)
 
     def sign(self, claims: dict[str, Any]) -> str:
         token = jwt.encode(claims, self._key, algorithm="ES256",
@@ -73,16 +88,18 @@ class TokenSigner:
         jwt.decode(token, self._public, algorithms=["ES256"], options={"verify_exp": False})
 
     def _remember(self, token: str, claims: dict[str, Any]) -> None:
-        self._verified[token] = claims
-        while len(self._verified) > VERIFIED_CACHE:
-            self._verified.popitem(last=False)
+        self._verified.put(_key(token), _Verified(claims, 64 + len(token) * DECODED_COST_FACTOR))
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._verified.bytes_used
 
     def verify(self, token: str, now: datetime) -> dict[str, Any]:
         """The claims of a token this broker issued and that has not expired at `now`."""
-        cached = self._verified.get(token)
+        cached = self._verified.get(_key(token))
         if cached is not None:
-            self._check_exp(cached, now)
-            return cached
+            self._check_exp(cached.claims, now)
+            return cached.claims
         try:
             # One parse (PyJWT checks the base64 alphabet character by character, so avoid two).
             decoded = jwt.decode_complete(

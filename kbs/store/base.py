@@ -7,10 +7,11 @@ session's nonce) are compare-and-set operations that report whether they won.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from kbs.audit.chain import Head
 from kbs.errors import KbsError
 from kbs.policy.lifecycle import PolicyStore
 
@@ -46,11 +47,15 @@ class ResourceVersion:
 
 @dataclass(frozen=True)
 class ReleaseRecord:
-    """One decision on a resource request, written before the response leaves."""
+    """One log entry, written before the response leaves: a decision on a request, or an admin change.
+
+    Never holds key material.  `detail` is for operators (the failing condition, the error);
+    guests only ever see `ref`, the reference under which the operator finds it.
+    """
 
     at: datetime
-    decision: str  # release, deny, error
-    reason: str
+    decision: str  # release, deny, error (requests); admin (changes)
+    reason: str  # a short label: policy, not_found, binding.report_data, ... or the admin action
     resource: str
     version: int | None
     session_id: str | None
@@ -58,8 +63,17 @@ class ReleaseRecord:
     policy_id: str | None
     policy_hash: str | None
     attestation_id: str | None
+    ref: str | None = None
+    actor: str | None = None  # the admin who made a change
+    detail: str | None = None
     seq: int | None = None
     entry_hash: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """What the hash chain commits to: every field but the position and the hash itself."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("seq", "entry_hash")}
+        out["at"] = self.at.timestamp()
+        return out
 
 
 @dataclass(frozen=True)
@@ -93,11 +107,14 @@ class Store(PolicyStore, Protocol):
     def delete_resource(self, path: str) -> int: ...
     def bind_policy(self, path: str, policy_id: str) -> int: ...
 
-    # attestations and the release log
+    # attestations and the logs (kbs.audit.chain: RELEASES kept forever, REFUSALS for a while)
     def record_attestation(self, record: AttestationRecord) -> None: ...
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None: ...
     def purge_attestations(self, before: datetime) -> int: ...
-    def append_release(self, record: ReleaseRecord) -> ReleaseRecord: ...
-    def release_log(self, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]: ...
+    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord: ...
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]: ...
+    def verify_logs(self) -> list[Head]: ...
+    def purge_refusals(self, before: datetime) -> int: ...
 
     def ping(self) -> None: ...
+    def probe_write(self, now: datetime) -> None: ...

@@ -2,28 +2,43 @@
 
 WAL journal with synchronous=FULL, so a committed transaction survives SIGKILL and power
 loss; busy_timeout so concurrent replicas queue rather than fail.  One connection per
-thread (sqlite3 objects are not shared across threads).  The release log is a hash chain:
-each entry commits to the previous one, so an edited or deleted row is detectable.
+thread (sqlite3 objects are not shared across threads).  The database file (and so its WAL)
+is created 0600 in a 0700 directory.
+
+Security-relevant rows carry a MAC under a key derived from the KEK (`integrity.py`), checked
+on every read; the two logs are hash chains (`kbs.audit.chain`) whose heads are MAC'd too, so
+editing, forging or truncating them without the KEK is detected.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
+from kbs.audit import chain as chains
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, ChainBroken, Head
+from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
 
-SCHEMA_VERSION = 1
-SCHEMA = """
+log = logging.getLogger("kbs.store")
+
+SCHEMA_VERSION = 2
+_LOG_COLUMNS = """
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL,
+    resource TEXT NOT NULL, version INTEGER, session_id TEXT, tee TEXT, policy_id TEXT, policy_hash TEXT,
+    attestation_id TEXT, ref TEXT, actor TEXT, detail TEXT, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL,
+    mac TEXT"""
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY, tee TEXT NOT NULL, nonce TEXT NOT NULL,
     created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL,
@@ -32,24 +47,31 @@ CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
     path TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, sealed BLOB NOT NULL,
-    policy_id TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL,
+    policy_id TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL, mac TEXT,
     PRIMARY KEY (path, version));
 CREATE TABLE IF NOT EXISTS policies (
     policy_id TEXT NOT NULL, version INTEGER NOT NULL, dialect TEXT NOT NULL, text TEXT NOT NULL,
     content_hash TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL, immutable INTEGER NOT NULL,
-    PRIMARY KEY (policy_id, version));
-CREATE TABLE IF NOT EXISTS reference_sets (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    mac TEXT, PRIMARY KEY (policy_id, version));
+CREATE TABLE IF NOT EXISTS reference_sets (name TEXT PRIMARY KEY, body TEXT NOT NULL, mac TEXT);
 CREATE TABLE IF NOT EXISTS attestations (
     attestation_id TEXT PRIMARY KEY, at REAL NOT NULL, session_id TEXT NOT NULL, tee TEXT NOT NULL,
-    claims TEXT NOT NULL);
+    claims TEXT NOT NULL, mac TEXT);
 CREATE INDEX IF NOT EXISTS attestations_at ON attestations(at);
-CREATE TABLE IF NOT EXISTS release_log (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL,
-    resource TEXT NOT NULL, version INTEGER, session_id TEXT, tee TEXT, policy_id TEXT, policy_hash TEXT,
-    attestation_id TEXT, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS release_log ({_LOG_COLUMNS});
+CREATE TABLE IF NOT EXISTS refusal_log ({_LOG_COLUMNS});
+CREATE INDEX IF NOT EXISTS refusal_log_at ON refusal_log(at);
+CREATE TABLE IF NOT EXISTS log_heads (
+    chain TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, anchor_hash TEXT NOT NULL, head_seq INTEGER NOT NULL,
+    head_hash TEXT NOT NULL, mac TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS admin_token_ids (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
-GENESIS = "0" * 64
+# Version 1 had no MACs, no refusal log and hashed entries as SHA-256(prev ‖ JSON of the body).
+_V1_COLUMNS = (("resources", "mac TEXT"), ("policies", "mac TEXT"), ("reference_sets", "mac TEXT"),
+               ("attestations", "mac TEXT"), ("release_log", "ref TEXT"), ("release_log", "actor TEXT"),
+               ("release_log", "detail TEXT"), ("release_log", "mac TEXT"))
+_TABLE = {RELEASES: "release_log", REFUSALS: "refusal_log"}
 
 
 def _ts(when: datetime) -> float:
@@ -60,25 +82,41 @@ def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def release_entry_hash(prev_hash: str, record: ReleaseRecord) -> str:
-    """SHA-256 over the previous hash and the entry's canonical JSON (seq and hash excluded)."""
-    body = {k: v for k, v in asdict(record).items() if k not in ("seq", "entry_hash")}
-    body["at"] = record.at.timestamp()
-    return hashlib.sha256((prev_hash + json.dumps(body, sort_keys=True)).encode()).hexdigest()
+def _table(chain: str) -> str:
+    if chain not in _TABLE:
+        raise StoreError(f"no log {chain!r}; logs: {', '.join(CHAINS)}")
+    return _TABLE[chain]
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, row_key: bytes) -> None:
         self.path = path
+        self._auth = RowAuthenticator(row_key)
         self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():  # SQLite gives the WAL and shm files the database file's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = self._connection()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(f"database {path} has schema {version}, newer than this broker's "
                              f"{SCHEMA_VERSION}; upgrade the broker")
-        db.executescript(SCHEMA)  # idempotent; executescript manages its own transaction
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with self._tx() as tx:
+            version = tx.execute("PRAGMA user_version").fetchone()[0]  # re-read under the write lock
+            fresh = not tx.execute("SELECT 1 FROM sqlite_master WHERE name='release_log'").fetchone()
+            if version == 1 and not fresh:
+                for table, column in _V1_COLUMNS:
+                    tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    tx.execute(statement)
+            if version < SCHEMA_VERSION:
+                if version == 1 and not fresh:
+                    self._migrate_v1(tx)
+                tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for chain in CHAINS:
+                if not tx.execute("SELECT 1 FROM log_heads WHERE chain=?", (chain,)).fetchone():
+                    self._write_head(tx, Head(chain, 1, GENESIS, 0, GENESIS))
 
     # -- connection and transactions -------------------------------------------------------
 
@@ -89,6 +127,7 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
+            db.row_factory = sqlite3.Row
             self._local.db = db
         return db
 
@@ -102,6 +141,9 @@ class SqliteStore:
             raise StoreError(f"database {self.path} is unavailable: {exc}") from exc
         try:
             yield db
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"database {self.path} write failed: {exc}") from exc
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -111,15 +153,18 @@ class SqliteStore:
             raise StoreError(f"database {self.path} could not commit: {exc}") from exc
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        db = self._connection()
-        db.row_factory = sqlite3.Row
         try:
-            return db.execute(sql, args).fetchall()
+            return self._connection().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path} read failed: {exc}") from exc
 
     def ping(self) -> None:
         self._read("SELECT 1")
+
+    def probe_write(self, now: datetime) -> None:
+        """A real write transaction: readiness fails when the disk is full or the file read-only."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", (_ts(now),))
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -164,7 +209,7 @@ class SqliteStore:
             cur = db.execute("INSERT OR IGNORE INTO admin_token_ids VALUES (?, ?)", (jti, _ts(expires_at)))
             return cur.rowcount == 1
 
-    # -- the broker's own secrets ------------------------------------------------------------
+    # -- the broker's own secrets (sealed under the KEK with their name as associated data) ----
 
     def get_or_create_secret(self, name: str, create: bytes) -> bytes:
         """The stored value, or `create` stored now: replicas starting together agree on one."""
@@ -175,19 +220,50 @@ class SqliteStore:
 
     # -- resources -------------------------------------------------------------------------
 
-    def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int:
-        with self._tx() as db:
-            row = db.execute("SELECT MAX(version) FROM resources WHERE path = ?", (path,)).fetchone()
-            version = (row[0] or 0) + 1
-            db.execute("UPDATE resources SET state='disabled' WHERE path=? AND state='active'", (path,))
-            db.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?)",
-                       (path, version, "active", sealed, policy_id, created_by, _ts(at)))
-            return version
+    def _resource_mac(self, path: str, version: int, state: str, sealed: bytes, policy_id: str, created_by: str,
+                      created_at: float) -> str:
+        return self._auth.mac("resources", path, version, state, digest(sealed), policy_id, created_by, created_at)
 
-    @staticmethod
-    def _resource(r: sqlite3.Row) -> ResourceVersion:
+    def _resource(self, r: sqlite3.Row) -> ResourceVersion:
+        self._auth.check(r["mac"], f"resource {r['path']} version {r['version']}", "resources", r["path"],
+                         r["version"], r["state"], digest(r["sealed"]), r["policy_id"], r["created_by"],
+                         r["created_at"])
         return ResourceVersion(r["path"], r["version"], r["state"], r["sealed"], r["policy_id"], r["created_by"],
                                _dt(r["created_at"]))
+
+    def _resources(self, db: sqlite3.Connection, path: str) -> list[ResourceVersion]:
+        return [self._resource(r) for r in db.execute("SELECT * FROM resources WHERE path=? ORDER BY version",
+                                                      (path,)).fetchall()]
+
+    def _rewrite_resources(self, db: sqlite3.Connection, versions: list[ResourceVersion]) -> None:
+        """Write state and binding changes back with fresh MACs (callers checked the old ones)."""
+        for v in versions:
+            created_at = _ts(v.created_at)
+            db.execute("UPDATE resources SET state=?, policy_id=?, mac=? WHERE path=? AND version=?",
+                       (v.state, v.policy_id, self._resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
+                                                                 v.created_by, created_at), v.path, v.version))
+
+    def _check_binding_change(self, db: sqlite3.Connection, path: str, current: list[ResourceVersion],
+                              policy_id: str) -> None:
+        """A key bound to an immutable policy cannot move to another policy."""
+        if not current or current[-1].policy_id == policy_id:
+            return
+        bound = current[-1].policy_id
+        versions = self._policy_versions(db, bound)
+        if versions and versions[-1].immutable:
+            raise BindingLocked(f"{path} is bound to policy {bound!r}, which is immutable; the binding cannot "
+                                f"change (to {policy_id!r} or any other policy)")
+
+    def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int:
+        with self._tx() as db:
+            current = self._resources(db, path)
+            self._check_binding_change(db, path, current, policy_id)
+            version = (current[-1].version if current else 0) + 1
+            self._rewrite_resources(db, [replace(v, state="disabled") for v in current if v.state == "active"])
+            db.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?)",
+                       (path, version, "active", sealed, policy_id, created_by, _ts(at),
+                        self._resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
+            return version
 
     def active_resource(self, path: str) -> ResourceVersion | None:
         rows = self._read("SELECT * FROM resources WHERE path=? AND state='active' ORDER BY version DESC LIMIT 1",
@@ -208,18 +284,23 @@ class SqliteStore:
         version) and enabling means the latest.
         """
         with self._tx() as db:
+            current = self._resources(db, path)
             if version is None and state == "disabled":
-                return db.execute("UPDATE resources SET state='disabled' WHERE path=? AND state='active'",
-                                  (path,)).rowcount
+                changed = [replace(v, state="disabled") for v in current if v.state == "active"]
+                self._rewrite_resources(db, changed)
+                return len(changed)
             if version is None:
-                row = db.execute("SELECT MAX(version) FROM resources WHERE path=?", (path,)).fetchone()
-                version = row[0]
-                if version is None:
+                if not current:
                     return 0
+                version = current[-1].version
+            if not any(v.version == version for v in current):
+                return 0
+            changed = [replace(v, state=state) for v in current if v.version == version]
             if state == "active":
-                db.execute("UPDATE resources SET state='disabled' WHERE path=? AND version<>?", (path, version))
-            return db.execute("UPDATE resources SET state=? WHERE path=? AND version=?",
-                              (state, path, version)).rowcount
+                changed += [replace(v, state="disabled") for v in current
+                            if v.version != version and v.state != "disabled"]
+            self._rewrite_resources(db, changed)
+            return 1
 
     def delete_resource(self, path: str) -> int:
         with self._tx() as db:
@@ -227,54 +308,84 @@ class SqliteStore:
 
     def bind_policy(self, path: str, policy_id: str) -> int:
         with self._tx() as db:
-            return db.execute("UPDATE resources SET policy_id=? WHERE path=?", (policy_id, path)).rowcount
+            current = self._resources(db, path)
+            self._check_binding_change(db, path, current, policy_id)
+            self._rewrite_resources(db, [replace(v, policy_id=policy_id) for v in current])
+            return len(current)
 
     # -- policies and reference values (kbs.policy.lifecycle.PolicyStore) ------------------
 
+    def _policy_mac(self, v: PolicyVersion) -> str:
+        return self._auth.mac("policies", v.policy_id, v.version, v.dialect, digest(v.text), v.content_hash,
+                              v.created_by, _ts(v.created_at), v.immutable)
+
+    def _policy_versions(self, db: sqlite3.Connection, policy_id: str) -> list[PolicyVersion]:
+        out = []
+        for r in db.execute("SELECT * FROM policies WHERE policy_id=? ORDER BY version", (policy_id,)).fetchall():
+            v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
+                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
+            self._auth.check(r["mac"], f"policy {v.policy_id!r} version {v.version}", "policies", v.policy_id,
+                             v.version, v.dialect, digest(v.text), v.content_hash, v.created_by, r["created_at"],
+                             v.immutable)
+            out.append(v)
+        return out
+
     def versions(self, policy_id: str) -> list[PolicyVersion]:
-        rows = self._read("SELECT * FROM policies WHERE policy_id=? ORDER BY version", (policy_id,))
-        return [PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
-                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"])) for r in rows]
+        try:
+            return self._policy_versions(self._connection(), policy_id)
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path} read failed: {exc}") from exc
 
     def append(self, version: PolicyVersion) -> None:
         try:
             with self._tx() as db:
-                db.execute("INSERT INTO policies VALUES (?,?,?,?,?,?,?,?)",
+                db.execute("INSERT INTO policies VALUES (?,?,?,?,?,?,?,?,?)",
                            (version.policy_id, version.version, version.dialect, version.text,
                             version.content_hash, version.created_by, _ts(version.created_at),
-                            int(version.immutable)))
-        except sqlite3.IntegrityError as exc:
-            raise PolicyConflict(f"policy {version.policy_id!r} version {version.version} already exists "
-                                 "(changed concurrently); retry") from exc
+                            int(version.immutable), self._policy_mac(version)))
+        except StoreError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise PolicyConflict(f"policy {version.policy_id!r} version {version.version} already exists "
+                                     "(changed concurrently); retry") from exc
+            raise
 
     def policy_ids(self) -> list[str]:
         return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
 
     def reference_values(self) -> ReferenceValues:
-        rows = self._read("SELECT name, body FROM reference_sets")
-        return ReferenceValues.from_json({r["name"]: json.loads(r["body"]) for r in rows})
+        sets = {}
+        for r in self._read("SELECT name, body, mac FROM reference_sets"):
+            self._auth.check(r["mac"], f"reference set {r['name']!r}", "reference_sets", r["name"], r["body"])
+            sets[r["name"]] = json.loads(r["body"])
+        return ReferenceValues.from_json(sets)
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
+        body = json.dumps(ref.to_json())
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO reference_sets VALUES (?, ?)", (ref.name, json.dumps(ref.to_json())))
+            db.execute("INSERT OR REPLACE INTO reference_sets VALUES (?, ?, ?)",
+                       (ref.name, body, self._auth.mac("reference_sets", ref.name, body)))
 
     def delete_reference_set(self, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM reference_sets WHERE name=?", (name,))
 
-    # -- attestations and the release log --------------------------------------------------
+    # -- attestations ----------------------------------------------------------------------
 
     def record_attestation(self, record: AttestationRecord) -> None:
+        claims = json.dumps(record.claims)
         with self._tx() as db:
-            db.execute("INSERT INTO attestations VALUES (?,?,?,?,?)",
-                       (record.attestation_id, _ts(record.at), record.session_id, record.tee,
-                        json.dumps(record.claims)))
+            db.execute("INSERT INTO attestations VALUES (?,?,?,?,?,?)",
+                       (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
+                        self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id,
+                                       record.tee, digest(claims))))
 
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
         rows = self._read("SELECT * FROM attestations WHERE attestation_id=?", (attestation_id,))
         if not rows:
             return None
         r = rows[0]
+        self._auth.check(r["mac"], f"attestation {attestation_id}", "attestations", r["attestation_id"], r["at"],
+                         r["session_id"], r["tee"], digest(r["claims"]))
         return AttestationRecord(r["attestation_id"], _dt(r["at"]), r["session_id"], r["tee"], json.loads(r["claims"]))
 
     def purge_attestations(self, before: datetime) -> int:
@@ -282,40 +393,129 @@ class SqliteStore:
         with self._tx() as db:
             return db.execute("DELETE FROM attestations WHERE at < ?", (_ts(before),)).rowcount
 
-    def append_release(self, record: ReleaseRecord) -> ReleaseRecord:
-        """Append to the hash chain; durable when this returns (synchronous=FULL)."""
+    # -- the logs --------------------------------------------------------------------------
+
+    def _head(self, db: sqlite3.Connection, chain: str) -> Head:
+        r = db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone()
+        if r is None:
+            raise StoreIntegrityError(f"the {chain} log has no recorded head: it was removed outside the broker")
+        head = Head(chain, r["first_seq"], r["anchor_hash"], r["head_seq"], r["head_hash"])
+        self._auth.check(r["mac"], f"the {chain} log head", "log_heads", *head.to_json().values())
+        return head
+
+    def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
+        db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)",
+                   (head.chain, head.first_seq, head.anchor_hash, head.head_seq, head.head_hash,
+                    self._auth.mac("log_heads", *head.to_json().values())))
+
+    def _log_mac(self, chain: str, seq: int, prev_hash: str, hashed: str) -> str:
+        return self._auth.mac(_table(chain), seq, prev_hash, hashed)
+
+    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+        """Append to a chain; durable when this returns (synchronous=FULL).
+
+        The recorded head must match the newest row, so a log truncated or edited outside the
+        broker stops every append (and so every release) until an operator looks.
+        """
+        table = _table(chain)
         with self._tx() as db:
-            row = db.execute("SELECT entry_hash FROM release_log ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = row[0] if row else GENESIS
-            entry_hash = release_entry_hash(prev, record)
-            cur = db.execute("INSERT INTO release_log (at, decision, reason, resource, version, session_id, tee, "
-                             "policy_id, policy_hash, attestation_id, prev_hash, entry_hash) "
-                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                             (_ts(record.at), record.decision, record.reason, record.resource, record.version,
-                              record.session_id, record.tee, record.policy_id, record.policy_hash,
-                              record.attestation_id, prev, entry_hash))
-            seq = cur.lastrowid
-        return ReleaseRecord(**{**asdict(record), "seq": seq, "entry_hash": entry_hash})
+            head = self._head(db, chain)
+            newest = db.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+            seen = (newest["seq"], newest["entry_hash"]) if newest else (head.head_seq, head.head_hash)
+            if seen != (head.head_seq, head.head_hash):
+                raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
+                                          f"{head.head_seq}: the log was changed outside the broker")
+            body = record.body()
+            hashed = chains.entry_hash(head.head_hash, chains.body_hash(body))
+            seq = head.head_seq + 1
+            db.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
+                       "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
+                        record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
+                        record.ref, record.actor, record.detail, head.head_hash, hashed,
+                        self._log_mac(chain, seq, head.head_hash, hashed)))
+            self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
+        return replace(record, seq=seq, entry_hash=hashed)
 
-    def release_log(self, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
-        rows = self._read("SELECT * FROM release_log WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"], resource=r["resource"],
-                              version=r["version"], session_id=r["session_id"], tee=r["tee"],
-                              policy_id=r["policy_id"], policy_hash=r["policy_hash"],
-                              attestation_id=r["attestation_id"], seq=r["seq"], entry_hash=r["entry_hash"])
-                for r in rows]
+    @staticmethod
+    def _record(r: sqlite3.Row) -> ReleaseRecord:
+        return ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"], resource=r["resource"],
+                             version=r["version"], session_id=r["session_id"], tee=r["tee"],
+                             policy_id=r["policy_id"], policy_hash=r["policy_hash"],
+                             attestation_id=r["attestation_id"], ref=r["ref"], actor=r["actor"],
+                             detail=r["detail"], seq=r["seq"], entry_hash=r["entry_hash"])
 
-    def verify_release_chain(self) -> int:
-        """Recompute the hash chain; return the number of entries, or raise naming the first bad one."""
-        prev = GENESIS
-        count = 0
-        for r in self._read("SELECT * FROM release_log ORDER BY seq"):
-            record = ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"],
-                                   resource=r["resource"], version=r["version"], session_id=r["session_id"],
-                                   tee=r["tee"], policy_id=r["policy_id"], policy_hash=r["policy_hash"],
-                                   attestation_id=r["attestation_id"])
-            if r["prev_hash"] != prev or release_entry_hash(prev, record) != r["entry_hash"]:
-                raise StoreError(f"release log entry {r['seq']} does not match the hash chain")
-            prev = r["entry_hash"]
-            count += 1
-        return count
+    def _checked_record(self, chain: str, r: sqlite3.Row) -> ReleaseRecord:
+        """An entry whose MAC and own hash hold (its place in the chain is `verify_logs`'s job)."""
+        what = f"{chain} log entry {r['seq']}"
+        self._auth.check(r["mac"], what, _table(chain), r["seq"], r["prev_hash"], r["entry_hash"])
+        record = self._record(r)
+        if chains.entry_hash(r["prev_hash"], chains.body_hash(record.body())) != r["entry_hash"]:
+            raise StoreIntegrityError(f"{what} was edited outside the broker: its content does not match its hash")
+        return record
+
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
+        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        return [self._checked_record(chain, r) for r in rows]
+
+    def verify_logs(self) -> list[Head]:
+        """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end."""
+        heads = []
+        for chain in CHAINS:
+            head = self._head(self._connection(), chain)
+            rows = self._read(f"SELECT * FROM {_table(chain)} ORDER BY seq")
+            try:
+                chains.verify(head, ((r["seq"], self._checked_record(chain, r).body(), r["prev_hash"],
+                                      r["entry_hash"]) for r in rows))
+            except ChainBroken as exc:
+                raise StoreIntegrityError(str(exc)) from exc
+            heads.append(head)
+        return heads
+
+    def purge_refusals(self, before: datetime) -> int:
+        """Drop refusal-log entries older than `before` from the front; the anchor moves with them."""
+        with self._tx() as db:
+            head = self._head(db, REFUSALS)
+            last = db.execute("SELECT seq, entry_hash FROM refusal_log WHERE at < ? ORDER BY seq DESC LIMIT 1",
+                              (_ts(before),)).fetchone()
+            if last is None:
+                return 0
+            count = db.execute("DELETE FROM refusal_log WHERE seq <= ?", (last["seq"],)).rowcount
+            self._write_head(db, Head(REFUSALS, last["seq"] + 1, last["entry_hash"], head.head_seq, head.head_hash))
+            return count
+
+    # -- migration -------------------------------------------------------------------------
+
+    def _migrate_v1(self, db: sqlite3.Connection) -> None:
+        """Authenticate a version-1 database's rows and re-hash its release log in the new form.
+
+        The broker vouches for the rows as they are at upgrade; the old head is kept in the log.
+        """
+        for r in db.execute("SELECT * FROM resources").fetchall():
+            db.execute("UPDATE resources SET mac=? WHERE path=? AND version=?",
+                       (self._resource_mac(r["path"], r["version"], r["state"], r["sealed"], r["policy_id"],
+                                           r["created_by"], r["created_at"]), r["path"], r["version"]))
+        for r in db.execute("SELECT * FROM policies").fetchall():
+            v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
+                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
+            db.execute("UPDATE policies SET mac=? WHERE policy_id=? AND version=?",
+                       (self._policy_mac(v), v.policy_id, v.version))
+        for r in db.execute("SELECT * FROM reference_sets").fetchall():
+            db.execute("UPDATE reference_sets SET mac=? WHERE name=?",
+                       (self._auth.mac("reference_sets", r["name"], r["body"]), r["name"]))
+        for r in db.execute("SELECT * FROM attestations").fetchall():
+            db.execute("UPDATE attestations SET mac=? WHERE attestation_id=?",
+                       (self._auth.mac("attestations", r["attestation_id"], r["at"], r["session_id"], r["tee"],
+                                       digest(r["claims"])), r["attestation_id"]))
+        prev, seq, old_head = GENESIS, 0, GENESIS
+        for r in db.execute("SELECT * FROM release_log ORDER BY seq").fetchall():
+            old_head, seq = r["entry_hash"], r["seq"]
+            hashed = chains.entry_hash(prev, chains.body_hash(self._record(r).body()))
+            db.execute("UPDATE release_log SET prev_hash=?, entry_hash=?, mac=? WHERE seq=?",
+                       (prev, hashed, self._log_mac(RELEASES, seq, prev, hashed), seq))
+            prev = hashed
+        db.execute("DELETE FROM log_heads")
+        self._write_head(db, Head(RELEASES, 1, GENESIS, seq, prev))
+        log.warning("database upgraded from schema 1: rows authenticated, release log re-hashed",
+                    extra={"database": str(self.path), "entries": seq, "old_head": old_head, "new_head": prev})

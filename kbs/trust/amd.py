@@ -2,13 +2,12 @@
 
 The ARK is trusted only by SHA-256 fingerprint (reference/snp.md §6), or by an
 operator-supplied trust root that replaces the pins (labs, tests).  Signature checks
-of a chain do not depend on time, so they are cached keyed by the exact DER bytes;
-validity windows and pins are checked on every call.
+of a chain do not depend on time, so they are cached keyed by the exact DER bytes (in a
+byte-bounded LRU); validity windows and pins are checked on every call.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pyasn1.codec.der import decoder
 from pyasn1.error import PyAsn1Error
 
+from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence
 from kbs.trust.x509 import (
     OID_EC_PUBLIC_KEY,
@@ -164,10 +164,36 @@ def _vek_kind(vek: Certificate) -> str:
     raise ChainInvalid(f"VEK CN is {vek.subject_cn!r}, wanted SEV-VCEK or SEV-VLEK", check="chain.names")
 
 
-@functools.lru_cache(maxsize=1024)
+# A verified chain holds three parsed certificates (about 6x their DER each, see x509).
+CHAIN_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def _chain_cost(chain: AmdChain) -> int:
+    return 1024 + sum(2048 + 6 * len(c.der) for c in (chain.ark, chain.ask, chain.vek))
+
+
+_chains: ByteBoundedCache[tuple[bytes, bytes, bytes], AmdChain] = ByteBoundedCache(CHAIN_CACHE_BYTES, _chain_cost)
+
+
+def configure_chain_cache(max_bytes: int) -> None:
+    """Replace the verified-chain cache with an empty one of this budget (0 disables it)."""
+    global _chains
+    _chains = ByteBoundedCache(max_bytes, _chain_cost)
+
+
 def _verified_chain(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> AmdChain:
     """Every time-independent check of a chain.  Cached by exact bytes: a VCEK signs every
-    report of its host, so a boot storm verifies each chain once."""
+    report of its host, so a boot storm verifies each chain once.  Failures are not cached."""
+    key = (vek_der, ask_der, ark_der)
+    cache = _chains
+    chain = cache.get(key)
+    if chain is None:
+        chain = _verify_chain_uncached(vek_der, ask_der, ark_der)
+        cache.put(key, chain)
+    return chain
+
+
+def _verify_chain_uncached(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> AmdChain:
     vek, ask, ark = (parse_certificate(d) for d in (vek_der, ask_der, ark_der))
     product = _product_of_ark(ark)
     kind = _vek_kind(vek)

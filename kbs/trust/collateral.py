@@ -56,12 +56,19 @@ async def gather_snp_collateral(report: SnpReport, offered: Sequence[Certificate
     return SnpCollateral(tuple(certs), crl)
 
 
+# The client refused to ask KDS at all (its request limit, its in-flight bound, or KDS's own
+# 429 window): another candidate product would be refused the same way, so stop, and keep the label.
+_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled")
+
+
 async def _fetch_vcek(report: SnpReport, kds: KdsClient) -> Certificate:
     errors = []
     for product in candidate_products(report):
         try:
             der = await kds.vcek(product, report.raw.chip_id, report.tcbs(product)["reported"])
         except CollateralUnavailable as exc:
+            if exc.check in _NOT_ASKED:
+                raise
             errors.append(str(exc))
             continue
         return load_certificates(der)[0]

@@ -5,6 +5,11 @@ only tolerates with a deprecation warning (and says it will refuse).  Parsing ev
 vendor certificate here keeps verification independent of that leniency: the exact
 signed bytes (tbsCertificate as it appears on the wire, never re-encoded) are cut out of
 the DER, and fields are decoded with pyasn1's strict DER decoder.
+
+pyasn1 is slow (milliseconds per certificate, far more for a hostile one), so untrusted
+bytes meet cheap checks first: the size is bounded, and a plain DER walk over the outer
+structure counts the extensions, before pyasn1 decodes anything.  Parsed certificates are
+cached by their exact bytes in a byte-bounded LRU.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import base64
 import functools
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,6 +30,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
 from pyasn1_modules import rfc4055, rfc5280
 
+from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, MalformedEvidence
 
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
@@ -36,33 +43,80 @@ OID_BASIC_CONSTRAINTS = "2.5.29.19"
 
 _PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
 
+# Vendor certificates (AMD VCEK/ASK/ARK, Intel PCK, NVIDIA) are 1-3 KB with at most 11 extensions.
+MAX_CERTIFICATE_SIZE = 16 * 1024
+MAX_EXTENSIONS = 32
+MAX_CERTIFICATES = 16  # per load_certificates input: a chain is 2-4, an operator's root file 1-3
+# A parsed certificate costs about 6x its DER in memory (pyasn1 copies, dict, dataclass); charged so.
+CERTIFICATE_CACHE_BYTES = 16 * 1024 * 1024
+_CACHE_COST_BASE = 2048
+_CACHE_COST_FACTOR = 6
 
-def _der_element(data: bytes, offset: int) -> tuple[int, int]:
-    """(start of contents, end of element) of the DER TLV at `offset`, bounds-checked."""
-    if offset + 2 > len(data):
+
+def _der_element(data: bytes, offset: int, limit: int | None = None) -> tuple[int, int]:
+    """(start of contents, end of element) of the DER TLV at `offset`, bounds-checked against
+    `limit` (default: the end of `data`).  Single-byte tags and definite lengths only."""
+    limit = len(data) if limit is None else limit
+    if offset + 2 > limit:
         raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
+    if data[offset] & 0x1F == 0x1F:
+        raise MalformedEvidence("certificate DER uses a multi-byte tag", check="certificate.der")
     first_len = data[offset + 1]
     header = 2
     if first_len < 0x80:
         length = first_len
     else:
         count = first_len & 0x7F
-        if count == 0 or count > 4 or offset + 2 + count > len(data):
+        if count == 0 or count > 4 or offset + 2 + count > limit:
             raise MalformedEvidence("certificate DER has a bad length", check="certificate.der")
         length = int.from_bytes(data[offset + 2:offset + 2 + count], "big")
         header += count
     end = offset + header + length
-    if end > len(data):
+    if end > limit:
         raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
     return offset + header, end
 
 
-def _signed_part(der: bytes) -> bytes:
-    """The tbsCertificate bytes exactly as they were signed."""
-    contents, end = _der_element(der, 0)
-    if der[0] != 0x30 or end != len(der):
+def _der_children(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(tag, start of contents, end) of each TLV in data[start:end], which they must fill exactly."""
+    offset = start
+    while offset < end:
+        contents, element_end = _der_element(data, offset, end)
+        yield data[offset], contents, element_end
+        offset = element_end
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_CERTIFICATE_SIZE:
+        raise MalformedEvidence(f"certificate is {size} bytes, more than the {MAX_CERTIFICATE_SIZE} allowed "
+                                "(vendor certificates are 1-3 KB)", check="certificate.size")
+
+
+def _precheck(der: bytes) -> bytes:
+    """Cheap checks before pyasn1 sees the bytes: size, outer DER structure, extension count.
+
+    Returns the tbsCertificate bytes exactly as they were signed.
+    """
+    _check_size(len(der))
+    if not der or der[0] != 0x30:
         raise MalformedEvidence("certificate is not one DER SEQUENCE", check="certificate.der")
-    _, tbs_end = _der_element(der, contents)
+    contents, end = _der_element(der, 0)
+    if end != len(der):
+        raise MalformedEvidence("certificate is not one DER SEQUENCE (trailing bytes)", check="certificate.der")
+    if contents >= end or der[contents] != 0x30:
+        raise MalformedEvidence("certificate's tbsCertificate is not a SEQUENCE", check="certificate.der")
+    tbs_contents, tbs_end = _der_element(der, contents, end)
+    for tag, ext_contents, ext_end in _der_children(der, tbs_contents, tbs_end):
+        if tag != 0xA3:  # [3] EXPLICIT Extensions
+            continue
+        if ext_contents >= ext_end or der[ext_contents] != 0x30:
+            raise MalformedEvidence("certificate extensions are not a SEQUENCE", check="certificate.der")
+        list_contents, list_end = _der_element(der, ext_contents, ext_end)
+        count = sum(1 for _ in _der_children(der, list_contents, list_end))
+        if count > MAX_EXTENSIONS:
+            raise MalformedEvidence(f"certificate has {count} extensions, more than the {MAX_EXTENSIONS} "
+                                    "allowed (vendor certificates have at most 11)",
+                                    check="certificate.extensions")
     return der[contents:tbs_end]
 
 
@@ -115,26 +169,47 @@ class Certificate:
         return bool(bc["cA"])
 
 
+def _cache_cost(cert: Certificate) -> int:
+    return _CACHE_COST_BASE + _CACHE_COST_FACTOR * len(cert.der)
+
+
+_cache: ByteBoundedCache[bytes, Certificate] = ByteBoundedCache(CERTIFICATE_CACHE_BYTES, _cache_cost)
+
+
+def configure_certificate_cache(max_bytes: int) -> None:
+    """Replace the parsed-certificate cache with an empty one of this budget (0 disables it)."""
+    global _cache
+    _cache = ByteBoundedCache(max_bytes, _cache_cost)
+
+
 def parse_certificate(der: bytes) -> Certificate:
     """Parse a DER certificate; raise MalformedEvidence naming what is wrong.
 
-    Parsed certificates are cached by their exact bytes: pyasn1 takes milliseconds per
-    certificate, and the same VCEK, ASK and ARK arrive with every report of a host.
+    The size is checked first, then the cache, then the DER walk (size, extension count)
+    before pyasn1 decodes anything.  Parsed certificates are cached by their exact bytes in
+    a byte-bounded LRU: pyasn1 takes milliseconds per certificate, and the same VCEK, ASK
+    and ARK arrive with every report of a host.
     """
-    return _parse_cached(bytes(der))
+    _check_size(len(der))
+    der = bytes(der)
+    cache = _cache
+    cert = cache.get(der)
+    if cert is None:
+        cert = _parse_checked(der)
+        cache.put(der, cert)
+    return cert
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(der: bytes) -> Certificate:
+def _parse_checked(der: bytes) -> Certificate:
+    tbs = _precheck(der)
     try:
-        return _parse(der)
+        return _parse(der, tbs)
     except (PyAsn1Error, ValueError, TypeError) as exc:
         raise MalformedEvidence(f"certificate does not parse as DER X.509: {exc}",
                                 check="certificate.der") from exc
 
 
-def _parse(der: bytes) -> Certificate:
-    tbs_bytes = _signed_part(der)
+def _parse(der: bytes, tbs_bytes: bytes) -> Certificate:
     cert, rest = decoder.decode(der, asn1Spec=rfc5280.Certificate())
     if rest:
         raise MalformedEvidence("certificate has trailing bytes", check="certificate.der")
@@ -183,13 +258,21 @@ def _encode(value: object) -> bytes:
 
 
 def load_certificates(data: bytes) -> list[Certificate]:
-    """Every certificate in a file: one or more PEM blocks, or a single DER certificate."""
-    blocks = _PEM_RE.findall(data)
+    """Every certificate in a file: one or more PEM blocks (at most MAX_CERTIFICATES), or a
+    single DER certificate.  Counts and sizes are checked before anything is decoded."""
+    blocks: list[bytes] = []
+    for match in _PEM_RE.finditer(data):
+        if len(blocks) == MAX_CERTIFICATES:
+            raise MalformedEvidence(f"input holds more than {MAX_CERTIFICATES} PEM certificates, "
+                                    f"the most accepted at once", check="certificate.count")
+        text = b"".join(match.group(1).split())
+        _check_size(len(text) // 4 * 3 - text[-2:].count(b"="))  # the decoded size, before decoding
+        blocks.append(text)
     if blocks:
         ders = []
         for block in blocks:
             try:
-                ders.append(base64.b64decode(b"".join(block.split()), validate=True))
+                ders.append(base64.b64decode(block, validate=True))
             except ValueError as exc:
                 raise MalformedEvidence("PEM certificate block is not valid base64",
                                         check="certificate.pem") from exc

@@ -1,0 +1,67 @@
+"""Bounded JSON: documents from guests are parsed and shaped within limits, never by luck.
+
+`json.loads` recurses in C and raises RecursionError (not a ValueError) on very deep input,
+and nothing bounds how deep or wide an accepted document is.  Everything a guest sends (the
+attestation message, init-data) and everything the broker derives from it (the claims
+document that goes into the token and the database) passes through here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from kbs.errors import MalformedEvidence
+
+MAX_DEPTH = 32  # the deepest legitimate document (an EAR with SNP claims) is 6 levels
+MAX_NODES = 100_000
+
+
+def loads(raw: bytes | str, *, what: str, check: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse JSON; too deep, too many values or not JSON -> MalformedEvidence naming `what`."""
+    try:
+        document = json.loads(raw)
+    except RecursionError:
+        raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)", check=check) from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise MalformedEvidence(f"{what} is not JSON: {exc}", check=check) from None
+    check_shape(document, what=what, check=check, max_depth=max_depth)
+    return document
+
+
+def check_shape(document: Any, *, what: str, check: str, max_depth: int = MAX_DEPTH,
+                max_nodes: int = MAX_NODES) -> None:
+    """Walk iteratively (no recursion on hostile depth): bounded depth and node count."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise MalformedEvidence(f"{what} has more than {max_nodes} values", check=check)
+        if isinstance(value, Mapping | list | tuple):
+            if depth > max_depth:
+                raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)", check=check)
+            children = value.values() if isinstance(value, Mapping) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+def to_json_types(value: Any) -> Any:
+    """TOML values as JSON: dates and times become RFC 3339 strings (tomllib's only non-JSON types).
+
+    Called on documents `check_shape` already bounded, so the recursion depth is bounded too.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_json_types(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_types(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return value
+
+
+def encoded_size(document: Any) -> int:
+    """Bytes of the compact JSON encoding (what the token and the database hold)."""
+    return len(json.dumps(document, separators=(",", ":")).encode())
