@@ -325,7 +325,10 @@ def test_admin_api_refuses_bad_tokens_and_changes_nothing(broker: Broker, tmp_pa
     assert asyncio.run(go()) == [401, 401, 401, 401]
 
 
-def test_release_log_chain_and_no_key_in_logs(broker: Broker) -> None:
+def test_release_log_chain_and_no_key_in_logs(broker: Broker, guest: SnpGuest) -> None:
+    status, _, _ = asyncio.run(full_flow(broker.url, "snp", "prod/key/disk", guest=guest))  # (tests run apart)
+    assert status == 200
+
     async def verify() -> dict[str, Any]:
         status, body = await admin(broker, "GET", "/kbs/v0/admin/release-log/verify")
         assert status == 200, body
@@ -337,7 +340,9 @@ def test_release_log_chain_and_no_key_in_logs(broker: Broker) -> None:
     assert all(e["ref"] for e in releases) and any(e["resource"] == "prod/key/disk" for e in releases)
 
 
-def test_metrics_and_health(broker: Broker) -> None:
+def test_metrics_and_health(broker: Broker, guest: SnpGuest) -> None:
+    status, _, _ = asyncio.run(full_flow(broker.url, "snp", "prod/key/disk", guest=guest))
+    assert status == 200
     text = asyncio.run(_metrics(broker))
     assert "kbs_attestations_total{result=\"ok\",tee=\"snp\"}" in text
     assert "kbs_verification_seconds_bucket" in text and "kbs_build_info" in text

@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,10 +115,34 @@ async def _log_refusal(st: BrokerState, chain: str, record: ReleaseRecord, exc: 
     await _log(st, chain, replace(record, decision=exc.decision, reason=exc.reason, detail=exc.detail[:MAX_DETAIL]))
 
 
-def _internal(exc: Exception) -> ProtocolError:
+def _failure(exc: Exception) -> ProtocolError:
+    """What the guest hears when the broker, not the request, failed."""
+    if isinstance(exc, StoreError):  # unreachable, or a row that fails authentication: nothing is released
+        log.error("store failure", extra={"check": exc.check, "error": str(exc)})
+        return ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=503, reason=exc.check,
+                             decision="error", public="the broker's store failed; nothing was released")
     log.error("unexpected error", exc_info=exc)
     return ProtocolError("PluginInternalError", f"internal error: {type(exc).__name__}: {exc}", status=500,
                          reason="internal", decision="error", public="internal error; see the broker's log")
+
+
+Step = Callable[[web.Request, BrokerState, datetime], Awaitable[web.Response]]
+
+
+async def _refusals_logged(request: web.Request, resource: str, step: Step) -> web.Response:
+    """Run a step before any token exists: whatever refuses the request is in the refusal log."""
+    st = _state(request)
+    now = st.clock()
+    record = _refusal(now, resource, request, new_reference())
+    try:
+        return await step(request, st, now)
+    except ProtocolError as exc:
+        await _log_refusal(st, REFUSALS, record, exc)
+        raise
+    except Exception as exc:
+        failure = _failure(exc)
+        await _log_refusal(st, REFUSALS, record, failure)
+        raise failure from exc
 
 
 def _refusal(at: datetime, resource: str, request: web.Request, ref: str, tee: str | None = None) -> ReleaseRecord:
@@ -137,16 +162,7 @@ def _json(raw: bytes, what: str) -> Any:
 
 @routes.post("/kbs/v0/auth")
 async def auth(request: web.Request) -> web.Response:
-    st, now, ref = _state(request), _state(request).clock(), new_reference()
-    try:
-        return await _auth(request, st, now)
-    except ProtocolError as exc:
-        await _log_refusal(st, REFUSALS, _refusal(now, "(auth)", request, ref), exc)
-        raise
-    except Exception as exc:
-        failure = _internal(exc)
-        await _log_refusal(st, REFUSALS, _refusal(now, "(auth)", request, ref), failure)
-        raise failure from exc
+    return await _refusals_logged(request, "(auth)", _auth)
 
 
 async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Response:
@@ -193,16 +209,7 @@ async def _live_session(request: web.Request, now: datetime) -> Session:
 
 @routes.post("/kbs/v0/attest")
 async def attest(request: web.Request) -> web.Response:
-    st, now, ref = _state(request), _state(request).clock(), new_reference()
-    try:
-        return await _attest(request, st, now)
-    except ProtocolError as exc:
-        await _log_refusal(st, REFUSALS, _refusal(now, "(attest)", request, ref), exc)
-        raise
-    except Exception as exc:
-        failure = _internal(exc)
-        await _log_refusal(st, REFUSALS, _refusal(now, "(attest)", request, ref), failure)
-        raise failure from exc
+    return await _refusals_logged(request, "(attest)", _attest)
 
 
 async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.Response:
@@ -321,14 +328,8 @@ async def get_resource(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         await _log_refusal(st, chain, record, exc)
         raise
-    except StoreError as exc:  # unreachable, or a row that fails authentication: nothing is released
-        log.error("store failure", extra={"resource": record.resource, "check": exc.check, "error": str(exc)})
-        failure = ProtocolError("PluginInternalError", f"{exc.check}: {exc}", status=503, reason=exc.check,
-                                decision="error", public="the broker's store failed; nothing was released")
-        await _log_refusal(st, chain, record, failure)
-        raise failure from exc
     except Exception as exc:
-        failure = _internal(exc)
+        failure = _failure(exc)
         await _log_refusal(st, chain, record, failure)
         raise failure from exc
 
