@@ -60,10 +60,27 @@ void p384_mont_mul_portable(uint64_t r[6], const uint64_t a[6], const uint64_t b
         r[j] = keep ? t[j] : d[j];
 }
 
+#if defined(P384_HAVE_ASM) && !defined(KBS_P384_PORTABLE_ONLY) && defined(__clang__)
+/*
+ * clang's __builtin_cpu_supports knows no "adx" (clang 14, the libFuzzer build), so ask
+ * cpuid leaf 7 (EBX bit 8 BMI2, bit 19 ADX) once at load time, as libgcc fills the
+ * __cpu_model that gcc's builtin reads: written before any call, read-only after.
+ */
+#include <cpuid.h>
+static int clang_have_adx;
+__attribute__((constructor)) static void clang_detect_adx(void)
+{
+    unsigned a, b, c, d;
+    clang_have_adx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b >> 8 & 1) && (b >> 19 & 1);
+}
+#endif
+
 /* Build with -DKBS_P384_PORTABLE_ONLY to test or time the fallback on an ADX machine. */
 int p384_have_adx(void)
 {
-#if defined(P384_HAVE_ASM) && !defined(KBS_P384_PORTABLE_ONLY)
+#if defined(P384_HAVE_ASM) && !defined(KBS_P384_PORTABLE_ONLY) && defined(__clang__)
+    return clang_have_adx;
+#elif defined(P384_HAVE_ASM) && !defined(KBS_P384_PORTABLE_ONLY)
     return __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("adx");
 #else
     return 0;
