@@ -33,19 +33,21 @@ def loads(raw: bytes | str, *, what: str, check: str, max_depth: int = MAX_DEPTH
 
 def check_shape(document: Any, *, what: str, check: str, max_depth: int = MAX_DEPTH,
                 max_nodes: int = MAX_NODES) -> None:
-    """Walk iteratively (no recursion on hostile depth): bounded depth and node count."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    nodes = 0
+    """Walk the containers iteratively (no recursion on hostile depth): bounded depth and value count.
+
+    Only dicts and lists are pushed (what parsers return); scalars are counted by their container's
+    length, which keeps this ~10x cheaper than visiting every value (an SNP message has ~6,000)."""
+    stack: list[tuple[Any, int]] = [(document, 1)] if type(document) in (dict, list) else []
+    nodes = 1
     while stack:
         value, depth = stack.pop()
-        nodes += 1
+        if depth > max_depth:
+            raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)", check=check)
+        children = value.values() if type(value) is dict else value
+        nodes += len(children)
         if nodes > max_nodes:
             raise MalformedEvidence(f"{what} has more than {max_nodes} values", check=check)
-        if isinstance(value, Mapping | list | tuple):
-            if depth > max_depth:
-                raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)", check=check)
-            children = value.values() if isinstance(value, Mapping) else value
-            stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if type(child) is dict or type(child) is list)
 
 
 def to_json_types(value: Any) -> Any:
