@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from timing import interleaved, print_rates
 
 from kbs import native
-from kbs.evidence.snp import verify_snp
+from kbs.evidence.snp.verify import verify_snp
 from kbs.trust.x509 import Certificate, load_certificates
 
 VECTORS = Path(os.environ.get("KBS_VECTORS", Path(__file__).resolve().parents[2] / "shared" / "vectors"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fuzz.mutations import mutated
 from kbs import native
 from kbs.errors import KbsError, MalformedEvidence
-from kbs.evidence.snp_certtable import GUID_ARK, GUID_ASK, GUID_VCEK, build_cert_table
+from kbs.evidence.snp.certtable import GUID_ARK, GUID_ASK, GUID_VCEK, build_cert_table
 from kbs.trust.x509 import parse_certificate
 from tests.conftest import vectors_dir
 

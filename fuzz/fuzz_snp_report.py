@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from fuzz.mutations import mutated
 from kbs import native
 from kbs.errors import MalformedEvidence
-from kbs.evidence.snp_report import parse_report
+from kbs.evidence.snp.report import parse_report
 from tests.amd_synth import build_report
 from tests.conftest import snp_vector_names, vectors_dir
 

@@ -19,16 +19,16 @@ from typing import Any
 
 from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
 from kbs.errors import EvidenceError, KbsError
-from kbs.evidence.snp import DEFAULT_VMPLS, verify_snp
-from kbs.evidence.snp_certtable import parse_cert_table
-from kbs.evidence.snp_report import parse_report
+from kbs.evidence.snp.certtable import parse_cert_table
+from kbs.evidence.snp.collateral import gather_snp_collateral
+from kbs.evidence.snp.report import parse_report
+from kbs.evidence.snp.verify import DEFAULT_VMPLS, verify_snp
 from kbs.policy.loader import claims_document, dialect_of, validate_policy
 from kbs.policy.measure import add_measure_parser, run_measure
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.timearg import rfc3339
-from kbs.trust.collateral import gather_snp_collateral
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates
 

@@ -25,7 +25,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 
 from kbs.evidence.binding import primary_runtime_digest
-from kbs.evidence.snp_coco import report_to_coco
+from kbs.evidence.snp.coco import report_to_coco
 from kbs.keys.jwe import TeeKey, generate_tee_key
 from tests.amd_synth import SyntheticAmd, Vek, build_report, sign_report
 

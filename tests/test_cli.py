@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kbs.cli import main
-from kbs.evidence.snp_certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, build_cert_table
+from kbs.evidence.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, build_cert_table
 from tests.amd_synth import SyntheticAmd, build_report, sign_report
 from tests.conftest import load_snp_vector
 from tests.test_snp_verify import certs_of

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from kbs.errors import KbsError
 from kbs.evidence.binding import primary_runtime_digest
-from kbs.evidence.snp import verify_snp
-from kbs.evidence.snp_certtable import GUID_ARK, GUID_ASK, GUID_VCEK, build_cert_table
-from kbs.evidence.snp_coco import report_from_coco
+from kbs.evidence.snp.certtable import GUID_ARK, GUID_ASK, GUID_VCEK, build_cert_table
+from kbs.evidence.snp.coco import report_from_coco
+from kbs.evidence.snp.verify import verify_snp
 from kbs.guest import GuestError, cli
 from kbs.guest.client import backoff_delay, fetch_resource, parse_resource
 from kbs.guest.evidence import SampleEvidence, TsmReport

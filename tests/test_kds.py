@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from kbs.errors import CollateralUnavailable, MalformedEvidence, UsageError
-from kbs.evidence.snp_report import TcbVersion, parse_report
+from kbs.evidence.snp.report import TcbVersion, parse_report
 from kbs.trust.kds import (
     DEFAULT_BURST,
     DEFAULT_RETRY_AFTER,

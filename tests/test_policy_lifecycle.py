@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kbs.cli import main
-from kbs.evidence.snp import verify_snp
+from kbs.evidence.snp.verify import verify_snp
 from kbs.policy.ear import ear_document, snp_submod
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry, content_hash
 from kbs.policy.loader import claims_document, validate_policy

@@ -9,8 +9,7 @@ import pytest
 
 from kbs import native
 from kbs.errors import MalformedEvidence
-from kbs.evidence.snp import verify_snp
-from kbs.evidence.snp_certtable import (
+from kbs.evidence.snp.certtable import (
     GUID_ARK,
     GUID_ASK,
     GUID_CRL,
@@ -18,6 +17,7 @@ from kbs.evidence.snp_certtable import (
     build_cert_table,
     parse_cert_table,
 )
+from kbs.evidence.snp.verify import verify_snp
 from kbs.trust import amd
 from tests.amd_synth import NOW, SyntheticAmd
 from tests.conftest import SnpVector, load_snp_vector

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
-from kbs.evidence.snp import verify_snp
-from kbs.evidence.snp_coco import CHECK, report_from_coco, report_to_coco
+from kbs.evidence.snp.coco import CHECK, report_from_coco, report_to_coco
+from kbs.evidence.snp.verify import verify_snp
 from kbs.trust.x509 import load_certificates, parse_certificate
 from tests.conftest import SnpVector, vectors_dir
 

@@ -9,7 +9,7 @@ import pytest
 
 from kbs import native
 from kbs.errors import MalformedEvidence
-from kbs.evidence.snp_report import PlatformInfo, TcbVersion, family_from_cpuid, parse_report
+from kbs.evidence.snp.report import PlatformInfo, TcbVersion, family_from_cpuid, parse_report
 from tests.amd_synth import build_report
 from tests.conftest import SnpVector
 

@@ -9,8 +9,8 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from kbs import native
 from kbs.errors import ChainInvalid, EvidenceError, MalformedEvidence, SignatureInvalid
-from kbs.evidence.snp import verify_snp
-from kbs.evidence.snp_report import parse_report
+from kbs.evidence.snp.report import parse_report
+from kbs.evidence.snp.verify import verify_snp
 from kbs.trust.amd import PINNED_ARKS
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
 from tests.amd_synth import NOW, SyntheticAmd

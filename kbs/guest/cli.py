@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from kbs.evidence.snp_coco import FAMILIES
+from kbs.evidence.snp.coco import FAMILIES
 from kbs.guest import GuestError
 from kbs.guest.client import fetch_resource, parse_resource
 from kbs.guest.evidence import SNP_PROVIDERS, TSM_REPORT_ROOT, EvidenceSource, SampleEvidence, TsmReport

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from kbs import native
 from kbs.errors import KbsError
-from kbs.evidence.snp_certtable import CERT_GUIDS, GUID_CRL
-from kbs.evidence.snp_coco import FAMILIES, report_to_coco
+from kbs.evidence.snp.certtable import CERT_GUIDS, GUID_CRL
+from kbs.evidence.snp.coco import FAMILIES, report_to_coco
 from kbs.guest import GuestError
 
 log = logging.getLogger("kbs.guest")

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pythonjsonlogger.json import JsonFormatter
 
 from kbs.errors import KbsError
-from kbs.evidence.snp import configure_key_tables
+from kbs.evidence.snp.verify import configure_key_tables
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool

@@ -26,12 +26,12 @@ from kbs.evidence.binding import (
     primary_runtime_digest,
 )
 from kbs.evidence.sample import verify_sample
-from kbs.evidence.snp import DEFAULT_VMPLS, check_vmpl, verify_snp
-from kbs.evidence.snp_coco import CocoSnpEvidence, report_from_coco
-from kbs.evidence.snp_report import SnpReport, parse_report
+from kbs.evidence.snp.coco import CocoSnpEvidence, report_from_coco
+from kbs.evidence.snp.collateral import gather_snp_collateral
+from kbs.evidence.snp.report import SnpReport, parse_report
+from kbs.evidence.snp.verify import DEFAULT_VMPLS, check_vmpl, verify_snp
 from kbs.keys.jwe import parse_tee_jwk
 from kbs.policy.ear import Submod
-from kbs.trust.collateral import gather_snp_collateral
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import Certificate
 

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import aiohttp
 from cryptography import x509 as pyca_x509
@@ -65,7 +65,6 @@ from yarl import URL
 
 from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence, UsageError
-from kbs.evidence.snp_report import TcbVersion
 from kbs.trust.amd import PRODUCTS, VCEK, VLEK, parse_vek_extensions
 from kbs.trust.x509 import Certificate, load_certificates
 
@@ -106,6 +105,21 @@ def _check_kind(kind: str) -> str:
         raise UsageError(f"certificate kind must be {VCEK!r} or {VLEK!r}, not {kind!r}",
                          check="kds.kind")
     return kind.lower()
+
+
+class TcbVersion(Protocol):
+    """The security patch levels a VCEK is issued for (the evidence's REPORTED_TCB has these)."""
+
+    @property
+    def bl(self) -> int: ...
+    @property
+    def tee(self) -> int: ...
+    @property
+    def snp(self) -> int: ...
+    @property
+    def ucode(self) -> int: ...
+    @property
+    def fmc(self) -> int | None: ...
 
 
 def vcek_url_path(product: str, chip_id: bytes, tcb: TcbVersion) -> str:

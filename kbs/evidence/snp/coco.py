@@ -29,7 +29,7 @@ from typing import Any
 
 from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
-from kbs.evidence.snp_report import TcbVersion
+from kbs.evidence.snp.report import TcbVersion
 from kbs.trust import x509
 from kbs.trust.x509 import Certificate, parse_certificate
 

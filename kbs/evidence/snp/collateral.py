@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kbs.errors import CollateralUnavailable
-from kbs.evidence.snp_report import SnpReport
+from kbs.evidence.snp.report import SnpReport
 from kbs.trust.amd import VCEK, VLEK, CertBundle
 from kbs.trust.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
