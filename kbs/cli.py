@@ -29,7 +29,7 @@ from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.timearg import rfc3339
-from kbs.trust.kds import KdsClient
+from kbs.trust.amd.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2

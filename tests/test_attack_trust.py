@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from kbs.evidence.binding import primary_runtime_digest
 from kbs.evidence.snp.coco import report_to_coco
 from kbs.keys.jwe import TeeKey, generate_tee_key
-from kbs.trust.kds import DEFAULT_BURST, DEFAULT_RATE_PER_SECOND
+from kbs.trust.amd.kds import DEFAULT_BURST, DEFAULT_RATE_PER_SECOND
 from kbs.trust.x509 import MAX_CERTIFICATE_SIZE
 from tests.amd_synth import (
     SyntheticAmd,

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kbs.evidence.snp.report import parse_report
-from kbs.trust.kds import vcek_url_path
+from kbs.trust.amd.kds import vcek_url_path
 from tests.amd_synth import NOW, SyntheticAmd, build_report, sign_report
 from tests.conftest import load_snp_vector
 from tests.test_kds import FakeKds, chain_pem, serve

@@ -31,7 +31,7 @@ from yarl import URL
 
 from kbs.errors import CollateralUnavailable, MalformedEvidence, UsageError
 from kbs.evidence.snp.report import TcbVersion, parse_report
-from kbs.trust.kds import (
+from kbs.trust.amd.kds import (
     DEFAULT_BURST,
     DEFAULT_RETRY_AFTER,
     MAX_RETRY_AFTER,

@@ -18,7 +18,7 @@ from kbs.evidence.snp.certtable import (
     parse_cert_table,
 )
 from kbs.evidence.snp.verify import verify_snp
-from kbs.trust import amd
+from kbs.trust.amd import certs as amd
 from tests.amd_synth import NOW, SyntheticAmd
 from tests.conftest import SnpVector, load_snp_vector
 from tests.test_snp_verify import _at, certs_of

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from kbs.errors import ChainInvalid, CollateralUnavailable, EvidenceError
 from kbs.evidence.snp.report import parse_report
 from kbs.evidence.snp.verify import appraise, verify_snp
-from kbs.trust.amd import CertBundle, verify_chain
+from kbs.trust.amd.certs import CertBundle, verify_chain
 from kbs.trust.x509 import Certificate, parse_certificate
 from tests.amd_synth import NOW, SyntheticAmd, Vek, build_report, sign_report, tcb_value
 

@@ -11,7 +11,7 @@ from kbs import native
 from kbs.errors import ChainInvalid, EvidenceError, MalformedEvidence, SignatureInvalid
 from kbs.evidence.snp.report import parse_report
 from kbs.evidence.snp.verify import verify_snp
-from kbs.trust.amd import PINNED_ARKS
+from kbs.trust.amd.certs import PINNED_ARKS
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
 from tests.amd_synth import NOW, SyntheticAmd
 from tests.conftest import SnpVector, load_snp_vector
@@ -134,7 +134,7 @@ def _product(v: SnpVector) -> str:
 
 def _recertify(v: SnpVector, synth: SyntheticAmd, **overrides: object) -> list[Certificate]:
     """The real VEK's public key and extension values, issued by `synth` (overrides change one value)."""
-    from kbs.trust.amd import parse_vek_extensions
+    from kbs.trust.amd.certs import parse_vek_extensions
 
     real = vek_of(v)
     ext = parse_vek_extensions(real)

@@ -40,7 +40,7 @@ from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
 from kbs.store.integrity import ROW_MAC_PURPOSE
 from kbs.store.sqlite import SqliteStore
-from kbs.trust.kds import KdsClient
+from kbs.trust.amd.kds import KdsClient
 from kbs.trust.x509 import load_certificates
 
 log = logging.getLogger("kbs.server")

@@ -32,7 +32,7 @@ from kbs.evidence.snp.report import SnpReport, parse_report
 from kbs.evidence.snp.verify import DEFAULT_VMPLS, check_vmpl, verify_snp
 from kbs.keys.jwe import parse_tee_jwk
 from kbs.policy.ear import Submod
-from kbs.trust.kds import KdsClient
+from kbs.trust.amd.kds import KdsClient
 from kbs.trust.x509 import Certificate
 
 SUPPORTED_TEES = ("snp", "sample")

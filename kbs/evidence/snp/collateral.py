@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from kbs.errors import CollateralUnavailable
 from kbs.evidence.snp.report import SnpReport
-from kbs.trust.amd import VCEK, VLEK, CertBundle
-from kbs.trust.kds import KdsClient
+from kbs.trust.amd.certs import VCEK, VLEK, CertBundle
+from kbs.trust.amd.kds import KdsClient
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
 
 

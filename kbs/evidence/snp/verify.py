@@ -16,7 +16,7 @@ from typing import Any
 from kbs import native
 from kbs.errors import ChainInvalid, EvidenceError, SignatureInvalid
 from kbs.evidence.snp.report import SnpReport, TcbVersion, parse_report
-from kbs.trust.amd import VCEK, AmdChain, CertBundle, check_crl, verify_chain
+from kbs.trust.amd.certs import VCEK, AmdChain, CertBundle, check_crl, verify_chain
 from kbs.trust.x509 import Certificate
 
 

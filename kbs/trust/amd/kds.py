@@ -65,7 +65,7 @@ from yarl import URL
 
 from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence, UsageError
-from kbs.trust.amd import PRODUCTS, VCEK, VLEK, parse_vek_extensions
+from kbs.trust.amd.certs import PRODUCTS, VCEK, VLEK, parse_vek_extensions
 from kbs.trust.x509 import Certificate, load_certificates
 
 log = logging.getLogger("kbs.kds")
