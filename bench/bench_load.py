@@ -103,7 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "ark.pem").write_bytes(pki.ark_pem)
-        config = f'[trust]\nsnp_roots = ["{tmp / "ark.pem"}"]\n[kds]\noffline = true\n'
+        config = f'[verifiers.snp]\ntrust_roots = ["{tmp / "ark.pem"}"]\noffline = true\n'
         with run_broker(tmp, config, env={"KBS_LOG_LEVEL": "WARNING"}) as broker:
             asyncio.run(provision(broker))
             asyncio.run(storm(broker, "snp", 2, 1.0, guest))  # warm up

@@ -31,7 +31,9 @@ from typing import Any
 
 from timing import interleaved, print_rates
 
-from kbs.policy.ear import Submod, ear_document, snp_submod
+from kbs.evidence.base import AFFIRMING, GPU, Appraisal, trust_vector
+from kbs.evidence.snp.verifier import snp_appraisal
+from kbs.policy.ear import Submod, ear_document
 from kbs.policy.loader import validate_policy
 from kbs.policy.model import ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
@@ -77,7 +79,9 @@ def claims(debug: bool = False) -> dict[str, Any]:
            "reported_tcb_snp": 23, "reported_tcb_microcode": 84, "firmware_version": "1.55.40",
            "firmware": {"current": {"major": 1, "minor": 55, "build": 40}}, "report_data": "00" * 64,
            "init_data": "00" * 32, "chip_id": "11" * 64}
-    return ear_document([snp_submod(snp), Submod(tee="nvgpu", claims={"measres": "success"})], issued_at=NOW)
+    gpu = Appraisal(tee="nvgpu", device_class=GPU, claims={"measres": "success"},
+                    vector=trust_vector(instance_identity=AFFIRMING, hardware=AFFIRMING, configuration=AFFIRMING))
+    return ear_document([Submod(snp_appraisal(snp)), Submod(gpu)], issued_at=NOW)
 
 
 def handwritten(doc: dict[str, Any]) -> bool:

@@ -10,10 +10,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kbs.evidence.base import CPU, GPU, Appraisal
 from kbs.policy.ear import Submod, ear_document
 from kbs.policy.json_policy import OPERATORS, JsonPolicy
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from tests.appraisals import AFFIRMED
 
 NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 REQUEST = ResourceRequest.parse("a/b/c")
@@ -29,12 +31,17 @@ json_values = st.recursive(st.one_of(st.none(), scalars),
 claims_dicts = st.dictionaries(st.sampled_from(NAMES), json_values, max_size=6)
 
 
+def _submod(draw: st.DrawFn) -> Submod:
+    tee = draw(st.sampled_from(["snp", "tdx", "nvgpu", "sample"]))
+    return Submod(Appraisal(tee=tee, device_class=GPU if tee == "nvgpu" else CPU, claims=draw(claims_dicts),
+                            vector=AFFIRMED))
+
+
 @st.composite
 def claim_documents(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(json_values)  # not even an object
-    subs = [Submod(tee=draw(st.sampled_from(["snp", "tdx", "nvgpu", "sample"])), claims=draw(claims_dicts))
-            for _ in range(draw(st.integers(0, 3)))]
+    subs = [_submod(draw) for _ in range(draw(st.integers(0, 3)))]
     doc = ear_document(subs, issued_at=NOW)
     if draw(st.booleans()):
         doc["submods"]["cpu9"] = draw(json_values)  # a malformed submod

@@ -10,39 +10,29 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
-from kbs.errors import EvidenceError, KbsError
-from kbs.evidence.snp.certtable import parse_cert_table
-from kbs.evidence.snp.collateral import gather_snp_collateral
-from kbs.evidence.snp.report import parse_report
-from kbs.evidence.snp.verify import DEFAULT_VMPLS, verify_snp
+from kbs.collateral_cli import add_collateral_parser
+from kbs.errors import EvidenceError, KbsError, UsageError
+from kbs.evidence.base import VerifyCommand
+from kbs.evidence.registry import AVAILABLE
+from kbs.evidence.snp.measure import add_measure_parser, run_measure
 from kbs.policy.loader import claims_document, dialect_of, validate_policy
-from kbs.policy.measure import add_measure_parser, run_measure
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.timearg import rfc3339
-from kbs.trust.amd.kds import KdsClient
-from kbs.trust.x509 import Certificate, load_certificates
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
-DEFAULT_KDS = "https://kdsintf.amd.com"
 
 
 class Usage(Exception):
     """A usage error: exit 2."""
-
-
-def _default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "kbs" / "kds"
 
 
 def _read(path: str, what: str) -> bytes:
@@ -57,26 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     verify = commands.add_parser("verify", help="verify evidence offline or against the vendor's service")
     kinds = verify.add_subparsers(dest="kind", required=True)
-    snp = kinds.add_parser("snp", help="verify an AMD SEV-SNP attestation report (1184 bytes)")
-    snp.add_argument("report", help="the raw report file")
-    snp.add_argument("--certs", action="append", default=[], metavar="FILE",
-                     help="PEM or DER certificates (VCEK/VLEK, ASK/ASVK, ARK in any order); repeatable")
-    snp.add_argument("--cert-table", metavar="FILE", help="extended-report certificate table (GUID table)")
-    snp.add_argument("--trust-root", action="append", default=[], metavar="PEM",
-                     help="trust this ARK instead of the pinned AMD roots (labs, tests); repeatable")
-    snp.add_argument("--at", type=rfc3339, metavar="RFC3339", help="verification time (default: now)")
-    snp.add_argument("--offline", action="store_true", help="never contact KDS; use only the cache")
-    snp.add_argument("--check-crl", action="store_true", help="fetch the KDS CRL and check the ASK/ASVK")
-    snp.add_argument("--crl", metavar="FILE", help="check the ASK/ASVK against this DER CRL")
-    snp.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_KDS), help="KDS base URL")
-    snp.add_argument("--cache-dir", type=Path, default=None, help="KDS cache (default ~/.cache/kbs/kds)")
-    snp.add_argument("--vmpl", action="append", type=int, choices=range(4), metavar="N",
-                     help="allow reports requested at VMPL N (repeatable; default: 0 only)")
-    snp.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
-    snp.set_defaults(func=_run_verify_snp)
+    for name, verifier_type in AVAILABLE.items():  # `kbs verify <tee>` comes from the registry
+        command = verifier_type.verify_command()
+        if command is not None:
+            tee = kinds.add_parser(name, help=command.help)
+            command.add_arguments(tee)
+            tee.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
+            tee.set_defaults(func=functools.partial(_run_verify, command))
     _add_policy_parser(commands)
     add_admin_parsers(commands)
     add_measure_parser(commands)
+    add_collateral_parser(commands)
     serve = commands.add_parser("serve", help="run the key broker daemon")
     serve.add_argument("--config", type=Path, help="TOML configuration (default: dev mode on loopback)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
@@ -153,31 +134,6 @@ def _text(path: str, what: str) -> str:
         raise Usage(f"{what} {path} is not UTF-8 text") from exc
 
 
-async def _verify_snp(args: argparse.Namespace) -> dict[str, Any]:
-    data = _read(args.report, "report")
-    offered: list[Certificate] = []
-    for path in args.certs:
-        offered += load_certificates(_read(path, "certificates"))
-    table_crl = None
-    if args.cert_table:
-        table = parse_cert_table(_read(args.cert_table, "certificate table"))
-        offered += table.certificates
-        table_crl = table.crl
-    roots = [c for path in args.trust_root for c in load_certificates(_read(path, "trust root"))] or None
-    # A CRL from --crl wins, then one from the certificate table, then KDS (with --check-crl).
-    crl = _read(args.crl, "CRL") if args.crl else (table_crl if args.check_crl else None)
-    at = args.at or dt.datetime.now(dt.UTC)
-
-    report = parse_report(data)
-    async with KdsClient(args.kds_url, cache_dir=args.cache_dir or _default_cache(),
-                         offline=args.offline) as kds:
-        collateral = await gather_snp_collateral(report, offered, kds, roots,
-                                                 want_crl=args.check_crl and crl is None)
-    crl = crl or collateral.crl
-    vmpls = frozenset(args.vmpl) if args.vmpl else DEFAULT_VMPLS
-    return verify_snp(data, collateral.certificates, at, roots, crl, vmpls).claims()
-
-
 def _run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -194,14 +150,13 @@ def _run_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_verify_snp(args: argparse.Namespace) -> int:
-    claims = asyncio.run(_verify_snp(args))
+def _run_verify(command: VerifyCommand, args: argparse.Namespace) -> int:
+    claims = asyncio.run(command.run(args))
     if args.json:
         print(json.dumps(claims, separators=(",", ":")))
     else:
         print(json.dumps(claims, indent=2))
-        print(f"kbs: verified: {claims['product']} SNP report v{claims['version']}, signed by the "
-              f"{claims['signing_key']}", file=sys.stderr)
+        print(f"kbs: verified: {command.summary(claims)}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -211,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except Usage as exc:
+    except (Usage, UsageError) as exc:
         print(f"kbs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KbsError as exc:

@@ -1,19 +1,21 @@
 """cffi builder for the native core: one extension, `kbs._native`, in API mode.
 
-`setup.py` hooks this in; nothing else imports it.  The C API is `kbs_native.h`:
-its declarations are handed to cdef with preprocessor lines removed.
+`setup.py` hooks this in; nothing else imports it.  Every `native/*.c` is compiled in.
+The C API is `kbs_native.h`: cdef gets its text between the `/* BEGIN CDEF */` and
+`/* END CDEF */` marker comments, unchanged (the header's guard and includes stay outside).
 """
 
 import os
-import re
 from pathlib import Path
 
 from cffi import FFI
 
 NATIVE = Path(__file__).resolve().parent
-SOURCES = ["snp_report.c", "snp_certtable.c", "hash.c", "ecdsa_p384.c",
-           "p384_mont.c", "p384_mont_adx.c", "p384_field_x86.c", "p384_bignum.c", "p384_field.c", "p384_scalar.c",
-           "p384_point.c", "p384_verify.c"]
+HEADER = NATIVE / "kbs_native.h"
+CDEF_BEGIN, CDEF_END = "/* BEGIN CDEF */", "/* END CDEF */"
+
+# Every C file in native/, as paths relative to the project root (where setup.py runs).
+SOURCES = sorted(str(path.relative_to(NATIVE.parent)) for path in NATIVE.glob("*.c"))
 
 # Warnings are errors: this code parses hostile bytes.
 CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wconversion",
@@ -30,12 +32,11 @@ print("kbs native: P-384 field multiply = mulx/adcx/adox asm on x86-64 CPUs with
 
 
 def _cdef_source() -> str:
-    text = (NATIVE / "kbs_native.h").read_text()
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    # Keep integer #defines (cffi understands them); drop include guards and includes.
-    lines = [ln for ln in text.splitlines()
-             if not ln.startswith("#") or re.match(r"#define KBS_\w+ \d+$", ln)]
-    return "\n".join(lines)
+    """The header's declarations: the text between its two CDEF markers."""
+    text = HEADER.read_text()
+    if text.count(CDEF_BEGIN) != 1 or text.count(CDEF_END) != 1:
+        raise SystemExit(f"{HEADER} must hold exactly one {CDEF_BEGIN} and one {CDEF_END}")
+    return text.split(CDEF_BEGIN)[1].split(CDEF_END)[0]
 
 
 ffibuilder = FFI()
@@ -43,7 +44,7 @@ ffibuilder.cdef(_cdef_source())
 ffibuilder.set_source(
     "kbs._native",
     '#include "kbs_native.h"',
-    sources=[str(Path("native") / name) for name in SOURCES],
+    sources=SOURCES,
     include_dirs=["native"],
     libraries=["crypto"],
     extra_compile_args=CFLAGS,

@@ -3,13 +3,19 @@
  *
  * Rules (see README, "Design"): every function parses untrusted bytes with each
  * length checked before use, does no I/O, keeps no mutable global state, and
- * returns a kbs_status.  Lines starting with '#' are stripped before this file
- * is handed to cffi's cdef, so keep everything else plain C declarations.
+ * returns a kbs_status.
+ *
+ * native/build_ffi.py hands cffi's cdef the text between the two marker comments
+ * BEGIN CDEF and END CDEF below, unchanged.  Keep that part to what cdef parses:
+ * plain declarations, comments and `#define NAME <integer>` lines (no other
+ * preprocessor lines, attributes or macros with expressions).
  */
 #ifndef KBS_NATIVE_H
 #define KBS_NATIVE_H
 #include <stddef.h>
 #include <stdint.h>
+
+/* BEGIN CDEF */
 
 /* One code per distinct failure, so Python can name exactly what was wrong. */
 enum kbs_status {
@@ -167,5 +173,7 @@ int kbs_snp_verify_with_table(const uint8_t *buf, size_t len, const struct kbs_p
 
 /* Which field multiply this CPU runs ("mulx/adcx/adox asm" or "portable C ..."). */
 const char *kbs_p384_implementation(void);
+
+/* END CDEF */
 
 #endif

@@ -103,8 +103,8 @@ def kds() -> Iterator[KdsThread]:
 @pytest.fixture
 def broker(tmp_path: Path, pki: SyntheticAmd, kds: KdsThread) -> Iterator[Broker]:
     (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
-    config = (f'[trust]\nsnp_roots = ["{tmp_path / "ark.pem"}"]\n'
-              f'[kds]\nurl = "{kds.url}"\noffline = false\ncache_dir = "{tmp_path / "kds"}"\n')
+    config = (f'[verifiers.snp]\ntrust_roots = ["{tmp_path / "ark.pem"}"]\n'
+              f'kds_url = "{kds.url}"\noffline = false\ncache_dir = "{tmp_path / "kds"}"\n')
     with run_broker(tmp_path, config) as b:
         yield b
 

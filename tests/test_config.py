@@ -31,13 +31,14 @@ lifetime_seconds = 60
 max_body_bytes = 1024
 request_timeout_seconds = 5
 verify_threads = 2
-key_tables = 8
 attestation_retention_days = 7
-[trust]
-snp_roots = ["/etc/kbs/ark.pem"]
-[kds]
-url = "http://kds.internal"
+[verifiers]
+enabled = ["snp", "sample"]
+[verifiers.snp]
+trust_roots = ["/etc/kbs/ark.pem"]
+kds_url = "http://kds.internal"
 offline = true
+key_tables = 8
 [[admin.keys]]
 name = "ops"
 public_key = "/etc/kbs/ops.pub"
@@ -47,8 +48,10 @@ role = "auditor"
     assert not config.dev_mode  # a config file means production unless it says otherwise
     assert config.host_port == ("::1", 9443) and config.database_path == Path("/srv/kbs.db")
     assert (config.session_lifetime, config.token_lifetime, config.request_timeout) == (120, 60, 5.0)
-    assert (config.verify_threads, config.key_tables, config.attestation_retention_days) == (2, 8, 7)
-    assert config.snp_roots == (Path("/etc/kbs/ark.pem"),) and config.kds_offline
+    assert (config.verify_threads, config.attestation_retention_days) == (2, 7)
+    assert config.enabled_tees == ("snp", "sample") and not config.warnings
+    assert config.verifier_tables == {"snp": {"trust_roots": ["/etc/kbs/ark.pem"], "kds_url": "http://kds.internal",
+                                              "offline": True, "key_tables": 8}}
     assert config.admin_keys[0].role == "auditor" and config.kek_path == Path("/etc/kbs/kek")
 
 
@@ -60,7 +63,10 @@ role = "auditor"
     ({"limits": {"verify_threads": 1.5}}, "must be an integer"),
     ({"listen": "localhost"}, "listen must be HOST:PORT"),
     ({"listen": "127.0.0.1:99999"}, "listen must be HOST:PORT"),
-    ({"trust": {"snp_roots": "a.pem"}}, "must be a list of paths"),
+    ({"trust": {"arks": ["a.pem"]}}, "unknown configuration key [trust] arks"),
+    ({"verifiers": {"enabled": "snp"}}, "must be a list of TEE names"),
+    ({"trust": {"snp_roots": ["a"]}, "verifiers": {"snp": {"trust_roots": ["b"]}}},
+     "[trust] snp_roots and [verifiers.snp] trust_roots are both set"),
     ({"admin": {"keys": [{"name": "x", "public_key": "k", "role": "root"}]}}, "is not one of"),
     ({"admin": {"keys": [{"name": "x"}]}}, "must have exactly name, public_key and role"),
     ({"database_url": "postgresql://db/kbs"}, None),
@@ -154,3 +160,31 @@ def test_plain_http_only_on_loopback() -> None:
     assert "insecure_http = true" in str(info.value) and "[tls] certificate" in str(info.value)
     check_listen(Config(listen="0.0.0.0:8080", insecure_http=True))
     check_listen(Config(listen="0.0.0.0:8443", tls_certificate=Path("cert.pem")))
+
+
+def test_keys_moved_into_verifiers_snp_still_work_with_a_warning() -> None:
+    """[trust] snp_roots, [kds] * and [limits] key_tables moved into [verifiers.snp] (issue 9)."""
+    config = parse_config({"trust": {"snp_roots": ["/a.pem"]}, "limits": {"key_tables": 4},
+                           "kds": {"url": "http://k", "offline": True, "cache_dir": "/c", "rate_per_second": 2,
+                                   "burst": 3, "negative_ttl_seconds": 9}})
+    assert config.verifier_tables == {"snp": {"trust_roots": ["/a.pem"], "key_tables": 4, "kds_url": "http://k",
+                                              "offline": True, "cache_dir": "/c", "rate_per_second": 2, "burst": 3,
+                                              "negative_ttl_seconds": 9}}
+    assert "[kds] url is deprecated: write [verifiers.snp] kds_url" in config.warnings
+    assert len(config.warnings) == 8
+
+
+def test_verifier_tables_are_checked_by_their_verifier() -> None:
+    """The server does not know a verifier's keys: the registry hands each table to its verifier."""
+    from kbs.evidence.base import VerifierConfigError, VerifierContext
+    from kbs.evidence.registry import VerifierRegistry
+
+    context = VerifierContext()
+    for tables, message in (({"snp": {"allowed_vmpl": [0]}}, "unknown configuration key [verifiers.snp] allowed_vmpl"),
+                            ({"snp": {"allowed_vmpls": []}}, "allowed_vmpls must be a non-empty list of 0..3"),
+                            ({"snp": {"offline": "yes"}}, "[verifiers.snp] offline must be like False"),
+                            ({"tdx-typo": {}}, "unknown TEE(s) 'tdx-typo'"),
+                            ({"sample": {"x": 1}}, "unknown configuration key [verifiers.sample] x")):
+        with pytest.raises(VerifierConfigError) as info:
+            VerifierRegistry.from_config(["snp"], tables, context)
+        assert message in str(info.value)

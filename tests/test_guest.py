@@ -146,7 +146,7 @@ def _provision(broker: Broker) -> None:
 def broker(tmp_path_factory: pytest.TempPathFactory, synth_milan: SyntheticAmd) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("guest-broker")
     (tmp / "ark.pem").write_bytes(synth_milan.ark_pem)
-    trust = f'[trust]\nsnp_roots = ["{tmp / "ark.pem"}"]\n[kds]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
+    trust = f'[verifiers.snp]\ntrust_roots = ["{tmp / "ark.pem"}"]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
     with run_broker(tmp, trust, env={"KBS_LOG_LEVEL": "WARNING"}) as b:
         _provision(b)
         yield b

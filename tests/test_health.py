@@ -17,7 +17,7 @@ from kbs.store.base import StoreError
 
 def test_readyz_follows_the_store(tmp_path: Path) -> None:
     async def go() -> list[tuple[int, str]]:
-        app = make_app(bootstrap_dev(Config(state_dir=tmp_path, kds_offline=True)))
+        app = make_app(bootstrap_dev(Config(state_dir=tmp_path, verifier_tables={"snp": {"offline": True}})))
         out = []
         async with TestClient(TestServer(app)) as client:
             for path in ("/healthz", "/readyz"):
@@ -41,7 +41,7 @@ def test_readyz_follows_the_store(tmp_path: Path) -> None:
 def test_readyz_fails_when_writes_fail_but_reads_work(tmp_path: Path) -> None:
     """A read-only database answers SELECT 1; readiness probes a real write and says not ready."""
     async def go() -> tuple[int, int]:
-        app = make_app(bootstrap_dev(Config(state_dir=tmp_path, kds_offline=True)))
+        app = make_app(bootstrap_dev(Config(state_dir=tmp_path, verifier_tables={"snp": {"offline": True}})))
         async with TestClient(TestServer(app)) as client:
             ready = (await client.get("/readyz")).status
             store = app[STATE].store

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -156,7 +157,18 @@ def fast_client(base: str, cache_dir: Path | None = None,
 
 
 def cache_files(cache: Path) -> list[Path]:
-    return sorted(cache.iterdir()) if cache.exists() else []
+    """The artefact files of the KDS cache (kbs.trust.cachedir: <cache>/kds/<name> beside <name>.meta.json),
+    temporary files included; anything else in <cache> fails the test."""
+    if not cache.exists():
+        return []
+    assert {p.name for p in cache.iterdir()} <= {"kds"}, sorted(cache.iterdir())
+    folder = cache / "kds"
+    if not folder.exists():
+        return []
+    files = sorted(p for p in folder.iterdir() if not p.name.endswith(".meta.json"))
+    assert {p.name + ".meta.json" for p in files if not p.name.startswith(".")} == \
+        {p.name for p in folder.iterdir() if p.name.endswith(".meta.json")}
+    return files
 
 
 # -- vectors -------------------------------------------------------------------------------
@@ -558,6 +570,21 @@ def test_garbage_crl_is_refused() -> None:
     run(body)
 
 
+def test_cache_of_the_earlier_flat_layout_is_still_read(tmp_path: Path) -> None:
+    """Caches written before kbs.trust.cachedir (one file per URL path, directly in the directory) keep
+    working offline after an upgrade, and their entries move into the current layout."""
+    pem = chain_pem("Genoa")
+    path = "/vcek/v1/Genoa/cert_chain"
+    (tmp_path / f"vcek_v1_Genoa_cert_chain.{hashlib.sha256(path.encode()).hexdigest()[:32]}").write_bytes(pem)
+
+    async def offline() -> list[bytes]:
+        async with KdsClient("http://127.0.0.1:9", cache_dir=tmp_path, offline=True) as client:
+            return await client.cert_chain("Genoa")
+
+    assert asyncio.run(offline()) == [c.der for c in load_certificates(pem)]
+    assert [f.read_bytes() for f in (tmp_path / "kds").iterdir() if not f.name.endswith(".meta.json")] == [pem]
+
+
 def test_damaged_cache_file_is_a_miss(tmp_path: Path) -> None:
     pem = chain_pem("Milan")
 
@@ -806,7 +833,7 @@ def test_memory_cache_is_bounded_by_bytes() -> None:
         async with KdsClient(base, memory_cache_bytes=10_000, burst=20) as client:
             for product in ("Milan", "Genoa", "Turin", "Turin", "Genoa", "Milan"):
                 await client.cert_chain(product)
-            assert client._memory.bytes_used <= 10_000
+            assert 0 < client.fetcher.memory_bytes <= 10_000
         assert [kds.hits[keys[p]] for p in ("Milan", "Genoa", "Turin")] == [2, 1, 1]
 
     run(body)

@@ -22,7 +22,7 @@ from sevsnpmeasure.sev_mode import SevMode  # type: ignore[import-untyped]
 from sevsnpmeasure.vcpu_types import CPU_SIGS  # type: ignore[import-untyped]
 
 from kbs.errors import UsageError
-from kbs.policy.measure import REFERENCE_SET, add_measure_parser, run_measure, snp_launch_measurement
+from kbs.evidence.snp.measure import REFERENCE_SET, add_measure_parser, run_measure, snp_launch_measurement
 from kbs.policy.refvalues import ReferenceValues
 
 PAGE = 4096

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from kbs.policy.ear import Submod, ear_document, snp_submod
+from kbs.policy.ear import ear_document
 from kbs.policy.json_policy import JsonPolicy
 from kbs.policy.loader import validate_policy
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from tests.appraisals import gpu_sub, snp_sub
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
 REQUEST = ResourceRequest.parse("prod/key/disk")
@@ -26,8 +27,8 @@ GPU = {"driver_version": "550.144.03", "vbios_version": "96.00.9F.00.01", "measr
 
 
 def doc(snp: dict[str, Any] | None = None, gpus: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    subs = [snp_submod(snp if snp is not None else SNP)]
-    subs += [Submod(tee="nvgpu", claims=g) for g in (gpus if gpus is not None else [GPU])]
+    subs = [snp_sub(snp if snp is not None else SNP)]
+    subs += [gpu_sub(g) for g in (gpus if gpus is not None else [GPU])]
     return ear_document(subs, issued_at=NOW)
 
 

@@ -10,11 +10,12 @@ import pytest
 
 from kbs.cli import main
 from kbs.evidence.snp.verify import verify_snp
-from kbs.policy.ear import ear_document, snp_submod
+from kbs.policy.ear import ear_document
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry, content_hash
 from kbs.policy.loader import claims_document, validate_policy
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from tests.appraisals import snp_sub
 from tests.conftest import load_snp_vector
 from tests.test_snp_verify import certs_of
 
@@ -80,7 +81,7 @@ def genoa_claims() -> dict[str, object]:
 
 def test_policy_on_real_report_allows_and_one_byte_denies(genoa_claims: dict[str, object]) -> None:
     measurement = str(genoa_claims["measurement"])
-    claims = ear_document([snp_submod(genoa_claims)], issued_at=NOW)
+    claims = ear_document([snp_sub(genoa_claims)], issued_at=NOW)
     request = ResourceRequest.parse("prod/key/disk")
     good = ReferenceValues([ReferenceSet("measurements", (measurement,))])
     policy = validate_policy(POLICY, good)

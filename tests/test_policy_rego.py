@@ -13,11 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kbs.policy.ear import Submod, ear_document, snp_submod
+from kbs.policy.ear import ear_document
 from kbs.policy.model import Decision, PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.policy.rego import RegoPolicy
 from kbs.policy.rego_pool import RegoWorkerPool
+from tests.appraisals import gpu_sub, sample_sub, snp_sub
 from tests.conftest import vectors_dir
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -61,12 +62,12 @@ def vector(name: str) -> RegoPolicy:
 
 
 def snp_doc(snp: dict[str, Any] | None = None, gpus: int = 0) -> dict[str, Any]:
-    subs = [snp_submod(SNP if snp is None else snp)] + [Submod(tee="nvgpu", claims=GPU)] * gpus
+    subs = [snp_sub(SNP if snp is None else snp)] + [gpu_sub(GPU)] * gpus
     return ear_document(subs, issued_at=NOW)
 
 
 def sample_doc() -> dict[str, Any]:
-    return ear_document([Submod(tee="sample", claims={"productId": "0", "svn": "1"})], issued_at=NOW)
+    return ear_document([sample_sub({"productId": "0", "svn": "1"})], issued_at=NOW)
 
 
 def evaluate(policy: RegoPolicy, claims: Any, request: ResourceRequest = REQUEST,

@@ -47,10 +47,11 @@ def pki() -> SyntheticAmd:
     return SyntheticAmd("Milan")
 
 
-def broker_config(tmp: Path, pki: SyntheticAmd, extra: str = "") -> str:
+def broker_config(tmp: Path, pki: SyntheticAmd, extra: str = "", snp: str = "") -> str:
+    """A broker trusting the synthetic ARK, offline; `snp` adds lines to [verifiers.snp], `extra` other tables."""
     (tmp / "ark.pem").write_bytes(pki.ark_pem)
-    return (f'[trust]\nsnp_roots = ["{tmp / "ark.pem"}"]\n[kds]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
-            + extra)
+    return (f'[verifiers.snp]\ntrust_roots = ["{tmp / "ark.pem"}"]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
+            f'{snp}{extra}')
 
 
 async def admin(broker: Broker, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

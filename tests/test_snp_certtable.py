@@ -18,7 +18,7 @@ from kbs.evidence.snp.certtable import (
     parse_cert_table,
 )
 from kbs.evidence.snp.verify import verify_snp
-from kbs.trust.amd import certs as amd
+from kbs.trust import chain
 from tests.amd_synth import NOW, SyntheticAmd
 from tests.conftest import SnpVector, load_snp_vector
 from tests.test_snp_verify import _at, certs_of
@@ -74,8 +74,8 @@ def test_chain_checks_are_cached_by_exact_bytes(synth_milan: SyntheticAmd,
     assert vek.private_key is not None
     report = sign_report(build_report(chip_id=CHIP), vek.private_key)
     calls = []
-    real = amd.check_rsa_pss_sha384
-    monkeypatch.setattr(amd, "check_rsa_pss_sha384", lambda c, s: calls.append(c.subject_cn) or real(c, s))
+    real = chain.verify_link
+    monkeypatch.setattr(chain, "verify_link", lambda c, s, a=None: calls.append(c.subject_cn) or real(c, s, a))
     for _ in range(3):
         verify_snp(report, _certs(synth_milan, vek), NOW, trust_roots=_roots(synth_milan))
     assert calls == ["ARK-Milan", "SEV-Milan", "SEV-VCEK"]  # once, not three times

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pyasn1.codec.der import decoder as pyasn1_decoder
 
 from kbs.errors import MalformedEvidence
-from kbs.trust.amd import certs as amd
 from kbs.trust import x509 as kx509
+from kbs.trust.amd import certs as amd
 from kbs.trust.amd.certs import CertBundle, verify_chain
 from kbs.trust.x509 import (
     MAX_CERTIFICATE_SIZE,

@@ -1,11 +1,12 @@
 """The JSON policy dialect: Azure Secure Key Release's grammar, plus `in` and version comparison.
 
     policy    = {"version": "1.0.0", "anyOf" | "allOf": [authority, ...]}
-    authority = {"authority": "local:snp" | "local:tdx" | "local:nvgpu" | "local:sample",
+    authority = {"authority": "local:<verifier>" (local:snp, local:tdx, local:nvgpu, local:sample, ...),
                  "anyOf" | "allOf": [condition, ...]}
     condition = {"claim": PATH, OPERATOR: VALUE} | {"anyOf": [...]} | {"allOf": [...]}
 
-An authority block applies to the claims its verifier produced: it holds when the document
+An authority block applies to the claims its verifier produced (named as the verifier names itself,
+so this module knows no TEE): it holds when the document
 has at least one submod from that verifier and the block holds for every such submod (all
 eight GPUs of a machine, not just one).  Inside a block a claim PATH is dot-separated
 (`\\.` for a literal dot) and is resolved against the EAR document, where the first segment
@@ -27,11 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kbs.policy.ear import AUTHORITY_OF_TEE, submods_by_tee
+from kbs.policy.ear import submods_by_tee
 from kbs.policy.model import Decision, Explanation, PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues
 
-TEE_OF_AUTHORITY = {authority: tee for tee, authority in AUTHORITY_OF_TEE.items()}
+AUTHORITY = re.compile(r"local:([a-z][a-z0-9-]{0,31})")  # a verifier's name, as the registry has it
 SCALARS = (str, int, float, bool)
 _MISSING = object()
 
@@ -316,9 +317,9 @@ class JsonPolicy:
                 raise _fail(f"{where}: each entry must be an authority block {{\"authority\": ..., "
                             "\"allOf\"|\"anyOf\": [...]}}", obj if isinstance(obj, _Obj) else doc)
             authority = obj["authority"]
-            if authority not in TEE_OF_AUTHORITY:
-                raise _fail(f"{where}: unknown authority {authority!r}; known: "
-                            f"{', '.join(sorted(TEE_OF_AUTHORITY))}", obj)
+            if not isinstance(authority, str) or not AUTHORITY.fullmatch(authority):
+                raise _fail(f"{where}: unknown authority {authority!r}; an authority is local:<verifier>, "
+                            "e.g. local:snp, local:tdx, local:nvgpu", obj)
             body = _Obj({k: v for k, v in obj.items() if k != "authority"})
             body.line = obj.line
             blocks.append(AuthorityBlock(authority, _parse_group(body, where), where, obj.line))
@@ -343,7 +344,7 @@ class JsonPolicy:
     def _explain_block(block: AuthorityBlock, claims: Mapping[str, Any],
                        by_tee: Mapping[str, list[Mapping[str, Any]]], refs: ReferenceValues,
                        at: datetime) -> Explanation:
-        tee = TEE_OF_AUTHORITY[block.authority]
+        tee = block.authority.removeprefix("local:")
         subs = by_tee.get(tee, [])
         if not subs:
             return Explanation(kind="authority", ok=False, where=block.where, line=block.line,

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kbs.policy.ear import ear_document, snp_submod
+from kbs.evidence.registry import offline_appraisal
+from kbs.policy.ear import Submod, ear_document
 from kbs.policy.json_policy import JsonPolicy
 from kbs.policy.model import Policy, PolicyInvalid
 from kbs.policy.refvalues import ReferenceValues
@@ -50,10 +51,12 @@ def _line_of(text: str, name: str) -> int | None:
 
 
 def claims_document(claims: Mapping[str, Any], at: datetime | None = None) -> dict[str, Any]:
-    """An EAR claims document as is, or `kbs verify snp --json` output wrapped into one."""
+    """An EAR claims document as is, or a verifier's `kbs verify <tee> --json` output wrapped into one
+    (the verifier that recognises it supplies the trust vector)."""
     if "submods" in claims:
         return dict(claims)
-    if "measurement" in claims and "reported_tcb_snp" in claims:
-        return ear_document([snp_submod(claims)], issued_at=at or datetime.now(UTC))
+    appraisal = offline_appraisal(claims)
+    if appraisal is not None:
+        return ear_document([Submod(appraisal)], issued_at=at or datetime.now(UTC))
     raise ValueError("claims are neither an EAR claims document (with 'submods') nor the output of "
-                     "'kbs verify snp --json'")
+                     "'kbs verify <tee> --json'")

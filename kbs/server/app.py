@@ -13,7 +13,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pythonjsonlogger.json import JsonFormatter
 
 from kbs.errors import KbsError
-from kbs.evidence.snp.verify import configure_key_tables
+from kbs.evidence.base import VerifierConfigError, VerifierContext, VerifierType
+from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.server import admin, protocol
-from kbs.server.attestation import EvidenceVerifier
+from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
 from kbs.server.errors import ProtocolError
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
@@ -40,13 +41,12 @@ from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
 from kbs.store.integrity import ROW_MAC_PURPOSE
 from kbs.store.sqlite import SqliteStore
-from kbs.trust.amd.kds import KdsClient
-from kbs.trust.x509 import load_certificates
 
 log = logging.getLogger("kbs.server")
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 LIMITS: web.AppKey[dict[str, RateLimiter]] = web.AppKey("limits", dict)
+VERIFIER_TYPES: web.AppKey[tuple[VerifierType, ...]] = web.AppKey("verifier_types", tuple)
 
 # Installed on first start: release only to non-sample TEEs whose every submod is affirming.
 DEFAULT_POLICY_TEXT = json.dumps({"version": "1.0.0", "anyOf": [
@@ -181,7 +181,6 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     policy_pool = ThreadPoolExecutor(max_workers=max(config.rego_workers, 1) + 2, thread_name_prefix="kbs-policy")
     verify_pool = ThreadPoolExecutor(max_workers=config.verify_threads or os.cpu_count() or 2,
                                      thread_name_prefix="kbs-verify")
-    configure_key_tables(config.key_tables)
     kek = load_kek(config.kek_file or (config.kek_path if config.dev_mode else None), config.kek_credential)
     store = SqliteStore(config.database_path, kek.derive(ROW_MAC_PURPOSE))
     signer = TokenSigner.from_store(store.get_or_create_secret, kek, config.token_cache_bytes)
@@ -193,24 +192,27 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
                           on_event=lambda event: metrics.rego_events.labels(event=event).inc())
     registry = PolicyRegistry(store, rego=rego)
     await asyncio.get_running_loop().run_in_executor(io, _install_default_policy, registry)
-    roots = [c for p in config.snp_roots for c in load_certificates(p.read_bytes())] or None
-    kds = KdsClient(config.kds_url, cache_dir=config.kds_cache, offline=config.kds_offline,
-                    rate_per_second=config.kds_rate, burst=config.kds_burst, negative_ttl=config.kds_negative_ttl)
+    context = VerifierContext(state_dir=config.state_dir, dev_mode=config.dev_mode,
+                              verify_threads=config.verify_threads)
+    extra_types: tuple[VerifierType, ...] = app[VERIFIER_TYPES]
     try:
-        verifier = EvidenceVerifier(kds, verify_pool, tees=config.enabled_tees, snp_roots=roots,
-                                    snp_vmpls=frozenset(config.snp_allowed_vmpls))
-    except ValueError as exc:
+        verifiers = VerifierRegistry.from_config(config.enabled_tees, config.verifier_tables, context,
+                                                 extra_types=extra_types)
+    except VerifierConfigError as exc:
         raise ConfigError(str(exc)) from exc
-    state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, verifier=verifier,
+    attestor = Attestor(verifiers, verify_pool)
+    state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool)
     app[STATE] = state
-    log.info("verifiers enabled", extra={"tees": list(verifier.tees)})
+    for warning in config.warnings:
+        log.warning(warning)
+    log.info("verifiers enabled", extra={"tees": list(verifiers.names)})
     purger = asyncio.create_task(_purge(state))
     try:
         yield
     finally:
         purger.cancel()
-        await kds.close()
+        await attestor.close()
         verify_pool.shutdown(wait=True)
         policy_pool.shutdown(wait=True)
         rego.close()
@@ -234,9 +236,11 @@ async def _purge(state: BrokerState) -> None:
             log.warning("purge failed", extra={"error": str(exc)})
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web.Application:
+    """The broker's application; `verifier_types` adds TEEs beyond kbs.evidence.registry.AVAILABLE."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
     app[CONFIG] = config
+    app[VERIFIER_TYPES] = tuple(verifier_types)
     app[METRICS] = Metrics()
     app[LIMITS] = _rate_limiters(config)
     app.cleanup_ctx.append(_broker)

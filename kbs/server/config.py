@@ -11,8 +11,10 @@
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
     [limits]   max_body_bytes = 2097152, request_timeout_seconds = 30, verify_threads = 0 (0: one per core),
-               key_tables = 256 (cached per-key P-384 tables, 24 KB each),
-               attestation_retention_days = 30 (stored claims kept for dry-runs)
+               attestation_retention_days = 30, refusal_retention_days = 30, max_attest_body_bytes,
+               max_claims_bytes, token_cache_bytes, max_connections, max_connections_per_client,
+               header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst
+    [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
 
     [[admin.keys]]                      # who may use the admin API
     name = "ops"; public_key = "/etc/kbs/ops.pub.pem"; role = "admin"   # role: admin or auditor
@@ -21,8 +23,11 @@
     [tls]      certificate = PATH, private_key = PATH (or the systemd credential private_key_credential =
                "kbs-tls-key"), client_ca = PATH (optional: admin API needs a client certificate); see tls.py
 
-    [trust]    snp_roots = []           # PEM ARKs replacing the pinned AMD roots (labs, tests only)
-    [kds]      url = "https://kdsintf.amd.com", cache_dir = "<state_dir>/kds", offline = false
+    [verifiers]      enabled = ["snp"]  # default; dev mode adds "sample"
+    [verifiers.snp]  trust_roots = [], kds_url, cache_dir = "<state_dir>/kds", offline = false,
+                     rate_per_second, burst, negative_ttl_seconds, key_tables = 256, allowed_vmpls = [0]
+                     (each verifier checks its own table: kbs.evidence.<tee>)
+    [trust] snp_roots, [kds] *, [limits] key_tables: moved into [verifiers.snp]; still read, with a warning
 
 Unknown keys are refused with their name, so a typo never silently falls back to a default.
 """
@@ -30,11 +35,14 @@ Unknown keys are refused with their name, so a typo never silently falls back to
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from kbs.errors import KbsError
+from kbs.evidence.registry import DEFAULT_ENABLED, DEV_ENABLED
+from kbs.evidence.snp.verifier import SnpVerifier
 
 ROLES = ("admin", "auditor")
 
@@ -63,7 +71,6 @@ class Config:
     max_body_bytes: int = 2 * 1024 * 1024
     request_timeout: float = 30.0
     verify_threads: int = 0
-    key_tables: int = 256
     attestation_retention_days: int = 30
     max_attest_body_bytes: int = 1024 * 1024
     max_claims_bytes: int = 128 * 1024
@@ -79,17 +86,11 @@ class Config:
     rate_burst: int = 20
     admin_keys: tuple[AdminKey, ...] = ()
     verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
-    snp_allowed_vmpls: tuple[int, ...] = (0,)
+    # [verifiers.<tee>] tables as written: each verifier validates its own (kbs.evidence.registry)
+    verifier_tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     rego_workers: int = 2
     rego_timeout: float = 2.0
     rego_memory_mb: int = 512
-    snp_roots: tuple[Path, ...] = ()
-    kds_url: str = "https://kdsintf.amd.com"
-    kds_cache_dir: Path | None = None
-    kds_offline: bool = False
-    kds_rate: float = 1.0
-    kds_burst: int = 5
-    kds_negative_ttl: float = 600.0
     insecure_http: bool = False  # plain HTTP on a non-loopback address (kbs.server.tls.check_listen)
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
@@ -98,6 +99,7 @@ class Config:
     admin_max_token_lifetime: int = 900
     admin_audience: str = "KBS"
     admin_require_jti: bool = True
+    warnings: tuple[str, ...] = ()  # deprecated keys seen; logged at start
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -123,15 +125,11 @@ class Config:
         return self.state_dir / "admin-key.pem"
 
     @property
-    def kds_cache(self) -> Path:
-        return self.kds_cache_dir or self.state_dir / "kds"
-
-    @property
     def enabled_tees(self) -> tuple[str, ...]:
         """`sample` has no hardware behind it: only in dev mode, or when enabled explicitly."""
         if self.verifiers_enabled is not None:
             return self.verifiers_enabled
-        return ("snp", "sample") if self.dev_mode else ("snp",)
+        return DEV_ENABLED if self.dev_mode else DEFAULT_ENABLED
 
 
 _SECTIONS: dict[str, dict[str, str]] = {
@@ -140,7 +138,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "session": {"lifetime_seconds": "session_lifetime"},
     "token": {"lifetime_seconds": "token_lifetime"},
     "limits": {"max_body_bytes": "max_body_bytes", "request_timeout_seconds": "request_timeout",
-               "verify_threads": "verify_threads", "key_tables": "key_tables",
+               "verify_threads": "verify_threads",
                "attestation_retention_days": "attestation_retention_days",
                "max_attest_body_bytes": "max_attest_body_bytes", "max_claims_bytes": "max_claims_bytes",
                "token_cache_bytes": "token_cache_bytes", "refusal_retention_days": "refusal_retention_days",
@@ -149,12 +147,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
                "auth_per_second": "auth_rate", "attest_per_second": "attest_rate",
                "resource_per_second": "resource_rate", "rate_burst": "rate_burst"},
     "verifiers": {"enabled": "verifiers_enabled"},
-    "verifiers.snp": {"allowed_vmpls": "snp_allowed_vmpls"},
     "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
                "rego_memory_mb": "rego_memory_mb"},
-    "trust": {"snp_roots": "snp_roots"},
-    "kds": {"url": "kds_url", "cache_dir": "kds_cache_dir", "offline": "kds_offline",
-            "rate_per_second": "kds_rate", "burst": "kds_burst", "negative_ttl_seconds": "kds_negative_ttl"},
     "tls": {"certificate": "tls_certificate", "private_key": "tls_private_key",
             "private_key_credential": "tls_private_key_credential", "client_ca": "tls_client_ca"},
 }
@@ -169,11 +163,6 @@ def _convert(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of TEE names")  # checked against the verifiers at start
         return tuple(dict.fromkeys(value))
-    if name == "snp_allowed_vmpls":
-        if not isinstance(value, list) or not value or \
-                not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 3 for v in value):
-            raise ConfigError(f"{where} must be a non-empty list of VMPLs (0..3)")
-        return tuple(sorted(set(value)))
     if "Path" in kind and "tuple" in kind:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of paths")
@@ -193,13 +182,25 @@ def _convert(name: str, value: Any, where: str) -> Any:
     raise ConfigError(f"{where} must be {kind}, got {type(value).__name__}")
 
 
+# Keys that moved into [verifiers.snp] (issue 9): still read, with a warning naming the new key.
+MOVED = {("trust", "snp_roots"): "trust_roots", ("kds", "url"): "kds_url", ("kds", "cache_dir"): "cache_dir",
+         ("kds", "offline"): "offline", ("kds", "rate_per_second"): "rate_per_second", ("kds", "burst"): "burst",
+         ("kds", "negative_ttl_seconds"): "negative_ttl_seconds", ("limits", "key_tables"): "key_tables"}
+MOVED_TO = SnpVerifier.name
+MOVED_SECTIONS = {section for section, _ in MOVED}
+
+
 def _section_values(section: str, table: dict[str, Any], values: dict[str, Any]) -> None:
-    """One table's keys into `values`; nested tables ([verifiers.snp]) are sections of their own."""
-    known = _SECTIONS[section]
+    """One table's keys into `values`; nested tables of [verifiers] are kept for their verifier."""
+    known = _SECTIONS.get(section, {})
     for key, value in table.items():
         dotted = f"{section}.{key}" if section else key
-        if isinstance(value, dict) and dotted in _SECTIONS:
+        if section == "verifiers" and isinstance(value, dict):
+            values.setdefault("verifier_tables", {})[key] = dict(value)
+        elif isinstance(value, dict) and (dotted in _SECTIONS or dotted in MOVED_SECTIONS):
             _section_values(dotted, value, values)
+        elif (section, key) in MOVED:
+            values.setdefault("moved", []).append((section, key, value))
         elif dotted == "admin":
             values.update(_admin_section(value))
         elif key in known:
@@ -212,6 +213,17 @@ def _section_values(section: str, table: dict[str, Any], values: dict[str, Any])
 def parse_config(document: dict[str, Any], base: Config | None = None) -> Config:
     values: dict[str, Any] = {}
     _section_values("", document, values)
+    tables = {name: dict(table) for name, table in values.get("verifier_tables", {}).items()}
+    warnings = []
+    for section, key, value in values.pop("moved", []):
+        new = MOVED[(section, key)]
+        target = tables.setdefault(MOVED_TO, {})
+        if new in target:
+            raise ConfigError(f"[{section}] {key} and [verifiers.{MOVED_TO}] {new} are both set; keep the latter")
+        target[new] = [str(v) for v in value] if isinstance(value, list) else value
+        warnings.append(f"[{section}] {key} is deprecated: write [verifiers.{MOVED_TO}] {new}")
+    values["verifier_tables"] = tables
+    values["warnings"] = tuple(warnings)
     config = replace(base or Config(), **values)
     config.host_port  # noqa: B018 - validates listen now, not at bind time
     _check_tls_and_admin(config)

@@ -30,7 +30,7 @@ from kbs import jsondoc
 from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
-from kbs.policy.ear import ear_document
+from kbs.policy.ear import Submod, ear_document
 from kbs.policy.model import Decision, Explanation, ResourceRequest
 from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.errors import ProtocolError
@@ -177,9 +177,9 @@ async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Res
                             f"Protocol Version Mismatch: expect ={PROTOCOL_VERSION} while the request is {shown}",
                             reason="version")
     tee = body["tee"]
-    if tee not in st.verifier.tees:
+    if tee not in st.attestor.tees:
         raise ProtocolError("AttestationError", f"TEE {_show(tee)} is not enabled on this broker; enabled: "
-                            f"{', '.join(st.verifier.tees)}", reason="tee")
+                            f"{', '.join(st.attestor.tees)}", reason="tee")
     session = Session(session_id=uuid.uuid4().hex, tee=tee,
                       nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=now,
                       expires_at=now + timedelta(seconds=st.config.session_lifetime), state="authed")
@@ -223,8 +223,8 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             "call /kbs/v0/auth again", reason="replay")
     started = time.perf_counter()
     try:
-        submod = await asyncio.wait_for(st.verifier.verify(session.tee, raw, session.nonce, now),
-                                        st.config.request_timeout)
+        message, appraisals = await asyncio.wait_for(st.attestor.verify(session.tee, raw, session.nonce, now),
+                                                     st.config.request_timeout)
     except TimeoutError as exc:
         st.metrics.attestations.labels(tee=session.tee, result="timeout").inc()
         raise ProtocolError("AttestationError", f"verification took longer than {st.config.request_timeout}s "
@@ -236,7 +236,10 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             f"Attestation error: {exc.check}: {exc}", status=status, reason=exc.check) from exc
     st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
     attestation_id = uuid.uuid4().hex
-    document = ear_document([submod], issued_at=now, lifetime=timedelta(seconds=st.config.token_lifetime))
+    runtime = {"nonce": session.nonce, "tee-pubkey": message.tee_pubkey}
+    init_claims = message.init_data.claims if message.init_data else None
+    submods = [Submod(a, runtime, init_claims if i == 0 else None) for i, a in enumerate(appraisals)]
+    document = ear_document(submods, issued_at=now, lifetime=timedelta(seconds=st.config.token_lifetime))
     document[ATTESTATION_ID_CLAIM] = attestation_id
     size = jsondoc.encoded_size(document)
     if size > st.config.max_claims_bytes:

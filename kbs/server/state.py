@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kbs.keys.kek import Kek
 from kbs.policy.lifecycle import PolicyRegistry
-from kbs.server.attestation import EvidenceVerifier
+from kbs.server.attestation import Attestor
 from kbs.server.config import Config
 from kbs.server.metrics import Metrics
 from kbs.server.tokens import TokenSigner
@@ -36,7 +36,7 @@ class BrokerState:
     kek: Kek
     signer: TokenSigner
     registry: PolicyRegistry
-    verifier: EvidenceVerifier
+    attestor: Attestor
     metrics: Metrics
     admins: list[AdminIdentity]
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop

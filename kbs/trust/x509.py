@@ -1,4 +1,5 @@
-"""X.509 certificates parsed with pyasn1, and their signatures checked with `cryptography`.
+"""X.509 certificates parsed with pyasn1 (their signatures are checked in `kbs.trust.signature`,
+chains are walked in `kbs.trust.chain`).
 
 AMD's VCEK and VLEK certificates have serial number 0, which pyca/cryptography's loader
 only tolerates with a deprecation warning (and says it will refuse).  Parsing every
@@ -21,25 +22,31 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
-from pyasn1_modules import rfc4055, rfc5280
+from pyasn1_modules import rfc5280
 
 from kbs.cache import ByteBoundedCache
-from kbs.errors import ChainInvalid, MalformedEvidence
+from kbs.errors import MalformedEvidence
 
 OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
 OID_MGF1 = "1.2.840.113549.1.1.8"
 OID_SHA384 = "2.16.840.1.101.3.4.2.2"
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_SECP384R1 = "1.3.132.0.34"
+OID_SECP256R1 = "1.2.840.10045.3.1.7"
+OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 OID_COMMON_NAME = "2.5.4.3"
 OID_BASIC_CONSTRAINTS = "2.5.29.19"
+OID_KEY_USAGE = "2.5.29.15"
+OID_EXTENDED_KEY_USAGE = "2.5.29.37"
+OID_KP_OCSP_SIGNING = "1.3.6.1.5.5.7.3.9"
+
+# KeyUsage bit names in bit order (RFC 5280 §4.2.1.3).
+KEY_USAGE_BITS = ("digitalSignature", "nonRepudiation", "keyEncipherment", "dataEncipherment", "keyAgreement",
+                  "keyCertSign", "cRLSign", "encipherOnly", "decipherOnly")
 
 _PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.S)
 
@@ -53,14 +60,16 @@ _CACHE_COST_BASE = 2048
 _CACHE_COST_FACTOR = 6
 
 
-def _der_element(data: bytes, offset: int, limit: int | None = None) -> tuple[int, int]:
+def der_element(data: bytes, offset: int, limit: int | None = None, *, what: str = "certificate",
+                check: str = "certificate.der") -> tuple[int, int]:
     """(start of contents, end of element) of the DER TLV at `offset`, bounds-checked against
-    `limit` (default: the end of `data`).  Single-byte tags and definite lengths only."""
+    `limit` (default: the end of `data`).  Single-byte tags and definite lengths only.
+    `what` and `check` name the object in the MalformedEvidence raised (CRLs, OCSP responses)."""
     limit = len(data) if limit is None else limit
     if offset + 2 > limit:
-        raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
+        raise MalformedEvidence(f"{what} DER is truncated", check=check)
     if data[offset] & 0x1F == 0x1F:
-        raise MalformedEvidence("certificate DER uses a multi-byte tag", check="certificate.der")
+        raise MalformedEvidence(f"{what} DER uses a multi-byte tag", check=check)
     first_len = data[offset + 1]
     header = 2
     if first_len < 0x80:
@@ -68,20 +77,21 @@ def _der_element(data: bytes, offset: int, limit: int | None = None) -> tuple[in
     else:
         count = first_len & 0x7F
         if count == 0 or count > 4 or offset + 2 + count > limit:
-            raise MalformedEvidence("certificate DER has a bad length", check="certificate.der")
+            raise MalformedEvidence(f"{what} DER has a bad length", check=check)
         length = int.from_bytes(data[offset + 2:offset + 2 + count], "big")
         header += count
     end = offset + header + length
     if end > limit:
-        raise MalformedEvidence("certificate DER is truncated", check="certificate.der")
+        raise MalformedEvidence(f"{what} DER is truncated", check=check)
     return offset + header, end
 
 
-def _der_children(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+def der_children(data: bytes, start: int, end: int, *, what: str = "certificate",
+                 check: str = "certificate.der") -> Iterator[tuple[int, int, int]]:
     """(tag, start of contents, end) of each TLV in data[start:end], which they must fill exactly."""
     offset = start
     while offset < end:
-        contents, element_end = _der_element(data, offset, end)
+        contents, element_end = der_element(data, offset, end, what=what, check=check)
         yield data[offset], contents, element_end
         offset = element_end
 
@@ -100,19 +110,19 @@ def _precheck(der: bytes) -> bytes:
     _check_size(len(der))
     if not der or der[0] != 0x30:
         raise MalformedEvidence("certificate is not one DER SEQUENCE", check="certificate.der")
-    contents, end = _der_element(der, 0)
+    contents, end = der_element(der, 0)
     if end != len(der):
         raise MalformedEvidence("certificate is not one DER SEQUENCE (trailing bytes)", check="certificate.der")
     if contents >= end or der[contents] != 0x30:
         raise MalformedEvidence("certificate's tbsCertificate is not a SEQUENCE", check="certificate.der")
-    tbs_contents, tbs_end = _der_element(der, contents, end)
-    for tag, ext_contents, ext_end in _der_children(der, tbs_contents, tbs_end):
+    tbs_contents, tbs_end = der_element(der, contents, end)
+    for tag, ext_contents, ext_end in der_children(der, tbs_contents, tbs_end):
         if tag != 0xA3:  # [3] EXPLICIT Extensions
             continue
         if ext_contents >= ext_end or der[ext_contents] != 0x30:
             raise MalformedEvidence("certificate extensions are not a SEQUENCE", check="certificate.der")
-        list_contents, list_end = _der_element(der, ext_contents, ext_end)
-        count = sum(1 for _ in _der_children(der, list_contents, list_end))
+        list_contents, list_end = der_element(der, ext_contents, ext_end)
+        count = sum(1 for _ in der_children(der, list_contents, list_end))
         if count > MAX_EXTENSIONS:
             raise MalformedEvidence(f"certificate has {count} extensions, more than the {MAX_EXTENSIONS} "
                                     "allowed (vendor certificates have at most 11)",
@@ -153,6 +163,7 @@ class Certificate:
     tbs_signature_parameters: bytes
     signature: bytes
     extensions: dict[str, bytes] = field(repr=False)
+    critical_extensions: frozenset[str] = frozenset()
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -162,11 +173,44 @@ class Certificate:
         return hashlib.sha256(self.der).hexdigest()
 
     def is_ca(self) -> bool:
+        constraints = self.basic_constraints()
+        return constraints is not None and constraints[0]
+
+    def basic_constraints(self) -> tuple[bool, int | None] | None:
+        """(cA, pathLenConstraint) from basicConstraints, or None when the extension is absent."""
         raw = self.extensions.get(OID_BASIC_CONSTRAINTS)
         if raw is None:
-            return False
-        bc, _ = decoder.decode(raw, asn1Spec=rfc5280.BasicConstraints())
-        return bool(bc["cA"])
+            return None
+        bc = self._decode_extension(raw, rfc5280.BasicConstraints(), "basicConstraints")
+        path_len = int(bc["pathLenConstraint"]) if bc["pathLenConstraint"].hasValue() else None
+        return bool(bc["cA"]), path_len
+
+    def key_usage(self) -> frozenset[str] | None:
+        """The KeyUsage bits set (names as in RFC 5280), or None when the extension is absent."""
+        raw = self.extensions.get(OID_KEY_USAGE)
+        if raw is None:
+            return None
+        bits = self._decode_extension(raw, rfc5280.KeyUsage(), "keyUsage")
+        return frozenset(name for i, name in enumerate(KEY_USAGE_BITS) if i < len(bits) and bits[i])
+
+    def extended_key_usage(self) -> frozenset[str] | None:
+        """The ExtendedKeyUsage purpose OIDs, or None when the extension is absent."""
+        raw = self.extensions.get(OID_EXTENDED_KEY_USAGE)
+        if raw is None:
+            return None
+        eku = self._decode_extension(raw, rfc5280.ExtKeyUsageSyntax(), "extendedKeyUsage")
+        return frozenset(str(oid) for oid in eku)
+
+    def _decode_extension(self, raw: bytes, spec: Any, name: str) -> Any:
+        try:
+            value, rest = decoder.decode(raw, asn1Spec=spec)
+        except PyAsn1Error as exc:
+            raise MalformedEvidence(f"{self.subject_cn} has a malformed {name} extension",
+                                    check="certificate.extension") from exc
+        if rest:
+            raise MalformedEvidence(f"{self.subject_cn} {name} extension has trailing bytes",
+                                    check="certificate.extension")
+        return value
 
 
 def _cache_cost(cert: Certificate) -> int:
@@ -221,12 +265,18 @@ def _parse(der: bytes, tbs_bytes: bytes) -> Certificate:
         curve_oid, _ = decoder.decode(bytes(spki["algorithm"]["parameters"]))
         curve = str(curve_oid)
     extensions = {}
+    critical = set()
     if tbs["extensions"].hasValue():
         for ext in tbs["extensions"]:
             oid = str(ext["extnID"])
             if oid in extensions:
                 raise MalformedEvidence(f"certificate repeats extension {oid}", check="certificate.der")
             extensions[oid] = bytes(ext["extnValue"])
+            if bool(ext["critical"]):
+                critical.add(oid)
+    if len(cert["signature"]) % 8:
+        # DER signatures are whole bytes; unused bits would let two encodings carry one signature.
+        raise MalformedEvidence("certificate signature BIT STRING has unused bits", check="certificate.der")
     sig_params = cert["signatureAlgorithm"]["parameters"]
     tbs_params = tbs["signature"]["parameters"]
     return Certificate(
@@ -250,6 +300,7 @@ def _parse(der: bytes, tbs_bytes: bytes) -> Certificate:
         tbs_signature_parameters=bytes(tbs_params) if tbs_params.hasValue() else b"",
         signature=cert["signature"].asOctets(),
         extensions=extensions,
+        critical_extensions=frozenset(critical),
     )
 
 
@@ -281,43 +332,3 @@ def load_certificates(data: bytes) -> list[Certificate]:
         return [parse_certificate(data)]
     raise MalformedEvidence("file holds neither PEM certificates nor a DER certificate",
                             check="certificate.pem")
-
-
-def check_rsa_pss_sha384(cert: Certificate, signer: Certificate) -> None:
-    """Verify `cert` was signed by `signer` with RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48.
-
-    The algorithm and its parameters are checked first, from both the outer and the
-    signed copy of the algorithm identifier, so nothing weaker can be substituted.
-    """
-    if cert.signature_algorithm != OID_RSASSA_PSS or cert.tbs_signature_algorithm != OID_RSASSA_PSS:
-        raise ChainInvalid(f"{cert.subject_cn} is signed with {cert.signature_algorithm}, "
-                           "wanted RSASSA-PSS", check="chain.signature_algorithm")
-    if cert.signature_parameters != cert.tbs_signature_parameters:
-        raise ChainInvalid(f"{cert.subject_cn} signed and unsigned signature parameters differ",
-                           check="chain.signature_algorithm")
-    _check_pss_parameters(cert)
-    key = load_der_public_key(signer.spki_der)
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ChainInvalid(f"{signer.subject_cn} does not hold an RSA key", check="chain.key_type")
-    try:
-        key.verify(cert.signature, cert.tbs,
-                   padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48), hashes.SHA384())
-    except InvalidSignature as exc:
-        raise ChainInvalid(f"{cert.subject_cn} signature does not verify with "
-                           f"{signer.subject_cn}'s key", check="chain.signature") from exc
-
-
-def _check_pss_parameters(cert: Certificate) -> None:
-    try:
-        params, _ = decoder.decode(cert.signature_parameters, asn1Spec=rfc4055.RSASSA_PSS_params())
-        mgf_hash, _ = decoder.decode(bytes(params["maskGenAlgorithm"]["parameters"]),
-                                     asn1Spec=rfc5280.AlgorithmIdentifier())
-    except PyAsn1Error as exc:
-        raise ChainInvalid(f"{cert.subject_cn} has malformed RSASSA-PSS parameters",
-                           check="chain.signature_algorithm") from exc
-    seen = (str(params["hashAlgorithm"]["algorithm"]), str(params["maskGenAlgorithm"]["algorithm"]),
-            str(mgf_hash["algorithm"]), int(params["saltLength"]), int(params["trailerField"]))
-    wanted = (OID_SHA384, OID_MGF1, OID_SHA384, 48, 1)
-    if seen != wanted:
-        raise ChainInvalid(f"{cert.subject_cn} RSASSA-PSS parameters are {seen}, wanted {wanted} "
-                           "(SHA-384, MGF1-SHA-384, salt 48)", check="chain.signature_algorithm")

@@ -1,9 +1,14 @@
 """AMD's certificate chain for SEV-SNP: ARK -> ASK (or ASVK) -> VCEK (or VLEK).
 
-The ARK is trusted only by SHA-256 fingerprint (reference/snp.md §6), or by an
-operator-supplied trust root that replaces the pins (labs, tests).  Signature checks
-of a chain do not depend on time, so they are cached keyed by the exact DER bytes (in a
-byte-bounded LRU); validity windows and pins are checked on every call.
+Only AMD's specifics live here: the ARK pins (reference/snp.md §6), the profile AMD signs with
+(RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48, on every link and on the CRL), the names of the three
+certificates, the VEK extensions and the product named by the ARK.  The walk itself (pin first,
+signatures, CA constraints, validity at the given time, the DER-keyed cache) is
+`kbs.trust.chain.walk_chain`, and the CRL check is `kbs.trust.revocation.check_crl`.
+
+The ARK is trusted only by SHA-256 fingerprint, or by an operator-supplied trust root that
+replaces the pins (labs, tests).  AMD's own checks of a walked chain do not depend on time either,
+so they are cached by the exact DER bytes too (in a byte-bounded LRU).
 """
 
 from __future__ import annotations
@@ -12,23 +17,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography import x509 as pyca_x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
 from pyasn1.codec.der import decoder
 from pyasn1.error import PyAsn1Error
 
 from kbs.cache import ByteBoundedCache
-from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence
+from kbs.errors import ChainInvalid, CollateralUnavailable
+from kbs.trust import revocation
+from kbs.trust.chain import Pin, PinnedRoots, walk_chain
+from kbs.trust.signature import RSA_PSS_SHA384
 from kbs.trust.x509 import (
     OID_EC_PUBLIC_KEY,
-    OID_RSASSA_PSS,
     OID_SECP384R1,
     Certificate,
-    check_rsa_pss_sha384,
-    parse_certificate,
 )
 
 PRODUCTS = ("Milan", "Genoa", "Turin")
@@ -53,6 +53,9 @@ OID_CSP_ID = _KDS_ARC + "5"
 
 VCEK = "VCEK"
 VLEK = "VLEK"
+
+# AMD signs its ARK, ASK/ASVK, VCEK/VLEK and CRLs with RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48.
+AMD_SIGNATURE_ALGORITHMS = frozenset({RSA_PSS_SHA384})
 
 
 @dataclass(frozen=True)
@@ -181,36 +184,27 @@ def configure_chain_cache(max_bytes: int) -> None:
     _chains = ByteBoundedCache(max_bytes, _chain_cost)
 
 
-def _verified_chain(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> AmdChain:
-    """Every time-independent check of a chain.  Cached by exact bytes: a VCEK signs every
-    report of its host, so a boot storm verifies each chain once.  Failures are not cached."""
-    key = (vek_der, ask_der, ark_der)
+def _verified_chain(vek: Certificate, ask: Certificate, ark: Certificate) -> AmdChain:
+    """AMD's time-independent checks of a walked chain.  Cached by exact bytes: a VCEK signs every
+    report of its host, so a boot storm checks each chain once.  Failures are not cached."""
+    key = (vek.der, ask.der, ark.der)
     cache = _chains
     chain = cache.get(key)
     if chain is None:
-        chain = _verify_chain_uncached(vek_der, ask_der, ark_der)
+        chain = _amd_checks(vek, ask, ark)
         cache.put(key, chain)
     return chain
 
 
-def _verify_chain_uncached(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> AmdChain:
-    vek, ask, ark = (parse_certificate(d) for d in (vek_der, ask_der, ark_der))
+def _amd_checks(vek: Certificate, ask: Certificate, ark: Certificate) -> AmdChain:
     product = _product_of_ark(ark)
     kind = _vek_kind(vek)
     wanted_ask = f"SEV-{product}" if kind == VCEK else f"SEV-VLEK-{product}"
     if ask.subject_cn != wanted_ask:
         raise ChainInvalid(f"{kind} intermediate CN is {ask.subject_cn!r}, wanted {wanted_ask!r}",
                            check="chain.names")
-    if ark.issuer_der != ark.subject_der or ask.issuer_der != ark.subject_der \
-            or vek.issuer_der != ask.subject_der:
-        raise ChainInvalid(f"issuer names do not link {vek.subject_cn} <- {ask.subject_cn} <- "
-                           f"{ark.subject_cn}", check="chain.names")
-    if not ark.is_ca() or not ask.is_ca():
-        raise ChainInvalid(f"{ark.subject_cn} and {ask.subject_cn} must be CA certificates",
-                           check="chain.names")
-    check_rsa_pss_sha384(ark, ark)
-    check_rsa_pss_sha384(ask, ark)
-    check_rsa_pss_sha384(vek, ask)
+    if ark.issuer_der != ark.subject_der:
+        raise ChainInvalid(f"{ark.subject_cn} is not self-issued", check="chain.names")
     if vek.spki_algorithm != OID_EC_PUBLIC_KEY or vek.spki_curve != OID_SECP384R1 \
             or len(vek.public_key_bits) != 97 or vek.public_key_bits[0] != 4:
         raise ChainInvalid(f"{kind} key is not an uncompressed ECDSA P-384 key", check="vek.key")
@@ -225,25 +219,12 @@ def _verify_chain_uncached(vek_der: bytes, ask_der: bytes, ark_der: bytes) -> Am
     return AmdChain(ark=ark, ask=ask, vek=vek, kind=kind, product=product, extensions=extensions)
 
 
-def _check_validity(certs: Iterable[Certificate], at: datetime) -> None:
-    for cert in certs:
-        if at < cert.not_before:
-            raise ChainInvalid(f"{cert.subject_cn} is not valid before {cert.not_before.isoformat()}, "
-                               f"verification time is {at.isoformat()}", check="chain.validity")
-        if at > cert.not_after:
-            raise ChainInvalid(f"{cert.subject_cn} expired at {cert.not_after.isoformat()}, "
-                               f"verification time is {at.isoformat()}", check="chain.validity")
-
-
-def _check_anchor(ark: Certificate, product: str, trust_roots: Sequence[Certificate] | None) -> None:
+def amd_roots(product: str, trust_roots: Sequence[Certificate] | None = None) -> PinnedRoots:
+    """The roots an AMD chain of `product` may end at: its pinned ARK, or the operator's roots."""
     if trust_roots is not None:
-        if ark.fingerprint not in {root.fingerprint for root in trust_roots}:
-            raise ChainInvalid(f"ARK fingerprint {ark.fingerprint[:8]}…{ark.fingerprint[-4:]} is not a "
-                               "configured trust root", check="chain.root")
-        return
-    if PINNED_ARKS.get(product) != ark.fingerprint:
-        raise ChainInvalid(f"ARK fingerprint {ark.fingerprint[:8]}…{ark.fingerprint[-4:]} is not the "
-                           f"pinned AMD root for {product}", check="chain.root")
+        return PinnedRoots.from_certificates(trust_roots, description="a configured trust root")
+    return PinnedRoots((Pin(PINNED_ARKS[product], f"ARK-{product}"),),
+                       description=f"the pinned AMD root for {product}")
 
 
 @dataclass(frozen=True)
@@ -295,38 +276,12 @@ def verify_chain(vek: Certificate, bundle: CertBundle, at: datetime,
     ark = next((c for c in candidates if c.subject_cn == ask.issuer_cn), None)
     if ark is None:
         raise CollateralUnavailable(f"the root {ask.issuer_cn!r} was not supplied", check="collateral.ark")
-    chain = _verified_chain(vek.der, ask.der, ark.der)
-    _check_anchor(chain.ark, chain.product, trust_roots)
-    _check_validity((chain.ark, chain.ask, chain.vek), at)
-    return chain
+    product = _product_of_ark(ark)
+    walked = walk_chain(vek, [*bundle.intermediates, *bundle.roots], amd_roots(product, trust_roots), at,
+                        depth=3, algorithms=AMD_SIGNATURE_ALGORITHMS)
+    return _verified_chain(*walked.certificates)
 
 
 def check_crl(crl_der: bytes, chain: AmdChain, at: datetime) -> None:
     """The ARK-signed CRL must be current at `at` and must not list the chain's ASK/ASVK."""
-    try:
-        crl = pyca_x509.load_der_x509_crl(crl_der)
-    except ValueError as exc:
-        raise MalformedEvidence("CRL does not parse as DER", check="crl.der") from exc
-    if crl.issuer.public_bytes() != chain.ark.subject_der:
-        raise ChainInvalid(f"CRL issuer is not {chain.ark.subject_cn}", check="crl.issuer")
-    params = crl.signature_algorithm_parameters
-    if crl.signature_algorithm_oid.dotted_string != OID_RSASSA_PSS or not isinstance(params, padding.PSS):
-        raise ChainInvalid("CRL is not signed with RSASSA-PSS", check="crl.signature")
-    ark_key = load_der_public_key(chain.ark.spki_der)
-    if not isinstance(ark_key, rsa.RSAPublicKey):
-        raise ChainInvalid("ARK key is not RSA", check="crl.signature")
-    try:
-        ark_key.verify(crl.signature, crl.tbs_certlist_bytes,
-                       padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48), hashes.SHA384())
-    except InvalidSignature as exc:
-        raise ChainInvalid(f"CRL signature does not verify with {chain.ark.subject_cn}'s key",
-                           check="crl.signature") from exc
-    if at < crl.last_update_utc:
-        raise ChainInvalid(f"CRL is not valid before {crl.last_update_utc.isoformat()}",
-                           check="crl.validity")
-    if crl.next_update_utc is not None and at > crl.next_update_utc:
-        raise ChainInvalid(f"CRL expired at {crl.next_update_utc.isoformat()}; fetch a fresh one",
-                           check="crl.validity")
-    if crl.get_revoked_certificate_by_serial_number(chain.ask.serial) is not None:
-        raise ChainInvalid(f"{chain.ask.subject_cn} serial {chain.ask.serial:#x} is revoked by the "
-                           f"{chain.ark.subject_cn} CRL", check="crl.revoked")
+    revocation.check_crl(crl_der, chain.ark, [chain.ask], at, algorithms=AMD_SIGNATURE_ALGORITHMS)

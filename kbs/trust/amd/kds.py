@@ -1,4 +1,6 @@
-"""An async client for AMD's Key Distribution Service (KDS), with an on-disk cache.
+"""AMD's Key Distribution Service (KDS): its URLs and the checks of its answers, on the shared
+cached fetcher (`kbs.trust.fetch`: memory and disk cache, single flight, retries, the request
+limit and 429 window, offline mode).
 
 URL forms are those of reference/snp.md §3 ("KDS endpoints"):
 
@@ -7,90 +9,78 @@ URL forms are those of reference/snp.md §3 ("KDS endpoints"):
 - ASK + ARK: ``/vcek/v1/{P}/cert_chain``; ASVK + ARK: ``/vlek/v1/{P}/cert_chain`` (PEM, ARK last)
 - CRL: ``/vcek/v1/{P}/crl`` or ``/vlek/v1/{P}/crl`` (DER)
 
-Everything the KDS returns is checked for form before it is cached or returned, and
-nothing that fails the check is ever written to the cache.  This client does **not**
-verify signatures: the chain is verified by `kbs.trust.amd.verify_chain`, the CRL by
-`kbs.trust.amd.check_crl`.
+Everything KDS returns is checked for form before it is cached or returned (a VCEK must be for
+the CHIP_ID and TCB asked for), and nothing that fails the check is cached.  This client does
+**not** verify signatures: the chain is verified by `kbs.trust.amd.certs.verify_chain`, the CRL
+by `check_crl` (`kbs collateral add` and `import` verify both before they cache anything).
 
-Caching: VCEKs and certificate chains are immutable and kept forever; a CRL is served
-from the cache only while its nextUpdate lies in the future.  Each cached file is
-re-checked when read, so a damaged file is treated as a miss.  A byte-bounded in-memory
-cache sits in front of the disk so that repeated identical requests (which AMD
-throttles) are not re-sent even without a cache directory, and concurrent requests for
-the same URL share one fetch.
-
-Protecting KDS (and the broker's standing with it): a report's CHIP_ID is chosen by
-whoever sends it, and the VCEK is fetched before the report's signature can be checked,
-so every request to KDS is one an unauthenticated client can cause.  Hence:
-
-- failures are remembered per URL: a 404 for `negative_ttl` seconds, a transient failure
-  (5xx or connection errors after the retries, a malformed answer) for `transient_ttl`;
-  a flood of the same request costs one fetch, and answers are served from memory;
-- every request to KDS (retries included) takes a token from one bucket for all URLs
-  (`rate_per_second`, `burst`); with none left a fetch fails at once (`kds.rate_limited`)
-  instead of queueing, and at most `max_in_flight` distinct URLs are fetched at a time
-  (`kds.busy`);
-- a 429 is not retried: its Retry-After (or 10 s) stops every request to KDS until then,
-  and every fetch in that window fails at once (`kds.throttled`) naming when KDS may be
-  asked again;
-- retries (exponential backoff with jitter) are for connection errors, timeouts and 5xx
-  only, and one fetch with its retries takes at most `total_timeout` seconds.
-
-The limits are per client, so per broker process.
+VCEKs and certificate chains are immutable and cached forever; a CRL is served from the cache
+while its nextUpdate lies ahead.  Requests to KDS can be caused by unauthenticated clients (a
+report's CHIP_ID is chosen by whoever sends it, and the VCEK is fetched before the report's
+signature can be checked), so the fetcher's guards apply: remembered failures (a 404 for
+`negative_ttl`, a transient failure for `transient_ttl`), one token bucket for every request to
+KDS (`rate_per_second`, `burst`; refused at once when empty, `kds.rate_limited`), at most
+`max_in_flight` URLs at once (`kds.busy`), and a 429 stops every request until its Retry-After
+(`kds.throttled`).  AMD allows about one VCEK per 10 s per client address.  The limits are per
+client, so per broker process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import email.utils
-import functools
 import hashlib
-import logging
-import os
-import random
 import re
-import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 import aiohttp
 from cryptography import x509 as pyca_x509
-from yarl import URL
 
-from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence, UsageError
 from kbs.trust.amd.certs import PRODUCTS, VCEK, VLEK, parse_vek_extensions
+from kbs.trust.fetch import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MEMORY_CACHE_BYTES,
+    DEFAULT_NEGATIVE_CACHE_BYTES,
+    DEFAULT_NEGATIVE_TTL,
+    DEFAULT_RETRY_AFTER,
+    DEFAULT_TOTAL_TIMEOUT,
+    DEFAULT_TRANSIENT_TTL,
+    MAX_RETRY_AFTER,
+    MIN_RETRY_AFTER,
+    Fetcher,
+    Request,
+)
 from kbs.trust.x509 import Certificate, load_certificates
 
-log = logging.getLogger("kbs.kds")
+__all__ = [
+    "CHIP_ID_SIZE", "DEFAULT_BASE_URL", "DEFAULT_BURST", "DEFAULT_MAX_IN_FLIGHT", "DEFAULT_MEMORY_CACHE_BYTES",
+    "DEFAULT_NEGATIVE_CACHE_BYTES", "DEFAULT_NEGATIVE_TTL", "DEFAULT_RATE_PER_SECOND", "DEFAULT_RETRY_AFTER",
+    "DEFAULT_TOTAL_TIMEOUT", "DEFAULT_TRANSIENT_TTL", "KIND_CERT_CHAIN", "KIND_CRL", "KIND_VCEK", "MAX_BODY",
+    "MAX_RETRY_AFTER", "MIN_RETRY_AFTER", "SERVICE", "TURIN_HWID_SIZE", "KdsClient", "TcbVersion",
+    "cert_chain_path", "check_crl_form", "check_vcek", "crl_path", "crl_valid_until", "parse_cert_chain",
+    "vcek_url_path",
+]
 
+SERVICE = "kds"  # the fetcher's service name: cache subdirectory, check labels, logger kbs.kds
 DEFAULT_BASE_URL = "https://kdsintf.amd.com"
 CHIP_ID_SIZE = 64
 TURIN_HWID_SIZE = 8
 # Bodies are a few KiB (a VCEK ~1.3 KiB, a chain ~4 KiB, a CRL < 2 KiB); refuse anything huge.
 MAX_BODY = 1 << 20
-# Defaults of the KdsClient knobs (see its docstring).  AMD allows about one VCEK per 10 s
-# per client address and answers 429 beyond that.
+# AMD allows about one VCEK per 10 s per client address and answers 429 beyond that.
 DEFAULT_RATE_PER_SECOND = 1.0
 DEFAULT_BURST = 5
-DEFAULT_MAX_IN_FLIGHT = 8
-DEFAULT_TOTAL_TIMEOUT = 30.0
-DEFAULT_NEGATIVE_TTL = 600.0
-DEFAULT_TRANSIENT_TTL = 60.0
-DEFAULT_MEMORY_CACHE_BYTES = 8 * 1024 * 1024
-DEFAULT_NEGATIVE_CACHE_BYTES = 1024 * 1024
-# A 429's Retry-After is clamped to this range; without a usable one, KDS is left alone this long.
-MIN_RETRY_AFTER = 1.0
-MAX_RETRY_AFTER = 600.0
-DEFAULT_RETRY_AFTER = 10.0
-_ENTRY_OVERHEAD = 256  # bytes charged per cache entry on top of its body or message
+# Artefact kinds in the collateral cache (kbs.trust.collateral_cache).
+KIND_VCEK = "amd.vcek"
+KIND_CERT_CHAIN = "amd.cert_chain"
+KIND_CRL = "amd.crl"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+_RATE_LIMIT_HINT = ("KDS throttles clients that ask faster (a guest can send its VCEK with the evidence "
+                    "to need no fetch)")
 
 
 def _check_product(product: str) -> None:
@@ -148,64 +138,27 @@ def vcek_url_path(product: str, chip_id: bytes, tcb: TcbVersion) -> str:
     return f"/vcek/v1/{product}/{hwid.hex()}?{query}"
 
 
-def _cache_name(path: str) -> str:
-    """A file name for a URL path: readable prefix plus a hash of the whole path."""
+def cert_chain_path(product: str, kind: str = VCEK) -> str:
+    """``/vcek/v1/{P}/cert_chain`` (ASK + ARK) or ``/vlek/v1/{P}/cert_chain`` (ASVK + ARK)."""
+    _check_product(product)
+    return f"/{_check_kind(kind)}/v1/{product}/cert_chain"
+
+
+def crl_path(product: str, kind: str = VCEK) -> str:
+    """``/vcek/v1/{P}/crl`` (the ARK's CRL) or ``/vlek/v1/{P}/crl`` (for the ASVK)."""
+    _check_product(product)
+    return f"/{_check_kind(kind)}/v1/{product}/crl"
+
+
+def _legacy_name(path: str) -> str:
+    """The file name the flat cache of earlier versions used for a KDS path (read, then moved)."""
     digest = hashlib.sha256(path.encode()).hexdigest()[:32]
     readable = _UNSAFE.sub("_", path.lstrip("/"))[:80].strip("._")
     return f"{readable}.{digest}"
 
 
-def _crl_next_update(crl: pyca_x509.CertificateRevocationList) -> datetime | None:
-    return crl.next_update_utc
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    """A failed fetch, remembered so that asking again within `until` costs no request."""
-
-    error: type[CollateralUnavailable] | type[MalformedEvidence]
-    message: str
-    check: str
-    until: float  # on the client's clock
-
-    @property
-    def cost(self) -> int:
-        return _ENTRY_OVERHEAD + len(self.message)
-
-
-class _TokenBucket:
-    """`rate` tokens a second up to `burst`; a token may be reserved ahead (the level goes
-    below zero) when the caller is willing to wait for it."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-
-    def wait(self) -> float:
-        """Seconds until a token is free (0 if one is free now)."""
-        self._refill()
-        return max(0.0, (1.0 - self._tokens) / self.rate)
-
-    def reserve(self, max_wait: float) -> float | None:
-        """Take a token: the seconds to wait before using it, or None (nothing taken) when
-        that would be longer than `max_wait`."""
-        wait = self.wait()
-        if wait > max_wait:
-            return None
-        self._tokens -= 1.0
-        return wait
-
-
 class KdsClient:
-    """Fetch VCEKs, certificate chains and CRLs from AMD's KDS, through a cache.
+    """Fetch VCEKs, certificate chains and CRLs from AMD's KDS, through the cached fetcher.
 
     `retries` is the number of retries after the first attempt, for connection errors,
     timeouts and 5xx answers.  Delays grow as ``backoff * 2**n`` plus jitter, unless a
@@ -217,7 +170,9 @@ class KdsClient:
     fetched at once), `negative_ttl` (seconds a 404 is remembered), `transient_ttl`
     (seconds a transient failure is remembered), `memory_cache_bytes` and
     `negative_cache_bytes` (budgets of the in-memory caches of answers and of failures).
-    A TTL of 0 disables that memory.  `clock` (monotonic seconds) is for tests.
+    A TTL of 0 disables that memory.  `token_wait` lets a fetch wait that many seconds for a
+    token instead of failing at once (command-line use).  `clock` (monotonic seconds) and `now`
+    (wall clock, for CRL freshness) are for tests.  `fetcher` is the underlying `Fetcher`.
     """
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, cache_dir: Path | None = None,
@@ -227,78 +182,79 @@ class KdsClient:
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
                  negative_ttl: float = DEFAULT_NEGATIVE_TTL, transient_ttl: float = DEFAULT_TRANSIENT_TTL,
                  memory_cache_bytes: int = DEFAULT_MEMORY_CACHE_BYTES,
-                 negative_cache_bytes: int = DEFAULT_NEGATIVE_CACHE_BYTES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if not base_url.startswith(("https://", "http://")):
-            raise UsageError(f"KDS base URL must be http(s), not {base_url!r}", check="kds.config")
-        if retries < 0 or backoff < 0 or timeout <= 0:
-            raise UsageError("KDS retries and backoff must be >= 0 and timeout > 0", check="kds.config")
-        if not rate_per_second > 0 or burst < 1 or max_in_flight < 1 or not total_timeout > 0:
-            raise UsageError(f"KDS rate_per_second ({rate_per_second}) and total_timeout ({total_timeout}) "
-                             f"must be > 0, burst ({burst}) and max_in_flight ({max_in_flight}) >= 1",
-                             check="kds.config")
-        if negative_ttl < 0 or transient_ttl < 0 or memory_cache_bytes < 0 or negative_cache_bytes < 0:
-            raise UsageError("KDS negative_ttl, transient_ttl and cache sizes must be >= 0", check="kds.config")
-        self.base_url = base_url.rstrip("/")
-        self.cache_dir = cache_dir
-        self.offline = offline
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self.total_timeout = total_timeout
-        self.max_in_flight = max_in_flight
-        self.negative_ttl = negative_ttl
-        self.transient_ttl = transient_ttl
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session = session
-        self._owns_session = session is None
-        self._clock = clock
-        self._bucket = _TokenBucket(rate_per_second, burst, clock)
-        self._memory: ByteBoundedCache[str, bytes] = ByteBoundedCache(
-            memory_cache_bytes, lambda body: _ENTRY_OVERHEAD + len(body))
-        self._failures: ByteBoundedCache[str, _Failure] = ByteBoundedCache(
-            negative_cache_bytes, lambda failure: failure.cost)
-        self._flights: dict[str, asyncio.Future[bytes]] = {}
-        self._fetching = 0  # distinct URLs being fetched from KDS now
-        self._blocked_until = 0.0  # no request to KDS before this (client clock), after a 429
-        self._blocked_wall = datetime.min.replace(tzinfo=UTC)
-        self._blocked_cause = ""
+                 negative_cache_bytes: int = DEFAULT_NEGATIVE_CACHE_BYTES, token_wait: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] | None = None) -> None:
+        extra = {"now": now} if now is not None else {}
+        self.fetcher = Fetcher(
+            SERVICE, base_url, label="KDS", cache_dir=cache_dir, offline=offline, session=session,
+            timeout=timeout, retries=retries, backoff=backoff, total_timeout=total_timeout,
+            rate_per_second=rate_per_second, burst=burst, token_wait=token_wait, max_in_flight=max_in_flight,
+            negative_ttl=negative_ttl, transient_ttl=transient_ttl, memory_cache_bytes=memory_cache_bytes,
+            negative_cache_bytes=negative_cache_bytes, max_body=MAX_BODY, rate_limit_hint=_RATE_LIMIT_HINT,
+            clock=clock, **extra)
+
+    @property
+    def base_url(self) -> str:
+        return self.fetcher.base_url
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.fetcher.cache_dir
+
+    @property
+    def offline(self) -> bool:
+        return self.fetcher.offline
+
+    # -- requests (URLs and answer checks): also what `kbs collateral` looks up -----------
+
+    @staticmethod
+    def vcek_request(product: str, chip_id: bytes, tcb: TcbVersion) -> Request:
+        path = vcek_url_path(product, chip_id, tcb)
+
+        def validate(body: bytes, headers: Mapping[str, str], where: str) -> None:
+            check_vcek(body, where, product, chip_id, tcb)
+
+        return Request(path, "VCEK", KIND_VCEK, validate, legacy_name=_legacy_name(path))
+
+    @staticmethod
+    def cert_chain_request(product: str, kind: str = VCEK) -> Request:
+        path = cert_chain_path(product, kind)
+
+        def validate(body: bytes, headers: Mapping[str, str], where: str) -> None:
+            parse_cert_chain(body, where, product, kind)
+
+        return Request(path, f"{kind} certificate chain", KIND_CERT_CHAIN, validate, legacy_name=_legacy_name(path))
+
+    @staticmethod
+    def crl_request(product: str, kind: str = VCEK) -> Request:
+        path = crl_path(product, kind)
+
+        def validate(body: bytes, headers: Mapping[str, str], where: str) -> None:
+            check_crl_form(body, where)
+
+        return Request(path, f"{kind} CRL", KIND_CRL, validate, valid_until=crl_valid_until,
+                       legacy_name=_legacy_name(path))
 
     # -- public API -----------------------------------------------------------------
 
     async def vcek(self, product: str, chip_id: bytes, tcb: TcbVersion) -> bytes:
         """DER of the VCEK for this chip at this TCB (pass the report's REPORTED_TCB)."""
-        path = vcek_url_path(product, chip_id, tcb)
-
-        def check(body: bytes, url: str) -> None:
-            _check_vcek(body, url, product, chip_id, tcb)
-
-        return await self._get(path, "VCEK", check, expires=False)
+        return (await self.fetcher.fetch(self.vcek_request(product, chip_id, tcb))).body
 
     async def cert_chain(self, product: str, kind: str = VCEK) -> list[bytes]:
         """DER certificates [ASK, ARK] (kind VCEK) or [ASVK, ARK] (kind VLEK)."""
-        _check_product(product)
-        path = f"/{_check_kind(kind)}/v1/{product}/cert_chain"
-
-        def check(body: bytes, url: str) -> None:
-            _parse_chain(body, url, product, kind)
-
-        body = await self._get(path, f"{kind} certificate chain", check, expires=False)
-        return [cert.der for cert in _parse_chain(body, path, product, kind)]
+        request = self.cert_chain_request(product, kind)
+        body = (await self.fetcher.fetch(request)).body
+        return [cert.der for cert in parse_cert_chain(body, request.path, product, kind)]
 
     async def crl(self, product: str, kind: str = VCEK) -> bytes:
         """DER CRL of the ARK (kind VCEK) or for the ASVK (kind VLEK); signature not checked."""
-        _check_product(product)
-        path = f"/{_check_kind(kind)}/v1/{product}/crl"
-        return await self._get(path, f"{kind} CRL", _check_crl_form, expires=True)
+        return (await self.fetcher.fetch(self.crl_request(product, kind))).body
 
     async def close(self) -> None:
         """Cancel fetches in flight and close the HTTP session, but only if this client created it."""
-        for flight in list(self._flights.values()):
-            flight.cancel()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.fetcher.close()
 
     async def __aenter__(self) -> KdsClient:
         return self
@@ -307,281 +263,10 @@ class KdsClient:
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    # -- cache ----------------------------------------------------------------------
-
-    async def _get(self, path: str, what: str, check: Callable[[bytes, str], None],
-                   *, expires: bool) -> bytes:
-        """Memory, remembered failure, or one shared flight (disk, then KDS) per path."""
-        body = self._memory_hit(path, expires)
-        if body is not None:
-            return body
-        self._raise_if_remembered(path, what)
-        flight = self._flights.get(path)
-        if flight is None:
-            flight = asyncio.ensure_future(self._get_uncached(path, what, check, expires=expires))
-            self._flights[path] = flight
-            flight.add_done_callback(functools.partial(self._flight_done, path))
-        # Shielded: a caller that goes away does not cancel the fetch the others wait for.
-        return await asyncio.shield(flight)
-
-    def _flight_done(self, path: str, flight: asyncio.Future[bytes]) -> None:
-        if self._flights.get(path) is flight:
-            del self._flights[path]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: no "never retrieved" warning when every waiter left
-
-    def _memory_hit(self, path: str, expires: bool) -> bytes | None:
-        body = self._memory.get(path)
-        if body is None:
-            return None
-        if not self._fresh(body, expires):
-            self._memory.pop(path)
-            return None
-        log.debug("KDS memory cache hit for %s", path)
-        return body
-
-    def _raise_if_remembered(self, path: str, what: str) -> None:
-        failure = self._failures.get(path)
-        if failure is None:
-            return
-        left = failure.until - self._clock()
-        if left <= 0:
-            self._failures.pop(path)
-            return
-        raise failure.error(f"{failure.message} [remembered: KDS is not asked for this {what} again "
-                            f"for {_seconds(left)}]", check=failure.check)
-
-    def _remember_failure(self, path: str, exc: CollateralUnavailable | MalformedEvidence) -> None:
-        if isinstance(exc, MalformedEvidence):
-            ttl = self.transient_ttl  # KDS answered garbage: a maintenance page, a proxy
-        elif exc.check == "kds.not_found":
-            ttl = self.negative_ttl
-        elif exc.check in ("kds.http", "kds.unavailable"):
-            ttl = self.transient_ttl
-        else:
-            return  # throttling and rate limits are not about this URL; no request was wasted
-        if ttl > 0:
-            self._failures.put(path, _Failure(type(exc), str(exc), exc.check, self._clock() + ttl))
-
-    async def _get_uncached(self, path: str, what: str, check: Callable[[bytes, str], None],
-                            *, expires: bool) -> bytes:
-        cached = await self._cached(path, check, expires=expires)
-        if cached is not None:
-            return cached
-        if self.offline:
-            raise CollateralUnavailable(
-                f"{what} at {path} is not in the KDS cache and offline mode is on "
-                f"(cache directory: {self.cache_dir}"
-                f"{', an expired CRL does not count' if expires else ''})", check="kds.offline")
-        url = self.base_url + path
-        try:
-            body = await self._fetch(url, what)
-            check(body, url)
-        except (CollateralUnavailable, MalformedEvidence) as exc:
-            self._remember_failure(path, exc)
-            raise
-        self._memory.put(path, body)
-        if self.cache_dir is not None:
-            await asyncio.to_thread(self._write_cache, path, body)
-        return body
-
-    def _fresh(self, body: bytes, expires: bool) -> bool:
-        if not expires:
-            return True
-        next_update = _crl_next_update(pyca_x509.load_der_x509_crl(body))
-        return next_update is not None and next_update > datetime.now(UTC)
-
-    async def _cached(self, path: str, check: Callable[[bytes, str], None], *,
-                      expires: bool) -> bytes | None:
-        """The disk cache (the memory cache was asked before the flight started)."""
-        if self.cache_dir is None:
-            return None
-        file = self.cache_dir / _cache_name(path)
-        try:
-            body = await asyncio.to_thread(file.read_bytes)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.warning("KDS cache file %s for %s cannot be read (%s); treating as a miss",
-                        file, path, exc)
-            return None
-        try:
-            check(body, f"cache file {file}")
-        except (MalformedEvidence, ChainInvalid) as exc:
-            log.warning("KDS cache file %s for %s is damaged (%s); treating as a miss", file, path, exc)
-            return None
-        if not self._fresh(body, expires):
-            log.info("KDS cached CRL for %s is past its nextUpdate; refetching", path)
-            return None
-        log.debug("KDS disk cache hit for %s", path)
-        self._memory.put(path, body)
-        return body
-
-    def _write_cache(self, path: str, body: bytes) -> None:
-        """Write atomically (temp file + os.replace); a failure is logged, not raised."""
-        assert self.cache_dir is not None
-        tmp: str | None = None
-        try:
-            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".kds-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.cache_dir / _cache_name(path))
-            tmp = None
-        except OSError as exc:
-            log.warning("KDS cache write for %s into %s failed: %s", path, self.cache_dir, exc)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-
-    # -- network --------------------------------------------------------------------
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-            self._owns_session = True
-        return self._session
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        base: float = self.backoff * 2.0 ** attempt
-        return base + random.uniform(0.0, base / 2)
-
-    def _check_not_throttled(self, url: str, what: str) -> None:
-        left = self._blocked_until - self._clock()
-        if left > 0:
-            raise CollateralUnavailable(
-                f"not asking KDS for {what} at {url}: KDS answered 429 Too Many Requests ({self._blocked_cause}), "
-                f"so no request is sent to it before {_wall(self._blocked_wall)} (in {_seconds(left)})",
-                check="kds.throttled")
-
-    def _throttle(self, url: str, header: str | None) -> NoReturn:
-        """A 429: stop every request to KDS for Retry-After (clamped), or a default without one."""
-        asked = _retry_after(header)
-        seconds = DEFAULT_RETRY_AFTER if asked is None else min(max(asked, MIN_RETRY_AFTER), MAX_RETRY_AFTER)
-        until = self._clock() + seconds
-        if until > self._blocked_until:
-            self._blocked_until = until
-            self._blocked_wall = datetime.now(UTC) + timedelta(seconds=seconds)
-            self._blocked_cause = (f"Retry-After {header.strip()!r}" if header is not None
-                                   else "no Retry-After") + f" for {url}"
-        log.warning("KDS GET %s -> 429; no request to KDS for %s (Retry-After %r)", url, _seconds(seconds), header)
-        raise CollateralUnavailable(
-            f"KDS answered 429 Too Many Requests for {url} "
-            f"({'Retry-After ' + repr(header.strip()) if header is not None else 'no Retry-After'}); "
-            f"no request is sent to KDS before {_wall(self._blocked_wall)} (in {_seconds(seconds)})",
-            check="kds.throttled")
-
-    async def _fetch(self, url: str, what: str) -> bytes:
-        """One fetch, admitted by the throttle window, the in-flight bound and the token bucket."""
-        self._check_not_throttled(url, what)
-        if self._fetching >= self.max_in_flight:
-            raise CollateralUnavailable(
-                f"not asking KDS for {what} at {url}: {self._fetching} other KDS fetches are in flight, "
-                f"the most allowed (max_in_flight {self.max_in_flight}); try again shortly",
-                check="kds.busy")
-        if self._bucket.reserve(0.0) is None:
-            raise CollateralUnavailable(
-                f"not asking KDS for {what} at {url}: this broker's limit on requests to KDS "
-                f"({self._bucket.rate:g}/s, burst {self._bucket.burst}) is used up, the next is allowed in "
-                f"{_seconds(self._bucket.wait())}; KDS throttles clients that ask faster (a guest can send "
-                "its VCEK with the evidence to need no fetch)", check="kds.rate_limited")
-        self._fetching += 1
-        try:
-            return await self._attempts(url, what)
-        finally:
-            self._fetching -= 1
-
-    async def _attempts(self, url: str, what: str) -> bytes:
-        session = self._get_session()
-        deadline = self._clock() + self.total_timeout
-        attempts = self.retries + 1
-        made = 0
-        last = "no attempt made"
-        stopped = ""
-        retry_after: float | None = None
-        for attempt in range(attempts):
-            if attempt > 0:
-                delay = self._delay(attempt - 1, retry_after)
-                if self._clock() + delay >= deadline:
-                    stopped = f"; no more retries: the next would end after the {self.total_timeout:g} s allowed"
-                    break
-                await asyncio.sleep(delay)
-                self._check_not_throttled(url, what)  # another fetch may have met a 429 meanwhile
-                wait = self._bucket.reserve(deadline - self._clock())
-                if wait is None:
-                    stopped = "; no more retries: the KDS request limit allows none in time"
-                    break
-                await asyncio.sleep(wait)
-            retry_after = None
-            made += 1
-            remaining = max(deadline - self._clock(), 0.001)
-            timeout = aiohttp.ClientTimeout(total=min(self.timeout, remaining))
-            try:
-                async with session.get(URL(url, encoded=True), timeout=timeout) as resp:
-                    status = resp.status
-                    log.info("KDS GET %s -> %d (attempt %d/%d)", url, status, attempt + 1, attempts)
-                    if status == 200:
-                        return await _read_body(resp, url)
-                    if status == 404:
-                        raise CollateralUnavailable(
-                            f"KDS has no {what} at {url} (404 Not Found)", check="kds.not_found")
-                    if status == 429:
-                        self._throttle(url, resp.headers.get("Retry-After"))
-                    if status < 500:
-                        raise CollateralUnavailable(
-                            f"KDS refused the request for {what} at {url} (HTTP {status})",
-                            check="kds.http")
-                    last = f"HTTP {status}"
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                log.warning("KDS GET %s failed (attempt %d/%d): %s", url, attempt + 1, attempts, last)
-        raise CollateralUnavailable(
-            f"KDS could not supply {what} at {url} after {made} attempt{'s' if made != 1 else ''} "
-            f"(last: {last}{stopped})", check="kds.unavailable")
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-
-
-def _wall(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def _read_body(resp: aiohttp.ClientResponse, url: str) -> bytes:
-    body = bytearray()
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise MalformedEvidence(f"KDS answer for {url} exceeds {MAX_BODY} bytes", check="kds.body")
-    return bytes(body)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date; None if absent or unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
 
 # -- form checks of KDS answers ---------------------------------------------------------
 
-def _check_vcek(body: bytes, url: str, product: str, chip_id: bytes, tcb: TcbVersion) -> None:
+def check_vcek(body: bytes, url: str, product: str, chip_id: bytes, tcb: TcbVersion) -> None:
     """One DER certificate, CN SEV-VCEK, whose hwID and SPLs are the ones asked for."""
     try:
         certs = load_certificates(body)
@@ -608,7 +293,7 @@ def _check_vcek(body: bytes, url: str, product: str, chip_id: bytes, tcb: TcbVer
                                 f"requested {wanted}", check="kds.vcek")
 
 
-def _parse_chain(body: bytes, url: str, product: str, kind: str) -> list[Certificate]:
+def parse_cert_chain(body: bytes, url: str, product: str, kind: str) -> list[Certificate]:
     """Exactly two PEM certificates: SEV-{P} (or SEV-VLEK-{P}) then ARK-{P}."""
     try:
         certs = load_certificates(body)
@@ -630,8 +315,16 @@ def _parse_chain(body: bytes, url: str, product: str, kind: str) -> list[Certifi
     return certs
 
 
-def _check_crl_form(body: bytes, url: str) -> None:
+def check_crl_form(body: bytes, url: str) -> None:
     try:
         pyca_x509.load_der_x509_crl(body)
     except ValueError as exc:
         raise MalformedEvidence(f"CRL from {url} does not parse as DER: {exc}", check="kds.crl") from exc
+
+
+def crl_valid_until(body: bytes, headers: Mapping[str, str]) -> datetime | None:
+    """A CRL is current until its nextUpdate (one without is never served from the cache)."""
+    try:
+        return pyca_x509.load_der_x509_crl(body).next_update_utc
+    except ValueError:
+        return None

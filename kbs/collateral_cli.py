@@ -1,0 +1,357 @@
+"""`kbs collateral list|add|fetch|export|import|prune`: fill, carry and inspect the collateral cache.
+
+The cache is the directory the daemon (the SNP verifier's `cache_dir`) and `kbs verify snp --offline
+--cache-dir` read (`kbs.trust.collateral_cache`).  Exit codes: 0 done; 1 refused (an artefact
+failed its checks, a fetch failed: nothing of a refused batch was cached); 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kbs.errors import CollateralUnavailable, KbsError, UsageError
+from kbs.evidence.snp.collateral import candidate_products
+from kbs.evidence.snp.report import parse_report
+from kbs.timearg import rfc3339
+from kbs.trust.amd.certs import PRODUCTS, VCEK, VLEK
+from kbs.trust.amd.collateral import Sourced, entries_from_files, read_inputs
+from kbs.trust.amd.kds import CHIP_ID_SIZE, DEFAULT_BASE_URL, SERVICE, TURIN_HWID_SIZE, KdsClient, TcbVersion
+from kbs.trust.cachedir import Entry, iso
+from kbs.trust.collateral_cache import Admitted, CheckContext, CollateralCache, default_cache_dir
+from kbs.trust.fetch import Request
+from kbs.trust.x509 import Certificate, load_certificates
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+Run = Callable[[argparse.Namespace], int]
+SubParsers = Any  # argparse._SubParsersAction, private in typeshed
+_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled")
+
+
+def _guarded(run: Run) -> Run:
+    def func(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except UsageError as exc:
+            print(f"kbs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KbsError as exc:
+            print(f"kbs: rejected: {exc.check}: {exc}", file=sys.stderr)
+            if getattr(args, "json", False):
+                print(json.dumps({"error": {"check": exc.check, "message": str(exc)}}))
+            return EXIT_REFUSED
+    return func
+
+
+def add_collateral_parser(commands: SubParsers) -> None:
+    collateral = commands.add_parser(
+        "collateral", help="fill, carry and inspect the collateral cache (VCEKs, chains, CRLs) for offline use",
+        description="The cache the broker and `kbs verify --offline` read. Artefacts are checked against the "
+                    "pinned vendor roots (or --trust-root) before they are cached.")
+    verbs = collateral.add_subparsers(dest="verb", required=True)
+
+    def verb(name: str, help_text: str, run: Run) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = verbs.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                            help=f"the collateral cache (default: the one kbs verify uses, {default_cache_dir()})")
+        parser.set_defaults(func=_guarded(run))
+        return parser
+
+    def trust(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--trust-root", action="append", default=[], metavar="PEM",
+                            help="trust these roots instead of the pinned vendor roots (labs, tests); repeatable")
+        parser.add_argument("--at", type=rfc3339, metavar="RFC3339",
+                            help="time certificates must be valid at (default: now)")
+
+    listing = verb("list", "show what is cached and until when", _run_list)
+    listing.add_argument("--json", action="store_true", help="machine output")
+
+    add = verb("add", "check certificates and CRLs against the pinned roots and cache them", _run_add)
+    add.add_argument("files", nargs="+", metavar="FILE",
+                     help="PEM or DER certificates (VCEK, ASK/ASVK, ARK, in any order and files) and CRLs")
+    add.add_argument("--vlek-crl", action="store_true",
+                     help="the CRLs given are the VLEK (ASVK) CRLs, /vlek/v1/{P}/crl (default: /vcek/v1/{P}/crl)")
+    trust(add)
+
+    fetch = verb("fetch", "fetch from AMD KDS what given chips need (VCEK, chain, CRL), check it, cache it",
+                 _run_fetch)
+    fetch.add_argument("--report", action="append", default=[], metavar="FILE",
+                       help="an SNP report whose chip and REPORTED_TCB to fetch for; repeatable")
+    fetch.add_argument("--product", choices=PRODUCTS, help="product of --chip-id, or whose chains and CRLs to fetch")
+    fetch.add_argument("--chip-id", metavar="HEX", help="CHIP_ID (128 hex digits; Turin: the first 16 suffice)")
+    fetch.add_argument("--tcb", metavar="bl=,tee=,snp=,ucode=[,fmc=]", help="the TCB of --chip-id's VCEK")
+    fetch.add_argument("--vlek", action="store_true", help="also the VLEK (ASVK) chains and CRLs")
+    fetch.add_argument("--no-crl", action="store_true", help="leave the CRLs out")
+    fetch.add_argument("--refresh", action="store_true", help="fetch again what is cached and current")
+    fetch.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_BASE_URL), help="KDS base URL")
+    trust(fetch)
+
+    export = verb("export", "write the cache into one archive (tar, with a manifest) to carry elsewhere", _run_export)
+    export.add_argument("out", type=Path, metavar="OUT", help="archive to write (.tar, or .tar.gz to compress)")
+    export.add_argument("--include-expired", action="store_true", help="also what has expired")
+
+    imp = verb("import", "check every item of an archive, then cache them all (or none)", _run_import)
+    imp.add_argument("archive", type=Path, metavar="ARCHIVE", help="an archive written by kbs collateral export")
+    trust(imp)
+
+    verb("prune", "remove what has expired, and broken files", _run_prune)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def _cache(args: argparse.Namespace) -> CollateralCache:
+    root: Path = args.cache_dir or default_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"cache directory {root} is not a directory")
+    return CollateralCache(root)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _roots(args: argparse.Namespace) -> list[Certificate] | None:
+    return [c for path in args.trust_root for c in load_certificates(_read(path, "trust root"))] or None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _short_key(entry: Entry) -> str:
+    """The key with long hex runs (a CHIP_ID) shortened, for tables."""
+    path = entry.key.path
+    parts = []
+    for part in path.split("/"):
+        head, sep, query = part.partition("?")
+        if len(head) > 24 and all(c in "0123456789abcdef" for c in head):
+            head = f"{head[:8]}…{head[-4:]}"
+        parts.append(head + sep + query)
+    return f"{entry.key.method} {'/'.join(parts)}"
+
+
+def _until(entry: Entry, now: dt.datetime) -> str:
+    if entry.valid_until is None:
+        return "never expires"
+    return f"until {iso(entry.valid_until)}{' (EXPIRED)' if entry.expired(now) else ''}"
+
+
+def _report(admitted: Admitted, verb: str) -> None:
+    for entry in admitted.written:
+        print(f"{verb} {entry.kind} {_short_key(entry)} ({_until(entry, _now())})")
+    for entry in admitted.kept:
+        print(f"kept {entry.kind} {_short_key(entry)}: the cached copy is newer ({_until(entry, _now())})")
+    for entry, why in admitted.skipped:
+        print(f"skipped {entry.kind} {_short_key(entry)}: {why}", file=sys.stderr)
+
+
+# -- verbs ------------------------------------------------------------------------------------
+
+def _entry_json(entry: Entry, cache: CollateralCache, now: dt.datetime) -> dict[str, Any]:
+    meta = entry.meta()
+    del meta["format"]
+    return {**meta, "key": str(entry.key), "expired": entry.expired(now),
+            "file": str(cache.dir.paths(entry.service, entry.key)[0])}
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    entries, problems = cache.scan()
+    now = _now()
+    if args.json:
+        print(json.dumps({"cache_dir": str(cache.root), "entries": [_entry_json(e, cache, now) for e in entries],
+                          "problems": [{"path": str(p.path), "reason": p.reason} for p in problems]}, indent=2))
+        return EXIT_OK
+    print(f"{cache.root}: {len(entries)} artefact(s)")
+    for entry in entries:
+        print(f"  {entry.kind:<15} {_until(entry, now):<36} {_short_key(entry)}")
+    for problem in problems:
+        print(f"  problem: {problem.path}: {problem.reason}")
+    return EXIT_OK
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    roots = _roots(args)
+    inputs: list[Sourced] = []
+    for name in args.files:
+        inputs += read_inputs(Path(name), _read(name, "file"))
+    now = _now()
+    at = args.at or now
+    context = CheckContext(at=at, now=now, trust_roots=roots, certificates=[*cache.certificates(), *(roots or ())])
+    entries = entries_from_files(inputs, context, now, VLEK if args.vlek_crl else VCEK)
+    if not entries:
+        raise UsageError("nothing to cache in the files given: give a VCEK, an ASK/ASVK with its ARK, or a CRL")
+    _report(cache.admit(entries, at=at, now=now, trust_roots=roots), "added")
+    return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Tcb:
+    bl: int
+    tee: int
+    snp: int
+    ucode: int
+    fmc: int | None = None
+
+
+def _parse_tcb(text: str) -> Tcb:
+    values: dict[str, int] = {}
+    for part in text.split(","):
+        name, sep, value = part.strip().partition("=")
+        if not sep or name not in ("bl", "tee", "snp", "ucode", "fmc") or name in values \
+                or not value.isdigit() or int(value) > 255:
+            raise UsageError(f"--tcb {text!r}: each part must be NAME=0..255 with NAME one of bl, tee, snp, "
+                             "ucode, fmc, each once")
+        values[name] = int(value)
+    missing = {"bl", "tee", "snp", "ucode"} - set(values)
+    if missing:
+        raise UsageError(f"--tcb {text!r} lacks {', '.join(sorted(missing))}")
+    return Tcb(**values)
+
+
+@dataclass(frozen=True)
+class _Chip:
+    what: str
+    chip_id: bytes
+    tcbs: dict[str, TcbVersion]  # candidate product -> the TCB its VCEK is issued for
+
+
+def _targets(args: argparse.Namespace) -> tuple[list[_Chip], set[str], set[str]]:
+    """Chips to fetch VCEKs for, products to fetch chains and CRLs for, and the kinds of those."""
+    chips: list[_Chip] = []
+    products: set[str] = set()
+    kinds = {VCEK, VLEK} if args.vlek else {VCEK}
+    for name in args.report:
+        report = parse_report(_read(name, "report"))
+        if report.signer.signing_key == VLEK:
+            kinds.add(VLEK)  # the VLEK itself comes with the evidence; its chain and CRL can be cached
+            products.update(candidate_products(report))
+            continue
+        chips.append(_Chip(name, bytes(report.raw.chip_id),
+                           {p: report.tcbs(p)["reported"] for p in candidate_products(report)}))
+    if args.chip_id or args.tcb:
+        if not (args.chip_id and args.tcb and args.product):
+            raise UsageError("--chip-id goes with --tcb and --product")
+        try:
+            chip = bytes.fromhex(args.chip_id)
+        except ValueError as exc:
+            raise UsageError(f"--chip-id is not hex: {exc}") from exc
+        wanted = TURIN_HWID_SIZE if args.product == "Turin" else CHIP_ID_SIZE
+        if len(chip) not in (wanted, CHIP_ID_SIZE):
+            raise UsageError(f"--chip-id is {len(chip)} bytes, wanted {CHIP_ID_SIZE}"
+                             f"{' (or 8 for Turin)' if args.product == 'Turin' else ''}")
+        tcb = _parse_tcb(args.tcb)
+        if (args.product == "Turin") != (tcb.fmc is not None):
+            raise UsageError("--tcb has fmc= for Turin and only for Turin")
+        chips.append(_Chip(f"chip {args.chip_id[:16]}…", chip.ljust(CHIP_ID_SIZE, b"\0"), {args.product: tcb}))
+    elif args.product:
+        products.add(args.product)
+    if not chips and not products:
+        raise UsageError("say what to fetch: --report FILE, --product P --chip-id HEX --tcb ..., or --product P")
+    return chips, products, kinds
+
+
+async def _fetch_all(args: argparse.Namespace, cache: CollateralCache,
+                     now: dt.datetime) -> tuple[list[Entry], list[str]]:
+    chips, products, kinds = _targets(args)
+    fetched: list[Entry] = []
+    errors: list[str] = []
+    # Wait for the client's request limit rather than fail: an operator's batch may exceed the burst.
+    async with KdsClient(args.kds_url, token_wait=120.0) as kds:
+
+        async def get(request: Request) -> None:
+            if not args.refresh and cache.current(SERVICE, request.key, now) is not None:
+                print(f"already cached: {request.what} {request.path}")
+                return
+            result = await kds.fetcher.fetch(request)
+            fetched.append(Entry(SERVICE, request.kind, request.key, result.body, result.source, now,
+                                 result.valid_until, result.headers))
+
+        for chip in chips:
+            failures = []
+            for product, tcb in chip.tcbs.items():
+                try:
+                    await get(kds.vcek_request(product, chip.chip_id, tcb))
+                except CollateralUnavailable as exc:
+                    if exc.check in _NOT_ASKED:
+                        raise
+                    failures.append(f"{product}: {exc}")
+                    continue
+                products.add(product)
+                break
+            else:
+                errors.append(f"{chip.what}: no VCEK: {'; '.join(failures)}")
+        for product in sorted(products):
+            for kind in sorted(kinds):
+                requests = [kds.cert_chain_request(product, kind)]
+                if not args.no_crl:
+                    requests.append(kds.crl_request(product, kind))
+                for request in requests:
+                    try:
+                        await get(request)
+                    except CollateralUnavailable as exc:
+                        if exc.check in _NOT_ASKED:
+                            raise
+                        errors.append(str(exc))
+    return fetched, errors
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    roots = _roots(args)
+    now = _now()
+    fetched, errors = asyncio.run(_fetch_all(args, cache, now))
+    if fetched:
+        _report(cache.admit(fetched, at=args.at or now, now=now, trust_roots=roots), "fetched")
+    for error in errors:
+        print(f"kbs: not fetched: {error}", file=sys.stderr)
+    return EXIT_REFUSED if errors else EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    out: Path = args.out
+    if not out.parent.is_dir():
+        raise UsageError(f"cannot write {out}: {out.parent} is not a directory")
+    try:
+        entries = cache.export(out, _now(), include_expired=args.include_expired)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc}") from exc
+    print(f"exported {len(entries)} artefact(s) from {cache.root} to {out}")
+    return EXIT_OK
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    archive: Path = args.archive
+    if not archive.is_file():
+        raise UsageError(f"cannot read archive {archive}: not a file")
+    now = _now()
+    admitted = cache.import_archive(archive, at=args.at or now, now=now, trust_roots=_roots(args))
+    _report(admitted, "imported")
+    print(f"imported {len(admitted.written)} artefact(s) into {cache.root}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    cache = _cache(args)
+    pruned = cache.prune(_now())
+    for entry in pruned.removed:
+        print(f"removed {entry.kind} {_short_key(entry)}: expired at "
+              f"{iso(entry.valid_until) if entry.valid_until else '?'}")
+    for problem in pruned.problems:
+        print(f"{'removed' if problem.removable else 'left'} {problem.path}: {problem.reason}")
+    return EXIT_OK
+

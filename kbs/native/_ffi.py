@@ -1,0 +1,90 @@
+"""The loaded core (`kbs._native`: `ffi`, `lib`) and the one map from its status codes to exceptions.
+
+`kbs_native.h` has one `enum kbs_status` for every concern, so its Python side is one table
+here; each concern's module (snp, p384, hashing) calls `raise_for` on what C returned.
+"""
+
+from __future__ import annotations
+
+from kbs._native import ffi, lib
+from kbs.errors import KbsError, MalformedEvidence, SignatureInvalid
+
+__all__ = ["MAX_CERTTABLE_ENTRIES", "NativeStatusError", "ffi", "lib", "raise_for", "status_name"]
+
+# The most entries snp_certtable_parse lets the C parser return (its error message names it).
+MAX_CERTTABLE_ENTRIES = 64
+
+# status code -> (exception class, check label, operator-facing message)
+_STATUS: dict[int, tuple[type[KbsError], str, str]] = {
+    lib.KBS_ERR_NULL_ARGUMENT: (KbsError, "internal", "native core called without a buffer"),
+    lib.KBS_ERR_INTERNAL: (KbsError, "internal", "native core failed internally"),
+    lib.KBS_ERR_SNP_LENGTH: (MalformedEvidence, "report.length",
+                             f"SNP report must be exactly {lib.KBS_SNP_REPORT_SIZE} bytes"),
+    lib.KBS_ERR_SNP_VERSION: (MalformedEvidence, "report.version",
+                              "SNP report version is not 2, 3, 4 or 5"),
+    lib.KBS_ERR_SNP_SIG_ALGO: (MalformedEvidence, "report.signature_algo",
+                               "SNP report signature algorithm is not 1 (ECDSA P-384 with SHA-384)"),
+    lib.KBS_ERR_SNP_POLICY_BIT17: (MalformedEvidence, "report.policy",
+                                   "SNP guest policy bit 17 (reserved, must be 1) is 0"),
+    lib.KBS_ERR_SNP_POLICY_RESERVED: (MalformedEvidence, "report.policy",
+                                      "SNP guest policy has reserved bits 63:26 set"),
+    lib.KBS_ERR_SNP_SIGNER_INFO_RESERVED: (MalformedEvidence, "report.signer_info",
+                                           "SNP signer info has reserved bits 31:5 set"),
+    lib.KBS_ERR_SNP_SIGNING_KEY_RESERVED: (MalformedEvidence, "report.signer_info",
+                                           "SNP signing key field is a reserved value (2-6)"),
+    lib.KBS_ERR_SNP_MBZ_04C: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x04C-0x04F are not zero"),
+    lib.KBS_ERR_SNP_MBZ_188: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes before CHIP_ID (0x188/0x18B-0x19F) are not zero"),
+    lib.KBS_ERR_SNP_MBZ_1EB: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved byte 0x1EB is not zero"),
+    lib.KBS_ERR_SNP_MBZ_1EF: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved byte 0x1EF is not zero"),
+    lib.KBS_ERR_SNP_MBZ_1F8: (MalformedEvidence, "report.reserved",
+                              "SNP report bytes 0x1F8-0x207 are reserved before version 5 but not zero"),
+    lib.KBS_ERR_SNP_MBZ_208: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x208-0x29F are not zero"),
+    lib.KBS_ERR_SNP_SIG_R_HIGH: (MalformedEvidence, "report.signature_format",
+                                 "SNP signature r has non-zero bytes above the 48-byte P-384 scalar"),
+    lib.KBS_ERR_SNP_SIG_S_HIGH: (MalformedEvidence, "report.signature_format",
+                                 "SNP signature s has non-zero bytes above the 48-byte P-384 scalar"),
+    lib.KBS_ERR_SNP_MBZ_330: (MalformedEvidence, "report.reserved",
+                              "SNP report reserved bytes 0x330-0x49F after the signature are not zero"),
+    lib.KBS_ERR_SNP_UNSIGNED: (SignatureInvalid, "report.unsigned",
+                               "SNP report says it is not signed (signing key NONE)"),
+    lib.KBS_ERR_KEY_LENGTH: (SignatureInvalid, "key", "public key is not a 97-byte uncompressed P-384 point"),
+    lib.KBS_ERR_KEY_FORMAT: (SignatureInvalid, "key", "public key is not an uncompressed point (0x04)"),
+    lib.KBS_ERR_KEY_NOT_ON_CURVE: (SignatureInvalid, "key", "public key is not a point on P-384"),
+    lib.KBS_ERR_SIG_RANGE: (SignatureInvalid, "report.signature",
+                            "signature r or s is zero or not below the group order"),
+    lib.KBS_ERR_SIG_INVALID: (SignatureInvalid, "report.signature", "signature does not verify with the key"),
+    lib.KBS_ERR_CERTTABLE_UNTERMINATED: (MalformedEvidence, "certtable.format",
+                                         "certificate table has no all-zero terminating entry"),
+    lib.KBS_ERR_CERTTABLE_OFFSET: (MalformedEvidence, "certtable.format",
+                                   "certificate table entry points into the table header"),
+    lib.KBS_ERR_CERTTABLE_BOUNDS: (MalformedEvidence, "certtable.format",
+                                   "certificate table entry extends past the end of the buffer"),
+    lib.KBS_ERR_CERTTABLE_TOO_MANY: (MalformedEvidence, "certtable.format",
+                                     f"certificate table has more than {MAX_CERTTABLE_ENTRIES} entries"),
+}
+
+
+class NativeStatusError(KbsError):
+    """A status the Python side does not know: a bug, never a verdict on evidence."""
+
+
+def raise_for(status: int, context: str = "") -> None:
+    if status == lib.KBS_OK:
+        return
+    cls, check, message = _STATUS.get(
+        status, (NativeStatusError, "internal", f"native core returned unknown status {status}"))
+    raise cls(f"{context}{message}", check=check)
+
+
+def status_name(status: int) -> str:
+    """The C enum name of a status code (for tests and diagnostics)."""
+    for name in dir(lib):
+        if name.startswith("KBS_") and getattr(lib, name) == status and not name.endswith("_SIZE"):
+            return name
+    return str(status)
+
