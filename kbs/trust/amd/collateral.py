@@ -17,27 +17,25 @@ VLEK with the evidence; the ASVK chain and CRL are cached like the ASK's.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import ssl
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509 as pyca_x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kbs.errors import ChainInvalid, CollateralUnavailable, KbsError, MalformedEvidence, UsageError
+from kbs.trust import revocation
 from kbs.trust.amd.certs import (
-    PINNED_ARKS,
+    AMD_SIGNATURE_ALGORITHMS,
     PRODUCTS,
     VCEK,
     VLEK,
     AmdChain,
     CertBundle,
+    amd_roots,
     parse_vek_extensions,
     verify_chain,
 )
@@ -56,7 +54,9 @@ from kbs.trust.amd.kds import (
     vcek_url_path,
 )
 from kbs.trust.cachedir import CacheKey, Entry
+from kbs.trust.chain import walk_chain
 from kbs.trust.collateral_cache import ArtefactKind, CheckContext
+from kbs.trust.signature import verify_link
 from kbs.trust.x509 import Certificate, load_certificates
 
 _CHAIN_PATH = re.compile(r"^/(vcek|vlek)/v1/([A-Za-z]+)/cert_chain$")
@@ -72,74 +72,28 @@ class Sourced:
     crl: bytes | None = None
 
 
-def _fingerprint(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
-
-
-def _short(fingerprint: str) -> str:
-    return f"{fingerprint[:8]}…{fingerprint[-4:]}"
-
-
 def _pem(der: bytes) -> bytes:
-    return ssl.DER_cert_to_PEM_cert(der).encode()
+    return pyca_x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
 
 
-def _pyca(cert: Certificate) -> pyca_x509.Certificate:
-    with warnings.catch_warnings():  # AMD's VCEKs have serial 0; only ASKs and ARKs come here
-        warnings.simplefilter("ignore")
-        return pyca_x509.load_der_x509_certificate(cert.der)
-
-
-def _check_anchor(ark: Certificate, product: str, trust_roots: Sequence[Certificate] | None) -> None:
-    fingerprint = _fingerprint(ark.der)
-    if trust_roots is not None:
-        if fingerprint not in {_fingerprint(root.der) for root in trust_roots}:
-            raise ChainInvalid(f"ARK fingerprint {_short(fingerprint)} is not a configured trust root",
-                               check="chain.root")
-    elif PINNED_ARKS.get(product) != fingerprint:
-        raise ChainInvalid(f"ARK fingerprint {_short(fingerprint)} is not the pinned AMD root for {product}",
-                           check="chain.root")
-
-
-def _check_issued(child: Certificate, issuer: Certificate) -> None:
-    """`issuer` signed `child` (RSA-PSS and the rest as pyca verifies them), and `issuer` is a CA."""
-    theirs = _pyca(issuer)
-    try:
-        _pyca(child).verify_directly_issued_by(theirs)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-        raise ChainInvalid(f"{child.subject_cn} is not signed by {issuer.subject_cn}'s key "
-                           f"({str(exc) or 'bad signature'})", check="chain.signature") from exc
-    try:
-        ca = theirs.extensions.get_extension_for_class(pyca_x509.BasicConstraints).value.ca
-    except pyca_x509.ExtensionNotFound:
-        ca = False
-    if not ca:
-        raise ChainInvalid(f"{issuer.subject_cn} is not a CA certificate", check="chain.names")
+def _anchored(ark: Certificate, product: str, trust_roots: Sequence[Certificate] | None) -> bool:
+    """The ARK is the pinned AMD root of `product` (or one of the operator's roots)."""
+    return ark.fingerprint in {pin.fingerprint for pin in amd_roots(product, trust_roots).pins}
 
 
 def _issued(child: Certificate, issuer: Certificate) -> bool:
     try:
-        _check_issued(child, issuer)
+        verify_link(child, issuer, AMD_SIGNATURE_ALGORITHMS)
     except ChainInvalid:
         return False
     return True
-
-
-def _check_validity(cert: Certificate, at: datetime) -> None:
-    if not cert.not_before <= at <= cert.not_after:
-        raise ChainInvalid(f"{cert.subject_cn} is valid from {cert.not_before.isoformat()} to "
-                           f"{cert.not_after.isoformat()}, not at {at.isoformat()}", check="chain.validity")
 
 
 def _arks(product: str, context: CheckContext) -> list[Certificate]:
     """Candidate ARK-{P} certificates, anchored ones only."""
     out = []
     for cert in context.certificates:
-        if cert.subject_cn == f"ARK-{product}":
-            try:
-                _check_anchor(cert, product, context.trust_roots)
-            except ChainInvalid:
-                continue
+        if cert.subject_cn == f"ARK-{product}" and _anchored(cert, product, context.trust_roots):
             out.append(cert)
     return list({c.der: c for c in out}.values())
 
@@ -205,15 +159,13 @@ def check_vcek_entry(entry: Entry, context: CheckContext) -> None:
 # -- certificate chain ---------------------------------------------------------------------
 
 def check_chain_entry(entry: Entry, context: CheckContext) -> None:
+    """ASK (or ASVK) issued by the ARK, the ARK pinned, both CAs valid at the time: the shared walker."""
     product, kind = _product_kind(entry, _CHAIN_PATH)
     ask, ark = parse_cert_chain(entry.body, f"the cache entry {entry.key}", product, kind)
-    _check_anchor(ark, product, context.trust_roots)
-    _check_issued(ark, ark)
-    _check_issued(ask, ark)
-    for cert in (ask, ark):
-        _check_validity(cert, context.at)
-    if not _pyca(ask).extensions.get_extension_for_class(pyca_x509.BasicConstraints).value.ca:
-        raise ChainInvalid(f"{ask.subject_cn} is not a CA certificate", check="chain.names")
+    walk_chain(ask, [ark], amd_roots(product, context.trust_roots), context.at, depth=2,
+               algorithms=AMD_SIGNATURE_ALGORITHMS)
+    if not ask.is_ca():
+        raise ChainInvalid(f"{ask.subject_cn} is not a CA certificate", check="chain.ca")
 
 
 def chain_certificates(entry: Entry) -> Sequence[Certificate]:
@@ -226,20 +178,25 @@ def chain_certificates(entry: Entry) -> Sequence[Certificate]:
 # -- CRL -----------------------------------------------------------------------------------
 
 def check_crl_entry(entry: Entry, context: CheckContext) -> None:
+    """Signed by the pinned ARK with AMD's algorithm, and current now (the shared CRL check)."""
     product, _ = _product_kind(entry, _CRL_PATH)
     check_crl_form(entry.body, f"the cache entry {entry.key}")
-    crl = pyca_x509.load_der_x509_crl(entry.body)
     arks = _arks(product, context)
     if not arks:
         raise CollateralUnavailable(f"no pinned (or trusted) ARK-{product} is given or cached to check the CRL "
                                     f"against: add the {product} ASK + ARK chain too", check="collateral.ark")
-    issuers = [ark for ark in arks if crl.issuer.public_bytes() == ark.subject_der]
-    if not issuers:
-        raise ChainInvalid(f"the CRL's issuer is not ARK-{product}", check="crl.issuer")
-    if not any(crl.is_signature_valid(_pyca(ark).public_key()) for ark in issuers):  # type: ignore[arg-type]
-        raise ChainInvalid(f"the CRL's signature does not verify with the ARK-{product} key", check="crl.signature")
-    if crl.last_update_utc > context.now:
-        raise ChainInvalid(f"the CRL is not in force before {crl.last_update_utc.isoformat()}", check="crl.validity")
+    crl = revocation.parse_crl(entry.body)
+    if crl.this_update > context.now:
+        raise ChainInvalid(f"the CRL is not in force before {crl.this_update.isoformat()}", check="crl.validity")
+    failure: ChainInvalid | None = None
+    for ark in arks:
+        try:  # authentic and well-formed; whether it is still current is the cache's valid_until
+            revocation.check_crl(crl, ark, [], crl.this_update, algorithms=AMD_SIGNATURE_ALGORITHMS)
+            return
+        except ChainInvalid as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
 
 
 AMD_KINDS = (
