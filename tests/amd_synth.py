@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from tests import der as dertools
+
 PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 KDS = "1.3.6.1.4.1.3704.1."
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -206,35 +208,14 @@ def sign_report(report: bytearray, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 # -- hostile certificates (DER surgery; signatures no longer verify) ----------------------------
 
-def der_tlv(tag: int, body: bytes) -> bytes:
-    """One DER element with a definite length."""
-    if len(body) < 0x80:
-        return bytes([tag, len(body)]) + body
-    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
 
 
-def _der_split(data: bytes) -> list[bytes]:
-    """The whole TLVs that make up `data` (a SEQUENCE's contents), for well-formed DER."""
-    out = []
-    offset = 0
-    while offset < len(data):
-        first = data[offset + 1]
-        header, length = 2, first
-        if first & 0x80:
-            count = first & 0x7F
-            header, length = 2 + count, int.from_bytes(data[offset + 2:offset + 2 + count], "big")
-        out.append(data[offset:offset + header + length])
-        offset += header + length
-    return out
 
 
-def _der_contents(element: bytes) -> bytes:
-    first = element[1]
-    return element[2 + (first & 0x7F if first & 0x80 else 0):]
 
 
-EMPTY_EXTENSION = der_tlv(0x30, der_tlv(0x06, b"\x2a\x03") + der_tlv(0x04, b""))  # 1.2.3, empty value: 8 bytes
+# 1.2.3 with an empty value: 8 bytes
+EMPTY_EXTENSION = dertools.tlv(0x30, dertools.tlv(0x06, b"\x2a\x03") + dertools.tlv(0x04, b""))
 
 
 def distinct_empty_extensions(count: int) -> bytes:
@@ -243,20 +224,20 @@ def distinct_empty_extensions(count: int) -> bytes:
     out = []
     for i in range(count):
         arc = bytes([i]) if i < 0x80 else bytes([0x80 | i >> 7, i & 0x7F])
-        out.append(der_tlv(0x30, der_tlv(0x06, b"\x2a\x03" + arc) + der_tlv(0x04, b"")))
+        out.append(dertools.tlv(0x30, dertools.tlv(0x06, b"\x2a\x03" + arc) + dertools.tlv(0x04, b"")))
     return b"".join(out)
 
 
 def with_extra_extensions(der: bytes, count: int, extension: bytes = EMPTY_EXTENSION) -> bytes:
     """`der` with `count` more copies of `extension` appended to its extensions.  The signature no longer
     verifies: such a certificate must be refused before anything looks at signatures."""
-    tbs, algorithm, signature = _der_split(_der_contents(der))
-    fields = _der_split(_der_contents(tbs))
+    tbs, algorithm, signature = dertools.split(dertools.contents(der))
+    fields = dertools.split(dertools.contents(tbs))
     for i, part in enumerate(fields):
         if part[0] == 0xA3:
-            extensions = _der_split(_der_contents(_der_contents(part)))
-            fields[i] = der_tlv(0xA3, der_tlv(0x30, b"".join(extensions) + extension * count))
+            extensions = dertools.split(dertools.contents(dertools.contents(part)))
+            fields[i] = dertools.tlv(0xA3, dertools.tlv(0x30, b"".join(extensions) + extension * count))
             break
     else:
-        fields.append(der_tlv(0xA3, der_tlv(0x30, extension * count)))
-    return der_tlv(0x30, der_tlv(0x30, b"".join(fields)) + algorithm + signature)
+        fields.append(dertools.tlv(0xA3, dertools.tlv(0x30, extension * count)))
+    return dertools.tlv(0x30, dertools.tlv(0x30, b"".join(fields)) + algorithm + signature)

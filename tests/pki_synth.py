@@ -21,6 +21,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kbs.trust.x509 import Certificate, parse_certificate
+from tests import der as dertools
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -232,31 +233,10 @@ def key_usage(**bits: bool) -> x509.KeyUsage:
 
 # -- DER surgery on signed objects (for collateral pyca's builders refuse to make) --------------------
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    if len(body) < 0x80:
-        return bytes([tag, len(body)]) + body
-    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + body
 
 
-def _split(data: bytes) -> list[bytes]:
-    """The whole TLVs that make up `data` (well-formed DER)."""
-    out = []
-    offset = 0
-    while offset < len(data):
-        first = data[offset + 1]
-        header, length = 2, first
-        if first & 0x80:
-            count = first & 0x7F
-            header, length = 2 + count, int.from_bytes(data[offset + 2:offset + 2 + count], "big")
-        out.append(data[offset:offset + header + length])
-        offset += header + length
-    return out
 
 
-def _contents(element: bytes) -> bytes:
-    first = element[1]
-    return element[2 + (first & 0x7F if first & 0x80 else 0):]
 
 
 def sign_raw(key: PrivateKey, algorithm: Algorithm, data: bytes) -> bytes:
@@ -269,20 +249,21 @@ def sign_raw(key: PrivateKey, algorithm: Algorithm, data: bytes) -> bytes:
 
 def resign_crl(crl: bytes, key: PrivateKey, algorithm: Algorithm, *, drop_next_update: bool = False) -> bytes:
     """`crl` signed again by `key` (its algorithm identifiers unchanged), optionally without nextUpdate."""
-    tbs, algorithm_id, _ = _split(_contents(crl))
-    fields = _split(_contents(tbs))
+    tbs, algorithm_id, _ = dertools.split(dertools.contents(crl))
+    fields = dertools.split(dertools.contents(tbs))
     if drop_next_update:
         times = [i for i, f in enumerate(fields) if f[0] in (0x17, 0x18)]
         del fields[times[1]]
-    tbs = _tlv(0x30, b"".join(fields))
-    return _tlv(0x30, tbs + algorithm_id + _tlv(0x03, b"\x00" + sign_raw(key, algorithm, tbs)))
+    tbs = dertools.tlv(0x30, b"".join(fields))
+    return dertools.tlv(0x30, tbs + algorithm_id + dertools.tlv(0x03, b"\x00" + sign_raw(key, algorithm, tbs)))
 
 
 def resign_ocsp(response: bytes, key: PrivateKey, algorithm: Algorithm) -> bytes:
     """An OCSP response whose BasicOCSPResponse is signed again by `key`, everything else unchanged."""
-    status, wrapper = _split(_contents(response))
-    response_type, octets = _split(_contents(_contents(wrapper)))
-    tbs, algorithm_id, _, *certs = _split(_contents(_contents(octets)))
-    signature = _tlv(0x03, b"\x00" + sign_raw(key, algorithm, tbs))
-    basic = _tlv(0x30, tbs + algorithm_id + signature + b"".join(certs))
-    return _tlv(0x30, status + _tlv(0xA0, _tlv(0x30, response_type + _tlv(0x04, basic))))
+    status, wrapper = dertools.split(dertools.contents(response))
+    response_type, octets = dertools.split(dertools.contents(dertools.contents(wrapper)))
+    tbs, algorithm_id, _, *certs = dertools.split(dertools.contents(dertools.contents(octets)))
+    signature = dertools.tlv(0x03, b"\x00" + sign_raw(key, algorithm, tbs))
+    basic = dertools.tlv(0x30, tbs + algorithm_id + signature + b"".join(certs))
+    wrapped = dertools.tlv(0xA0, dertools.tlv(0x30, response_type + dertools.tlv(0x04, basic)))
+    return dertools.tlv(0x30, status + wrapped)

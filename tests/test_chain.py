@@ -41,7 +41,7 @@ from kbs.trust.signature import (
 )
 from kbs.trust.signature import verify_link as real_verify_link
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
-from tests.amd_synth import _der_contents, _der_split, der_tlv
+from tests import der as dertools
 from tests.pki_synth import ALGORITHMS, DAY, NOW, Algorithm, Node, Pki, fresh_key, key_kind, key_usage, name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,12 +96,12 @@ def refused(check: str, match: str, leaf: Node, *candidates: Node, roots: Pinned
 
 def with_outer_algorithm(der: bytes, algorithm_der: bytes) -> bytes:
     """`der` with its unsigned signatureAlgorithm replaced (the signed copy in the tbs stays)."""
-    tbs, _, signature = _der_split(_der_contents(der))
-    return der_tlv(0x30, tbs + algorithm_der + signature)
+    tbs, _, signature = dertools.split(dertools.contents(der))
+    return dertools.tlv(0x30, tbs + algorithm_der + signature)
 
 
 def outer_algorithm(der: bytes) -> bytes:
-    return _der_split(_der_contents(der))[1]
+    return dertools.split(dertools.contents(der))[1]
 
 
 # -- every algorithm: a good chain, and each link, pin and date broken on its own -------------------

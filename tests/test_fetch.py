@@ -25,9 +25,11 @@ from aiohttp import web
 from kbs.errors import CollateralUnavailable, MalformedEvidence
 from kbs.trust.cachedir import CacheDir
 from kbs.trust.fetch import Fetcher, Request
+from tests import fake_http
+from tests.fake_http import Reply, scripted
 
 Key = tuple[str, str, str]  # method, path with query, sha256 of the request body
-Reply = tuple[int, bytes, dict[str, str]]
+
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
@@ -56,27 +58,14 @@ class FakeService:
         self.hits[k] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        replies = self.routes.get(k)
-        if not replies:
-            return web.Response(status=404, text="not found")
-        status, body, headers = replies.pop(0) if len(replies) > 1 else replies[0]
-        return web.Response(status=status, body=body, headers=headers)
+        return scripted(self.routes.get(k))
 
 
 @contextlib.asynccontextmanager
 async def serve(service: FakeService) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", service.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        service.base = f"http://{host}:{port}"
-        yield service.base
-    finally:
-        await runner.cleanup()
+    async with fake_http.serve(service.handle) as base:
+        service.base = base
+        yield base
 
 
 def run(test: Callable[[FakeService, str], Awaitable[None]]) -> FakeService:

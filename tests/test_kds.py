@@ -41,6 +41,8 @@ from kbs.trust.amd.kds import (
     vcek_url_path,
 )
 from kbs.trust.x509 import load_certificates
+from tests import fake_http
+from tests.fake_http import Reply, scripted
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(os.environ.get("KBS_VECTORS", REPO.parent / "shared" / "vectors"))
@@ -48,7 +50,6 @@ SNP = VECTORS / "snp"
 REAL_TURIN_URL = "/vcek/v1/Turin/3b42092f69c656d3?ucodeSPL=71&snpSPL=2&teeSPL=0&blSPL=1&fmcSPL=0"
 
 Key = tuple[str, tuple[tuple[str, str], ...]]
-Reply = tuple[int, bytes, dict[str, str]]
 
 
 def snp_dir() -> Path:
@@ -115,27 +116,14 @@ class FakeKds:
                 await asyncio.sleep(self.delay)
         finally:
             self.in_flight -= 1
-        replies = self.routes.get(key)
-        if not replies:
-            return web.Response(status=404, text="not found")
-        status, body, headers = replies.pop(0) if len(replies) > 1 else replies[0]
-        return web.Response(status=status, body=body, headers=headers)
+        return scripted(self.routes.get(key))
 
 
 @contextlib.asynccontextmanager
 async def serve(kds: FakeKds) -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", kds.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        kds.base = f"http://{host}:{port}"
-        yield kds.base
-    finally:
-        await runner.cleanup()
+    async with fake_http.serve(kds.handle, "GET") as base:
+        kds.base = base
+        yield base
 
 
 def run(test: Callable[[FakeKds, str], Awaitable[None]]) -> FakeKds:

@@ -30,7 +30,7 @@ from kbs.trust.revocation import (
 )
 from kbs.trust.signature import ECDSA_SHA384, RSA_PSS_SHA384
 from kbs.trust.x509 import Certificate, load_certificates, parse_certificate
-from tests.amd_synth import _der_contents, _der_split, der_tlv
+from tests import der as dertools
 from tests.pki_synth import (
     ALGORITHMS,
     DAY,
@@ -140,8 +140,8 @@ def test_crl_issuer_must_be_the_certificates_issuer(ec: Pki) -> None:
 
 
 def _swap_outer_algorithm(der: bytes, other: bytes) -> bytes:
-    tbs, _, signature = _der_split(_der_contents(der))
-    return der_tlv(0x30, tbs + _der_split(_der_contents(other))[1] + signature)
+    tbs, _, signature = dertools.split(dertools.contents(der))
+    return dertools.tlv(0x30, tbs + dertools.split(dertools.contents(other))[1] + signature)
 
 
 def test_crl_algorithm_checks() -> None:

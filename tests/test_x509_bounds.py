@@ -27,11 +27,11 @@ from kbs.trust.x509 import (
     load_certificates,
     parse_certificate,
 )
+from tests import der as dertools
 from tests.amd_synth import (
     EMPTY_EXTENSION,
     NOW,
     SyntheticAmd,
-    der_tlv,
     distinct_empty_extensions,
     with_extra_extensions,
 )
@@ -111,7 +111,8 @@ def test_exactly_the_most_extensions_still_parse(pki: SyntheticAmd) -> None:
 
 
 def test_oversized_certificate_refused_without_pyasn1(pki: SyntheticAmd, no_pyasn1: list[int]) -> None:
-    big_value = der_tlv(0x30, der_tlv(0x06, b"\x2a\x03\x07") + der_tlv(0x04, b"\x00" * MAX_CERTIFICATE_SIZE))
+    big_value = dertools.tlv(0x30, dertools.tlv(0x06, b"\x2a\x03\x07")
+                             + dertools.tlv(0x04, b"\x00" * MAX_CERTIFICATE_SIZE))
     hostile = with_extra_extensions(pki.issue_vek().der, 1, big_value)
     for data in (hostile, pem(hostile)):
         with pytest.raises(MalformedEvidence, match=f"more than the {MAX_CERTIFICATE_SIZE} allowed") as info:
@@ -174,8 +175,8 @@ def test_parsed_certificate_cache_is_bounded_by_bytes(pki: SyntheticAmd, fresh_c
     budget = 64 * 1024
     configure_certificate_cache(budget)
     ders = [pki.issue_vek().der for _ in range(20)]
-    for der in ders:
-        parse_certificate(der)
+    for one in ders:
+        parse_certificate(one)
     cache = kx509._cache
     assert 0 < len(cache) < 20 and cache.bytes_used <= budget
     assert parse_certificate(ders[-1]) is parse_certificate(ders[-1])  # recent ones are still shared

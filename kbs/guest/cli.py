@@ -20,7 +20,6 @@ import logging
 import os
 import ssl
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from kbs.evidence.snp.coco import FAMILIES
+from kbs.files import write_atomic
 from kbs.guest import GuestError
 from kbs.guest.client import fetch_resource, parse_resource
 from kbs.guest.evidence import SNP_PROVIDERS, TSM_REPORT_ROOT, EvidenceSource, SampleEvidence, TsmReport
@@ -134,25 +134,8 @@ def _loopback(url: str) -> bool:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically with mode 0600 from creation: temp file, fsync, rename, fsync dir."""
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
+    """Write `data` to `path` atomically with mode 0600 from creation (kbs.files.write_atomic)."""
+    write_atomic(path, data)
 
 
 async def _get_resource(args: argparse.Namespace, init_data: str | None) -> bytes:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kbs.errors import KbsError
+from kbs.files import write_atomic
 
 FORMAT = b"kbs1"  # prefix of every sealed blob, so the format can change later
 KEK_SIZE = 32
@@ -97,16 +98,4 @@ def create_exclusive(path: Path, content: bytes) -> bool:
     sees a partial file and a concurrent writer never overwrites it.
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
+    return write_atomic(path, content, exclusive=True)

@@ -30,14 +30,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kbs.files import write_atomic
 
 FORMAT = 1
 META_SUFFIX = ".meta.json"
@@ -220,8 +220,8 @@ class CacheDir:
         body_path, meta_path = self.paths(entry.service, entry.key)
         _mkdir_private(self.root)
         _mkdir_private(body_path.parent)
-        _write_atomic(body_path, entry.body)
-        _write_atomic(meta_path, json.dumps(entry.meta(), indent=1, sort_keys=True).encode() + b"\n")
+        write_atomic(body_path, entry.body)
+        write_atomic(meta_path, json.dumps(entry.meta(), indent=1, sort_keys=True).encode() + b"\n")
         return body_path
 
     def remove(self, service: str, key: CacheKey) -> None:
@@ -278,16 +278,3 @@ def _mkdir_private(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -34,15 +34,15 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kbs.errors import CollateralUnavailable, KbsError, MalformedEvidence, UsageError
+from kbs.files import write_atomic
 from kbs.trust.cachedir import CacheDir, CacheKey, DamagedEntry, Entry, Problem, iso
 from kbs.trust.fetch import ValidUntil
 from kbs.trust.x509 import Certificate
@@ -251,20 +251,13 @@ class CollateralCache:
             items.append(item)
         manifest = {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION, "created_at": iso(now), "items": items}
         compress = out.name.endswith((".gz", ".tgz"))
-        fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                with tarfile.open(fileobj=f, mode="w:gz" if compress else "w") as tar:
-                    _add_member(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n", now)
-                    for entry, item in zip(entries, items, strict=True):
-                        _add_member(tar, f"{ARCHIVE_DIR}/{item['file']}", entry.body, now)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+
+        def write(f: BinaryIO) -> None:
+            with tarfile.open(fileobj=f, mode="w:gz" if compress else "w") as tar:
+                _add_member(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n", now)
+                for entry, item in zip(entries, items, strict=True):
+                    _add_member(tar, f"{ARCHIVE_DIR}/{item['file']}", entry.body, now)
+        write_atomic(out, write)
         return entries
 
     def import_archive(self, archive: Path, *, at: datetime, now: datetime,
