@@ -67,6 +67,9 @@ def threaded(fn: Callable[[], None], threads: int) -> Callable[[], None]:
     return run
 
 
+ANY_VMPL = frozenset(range(4))  # the vectors include a VMPL 1 report (AWS); this measures speed, not policy
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +84,7 @@ def main() -> None:
     reports = [r for r, _, _ in cases]
     for (report, certs, at), point in zip(cases, points, strict=True):
         assert native.snp_verify_status(report, point) == native.lib.KBS_OK
-        verify_snp(report, certs, at)  # also warms the chain cache
+        verify_snp(report, certs, at, allowed_vmpls=ANY_VMPL)  # also warms the chain cache
 
     def c_path() -> None:
         for report, point in zip(reports, points, strict=True):
@@ -100,7 +103,7 @@ def main() -> None:
 
     def pipeline() -> None:
         for report, certs, at in cases:
-            verify_snp(report, certs, at)
+            verify_snp(report, certs, at, allowed_vmpls=ANY_VMPL)
 
     paths = {"C core, cold key": c_path, "C core, cached key table": c_cached, "pyca/cryptography": pyca_path,
              "full verify_snp (chain cached)": pipeline}
