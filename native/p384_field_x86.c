@@ -1,7 +1,7 @@
 /*
- * Addition and subtraction mod p in plain x86-64 asm (no BMI2/ADX needed, so no dispatch).
- * gcc turns the equivalent unsigned __int128 carry chains into slow code, and a point
- * doubling has eleven of these.  Inputs < p, output < p; r may alias a or b.
+ * Addition, subtraction and halving mod p in plain x86-64 asm (no BMI2/ADX needed, so no
+ * dispatch).  gcc turns the equivalent unsigned __int128 carry chains into slow code, and a
+ * point doubling has ten of these.  Inputs < p, output < p; r may alias a or b.
  * p = [0x00000000ffffffff, 0xffffffff00000000, 0xfffffffffffffffe, ~0, ~0, ~0] (little-endian).
  */
 #include "p384_internal.h"
@@ -106,6 +106,54 @@ __asm__(
     "popq %rbx\n\t"
     "ret\n\t"
     ".size p384_fe_sub_x86, .-p384_fe_sub_x86\n\t");
+
+/* void p384_fe_half_x86(r = rdi, a = rsi): a/2 mod p = (a + (p if a is odd)) / 2, without a
+ * branch on the parity (it is random, so a branch mispredicts half the time). */
+__asm__(
+    ".text\n\t"
+    ".p2align 4\n\t"
+    ".globl p384_fe_half_x86\n\t"
+    ".hidden p384_fe_half_x86\n\t"
+    ".type p384_fe_half_x86, @function\n"
+    "p384_fe_half_x86:\n\t"
+    "pushq %rbx\n\t"
+    "movq 0(%rsi), %rax\n\t"
+    "movq 8(%rsi), %rcx\n\t"
+    "movq 16(%rsi), %r8\n\t"
+    "movq 24(%rsi), %r9\n\t"
+    "movq 32(%rsi), %r10\n\t"
+    "movq 40(%rsi), %r11\n\t"
+    "movl %eax, %edx\n\t"
+    "andl $1, %edx\n\t"
+    "negq %rdx\n\t"      /* mask = a odd ? ~0 : 0 */
+    "movq %rdx, %rsi\n\t"
+    "shrq $32, %rsi\n\t" /* p0 & mask */
+    "movq %rdx, %rbx\n\t"
+    "shlq $32, %rbx\n\t" /* p1 & mask */
+    "addq %rsi, %rax\n\t"
+    "leaq (%rdx,%rdx), %rsi\n\t" /* p2 & mask = 2 * mask; lea keeps CF */
+    "adcq %rbx, %rcx\n\t"
+    "adcq %rsi, %r8\n\t"
+    "adcq %rdx, %r9\n\t"
+    "adcq %rdx, %r10\n\t"
+    "adcq %rdx, %r11\n\t"
+    "movl $0, %edx\n\t"
+    "adcl $0, %edx\n\t"  /* bit 384 of a + p */
+    "shrdq $1, %rcx, %rax\n\t"
+    "shrdq $1, %r8, %rcx\n\t"
+    "shrdq $1, %r9, %r8\n\t"
+    "shrdq $1, %r10, %r9\n\t"
+    "shrdq $1, %r11, %r10\n\t"
+    "shrdq $1, %rdx, %r11\n\t"
+    "movq %rax, 0(%rdi)\n\t"
+    "movq %rcx, 8(%rdi)\n\t"
+    "movq %r8, 16(%rdi)\n\t"
+    "movq %r9, 24(%rdi)\n\t"
+    "movq %r10, 32(%rdi)\n\t"
+    "movq %r11, 40(%rdi)\n\t"
+    "popq %rbx\n\t"
+    "ret\n\t"
+    ".size p384_fe_half_x86, .-p384_fe_half_x86\n\t");
 
 #else
 typedef int p384_field_x86_unused; /* ISO C forbids an empty translation unit */

@@ -26,15 +26,22 @@ void p384_mont_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
                    const struct p384_modulus *mod);
 void p384_mont_mul_portable(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
                             const struct p384_modulus *mod);
-/* Nonzero when the CPU has BMI2 and ADX, so p384_mont_mul takes the asm path. */
+/* a^2/2^384 mod m: the square's 21 limb products, then a separate Montgomery reduction. */
+void p384_mont_sqr_portable(uint64_t r[6], const uint64_t a[6], const struct p384_modulus *mod);
+/* Nonzero when the CPU has BMI2 and ADX, so p384_mont_mul, p384_fe_mul and p384_fe_sqr take
+ * the asm path. */
 int p384_have_adx(void);
 #if defined(__x86_64__) && defined(__GNUC__)
 #define P384_HAVE_ASM 1
 void p384_mont_mul_adx(uint64_t r[6], const uint64_t a[6], const uint64_t b[6],
                        const struct p384_modulus *mod);
-/* p384_field_x86.c: a +- b mod p, plain x86-64. */
+/* The same for mod p only, reducing with p's special form; and a dedicated squaring. */
+void p384_fe_mul_adx(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_sqr_adx(uint64_t r[6], const uint64_t a[6]);
+/* p384_field_x86.c: a +- b and a/2 mod p, plain x86-64. */
 void p384_fe_add_x86(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
 void p384_fe_sub_x86(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_half_x86(uint64_t r[6], const uint64_t a[6]);
 #endif
 
 /* --- p384_bignum.c: plain 384-bit helpers --- */
@@ -45,6 +52,8 @@ int p384_is_zero(const uint64_t a[6]);
 /* a + b mod m and a - b mod m, inputs < m. */
 void p384_mod_add(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
 void p384_mod_sub(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
+/* a/2 mod m (odd m), a < m. */
+void p384_mod_half(uint64_t r[6], const uint64_t a[6], const uint64_t m[6]);
 /* a^-1 mod m (odd m), variable time; a must be in [1, m). */
 void p384_mod_inv_vartime(uint64_t r[6], const uint64_t a[6], const struct p384_modulus *mod);
 
@@ -53,6 +62,7 @@ void p384_fe_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
 void p384_fe_sqr(uint64_t r[6], const uint64_t a[6]);
 void p384_fe_add(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
 void p384_fe_sub(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
+void p384_fe_half(uint64_t r[6], const uint64_t a[6]);
 void p384_fe_to_mont(uint64_t r[6], const uint64_t a[6]);
 void p384_fe_from_mont(uint64_t r[6], const uint64_t a[6]);
 void p384_fe_inv(uint64_t r[6], const uint64_t a[6]);
@@ -72,8 +82,11 @@ void p384_point_add_affine(struct p384_jacobian *r, const struct p384_jacobian *
                            int negate);
 /* Decode and check 0x04||X||Y; fills q in Montgomery form.  Returns a kbs_status. */
 int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubkey_len);
-/* out[i] = (2i+1) * base in affine form, for i < count (one field inversion for all). */
-void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *base, size_t count);
+/* out[j * count + i] = (2i+1) * bases[j] in affine form, for j < parts and i < count, with
+ * one field inversion for all; bases finite (decoded points and their multiples). */
+enum { P384_ODD_MAX_PARTS = 8, P384_ODD_MAX_COUNT = 32 };
+void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *bases, size_t parts,
+                               size_t count);
 
 /* --- p384_scalar.c: scalars mod n and wNAF recoding --- */
 enum { P384_WNAF_MAX = 386 };

@@ -17,41 +17,49 @@ static void set_infinity(struct p384_jacobian *r)
     memset(r, 0, sizeof *r);
 }
 
-/* dbl-2001-b: 3M + 5S, using a = -3 for alpha = 3(X - Z^2)(X + Z^2). */
-void p384_point_double(struct p384_jacobian *r, const struct p384_jacobian *a)
+/*
+ * dbl-2001-b with a = -3 (alpha = 3(X - Z^2)(X + Z^2)), computed from 2Y, as 4M + 4S and ten
+ * additions instead of 3M + 5S and sixteen: with gamma' = (2Y)^2 = 4Y^2 and beta' = X gamma'
+ * = 4XY^2,  X3 = alpha^2 - 2 beta',  Y3 = alpha (beta' - X3) - gamma'^2 / 2,  Z3 = 2Y * Z.
+ * As a by-product, (beta', gamma'^2 / 2) = (X (2Y)^2, Y (2Y)^3) is the input point with Z3
+ * as its Z (for co-Z additions), stored in a_x, a_y when they are not NULL.  r may alias a;
+ * a is finite.
+ */
+static void double_core(struct p384_jacobian *r, const struct p384_jacobian *a, uint64_t a_x[6],
+                        uint64_t a_y[6])
 {
     uint64_t delta[6], gamma[6], beta[6], alpha[6], t1[6], t2[6];
+    p384_fe_add(t2, a->y, a->y);
+    p384_fe_sqr(gamma, t2);
+    p384_fe_sqr(delta, a->z);
+    p384_fe_mul(beta, a->x, gamma);
+    p384_fe_sub(t1, a->x, delta);
+    p384_fe_add(delta, a->x, delta);
+    p384_fe_mul(r->z, t2, a->z); /* a->x, a->y and a->z are not read again */
+    p384_fe_mul(t1, t1, delta);
+    p384_fe_add(alpha, t1, t1);
+    p384_fe_add(alpha, alpha, t1);
+    p384_fe_sqr(t1, alpha);
+    p384_fe_sub(t1, t1, beta);
+    p384_fe_sub(r->x, t1, beta);
+    p384_fe_sub(t1, beta, r->x);
+    p384_fe_mul(t1, alpha, t1);
+    p384_fe_sqr(gamma, gamma);
+    p384_fe_half(gamma, gamma);
+    p384_fe_sub(r->y, t1, gamma);
+    if (a_x != NULL) {
+        memcpy(a_x, beta, sizeof beta);
+        memcpy(a_y, gamma, sizeof gamma);
+    }
+}
+
+void p384_point_double(struct p384_jacobian *r, const struct p384_jacobian *a)
+{
     if (p384_is_zero(a->z)) {
         set_infinity(r);
         return;
     }
-    p384_fe_sqr(delta, a->z);
-    p384_fe_sqr(gamma, a->y);
-    p384_fe_mul(beta, a->x, gamma);
-    p384_fe_sub(t1, a->x, delta);
-    p384_fe_add(t2, a->x, delta);
-    p384_fe_mul(t1, t1, t2);
-    p384_fe_add(alpha, t1, t1);
-    p384_fe_add(alpha, alpha, t1);
-    /* Z3 = (Y + Z)^2 - gamma - delta, before r->y and r->z may be overwritten */
-    p384_fe_add(t1, a->y, a->z);
-    p384_fe_sqr(t1, t1);
-    p384_fe_sub(t1, t1, gamma);
-    p384_fe_sub(r->z, t1, delta);
-    /* X3 = alpha^2 - 8 beta */
-    p384_fe_add(beta, beta, beta);
-    p384_fe_add(beta, beta, beta); /* 4 beta */
-    p384_fe_sqr(t1, alpha);
-    p384_fe_add(t2, beta, beta);
-    p384_fe_sub(r->x, t1, t2);
-    /* Y3 = alpha (4 beta - X3) - 8 gamma^2 */
-    p384_fe_sub(t1, beta, r->x);
-    p384_fe_mul(t1, alpha, t1);
-    p384_fe_sqr(gamma, gamma);
-    p384_fe_add(gamma, gamma, gamma);
-    p384_fe_add(gamma, gamma, gamma);
-    p384_fe_add(gamma, gamma, gamma);
-    p384_fe_sub(r->y, t1, gamma);
+    double_core(r, a, NULL, NULL);
 }
 
 /*
@@ -174,31 +182,79 @@ int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubke
     return KBS_OK;
 }
 
-/* Montgomery's trick turns count inversions into one inversion and 3(count-1) products. */
-void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *base, size_t count)
+/*
+ * Co-Z addition with update (Meloni 2007), the table scheme of Longa and Miri (2008): for
+ * T = (tx, ty) and D = (dx, dy) sharing one Z, writes T + D to (sx, sy) and D rescaled to
+ * (dx, dy), both with Z * h, h = tx - dx (returned in h).  4M + 2S.  T != +-D.
+ */
+static void zaddu(uint64_t sx[6], uint64_t sy[6], const uint64_t tx[6], const uint64_t ty[6],
+                  uint64_t dx[6], uint64_t dy[6], uint64_t h[6])
 {
-    struct p384_jacobian pts[64], twice;
-    uint64_t prefix[64][6], inv[6], zi[6], zi2[6], t[6];
-    if (count > 64)
-        count = 64;
-    pts[0] = *base;
-    p384_point_double(&twice, base);
-    for (size_t i = 1; i < count; i++)
-        p384_point_add(&pts[i], &pts[i - 1], &twice);
-    memcpy(prefix[0], pts[0].z, sizeof prefix[0]);
-    for (size_t i = 1; i < count; i++)
-        p384_fe_mul(prefix[i], prefix[i - 1], pts[i].z);
-    p384_fe_inv(inv, prefix[count - 1]);
-    for (size_t i = count; i-- > 0;) {
-        if (i > 0) {
-            p384_fe_mul(zi, inv, prefix[i - 1]);
-            p384_fe_mul(inv, inv, pts[i].z);
+    uint64_t a[6], b[6], c[6], rr[6], t[6];
+    p384_fe_sub(h, tx, dx);
+    p384_fe_sqr(a, h);
+    p384_fe_mul(b, dx, a);  /* dx h^2: D's new x */
+    p384_fe_mul(c, tx, a);
+    p384_fe_sub(rr, ty, dy);
+    p384_fe_sub(t, c, b);   /* h^3 */
+    p384_fe_mul(dy, dy, t); /* dy h^3: D's new y */
+    memcpy(dx, b, sizeof b);
+    p384_fe_sqr(t, rr);
+    p384_fe_sub(t, t, b);
+    p384_fe_sub(sx, t, c);  /* X3 = R^2 - B - C */
+    p384_fe_sub(t, b, sx);
+    p384_fe_mul(t, rr, t);
+    p384_fe_sub(sy, t, dy); /* Y3 = R (B - X3) - E */
+}
+
+/*
+ * For each part j: out[j * count + i] = (2i + 1) * bases[j] in affine form, for i < count.
+ * One doubling gives 2P and P with 2P's Z; then co-Z additions, each T_i = T_(i-1) + 2P,
+ * with Z_i = Z_(i-1) * h_i.  Only the last Z of each part is inverted (all parts at once, by
+ * Montgomery's trick), and the ratios h_i walk the inverse back down the part.  The bases
+ * are finite points of the prime-order group, so T_(i-1) = (2i - 1)P != +-2P (neither (2i + 1)P
+ * nor (2i - 3)P is infinity for count < n / 2): co-Z additions meet no exceptional case.
+ */
+void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *bases, size_t parts,
+                               size_t count)
+{
+    uint64_t ratio[P384_ODD_MAX_PARTS][P384_ODD_MAX_COUNT][6], zlast[P384_ODD_MAX_PARTS][6];
+    uint64_t prefix[P384_ODD_MAX_PARTS][6], inv[6], zi[6], zi2[6], t[6];
+    if (parts == 0 || count == 0)
+        return;
+    if (parts > P384_ODD_MAX_PARTS)
+        parts = P384_ODD_MAX_PARTS;
+    if (count > P384_ODD_MAX_COUNT)
+        count = P384_ODD_MAX_COUNT;
+    for (size_t j = 0; j < parts; j++) {
+        uint64_t(*pt)[12] = out + j * count;
+        struct p384_jacobian twice;
+        double_core(&twice, &bases[j], pt[0], pt[0] + 6);
+        memcpy(zlast[j], twice.z, sizeof zlast[j]);
+        for (size_t i = 1; i < count; i++) {
+            zaddu(pt[i], pt[i] + 6, pt[i - 1], pt[i - 1] + 6, twice.x, twice.y, ratio[j][i]);
+            p384_fe_mul(zlast[j], zlast[j], ratio[j][i]);
+        }
+    }
+    memcpy(prefix[0], zlast[0], sizeof prefix[0]);
+    for (size_t j = 1; j < parts; j++)
+        p384_fe_mul(prefix[j], prefix[j - 1], zlast[j]);
+    p384_fe_inv(inv, prefix[parts - 1]);
+    for (size_t j = parts; j-- > 0;) {
+        if (j > 0) {
+            p384_fe_mul(zi, inv, prefix[j - 1]); /* 1 / zlast[j] */
+            p384_fe_mul(inv, inv, zlast[j]);
         } else {
             memcpy(zi, inv, sizeof zi);
         }
-        p384_fe_sqr(zi2, zi);
-        p384_fe_mul(out[i], pts[i].x, zi2);
-        p384_fe_mul(t, zi2, zi);
-        p384_fe_mul(out[i] + 6, pts[i].y, t);
+        uint64_t(*pt)[12] = out + j * count;
+        for (size_t i = count; i-- > 0;) {
+            p384_fe_sqr(zi2, zi);
+            p384_fe_mul(pt[i], pt[i], zi2);
+            p384_fe_mul(t, zi2, zi);
+            p384_fe_mul(pt[i] + 6, pt[i] + 6, t);
+            if (i > 0)
+                p384_fe_mul(zi, zi, ratio[j][i]); /* 1 / Z_(i-1) */
+        }
     }
 }

@@ -31,6 +31,9 @@ _Static_assert(TABLE_HEADER_WORDS + PARTS * KEY_POINTS * 12 == KBS_P384_KEY_TABL
                "key table layout must match the public size");
 _Static_assert(P384_G_TABLE_POINTS == KEY_POINTS, "G and key tables share the window");
 _Static_assert(PARTS * SPLIT_BITS == 384 && SPLIT_BITS < 64, "split parts fit one limb");
+_Static_assert((int)PARTS <= (int)P384_ODD_MAX_PARTS && (int)KEY_POINTS <= (int)P384_ODD_MAX_COUNT &&
+                   1 << (COLD_Q_WINDOW - 2) <= (int)P384_ODD_MAX_COUNT,
+               "tables fit p384_odd_multiples_affine");
 
 typedef uint64_t key_tables[PARTS][KEY_POINTS][12];
 
@@ -142,7 +145,7 @@ static int verify_cold(const struct p384_affine *q, const uint64_t e[6], const u
     memcpy(qj.x, q->x, sizeof qj.x);
     memcpy(qj.y, q->y, sizeof qj.y);
     memcpy(qj.z, P384_ONE_MONT, sizeof qj.z);
-    p384_odd_multiples_affine(qtab, &qj, 1 << (COLD_Q_WINDOW - 2));
+    p384_odd_multiples_affine(qtab, &qj, 1, 1 << (COLD_Q_WINDOW - 2));
     split_streams(st, u1, g_tables());
     st[PARTS].len = p384_wnaf(st[PARTS].digits, u2, COLD_Q_WINDOW);
     st[PARTS].points = (const uint64_t(*)[12])qtab;
@@ -192,23 +195,23 @@ int kbs_p384_verify_digest(const uint8_t *pubkey, size_t pubkey_len, const uint8
 int kbs_p384_key_precompute(const uint8_t *pubkey, size_t pubkey_len, struct kbs_p384_key_table *out)
 {
     struct p384_affine q;
-    struct p384_jacobian base;
+    struct p384_jacobian bases[PARTS];
     if (pubkey == NULL || out == NULL)
         return KBS_ERR_NULL_ARGUMENT;
     memset(out, 0, sizeof *out);
     int rc = p384_point_decode(&q, pubkey, pubkey_len);
     if (rc != KBS_OK)
         return rc;
-    memcpy(base.x, q.x, sizeof base.x);
-    memcpy(base.y, q.y, sizeof base.y);
-    memcpy(base.z, P384_ONE_MONT, sizeof base.z);
-    key_tables *tables = (key_tables *)(void *)(out->words + TABLE_HEADER_WORDS);
-    for (unsigned j = 0; j < PARTS; j++) {
-        if (j > 0)
-            for (unsigned i = 0; i < SPLIT_BITS; i++)
-                p384_point_double(&base, &base);
-        p384_odd_multiples_affine((*tables)[j], &base, KEY_POINTS);
+    memcpy(bases[0].x, q.x, sizeof bases[0].x);
+    memcpy(bases[0].y, q.y, sizeof bases[0].y);
+    memcpy(bases[0].z, P384_ONE_MONT, sizeof bases[0].z);
+    for (unsigned j = 1; j < PARTS; j++) {
+        p384_point_double(&bases[j], &bases[j - 1]);
+        for (unsigned i = 1; i < SPLIT_BITS; i++)
+            p384_point_double(&bases[j], &bases[j]);
     }
+    key_tables *tables = (key_tables *)(void *)(out->words + TABLE_HEADER_WORDS);
+    p384_odd_multiples_affine((*tables)[0], bases, PARTS, KEY_POINTS); /* one inversion */
     out->words[0] = TABLE_MAGIC;
     return KBS_OK;
 }

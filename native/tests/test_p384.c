@@ -2,7 +2,10 @@
  * The fast P-384 core under ASan/UBSan (`make sanitize`), and its differential fuzzer.
  *
  *  1. field layer: asm multiply, add and sub against the portable C, on random and extreme
- *     inputs; the inverse against a * a^-1 == 1; constants against p384_tables.h;
+ *     inputs; the p-specific multiply and both squarings (asm and portable) against the
+ *     generic multiply; halving; the inverse against a * a^-1 == 1 and against Fermat's
+ *     a^(m-2); constants against p384_tables.h; the co-Z odd-multiple tables and a key table
+ *     built for the key G against the generated G table;
  *  2. NIST CAVP SigVer P-384 records (all five hashes) from $KBS_VECTORS, if present;
  *  3. differential loop: kbs_p384_verify_digest, the table path, kbs_p384_verify_hash and
  *     kbs_p384_verify_batch against the libcrypto implementation on random keys,
@@ -96,6 +99,28 @@ static void test_field(long iters)
             p384_fe_sub(y, a, b);
             bad += memcmp(x, y, 48) != 0;
         }
+        /* squaring: portable and (for p) asm, against the generic multiply */
+        p384_mont_mul_portable(x, a, a, mod);
+        p384_mont_sqr_portable(y, a, mod);
+        bad += memcmp(x, y, 48) != 0;
+        if (mod == &p384_mod_p) {
+            p384_fe_sqr(y, a);
+            bad += memcmp(x, y, 48) != 0;
+            memcpy(y, a, 48);
+            p384_fe_sqr(y, y); /* in place */
+            bad += memcmp(x, y, 48) != 0;
+            p384_mont_mul_portable(x, a, b, mod);
+            p384_fe_mul(y, a, b);
+            bad += memcmp(x, y, 48) != 0;
+            memcpy(y, b, 48);
+            p384_fe_mul(y, a, y);
+            bad += memcmp(x, y, 48) != 0;
+            p384_fe_half(y, a);
+            p384_fe_add(x, y, y);
+            bad += memcmp(x, a, 48) != 0;
+            p384_mod_half(x, a, mod->m);
+            bad += memcmp(x, y, 48) != 0;
+        }
         if (!p384_is_zero(a) && i % 16 < 2) {
             uint64_t one[6] = {1, 0, 0, 0, 0, 0}, rr[6];
             p384_mod_inv_vartime(x, a, mod);
@@ -103,10 +128,120 @@ static void test_field(long iters)
             p384_mont_mul(y, a, x, mod);
             p384_mont_mul(rr, y, mod == &p384_mod_p ? P384_RR_P : P384_RR_N, mod);
             bad += memcmp(rr, one, 48) != 0;
+            if (mod == &p384_mod_p) { /* in Montgomery form: a * fe_inv(a) == R */
+                p384_fe_inv(x, a);
+                p384_fe_mul(y, a, x);
+                bad += memcmp(y, P384_ONE_MONT, 48) != 0;
+            }
         }
     }
     CHECK(bad == 0, "field layer: %ld mismatches in %ld rounds (%s)", bad, iters,
           kbs_p384_implementation());
+}
+
+/* a^(m-2) mod m by square-and-multiply in Montgomery form: the inverse by Fermat. */
+static void fermat_inv(uint64_t r[6], const uint64_t a[6], const struct p384_modulus *mod)
+{
+    const uint64_t *rr = mod == &p384_mod_p ? P384_RR_P : P384_RR_N;
+    uint64_t e[6], base[6], acc[6], one[6] = {1, 0, 0, 0, 0, 0};
+    memcpy(e, mod->m, 48);
+    e[0] -= 2; /* m is odd and > 2: no borrow */
+    p384_mont_mul(base, a, rr, mod);
+    p384_mont_mul(acc, one, rr, mod); /* R mod m */
+    for (int bit = 383; bit >= 0; bit--) {
+        p384_mont_mul(acc, acc, acc, mod);
+        if (e[bit / 64] >> (bit % 64) & 1)
+            p384_mont_mul(acc, acc, base, mod);
+    }
+    p384_mont_mul(r, acc, one, mod);
+}
+
+static void test_inverse(long iters)
+{
+    const struct p384_modulus *mods[2] = {&p384_mod_p, &p384_mod_n};
+    long bad = 0;
+    for (long i = 0; i < iters; i++) {
+        const struct p384_modulus *mod = mods[i & 1];
+        uint64_t a[6], x[6], y[6];
+        switch (i % 10 / 2) {
+        case 0: /* 1, 2, small */
+            memset(a, 0, 48);
+            a[0] = 1 + (uint64_t)(i / 10 % 5);
+            break;
+        case 1: /* a power of two */
+            memset(a, 0, 48);
+            a[rnd() % 6] = (uint64_t)1 << (rnd() % 64);
+            if (p384_cmp(a, mod->m) >= 0)
+                a[5] >>= 1;
+            break;
+        default:
+            do
+                rnd_below(a, mod->m);
+            while (p384_is_zero(a));
+        }
+        p384_mod_inv_vartime(x, a, mod);
+        fermat_inv(y, a, mod);
+        bad += memcmp(x, y, 48) != 0;
+    }
+    uint64_t zero[6] = {0}, r[6] = {1};
+    p384_mod_inv_vartime(r, zero, &p384_mod_p);
+    CHECK(p384_is_zero(r), "inverse of 0 is 0 (callers never ask)");
+    CHECK(bad == 0, "inverse: %ld mismatches with Fermat in %ld cases", bad, iters);
+}
+
+/* Odd multiples by co-Z additions and one inversion: G's split tables must come out as the
+ * generated ones, from affine bases and, through a key table for the key G, from Jacobian
+ * bases made by doublings; and one part against plain Jacobian additions. */
+static void test_tables(void)
+{
+    enum { PARTS = P384_SPLIT_PARTS, POINTS = P384_G_TABLE_POINTS };
+    static uint64_t out[PARTS][POINTS][12];
+    struct p384_jacobian bases[PARTS];
+    for (int j = 0; j < PARTS; j++) {
+        memcpy(bases[j].x, P384_G_TABLE[j][0], 48);
+        memcpy(bases[j].y, P384_G_TABLE[j][0] + 6, 48);
+        memcpy(bases[j].z, P384_ONE_MONT, 48);
+    }
+    p384_odd_multiples_affine(out[0], bases, PARTS, POINTS);
+    CHECK(memcmp(out, P384_G_TABLE, sizeof out) == 0, "odd multiples of 2^(48j) G, 8 parts");
+    p384_odd_multiples_affine(out[0], &bases[3], 1, 16);
+    CHECK(memcmp(out[0], P384_G_TABLE[3], 16 * 96) == 0, "odd multiples of 2^144 G, one part");
+
+    /* 2^48 G with a non-trivial Z, against additions of the generic formulas */
+    struct p384_jacobian base = bases[0], twice, acc;
+    for (int i = 0; i < 48; i++)
+        p384_point_double(&base, &base);
+    p384_odd_multiples_affine(out[0], &base, 1, POINTS);
+    CHECK(memcmp(out[0], P384_G_TABLE[1], sizeof out[0]) == 0, "odd multiples of a Jacobian base");
+    p384_point_double(&twice, &base);
+    acc = base;
+    long bad = 0;
+    for (int i = 0; i < POINTS; i++) {
+        uint64_t zi[6], zi2[6], t[6], x[6], y[6];
+        p384_fe_inv(zi, acc.z);
+        p384_fe_sqr(zi2, zi);
+        p384_fe_mul(x, acc.x, zi2);
+        p384_fe_mul(t, zi2, zi);
+        p384_fe_mul(y, acc.y, t);
+        bad += memcmp(x, out[0][i], 48) != 0 || memcmp(y, out[0][i] + 6, 48) != 0;
+        p384_point_add(&acc, &acc, &twice);
+    }
+    CHECK(bad == 0, "co-Z odd multiples against Jacobian additions: %ld differ", bad);
+
+    /* a key table for the public key G holds G's tables */
+    uint8_t g[97] = {4};
+    uint64_t gx[6], gy[6];
+    p384_fe_from_mont(gx, P384_G_TABLE[0][0]);
+    p384_fe_from_mont(gy, P384_G_TABLE[0][0] + 6);
+    p384_to_be(g + 1, gx);
+    p384_to_be(g + 49, gy);
+    struct kbs_p384_key_table *kt = malloc(sizeof *kt);
+    CHECK(kt != NULL && kbs_p384_key_precompute(g, sizeof g, kt) == KBS_OK, "key table for G");
+    if (kt != NULL) {
+        CHECK(memcmp(kt->words + KBS_P384_KEY_TABLE_WORDS - PARTS * POINTS * 12, P384_G_TABLE,
+                     sizeof P384_G_TABLE) == 0, "key table for G == the G table");
+        free(kt);
+    }
 }
 
 /* Horner on 7 limbs mod 2^448: sum d_i 2^i must give k back, digits odd and in range. */
@@ -381,6 +516,8 @@ int main(void)
     printf("p384: %s, seed 0x%016llx\n", kbs_p384_implementation(), (unsigned long long)rng_state);
 
     test_field(20000);
+    test_inverse(2000);
+    test_tables();
     test_wnaf(20000);
     test_cavp(vectors ? vectors : "../shared/vectors");
 
