@@ -53,7 +53,34 @@ enum kbs_status {
     KBS_ERR_CERTTABLE_UNTERMINATED = 300,
     KBS_ERR_CERTTABLE_OFFSET = 301,
     KBS_ERR_CERTTABLE_BOUNDS = 302,
-    KBS_ERR_CERTTABLE_TOO_MANY = 303
+    KBS_ERR_CERTTABLE_TOO_MANY = 303,
+
+    /* Intel TDX DCAP quote v4/v5 (reference/tdx.md §1), in the order the parser meets them */
+    KBS_ERR_TDX_HEADER_TRUNCATED = 400,   /* shorter than the 48-byte header */
+    KBS_ERR_TDX_VERSION = 401,            /* version is not 4 or 5 */
+    KBS_ERR_TDX_ATT_KEY_TYPE = 402,       /* attestation key type is not 2 (ECDSA P-256) */
+    KBS_ERR_TDX_TEE_TYPE = 403,           /* TEE type is not 0x81 (TDX) */
+    KBS_ERR_TDX_QE_VENDOR = 404,          /* QE vendor id is not Intel's */
+    KBS_ERR_TDX_BODY_TRUNCATED = 405,     /* the buffer ends inside the v5 body descriptor or the body */
+    KBS_ERR_TDX_BODY_TYPE = 406,          /* v5 body type is not 2 (TD 1.0) or 3 (TD 1.5) */
+    KBS_ERR_TDX_BODY_SIZE = 407,          /* v5 body size is not the size of its type */
+    KBS_ERR_TDX_SIG_DATA_TRUNCATED = 408, /* no room for signature_data_len, or it runs past the buffer */
+    KBS_ERR_TDX_SIG_DATA_SIZE = 409,      /* signature_data_len is not exactly what the signature data holds */
+    KBS_ERR_TDX_CERT_TYPE = 410,          /* certification data type is not 6 (QE report) */
+    KBS_ERR_TDX_CERT_SIZE = 411,          /* its size runs past the signature data or is not what it holds */
+    KBS_ERR_TDX_QE_AUTH_SIZE = 412,       /* QE auth data size runs past the certification data */
+    KBS_ERR_TDX_PCK_CERT_TYPE = 413,      /* inner certification data missing or its type is not 5 */
+    KBS_ERR_TDX_PCK_CERT_SIZE = 414,      /* inner size is not exactly the rest of the outer data */
+    KBS_ERR_TDX_TRAILING_BYTES = 415,     /* a non-zero byte after the signature data */
+    KBS_ERR_TDX_PCK_KEY = 416,            /* the PCK key passed in is not an uncompressed P-256 point */
+    KBS_ERR_TDX_QE_REPORT_SIG_RANGE = 417, /* QE report signature r or s is 0 or >= n */
+    KBS_ERR_TDX_QE_REPORT_SIG_INVALID = 418, /* QE report signature does not verify with the PCK key */
+    KBS_ERR_TDX_QE_BINDING = 419,         /* QE report_data != SHA-256(attestation key || QE auth data) || 0^32 */
+    KBS_ERR_TDX_ATT_KEY_INVALID = 420,    /* the attestation key is not a point on P-256 */
+    KBS_ERR_TDX_QUOTE_SIG_RANGE = 421,    /* quote signature r or s is 0 or >= n */
+    KBS_ERR_TDX_QUOTE_SIG_INVALID = 422,  /* quote signature does not verify with the attestation key */
+    KBS_ERR_TDX_PCK_TABLE_MISMATCH = 423, /* the PCK key table given is not the table of the PCK key given */
+    KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH = 424 /* the key table given is not the quote's attestation key's */
 };
 
 #define KBS_SNP_REPORT_SIZE 1184
@@ -173,6 +200,121 @@ int kbs_snp_verify_with_table(const uint8_t *buf, size_t len, const struct kbs_p
 
 /* Which field multiply this CPU runs ("mulx/adcx/adox asm" or "portable C ..."). */
 const char *kbs_p384_implementation(void);
+
+/* ---- ECDSA P-256 (native/p256_*.c; issue 10) ----
+ * kbs_p256_verify_digest is the one entry point every P-256 verification of evidence goes
+ * through (kbs_tdx_verify included): a verify-only core, with per-key tables for keys that sign
+ * again and again (a platform's PCK key and its QE's attestation key sign every quote).  The
+ * libcrypto implementation stays as kbs_p256_verify_digest_libcrypto (native/ecdsa_p256.c), the
+ * differential reference.  All inputs are public; the core runs in variable time and keeps no
+ * mutable state.  Statuses: KBS_ERR_KEY_* for the key, KBS_ERR_SIG_RANGE for r or s outside
+ * [1, n), KBS_ERR_SIG_INVALID. */
+#define KBS_P256_POINT_SIZE 65
+#define KBS_P256_SCALAR_SIZE 32
+
+/* Precomputed multiples of one public key (16.1 KB), with the key's 65 bytes; opaque, filled by
+ * kbs_p256_key_precompute. */
+#define KBS_P256_KEY_TABLE_WORDS 2064
+struct kbs_p256_key_table {
+    uint64_t words[2064];
+};
+
+/* ECDSA P-256 of a 32-byte digest; r and s 32-byte big-endian, pubkey 0x04 || X || Y (65 bytes). */
+int kbs_p256_verify_digest(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                           const uint8_t *r, const uint8_t *s);
+
+/* Like kbs_p256_verify_digest for a hash of any length: e is its leftmost 256 bits. */
+int kbs_p256_verify_hash(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *hash, size_t hash_len,
+                         const uint8_t *r, const uint8_t *s);
+
+/* The libcrypto implementation, kept as the reference for differential tests and benchmarks. */
+int kbs_p256_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                                     const uint8_t *r, const uint8_t *s);
+
+/* Validate a public key (KBS_ERR_KEY_* as a verification would say) and fill its table; costs
+ * about two cold verifications. */
+int kbs_p256_key_precompute(const uint8_t *pubkey, size_t pubkey_len, struct kbs_p256_key_table *out);
+
+/* kbs_p256_verify_digest for a key already turned into a table. */
+int kbs_p256_verify_digest_with_table(const struct kbs_p256_key_table *table, const uint8_t *digest,
+                                      const uint8_t *r, const uint8_t *s);
+
+/* The 65-byte key a table was built from, into pubkey_out (KBS_ERR_INTERNAL if never built). */
+int kbs_p256_key_table_point(const struct kbs_p256_key_table *table, uint8_t *pubkey_out);
+
+/* SHA-256 of a buffer. */
+int kbs_sha256(const uint8_t *buf, size_t len, uint8_t *digest_out);
+
+/* ---- Intel TDX DCAP quotes v4 and v5 (native/tdx_quote.c; reference/tdx.md §1) ---- */
+#define KBS_TDX_HEADER_SIZE 48
+#define KBS_TDX_QE_REPORT_SIZE 384
+#define KBS_TDX_BODY_TD10_SIZE 584
+#define KBS_TDX_BODY_TD15_SIZE 648
+/* kbs_tdx_parse flag: accept any bytes after the signature data (go-tdx-guest's ExtraBytes).
+ * Without it only zero padding is accepted. */
+#define KBS_TDX_ALLOW_TRAILING_BYTES 1
+
+/*
+ * A parsed quote: decoded integers, and offsets into the caller's buffer for everything else
+ * (byte fields are buf[offset, offset + size); sizes fixed by the format are the constants
+ * above or in reference/tdx.md).  Body fields are at body_offset + their TD10 offset.
+ */
+struct kbs_tdx_quote {
+    uint16_t version;               /* 4 or 5 */
+    uint16_t att_key_type;          /* 2 */
+    uint32_t tee_type;              /* 0x81 */
+    uint16_t body_type;             /* 2 (TD 1.0, also every v4) or 3 (TD 1.5) */
+    uint32_t body_size;             /* 584 or 648 */
+    uint64_t td_attributes;         /* body + 120, little-endian */
+    uint64_t xfam;                  /* body + 128, little-endian */
+    size_t body_offset;             /* 48 (v4) or 54 (v5: after the 6-byte body descriptor) */
+    size_t signed_size;             /* body_offset + body_size: the quote signature covers buf[0, signed_size) */
+    uint32_t signature_data_len;    /* the u32 at signed_size */
+    size_t signature_offset;        /* quote signature r || s, 64 bytes big-endian */
+    size_t attestation_key_offset;  /* raw x || y, 64 bytes big-endian */
+    uint32_t cert_data_size;        /* outer certification data (type 6) */
+    size_t qe_report_offset;        /* the QE's 384-byte SGX report body */
+    uint32_t qe_misc_select;
+    uint16_t qe_isv_prod_id;
+    uint16_t qe_isv_svn;
+    size_t qe_report_signature_offset; /* r || s, 64 bytes, by the PCK key */
+    uint16_t qe_auth_data_size;
+    size_t qe_auth_data_offset;
+    uint32_t pck_cert_data_size;    /* inner certification data (type 5), as stated */
+    size_t pck_chain_offset;
+    size_t pck_chain_len;           /* pck_cert_data_size less one trailing NUL, if there is one */
+    size_t end;                     /* first byte after the signature data */
+    size_t trailing_size;           /* len - end */
+    uint8_t trailing_all_zero;      /* 1 if every trailing byte is zero (always 1 without the flag) */
+};
+
+/*
+ * Parse a quote by its lengths: header, body, signature data, certification data (type 6)
+ * holding the QE report, its signature, the QE auth data and the PCK chain (type 5).  Every
+ * stated size must be exactly what its container holds; after the signature data only zero
+ * bytes are accepted unless flags has KBS_TDX_ALLOW_TRAILING_BYTES.  No cryptography.
+ */
+int kbs_tdx_parse(const uint8_t *buf, size_t len, unsigned int flags, struct kbs_tdx_quote *out);
+
+/*
+ * Parse, then check in the order trust flows: the QE report signature by the PCK key
+ * (0x04 || X || Y, 65 bytes), the QE report binding (report_data == SHA-256(attestation key ||
+ * QE auth data) || 32 zero bytes, all 64 bytes compared), and the quote signature by the
+ * attestation key over buf[0, signed_size).  `out` is filled whenever parsing succeeded.
+ */
+int kbs_tdx_verify(const uint8_t *buf, size_t len, unsigned int flags, const uint8_t *pck_pubkey,
+                   size_t pck_pubkey_len, struct kbs_tdx_quote *out);
+
+/*
+ * kbs_tdx_verify with either key already turned into a table (either may be NULL: that check
+ * then runs cold).  pck_pubkey is still required, and pck_table must be its table
+ * (KBS_ERR_TDX_PCK_TABLE_MISMATCH otherwise); att_key_table must be the table of the
+ * attestation key this quote carries (KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH otherwise).  The
+ * checks, their order and their statuses are kbs_tdx_verify's.
+ */
+int kbs_tdx_verify_with_tables(const uint8_t *buf, size_t len, unsigned int flags, const uint8_t *pck_pubkey,
+                               size_t pck_pubkey_len, const struct kbs_p256_key_table *pck_table,
+                               const struct kbs_p256_key_table *att_key_table, struct kbs_tdx_quote *out);
 
 /* END CDEF */
 

@@ -1,8 +1,5 @@
-"""Test helpers for P-384: a pure-Python reference verify, strict DER, vector loading.
-
-The reference is plain integer arithmetic written from SEC 1 §4.1.4, slow but obviously
-right; it is the tie-breaker when the C core and OpenSSL disagree.
-"""
+"""Test helpers for P-384: the plain reference arithmetic and verify (tests.ec_ref) under the names
+the P-384 tests use, strict DER, vector loading."""
 
 from __future__ import annotations
 
@@ -12,15 +9,33 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-P = 2**384 - 2**128 - 2**96 + 2**32 - 1
-N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
-B = 0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF
-G = (
-    0xAA87CA22BE8B05378EB1C71EF320AD746E1D3B628BA79B9859F741E082542A385502F25DBF55296C3A545E3872760AB7,
-    0x3617DE4A96262C6F5D9E98BF9292DC29F8F41DBD289A147CE9DA3113B5F0B8C00A60B1CE1D7E819D7A431D7C90EA0E5F,
-)
+from tests.ec_ref import P384, Point
 
-Point = tuple[int, int] | None  # None is the point at infinity
+P, N, B, G = P384.p, P384.n, P384.b, P384.g
+on_curve, add, mul, neg = P384.on_curve, P384.add, P384.mul, P384.neg
+encode_point, hash_scalar, ref_verify = P384.encode, P384.hash_scalar, P384.verify
+__all__ = [
+    "HASHES",
+    "B",
+    "G",
+    "N",
+    "P",
+    "Point",
+    "add",
+    "cavp_records",
+    "der_decode",
+    "encode_point",
+    "hash_scalar",
+    "mul",
+    "neg",
+    "on_curve",
+    "p1363_decode",
+    "ref_verify",
+    "scalar_bytes",
+    "sqrt_mod_p",
+    "vectors_dir",
+    "wycheproof_cases",
+]
 
 HASHES = {"SHA-1": "sha1", "SHA-224": "sha224", "SHA-256": "sha256", "SHA-384": "sha384",
           "SHA-512": "sha512"}
@@ -31,63 +46,6 @@ def vectors_dir() -> Path | None:
     env = os.environ.get("KBS_VECTORS")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "vectors"
     return path if path.is_dir() else None
-
-
-def on_curve(pt: Point) -> bool:
-    if pt is None:
-        return False
-    x, y = pt
-    return 0 <= x < P and 0 <= y < P and (y * y - x * x * x + 3 * x - B) % P == 0
-
-
-def add(p1: Point, p2: Point) -> Point:
-    if p1 is None:
-        return p2
-    if p2 is None:
-        return p1
-    (x1, y1), (x2, y2) = p1, p2
-    if x1 == x2:
-        if (y1 + y2) % P == 0:
-            return None
-        lam = (3 * x1 * x1 - 3) * pow(2 * y1, -1, P) % P
-    else:
-        lam = (y2 - y1) * pow(x2 - x1, -1, P) % P
-    x3 = (lam * lam - x1 - x2) % P
-    return x3, (lam * (x1 - x3) - y1) % P
-
-
-def mul(k: int, pt: Point) -> Point:
-    acc: Point = None
-    for bit in bin(k % N)[2:]:
-        acc = add(acc, acc)
-        if bit == "1":
-            acc = add(acc, pt)
-    return acc
-
-
-def neg(pt: Point) -> Point:
-    return None if pt is None else (pt[0], (-pt[1]) % P)
-
-
-def hash_scalar(hash_value: bytes) -> int:
-    """The leftmost 384 bits of the hash as an integer (not yet reduced mod n)."""
-    return int.from_bytes(hash_value[:48], "big")
-
-
-def ref_verify(key: bytes, hash_value: bytes, r: int, s: int) -> bool:
-    if len(key) != 97 or key[0] != 4:
-        return False
-    q = (int.from_bytes(key[1:49], "big"), int.from_bytes(key[49:], "big"))
-    if not on_curve(q) or not (0 < r < N and 0 < s < N):
-        return False
-    w = pow(s, -1, N)
-    e = hash_scalar(hash_value)
-    pt = add(mul(e * w % N, G), mul(r * w % N, q))
-    return pt is not None and pt[0] % N == r
-
-
-def encode_point(pt: tuple[int, int]) -> bytes:
-    return b"\x04" + pt[0].to_bytes(48, "big") + pt[1].to_bytes(48, "big")
 
 
 def sqrt_mod_p(v: int) -> int | None:

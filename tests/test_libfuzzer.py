@@ -26,7 +26,7 @@ HINT = ("the libFuzzer harnesses need clang and its libFuzzer runtime: apt-get i
         "(.ci/run installs them), or set KBS_SKIP_LIBFUZZER=1 to skip these tests")
 
 # harness -> (most runs, least executed inputs that count as a real run); each run is also capped
-# at SECONDS, so a loaded machine ends early rather than late.  About 30 s for all on 2 cores.
+# at SECONDS, so a loaded machine ends early rather than late.  About 35 s for all on 2 cores.
 HARNESSES = {
     "fuzz_snp_report": (200_000, 2_000),
     "fuzz_certtable": (200_000, 2_000),
@@ -34,6 +34,8 @@ HARNESSES = {
     "fuzz_p384_verify": (1_500, 100),
     "fuzz_p384_verify_portable": (300, 40),
     "fuzz_p384_batch": (150, 20),
+    "fuzz_tdx_quote": (3_000, 300),
+    "fuzz_p256_verify": (3_000, 300),
 }
 SECONDS = int(os.environ.get("KBS_LIBFUZZER_TEST_SECONDS", "8"))
 

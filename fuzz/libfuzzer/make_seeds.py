@@ -1,9 +1,10 @@
 """Seed corpora for the libFuzzer harnesses, generated at build time into build/ (never committed).
 
 Real data is read in place from $KBS_VECTORS (default ../shared/vectors): every SNP report with
-its VCEK/VLEK key, certificate tables laid out from the real certificates under AMD's GUIDs, and
-the Wycheproof P-384 P1363 vectors.  Synthetic seeds cover each mode of every harness, so the
-corpora are useful where the vectors are absent.  Standard library only.
+its VCEK/VLEK key, certificate tables laid out from the real certificates under AMD's GUIDs, every
+TDX quote with the PCK key of its own PCK leaf, and the Wycheproof P-384 and P-256 P1363 vectors.
+Synthetic seeds cover each mode of every harness, so the corpora are useful where the vectors are
+absent.  Standard library only.
 
     python3 fuzz/libfuzzer/make_seeds.py OUT_DIR     # writes OUT_DIR/<harness>/<seed>
 """
@@ -119,6 +120,38 @@ def wycheproof(root: Path) -> list[tuple[str, bytes, bytes, bytes, str]]:
     return out
 
 
+def tdx_quotes(root: Path) -> list[tuple[str, bytes]]:
+    """(name, quote) for every real TDX quote: tdx/**/*.dat and *.bin, trustee/evidence/tdx/tdx_quote_{4,5}.dat."""
+    tdx = root / "tdx"
+    paths = sorted([*tdx.rglob("*.dat"), *tdx.rglob("*.bin")]) if tdx.is_dir() else []
+    paths += [root / "trustee" / "evidence" / "tdx" / f"tdx_quote_{i}.dat" for i in (4, 5)]
+    return [(str(p.relative_to(root)).replace("/", "-"), p.read_bytes()) for p in paths if p.is_file()]
+
+
+def tdx_pck_point(quote: bytes) -> bytes | None:
+    """The P-256 key of the quote's PCK leaf (its first PEM certificate): BIT STRING 03 42 00 || 04 X Y."""
+    certs = pem_certs(quote.decode("latin-1"))
+    if not certs:
+        return None
+    i = certs[0].find(b"\x03\x42\x00\x04")
+    return certs[0][i + 3 : i + 68] if i >= 0 else None
+
+
+def wycheproof_p256(root: Path) -> list[tuple[str, bytes, bytes, bytes, str]]:
+    """(name, key, SHA-256, r||s, result) from the P-256 P1363 file."""
+    path = root / "wycheproof" / "ecdsa_secp256r1_sha256_p1363_test.json"
+    if not path.is_file():
+        return []
+    out = []
+    for group in json.loads(path.read_text())["testGroups"]:
+        key = bytes.fromhex(group["publicKey"]["uncompressed"])
+        for t in group["tests"]:
+            sig = bytes.fromhex(t["sig"])
+            if len(key) == 65 and len(sig) == 64:
+                out.append((f"{t['tcId']}", key, hashlib.sha256(bytes.fromhex(t["msg"])).digest(), sig, t["result"]))
+    return out
+
+
 def write(out: Path, harness: str, name: str, data: bytes) -> None:
     (out / harness).mkdir(parents=True, exist_ok=True)
     (out / harness / name).write_bytes(data)
@@ -127,7 +160,7 @@ def write(out: Path, harness: str, name: str, data: bytes) -> None:
 def main(out: Path) -> None:
     root = vectors_dir()
     harnesses = ("fuzz_snp_report", "fuzz_snp_verify", "fuzz_certtable", "fuzz_p384_verify",
-                 "fuzz_p384_verify_portable", "fuzz_p384_batch")
+                 "fuzz_p384_verify_portable", "fuzz_p384_batch", "fuzz_tdx_quote", "fuzz_p256_verify")
     for harness in harnesses:
         shutil.rmtree(out / harness, ignore_errors=True)
         (out / harness).mkdir(parents=True)
@@ -204,6 +237,35 @@ def main(out: Path) -> None:
         items = b"".join(bytes([(37 * i) % 256, i]) for i in range(72))
         write(out, "fuzz_p384_batch", f"batch-{c}-{flags}",
               bytes([c, flags]) + bytes(range(5, 53)) + bytes(range(70, 118)) + pool + items)
+
+    # fuzz_tdx_quote: mode 0 = the quote alone (parser), mode 1 = flags, the quote's own PCK point, the
+    # quote (all three checks pass); mode 2 = quotes built and signed in the harness, one per mutation.
+    for name, quote in (tdx_quotes(root) if root.is_dir() else []):
+        write(out, "fuzz_tdx_quote", f"raw-{name}", b"\0" + quote)
+        point = tdx_pck_point(quote)
+        if point is not None:
+            write(out, "fuzz_tdx_quote", f"keyed-{name}", b"\1\1" + point + quote)
+    for shape in range(3):
+        for mutation in range(12):
+            header = bytes([2, shape, mutation]) + struct.pack("<HHHHB", 97 * mutation + 3, 0x0101 * shape + mutation,
+                                                                 32 if mutation % 3 else 0, 40 + 61 * mutation,
+                                                                 70 if shape == 0 else mutation)
+            keys = b"".join(hashlib.sha256(bytes([shape, mutation, j])).digest() for j in range(5))
+            write(out, "fuzz_tdx_quote", f"built-{shape}-{mutation}", header + keys + bytes(range(256)) * 4)
+
+    # fuzz_p256_verify: Wycheproof P-256 in raw mode, then every mutation and crafted kind.
+    for name, key, digest, sig, result in wycheproof_p256(root):
+        write(out, "fuzz_p256_verify", f"wycheproof-{name}-{result}",
+              bytes([0, 0, 32]) + key + b"\0" + digest.ljust(64, b"\0") + sig)
+    for mutation in range(15):
+        write(out, "fuzz_p256_verify", f"signed-{mutation}",
+              bytes([1, 0, mutation]) + struct.pack("<H", 77 * mutation + 5) + bytes(range(3, 35))
+              + bytes(range(60, 92)) + hashlib.sha512(bytes([mutation])).digest() + bytes(range(9, 41)))
+    write(out, "fuzz_p256_verify", "signed-short-hash",
+          bytes([1, 41, 0, 0, 0]) + bytes(range(3, 35)) + bytes(range(60, 92)) + bytes(range(64)))
+    for kind in range(4):
+        write(out, "fuzz_p256_verify", f"crafted-{kind}",
+              bytes([2, kind, 3]) + hashlib.sha256(b"s").digest() + hashlib.sha256(b"e").digest())
 
     counts = {h.name: len(list(h.iterdir())) for h in sorted(out.iterdir()) if h.is_dir()}
     print(f"libfuzzer seeds from {root if vectors else 'synthetic data only (no vectors at ' + str(root) + ')'}: "

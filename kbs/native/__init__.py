@@ -5,12 +5,27 @@ nothing else in the package imports the extension.  Every call below runs in C w
 the GIL released (cffi API mode), so verification scales with threads.
 
 One module per C concern: `_ffi` (the loaded library and the status-code -> exception map),
-`snp` (SEV-SNP reports and certificate tables), `p384` (ECDSA P-384: key tables, key cache,
-batch), `hashing` (SHA-384).  Callers import from here: `from kbs import native`.
+`snp` (SEV-SNP reports and certificate tables), `tdx` (Intel TDX quotes), `p384` (ECDSA P-384:
+key tables, key cache, batch), `p256` (ECDSA P-256: key tables, key cache), `keycache` (the LRU of
+key tables both curves use), `hashing` (SHA-384, SHA-256).
+Callers import from here: `from kbs import native`.
 """
 
 from kbs.native._ffi import NativeStatusError, ffi, lib, status_name
-from kbs.native.hashing import sha384
+from kbs.native.hashing import sha256, sha384
+from kbs.native.keycache import KeyTableCache
+from kbs.native.p256 import (
+    P256_POINT_SIZE,
+    P256_SCALAR_SIZE,
+    P256_SIGNATURE_SIZE,
+    P256KeyCache,
+    P256KeyTable,
+    p256_verify,
+    p256_verify_digest,
+    p256_verify_digest_libcrypto,
+    p256_verify_hash,
+    p256_verify_status,
+)
 from kbs.native.p384 import (
     P384_POINT_SIZE,
     P384_SCALAR_SIZE,
@@ -34,25 +49,57 @@ from kbs.native.snp import (
     snp_verify_cached,
     snp_verify_status,
 )
+from kbs.native.tdx import (
+    INTEL_QE_VENDOR_ID,
+    TDX_BODY_TD10_SIZE,
+    TDX_BODY_TD15_SIZE,
+    TDX_HEADER_SIZE,
+    TDX_QE_REPORT_SIZE,
+    TdxQeReport,
+    TdxQuote,
+    tdx_parse,
+    tdx_verify,
+    tdx_verify_signatures,
+    tdx_verify_status,
+)
 
 __all__ = [
+    "INTEL_QE_VENDOR_ID",
+    "P256_POINT_SIZE",
+    "P256_SCALAR_SIZE",
+    "P256_SIGNATURE_SIZE",
     "P384_POINT_SIZE",
     "P384_SCALAR_SIZE",
     "SNP_REPORT_SIZE",
     "SNP_SIGNED_SIZE",
+    "TDX_BODY_TD10_SIZE",
+    "TDX_BODY_TD15_SIZE",
+    "TDX_HEADER_SIZE",
+    "TDX_QE_REPORT_SIZE",
     "CertTableEntry",
+    "KeyTableCache",
     "NativeStatusError",
+    "P256KeyCache",
+    "P256KeyTable",
     "P384BatchItem",
     "P384KeyCache",
     "P384KeyTable",
     "RawSnpReport",
+    "TdxQeReport",
+    "TdxQuote",
     "ffi",
     "lib",
+    "p256_verify",
+    "p256_verify_digest",
+    "p256_verify_digest_libcrypto",
+    "p256_verify_hash",
+    "p256_verify_status",
     "p384_implementation",
     "p384_verify_batch",
     "p384_verify_digest",
     "p384_verify_digest_libcrypto",
     "p384_verify_hash",
+    "sha256",
     "sha384",
     "snp_certtable_parse",
     "snp_parse",
@@ -60,4 +107,8 @@ __all__ = [
     "snp_verify_cached",
     "snp_verify_status",
     "status_name",
+    "tdx_parse",
+    "tdx_verify",
+    "tdx_verify_signatures",
+    "tdx_verify_status",
 ]

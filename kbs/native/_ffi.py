@@ -1,13 +1,13 @@
 """The loaded core (`kbs._native`: `ffi`, `lib`) and the one map from its status codes to exceptions.
 
 `kbs_native.h` has one `enum kbs_status` for every concern, so its Python side is one table
-here; each concern's module (snp, p384, hashing) calls `raise_for` on what C returned.
+here; each concern's module (snp, tdx, p384, p256, hashing) calls `raise_for` on what C returned.
 """
 
 from __future__ import annotations
 
 from kbs._native import ffi, lib
-from kbs.errors import KbsError, MalformedEvidence, SignatureInvalid
+from kbs.errors import EvidenceError, KbsError, MalformedEvidence, SignatureInvalid
 
 __all__ = ["MAX_CERTTABLE_ENTRIES", "NativeStatusError", "ffi", "lib", "raise_for", "status_name"]
 
@@ -66,6 +66,65 @@ _STATUS: dict[int, tuple[type[KbsError], str, str]] = {
                                    "certificate table entry extends past the end of the buffer"),
     lib.KBS_ERR_CERTTABLE_TOO_MANY: (MalformedEvidence, "certtable.format",
                                      f"certificate table has more than {MAX_CERTTABLE_ENTRIES} entries"),
+    # Intel TDX quotes (native/tdx_quote.c, reference/tdx.md §1)
+    lib.KBS_ERR_TDX_HEADER_TRUNCATED: (MalformedEvidence, "quote.length",
+                                       f"TDX quote is shorter than its {lib.KBS_TDX_HEADER_SIZE}-byte header"),
+    lib.KBS_ERR_TDX_VERSION: (MalformedEvidence, "quote.version", "TDX quote version is not 4 or 5"),
+    lib.KBS_ERR_TDX_ATT_KEY_TYPE: (MalformedEvidence, "quote.att_key_type",
+                                   "TDX quote attestation key type is not 2 (ECDSA P-256)"),
+    lib.KBS_ERR_TDX_TEE_TYPE: (MalformedEvidence, "quote.tee_type", "quote TEE type is not 0x81 (TDX)"),
+    lib.KBS_ERR_TDX_QE_VENDOR: (MalformedEvidence, "quote.qe_vendor_id",
+                                "TDX quote QE vendor id is not Intel's (939a7233f79c4ca9940a0db3957f0607)"),
+    lib.KBS_ERR_TDX_BODY_TRUNCATED: (MalformedEvidence, "quote.length",
+                                     "TDX quote ends inside its body (or v5 body descriptor)"),
+    lib.KBS_ERR_TDX_BODY_TYPE: (MalformedEvidence, "quote.body_type",
+                                "TDX quote v5 body type is not 2 (TD report 1.0) or 3 (TD report 1.5)"),
+    lib.KBS_ERR_TDX_BODY_SIZE: (MalformedEvidence, "quote.body_size",
+                                f"TDX quote v5 body size is not that of its type ({lib.KBS_TDX_BODY_TD10_SIZE} "
+                                f"for type 2, {lib.KBS_TDX_BODY_TD15_SIZE} for type 3)"),
+    lib.KBS_ERR_TDX_SIG_DATA_TRUNCATED: (MalformedEvidence, "quote.signature_data_length",
+                                         "TDX quote signature data runs past the end of the quote"),
+    lib.KBS_ERR_TDX_SIG_DATA_SIZE: (MalformedEvidence, "quote.signature_data_length",
+                                    "TDX quote signature_data_len is not exactly the size of the signature "
+                                    "data it holds"),
+    lib.KBS_ERR_TDX_CERT_TYPE: (MalformedEvidence, "quote.cert_data_type",
+                                "TDX quote certification data type is not 6 (QE report certification data)"),
+    lib.KBS_ERR_TDX_CERT_SIZE: (MalformedEvidence, "quote.cert_data_size",
+                                "TDX quote certification data (type 6) runs past the signature data, or is too "
+                                "short for the QE report and its signature"),
+    lib.KBS_ERR_TDX_QE_AUTH_SIZE: (MalformedEvidence, "quote.qe_auth_data",
+                                   "TDX quote QE auth data size runs past its certification data"),
+    lib.KBS_ERR_TDX_PCK_CERT_TYPE: (MalformedEvidence, "quote.pck_cert_type",
+                                    "TDX quote inner certification data is missing or its type is not 5 "
+                                    "(PCK certificate chain)"),
+    lib.KBS_ERR_TDX_PCK_CERT_SIZE: (MalformedEvidence, "quote.pck_cert_size",
+                                    "TDX quote PCK chain size (type 5) does not exactly fill the certification "
+                                    "data (type 6) that holds it"),
+    lib.KBS_ERR_TDX_TRAILING_BYTES: (MalformedEvidence, "quote.trailing_bytes",
+                                     "TDX quote has non-zero bytes after its signature data (only zero padding "
+                                     "is accepted)"),
+    lib.KBS_ERR_TDX_PCK_KEY: (SignatureInvalid, "quote.qe_report_signature",
+                              "PCK public key is not an uncompressed P-256 point on the curve (65 bytes, 0x04)"),
+    lib.KBS_ERR_TDX_QE_REPORT_SIG_RANGE: (SignatureInvalid, "quote.qe_report_signature",
+                                          "QE report signature r or s is zero or not below the group order"),
+    lib.KBS_ERR_TDX_QE_REPORT_SIG_INVALID: (SignatureInvalid, "quote.qe_report_signature",
+                                            "QE report signature does not verify with the PCK certificate's key"),
+    lib.KBS_ERR_TDX_QE_BINDING: (EvidenceError, "quote.qe_binding",
+                                 "QE report data is not SHA-256(attestation key || QE auth data) followed by "
+                                 "32 zero bytes: the QE did not vouch for this attestation key"),
+    lib.KBS_ERR_TDX_ATT_KEY_INVALID: (SignatureInvalid, "quote.signature",
+                                      "TDX quote attestation key is not a point on P-256"),
+    lib.KBS_ERR_TDX_QUOTE_SIG_RANGE: (SignatureInvalid, "quote.signature",
+                                      "TDX quote signature r or s is zero or not below the group order"),
+    lib.KBS_ERR_TDX_QUOTE_SIG_INVALID: (SignatureInvalid, "quote.signature",
+                                        "TDX quote signature over header and body does not verify with its "
+                                        "attestation key"),
+    # A key table that is not the key's: the caller picked the wrong table (a bug, never a verdict).
+    lib.KBS_ERR_TDX_PCK_TABLE_MISMATCH: (KbsError, "internal",
+                                         "the P-256 key table passed for the PCK key was built for another key"),
+    lib.KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH: (KbsError, "internal",
+                                             "the P-256 key table passed for the attestation key was built for "
+                                             "another key than the quote's"),
 }
 
 

@@ -1,18 +1,17 @@
 """ECDSA P-384 verification (native/p384_*.c): one cold key, a cached key table, or a batch.
 
 The C core is stateless; the only state is here: P384KeyCache, a bounded LRU of per-key
-tables guarded by a lock.  Every C call below releases the GIL.  The system libcrypto's
-verification (native/ecdsa_p384.c) stays as the reference for tests and benchmarks.
+tables guarded by a lock (kbs.native.keycache).  Every C call below releases the GIL.  The system
+libcrypto's verification (native/ecdsa_p384.c) stays as the reference for tests and benchmarks.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from kbs.errors import SignatureInvalid
 from kbs.native._ffi import ffi, lib, raise_for
+from kbs.native.keycache import KeyTableCache
 
 P384_POINT_SIZE: int = lib.KBS_P384_POINT_SIZE
 P384_SCALAR_SIZE = 48
@@ -85,8 +84,8 @@ class P384KeyTable:
         return self._table
 
 
-class P384KeyCache:
-    """A bounded, thread-safe LRU of P384KeyTable, keyed by the public-key bytes.
+class P384KeyCache(KeyTableCache[P384KeyTable]):
+    """A bounded, thread-safe LRU of P384KeyTable, keyed by the public-key bytes (KeyTableCache).
 
     A table is built on the `build_after`-th sighting of a key (default 2: a key seen once,
     as most certificate keys are, costs nothing extra; a VCEK signing every report of its
@@ -95,42 +94,7 @@ class P384KeyCache:
     """
 
     def __init__(self, max_tables: int = 256, build_after: int = 2) -> None:
-        if max_tables < 1 or build_after < 1:
-            raise ValueError("max_tables and build_after must be at least 1")
-        self.max_tables = max_tables
-        self.build_after = build_after
-        self._lock = threading.Lock()
-        self._tables: OrderedDict[bytes, P384KeyTable] = OrderedDict()
-        self._sightings: OrderedDict[bytes, int] = OrderedDict()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._tables)
-
-    def table_for(self, public_key: bytes) -> P384KeyTable | None:
-        """The key's table if it has (or now earns) one, else None after counting the sighting.
-
-        Raises SignatureInvalid if a table is due but the key is not a valid P-384 point.
-        """
-        key = bytes(public_key)
-        with self._lock:
-            table = self._tables.get(key)
-            if table is not None:
-                self._tables.move_to_end(key)
-                return table
-            seen = self._sightings.pop(key, 0) + 1
-            if seen < self.build_after:
-                self._sightings[key] = seen
-                while len(self._sightings) > 8 * self.max_tables:
-                    self._sightings.popitem(last=False)
-                return None
-        table = P384KeyTable(key)  # outside the lock: C work, GIL released
-        with self._lock:
-            table = self._tables.setdefault(key, table)
-            self._tables.move_to_end(key)
-            while len(self._tables) > self.max_tables:
-                self._tables.popitem(last=False)
-        return table
+        super().__init__(P384KeyTable, max_tables, build_after)
 
     def verify_status(self, public_key: bytes, digest: bytes, r: bytes, s: bytes) -> int:
         """The raw kbs_status of verifying r, s over a 48-byte digest, using a table when cached."""
