@@ -1,8 +1,9 @@
 """`kbs collateral list|add|fetch|export|import|prune`: fill, carry and inspect the collateral cache.
 
 The cache is the directory the daemon (the SNP verifier's `cache_dir`) and `kbs verify snp --offline
---cache-dir` read (`kbs.trust.collateral_cache`).  Exit codes: 0 done; 1 refused (an artefact
-failed its checks, a fetch failed: nothing of a refused batch was cached); 2 usage error.
+--cache-dir` read (`kbs.trust.collateral_cache`): AMD KDS artefacts under `kds/`, Intel PCS ones under
+`pcs/`.  Exit codes: 0 done; 1 refused (an artefact failed its checks, a fetch failed: nothing of a
+refused batch was cached); 2 usage error.
 """
 
 from __future__ import annotations
@@ -13,27 +14,32 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbs.errors import CollateralUnavailable, KbsError, UsageError
+from kbs.errors import CollateralUnavailable, KbsError, MalformedEvidence, UsageError
 from kbs.evidence.snp.collateral import candidate_products
 from kbs.evidence.snp.report import parse_report
+from kbs.files import read_input
 from kbs.timearg import rfc3339
 from kbs.trust.amd.certs import PRODUCTS, VCEK, VLEK
 from kbs.trust.amd.collateral import Sourced, entries_from_files, read_inputs
-from kbs.trust.amd.kds import CHIP_ID_SIZE, DEFAULT_BASE_URL, SERVICE, TURIN_HWID_SIZE, KdsClient, TcbVersion
+from kbs.trust.amd.kds import CHIP_ID_SIZE, DEFAULT_BASE_URL, TURIN_HWID_SIZE, KdsClient, TcbVersion
 from kbs.trust.cachedir import Entry, iso
 from kbs.trust.collateral_cache import Admitted, CheckContext, CollateralCache, default_cache_dir
-from kbs.trust.fetch import Request
+from kbs.trust.fetch import Fetcher, Request
+from kbs.trust.intel import pcs as intel_pcs
+from kbs.trust.intel.cache_kinds import IntelInputs, entries_from_inputs, is_intel_certificate, is_intel_crl
+from kbs.trust.intel.certs import CA_NAMES, CaType, verify_pck_chain
+from kbs.trust.intel.offline import load_collateral_dir
 from kbs.trust.x509 import Certificate, load_certificates
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 Run = Callable[[argparse.Namespace], int]
 SubParsers = Any  # argparse._SubParsersAction, private in typeshed
-_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled")
+_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled", "pcs.rate_limited", "pcs.busy", "pcs.throttled")
 
 
 def _guarded(run: Run) -> Run:
@@ -53,7 +59,8 @@ def _guarded(run: Run) -> Run:
 
 def add_collateral_parser(commands: SubParsers) -> None:
     collateral = commands.add_parser(
-        "collateral", help="fill, carry and inspect the collateral cache (VCEKs, chains, CRLs) for offline use",
+        "collateral", help="fill, carry and inspect the collateral cache (AMD VCEKs, chains, CRLs; Intel TCB info, "
+                           "QE identity, CRLs) for offline use",
         description="The cache the broker and `kbs verify --offline` read. Artefacts are checked against the "
                     "pinned vendor roots (or --trust-root) before they are cached.")
     verbs = collateral.add_subparsers(dest="verb", required=True)
@@ -74,14 +81,16 @@ def add_collateral_parser(commands: SubParsers) -> None:
     listing = verb("list", "show what is cached and until when", _run_list)
     listing.add_argument("--json", action="store_true", help="machine output")
 
-    add = verb("add", "check certificates and CRLs against the pinned roots and cache them", _run_add)
+    add = verb("add", "check certificates, CRLs and Intel collateral against the pinned roots and cache them", _run_add)
     add.add_argument("files", nargs="+", metavar="FILE",
-                     help="PEM or DER certificates (VCEK, ASK/ASVK, ARK, in any order and files) and CRLs")
+                     help="PEM or DER certificates (VCEK, ASK/ASVK, ARK, in any order and files) and CRLs; Intel: a "
+                          "collateral directory (the layout of kbs verify tdx --collateral), a dcap-qvl collateral "
+                          "bundle, or PCS TCB info / QE identity JSON with their issuer chains (PEM) and CRLs")
     add.add_argument("--vlek-crl", action="store_true",
                      help="the CRLs given are the VLEK (ASVK) CRLs, /vlek/v1/{P}/crl (default: /vcek/v1/{P}/crl)")
     trust(add)
 
-    fetch = verb("fetch", "fetch from AMD KDS what given chips need (VCEK, chain, CRL), check it, cache it",
+    fetch = verb("fetch", "fetch from AMD KDS (or Intel PCS) what given chips need, check it, cache it",
                  _run_fetch)
     fetch.add_argument("--report", action="append", default=[], metavar="FILE",
                        help="an SNP report whose chip and REPORTED_TCB to fetch for; repeatable")
@@ -92,6 +101,18 @@ def add_collateral_parser(commands: SubParsers) -> None:
     fetch.add_argument("--no-crl", action="store_true", help="leave the CRLs out")
     fetch.add_argument("--refresh", action="store_true", help="fetch again what is cached and current")
     fetch.add_argument("--kds-url", default=os.environ.get("KBS_KDS_URL", DEFAULT_BASE_URL), help="KDS base URL")
+    fetch.add_argument("--fmspc", action="append", default=[], metavar="HEX",
+                       help="Intel: the TDX TCB info of this FMSPC (12 hex digits), with the TD QE identity, the PCK "
+                            "CRL and the root CA CRL; repeatable")
+    fetch.add_argument("--pck-chain", action="append", default=[], metavar="PEM",
+                       help="Intel: a PCK certificate chain (as a TDX quote carries it): what its platform needs")
+    fetch.add_argument("--pck-ca", action="append", default=[], choices=sorted(CA_NAMES),
+                       help="Intel: the PCK CA whose CRL to fetch (default: the CA of each --pck-chain, else platform)")
+    fetch.add_argument("--pcs-url", default=os.environ.get("KBS_PCS_URL", intel_pcs.DEFAULT_BASE_URL),
+                       help="Intel PCS (or PCCS) base URL")
+    fetch.add_argument("--root-ca-crl-url", default=os.environ.get("KBS_ROOT_CA_CRL_URL", intel_pcs.ROOT_CA_CRL_URL),
+                       help="where to fetch the Intel SGX Root CA CRL (a PCCS serves it at "
+                            f"{intel_pcs.PCCS_ROOT_CA_CRL_PATH}); it is cached under Intel's URL")
     trust(fetch)
 
     export = verb("export", "write the cache into one archive (tar, with a manifest) to carry elsewhere", _run_export)
@@ -114,15 +135,8 @@ def _cache(args: argparse.Namespace) -> CollateralCache:
     return CollateralCache(root)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
-
-
 def _roots(args: argparse.Namespace) -> list[Certificate] | None:
-    return [c for path in args.trust_root for c in load_certificates(_read(path, "trust root"))] or None
+    return [c for path in args.trust_root for c in load_certificates(read_input(path, "trust root"))] or None
 
 
 def _now() -> dt.datetime:
@@ -181,18 +195,43 @@ def _run_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_add_inputs(names: list[str]) -> tuple[list[Sourced], IntelInputs]:
+    """AMD certificates and CRLs, and Intel artefacts (directories, JSON, Intel certificates and CRLs)."""
+    inputs: list[Sourced] = []
+    intel = IntelInputs()
+    for name in names:
+        path = Path(name)
+        source = f"file:{path.resolve()}"
+        if path.is_dir():
+            intel.collaterals.append((source, load_collateral_dir(path)))
+            continue
+        data = read_input(name, "file")
+        if data.lstrip()[:1] == b"{":
+            intel.add_json(source, data)
+            continue
+        for item in read_inputs(path, data):
+            if item.certificate is not None and is_intel_certificate(item.certificate):
+                intel.certificates.append(item.certificate)
+            elif item.crl is not None and is_intel_crl(item.crl):
+                intel.crls.append((item.source, item.crl))
+            else:
+                inputs.append(item)
+    return inputs, intel
+
+
 def _run_add(args: argparse.Namespace) -> int:
     cache = _cache(args)
     roots = _roots(args)
-    inputs: list[Sourced] = []
-    for name in args.files:
-        inputs += read_inputs(Path(name), _read(name, "file"))
+    inputs, intel = _read_add_inputs(args.files)
     now = _now()
     at = args.at or now
     context = CheckContext(at=at, now=now, trust_roots=roots, certificates=[*cache.certificates(), *(roots or ())])
-    entries = entries_from_files(inputs, context, now, VLEK if args.vlek_crl else VCEK)
+    entries = entries_from_files(inputs, context, now, VLEK if args.vlek_crl else VCEK) if inputs else []
+    if intel:
+        entries += entries_from_inputs(intel, context.certificates, now)
     if not entries:
-        raise UsageError("nothing to cache in the files given: give a VCEK, an ASK/ASVK with its ARK, or a CRL")
+        raise UsageError("nothing to cache in the files given: give a VCEK, an ASK/ASVK with its ARK, or a CRL; "
+                         "Intel: a collateral directory, a dcap-qvl bundle, TCB info or QE identity JSON, or a CRL")
     _report(cache.admit(entries, at=at, now=now, trust_roots=roots), "added")
     return EXIT_OK
 
@@ -234,7 +273,7 @@ def _targets(args: argparse.Namespace) -> tuple[list[_Chip], set[str], set[str]]
     products: set[str] = set()
     kinds = {VCEK, VLEK} if args.vlek else {VCEK}
     for name in args.report:
-        report = parse_report(_read(name, "report"))
+        report = parse_report(read_input(name, "report"))
         if report.signer.signing_key == VLEK:
             kinds.add(VLEK)  # the VLEK itself comes with the evidence; its chain and CRL can be cached
             products.update(candidate_products(report))
@@ -258,26 +297,55 @@ def _targets(args: argparse.Namespace) -> tuple[list[_Chip], set[str], set[str]]
         chips.append(_Chip(f"chip {args.chip_id[:16]}…", chip.ljust(CHIP_ID_SIZE, b"\0"), {args.product: tcb}))
     elif args.product:
         products.add(args.product)
-    if not chips and not products:
-        raise UsageError("say what to fetch: --report FILE, --product P --chip-id HEX --tcb ..., or --product P")
     return chips, products, kinds
 
 
-async def _fetch_all(args: argparse.Namespace, cache: CollateralCache,
-                     now: dt.datetime) -> tuple[list[Entry], list[str]]:
+@dataclass(frozen=True)
+class _IntelTargets:
+    fmspcs: tuple[bytes, ...]
+    cas: tuple[CaType, ...]
+
+
+def _intel_targets(args: argparse.Namespace, at: dt.datetime, roots: list[Certificate] | None) -> _IntelTargets:
+    """FMSPCs to fetch TCB info for and PCK CAs to fetch CRLs of: given, or read from verified PCK chains."""
+    fmspcs = [intel_pcs.parse_fmspc(value) for value in args.fmspc]
+    cas: list[CaType] = list(args.pck_ca)
+    for name in args.pck_chain:
+        chain = verify_pck_chain(read_input(name, "PCK chain"), at, trust_roots=roots)
+        fmspcs.append(chain.info.fmspc)
+        cas.append(chain.info.ca)
+    if (fmspcs or args.pck_ca) and not cas:
+        cas.append("platform")
+    return _IntelTargets(tuple(dict.fromkeys(fmspcs)), tuple(dict.fromkeys(cas)))
+
+
+async def _fetch_all(args: argparse.Namespace, cache: CollateralCache, now: dt.datetime,
+                     roots: list[Certificate] | None) -> tuple[list[Entry], list[str]]:
     chips, products, kinds = _targets(args)
+    intel = _intel_targets(args, args.at or now, roots)
+    if not chips and not products and not intel.fmspcs and not intel.cas:
+        raise UsageError("say what to fetch: --report FILE, --product P --chip-id HEX --tcb ..., or --product P; "
+                         "Intel: --fmspc HEX, --pck-chain PEM or --pck-ca CA")
     fetched: list[Entry] = []
     errors: list[str] = []
+
+    async def fetch_into(fetcher: Fetcher, request: Request) -> None:
+        if not args.refresh and cache.current(fetcher.service, request.key, now) is not None:
+            print(f"already cached: {request.what} {request.path}")
+            return
+        result = await fetcher.fetch(request)
+        fetched.append(Entry(fetcher.service, request.kind, request.key, result.body, result.source, now,
+                             result.valid_until, result.headers))
+
+    if intel.fmspcs or intel.cas:
+        await _fetch_intel(args, intel, roots, fetch_into, errors)
+    if not chips and not products:
+        return fetched, errors
     # Wait for the client's request limit rather than fail: an operator's batch may exceed the burst.
     async with KdsClient(args.kds_url, token_wait=120.0) as kds:
 
         async def get(request: Request) -> None:
-            if not args.refresh and cache.current(SERVICE, request.key, now) is not None:
-                print(f"already cached: {request.what} {request.path}")
-                return
-            result = await kds.fetcher.fetch(request)
-            fetched.append(Entry(SERVICE, request.kind, request.key, result.body, result.source, now,
-                                 result.valid_until, result.headers))
+            await fetch_into(kds.fetcher, request)
 
         for chip in chips:
             failures = []
@@ -308,15 +376,34 @@ async def _fetch_all(args: argparse.Namespace, cache: CollateralCache,
     return fetched, errors
 
 
+async def _fetch_intel(args: argparse.Namespace, targets: _IntelTargets, roots: list[Certificate] | None,
+                       fetch_into: Callable[[Fetcher, Request], Awaitable[None]], errors: list[str]) -> None:
+    async with intel_pcs.PcsClient(args.pcs_url, token_wait=120.0, root_ca_crl_url=args.root_ca_crl_url,
+                                   trust_roots=roots) as client:
+        requests = [client.tcb_info_request(fmspc) for fmspc in targets.fmspcs]
+        if targets.fmspcs:
+            requests.append(client.qe_identity_request())
+        if not args.no_crl:
+            requests += [client.pck_crl_request(ca) for ca in targets.cas]
+            requests.append(client.root_ca_crl_request())
+        for request in requests:
+            try:
+                await fetch_into(client.fetcher, request)
+            except (CollateralUnavailable, MalformedEvidence) as exc:
+                if exc.check in _NOT_ASKED:
+                    raise
+                errors.append(f"{exc.check}: {exc}")
+
+
 def _run_fetch(args: argparse.Namespace) -> int:
     cache = _cache(args)
     roots = _roots(args)
     now = _now()
-    fetched, errors = asyncio.run(_fetch_all(args, cache, now))
+    fetched, errors = asyncio.run(_fetch_all(args, cache, now, roots))
+    for error in errors:  # before admitting: a refused batch must not hide why the rest was not fetched
+        print(f"kbs: not fetched: {error}", file=sys.stderr)
     if fetched:
         _report(cache.admit(fetched, at=args.at or now, now=now, trust_roots=roots), "fetched")
-    for error in errors:
-        print(f"kbs: not fetched: {error}", file=sys.stderr)
     return EXIT_REFUSED if errors else EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""Files that must never be seen half-written, nor by anyone but their owner: keys, caches, archives.
+"""Files that must never be seen half-written, nor by anyone but their owner: keys, caches, archives;
+and the files a command line names (`read_input`).
 
 One way to write them: a 0600 temporary file in the same directory, written and fsync'd, then
 renamed over the target (or, for `exclusive`, hard-linked so an existing file always wins), and the
@@ -13,6 +14,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from kbs.errors import UsageError
 
 
 def write_atomic(path: Path, data: bytes | Callable[[BinaryIO], None], *, exclusive: bool = False) -> bool:
@@ -55,3 +58,11 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_input(path: str | Path, what: str) -> bytes:
+    """A file a command line names; unreadable, it is a usage error (exit 2) saying which and why."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc

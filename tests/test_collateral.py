@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import io
 import json
-import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from kbs.trust.amd.kds import vcek_url_path
 from kbs.trust.cachedir import CacheDir, CacheKey, Entry
 from tests.amd_synth import SyntheticAmd, build_report, sign_report
 from tests.broker import SnpGuest, attest, auth, jar, run_broker
+from tests.collateral_archive import edit_member, flip_middle_bit
 from tests.conftest import load_snp_vector
 from tests.test_kds import FakeKds, serve
 
@@ -300,29 +299,8 @@ def test_fetch_by_chip_and_tcb_then_skip_what_is_cached(tmp_path: Path, capsys: 
 # -- the round trip: connected cache -> archive -> air-gapped broker ----------------------------
 
 def alter_member(archive: Path, out: Path, needle: bytes, fix_manifest: bool) -> None:
-    """A copy of `archive` with one byte flipped inside the member holding `needle`; with `fix_manifest`
-    the manifest's SHA-256 is made to match the altered bytes (so only the artefact's own check is left)."""
-    members: dict[str, bytes] = {}
-    with tarfile.open(archive) as tar:
-        for info in tar:
-            handle = tar.extractfile(info)
-            assert handle is not None
-            members[info.name] = handle.read()
-    [name] = [n for n, data in members.items() if needle in data and not n.endswith("manifest.json")]
-    data = bytearray(members[name])
-    data[len(data) // 2] ^= 0x01
-    members[name] = bytes(data)
-    if fix_manifest:
-        manifest = json.loads(members["kbs-collateral/manifest.json"])
-        for item in manifest["items"]:
-            if f"kbs-collateral/{item['file']}" == name:
-                item["sha256"] = hashlib.sha256(data).hexdigest()
-        members["kbs-collateral/manifest.json"] = json.dumps(manifest).encode()
-    with tarfile.open(out, "w") as tar:
-        for member, content in members.items():
-            info = tarfile.TarInfo(member)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
+    """A copy of `archive` with one bit flipped inside the member holding `needle` (see edit_member)."""
+    edit_member(archive, out, needle, flip_middle_bit, fix_manifest=fix_manifest)
 
 
 def test_round_trip_to_an_air_gapped_broker(tmp_path: Path, capsys: pytest.CaptureFixture[str], pki: SyntheticAmd,

@@ -23,8 +23,8 @@ not named by the manifest, if any file's SHA-256 or size differs from its item, 
 fails its kind's check, and only then writes anything.  Items that expired (a CRL past its
 nextUpdate) are skipped, not refused.
 
-New artefact kinds (Intel TCB info and QE identity, NVIDIA RIMs, OCSP responses) are added as an
-`ArtefactKind` of their vendor module and listed in `known_kinds`.
+New artefact kinds (NVIDIA RIMs, OCSP responses) are added as an `ArtefactKind` of their vendor module
+and listed in `known_kinds`, as AMD's (`amd.collateral`) and Intel's (`intel.cache_kinds`) are.
 """
 
 from __future__ import annotations
@@ -96,8 +96,9 @@ class ArtefactKind:
 def known_kinds() -> dict[str, ArtefactKind]:
     """Every artefact kind the cache can check, from each vendor's module."""
     from kbs.trust.amd.collateral import AMD_KINDS  # vendor modules build on this one
+    from kbs.trust.intel.cache_kinds import INTEL_KINDS
 
-    return {kind.name: kind for kind in (*AMD_KINDS,)}
+    return {kind.name: kind for kind in (*AMD_KINDS, *INTEL_KINDS)}
 
 
 @dataclass(frozen=True)

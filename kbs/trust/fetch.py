@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, ClassVar, NoReturn, Self, TypedDict, Unpack
 
 import aiohttp
 from yarl import URL
@@ -96,12 +96,17 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()  # request headers (Content-Type, Accept, ...); not in the key
     keep_headers: tuple[str, ...] = ()  # response headers returned with the body and cached with it
     legacy_name: str | None = None  # a file directly under the cache directory that older versions wrote
+    # Where to fetch from when not the service's base URL + path (a mirror of an artefact that has its own
+    # canonical URL, such as Intel's root CA CRL served by a PCCS); the cache key stays `path`.
+    url: str | None = None
 
     def __post_init__(self) -> None:
         if self.method == "GET" and self.body is not None:
             raise ValueError("a GET request has no body")
         if not (self.path.startswith("/") or self.path.startswith(("https://", "http://"))):
             raise ValueError(f"request path {self.path!r} must start with '/' or be an http(s) URL")
+        if self.url is not None and not self.url.startswith(("https://", "http://")):
+            raise ValueError(f"request URL {self.url!r} must be an http(s) URL")
 
     @property
     def key(self) -> CacheKey:
@@ -335,7 +340,8 @@ class Fetcher:
             raise CollateralUnavailable(
                 f"{request.what} at {request.path} is not in the {self.label} cache and offline mode is on "
                 f"({where}{'; ' + stale if stale else ''})", check=f"{self.service}.offline")
-        url = request.path if request.path.startswith(("https://", "http://")) else self.base_url + request.path
+        url = request.url or (request.path if request.path.startswith(("https://", "http://"))
+                              else self.base_url + request.path)
         try:
             body, headers = await self._fetch(request, url)
             request.validate(body, headers, url)
@@ -580,3 +586,68 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
+
+
+class FetchKnobs(TypedDict, total=False):
+    """What a service client passes through to its `Fetcher` (see there)."""
+
+    session: aiohttp.ClientSession | None
+    timeout: float
+    retries: int
+    backoff: float
+    total_timeout: float
+    rate_per_second: float
+    burst: int
+    token_wait: float
+    max_in_flight: int
+    negative_ttl: float
+    transient_ttl: float
+    memory_cache_bytes: int
+    negative_cache_bytes: int
+    clock: Callable[[], float]
+    now: Callable[[], datetime]
+
+
+class ServiceClient:
+    """The base of one collateral service's client (AMD KDS, Intel PCS, …): a `Fetcher` with the
+    service's name, label, default URL and request rate, body limit and throttling hint, closed with
+    the client, which is also an async context manager.  Subclasses add the service's requests."""
+
+    service: ClassVar[str]
+    label: ClassVar[str]
+    default_base_url: ClassVar[str]
+    default_rate_per_second: ClassVar[float] = DEFAULT_RATE_PER_SECOND
+    default_burst: ClassVar[int] = DEFAULT_BURST
+    max_body: ClassVar[int] = DEFAULT_MAX_BODY
+    rate_limit_hint: ClassVar[str] = ""
+
+    def __init__(self, base_url: str | None = None, cache_dir: Path | None = None, offline: bool = False,
+                 **knobs: Unpack[FetchKnobs]) -> None:
+        options: dict[str, Any] = {"rate_per_second": self.default_rate_per_second, "burst": self.default_burst,
+                                   **knobs}
+        self.fetcher = Fetcher(self.service, base_url or self.default_base_url, label=self.label,
+                               cache_dir=cache_dir, offline=offline, max_body=self.max_body,
+                               rate_limit_hint=self.rate_limit_hint, **options)
+
+    @property
+    def base_url(self) -> str:
+        return self.fetcher.base_url
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.fetcher.cache_dir
+
+    @property
+    def offline(self) -> bool:
+        return self.fetcher.offline
+
+    async def close(self) -> None:
+        """Cancel fetches in flight and close the HTTP session, but only if this client created it."""
+        await self.fetcher.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

@@ -5,6 +5,10 @@ signature (any algorithm `kbs.trust.signature` supports, narrowed by the caller'
 issuer, and the validity window around the verification time, which is an input.  Both fail closed:
 a CRL or response that does not cover the certificate, or cannot be shown current, is an error.
 
+A CRL arrives with every report or quote of a platform, so parsed CRLs are cached by their exact
+bytes and verified CRL signatures by (CRL bytes, signer key): a warm check costs no DER walk and no
+signature verification, while the window and the listed serials are checked on every call.
+
 CRL (`check_crl`): issued and signed by the certificate's issuer (both copies of the algorithm
 identifier identical; keyUsage cRLSign where the issuer has keyUsage), a complete CRL for the
 certificate (no delta CRL, no indirect or partial scope, an issuingDistributionPoint that names one of
@@ -42,6 +46,7 @@ from pyasn1.codec.der import decoder
 from pyasn1.error import PyAsn1Error
 from pyasn1_modules import rfc5280
 
+from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, MalformedEvidence
 from kbs.trust.chain import UNDERSTOOD_CRITICAL
 from kbs.trust.signature import (
@@ -155,11 +160,42 @@ def _crl_der(data: bytes) -> bytes:
         raise MalformedEvidence("PEM CRL block is not valid base64", check="crl.der") from exc
 
 
+# Parsed CRLs by their input bytes, and CRL signatures verified, by (CRL DER, signer's key, algorithm).
+CRL_CACHE_BYTES = 8 * 1024 * 1024
+
+
+def _crl_cost(crl: Crl) -> int:
+    return 4096 + 4 * len(crl.der)
+
+
+_crls: ByteBoundedCache[bytes, Crl] = ByteBoundedCache(CRL_CACHE_BYTES, _crl_cost)
+_SignatureKey = tuple[bytes, bytes, SignatureAlgorithm]
+_signatures: ByteBoundedCache[_SignatureKey, int] = ByteBoundedCache(CRL_CACHE_BYTES, lambda cost: cost)
+
+
+def configure_crl_cache(max_bytes: int) -> None:
+    """Replace the parsed-CRL and verified-signature caches with empty ones of this budget (0 disables them)."""
+    global _crls, _signatures
+    _crls = ByteBoundedCache(max_bytes, _crl_cost)
+    _signatures = ByteBoundedCache(max_bytes, lambda cost: cost)
+
+
 def parse_crl(data: bytes) -> Crl:
-    """A DER (or PEM) CRL, bounded in size, with both copies of its signature algorithm identical."""
+    """A DER (or PEM) CRL, bounded in size, with both copies of its signature algorithm identical.
+    Cached by the exact input bytes (failures are not)."""
     if len(data) > MAX_CRL_SIZE * 2:
         raise MalformedEvidence(f"CRL is {len(data)} bytes, more than the {MAX_CRL_SIZE} allowed", check="crl.der")
-    der = _crl_der(bytes(data))
+    data = bytes(data)
+    cache = _crls
+    parsed = cache.get(data)
+    if parsed is None:
+        parsed = _parse_crl(data)
+        cache.put(data, parsed)
+    return parsed
+
+
+def _parse_crl(data: bytes) -> Crl:
+    der = _crl_der(data)
     if len(der) > MAX_CRL_SIZE:
         raise MalformedEvidence(f"CRL is {len(der)} bytes, more than the {MAX_CRL_SIZE} allowed", check="crl.der")
     try:
@@ -275,8 +311,12 @@ def _check_crl(parsed: Crl, issuer: Certificate, certificates: Iterable[Certific
     if usage is not None and "cRLSign" not in usage:
         raise ChainInvalid(f"{issuer.subject_cn}'s keyUsage lacks cRLSign: it may not sign CRLs", check="crl.issuer")
     check_allowed(parsed.algorithm, algorithms, what=f"CRL of {issuer.subject_cn}", check="crl.signature_algorithm")
-    verify_signature(issuer, parsed.algorithm, parsed.signature, parsed.tbs, what="CRL",
-                     check="crl.signature", key_check="crl.signature")
+    key = (parsed.der, issuer.spki_der, parsed.algorithm)
+    signatures = _signatures
+    if signatures.get(key) is None:
+        verify_signature(issuer, parsed.algorithm, parsed.signature, parsed.tbs, what="CRL",
+                         check="crl.signature", key_check="crl.signature")
+        signatures.put(key, 256 + len(parsed.der) + len(issuer.spki_der))
     idp = _check_crl_scope(parsed)
     _check_window("CRL", parsed.this_update, parsed.next_update, at, max_age,
                   stale_check="crl.validity", early_check="crl.validity")

@@ -186,7 +186,13 @@ class Certificate:
         return bool(bc["cA"]), path_len
 
     def key_usage(self) -> frozenset[str] | None:
-        """The KeyUsage bits set (names as in RFC 5280), or None when the extension is absent."""
+        """The KeyUsage bits set (names as in RFC 5280), or None when the extension is absent.
+
+        Decoded once: a CRL check reads its issuer's keyUsage on every call."""
+        return self._key_usage
+
+    @functools.cached_property
+    def _key_usage(self) -> frozenset[str] | None:
         raw = self.extensions.get(OID_KEY_USAGE)
         if raw is None:
             return None

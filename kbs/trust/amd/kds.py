@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
-from types import TracebackType
 from typing import Protocol
 
-import aiohttp
 from cryptography import x509 as pyca_x509
 
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence, UsageError
@@ -51,8 +47,8 @@ from kbs.trust.fetch import (
     DEFAULT_TRANSIENT_TTL,
     MAX_RETRY_AFTER,
     MIN_RETRY_AFTER,
-    Fetcher,
     Request,
+    ServiceClient,
 )
 from kbs.trust.x509 import Certificate, load_certificates
 
@@ -157,7 +153,7 @@ def _legacy_name(path: str) -> str:
     return f"{readable}.{digest}"
 
 
-class KdsClient:
+class KdsClient(ServiceClient):
     """Fetch VCEKs, certificate chains and CRLs from AMD's KDS, through the cached fetcher.
 
     `retries` is the number of retries after the first attempt, for connection errors,
@@ -175,36 +171,9 @@ class KdsClient:
     (wall clock, for CRL freshness) are for tests.  `fetcher` is the underlying `Fetcher`.
     """
 
-    def __init__(self, base_url: str = DEFAULT_BASE_URL, cache_dir: Path | None = None,
-                 offline: bool = False, session: aiohttp.ClientSession | None = None,
-                 timeout: float = 10.0, retries: int = 3, backoff: float = 1.0, *,
-                 rate_per_second: float = DEFAULT_RATE_PER_SECOND, burst: int = DEFAULT_BURST,
-                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, total_timeout: float = DEFAULT_TOTAL_TIMEOUT,
-                 negative_ttl: float = DEFAULT_NEGATIVE_TTL, transient_ttl: float = DEFAULT_TRANSIENT_TTL,
-                 memory_cache_bytes: int = DEFAULT_MEMORY_CACHE_BYTES,
-                 negative_cache_bytes: int = DEFAULT_NEGATIVE_CACHE_BYTES, token_wait: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] | None = None) -> None:
-        extra = {"now": now} if now is not None else {}
-        self.fetcher = Fetcher(
-            SERVICE, base_url, label="KDS", cache_dir=cache_dir, offline=offline, session=session,
-            timeout=timeout, retries=retries, backoff=backoff, total_timeout=total_timeout,
-            rate_per_second=rate_per_second, burst=burst, token_wait=token_wait, max_in_flight=max_in_flight,
-            negative_ttl=negative_ttl, transient_ttl=transient_ttl, memory_cache_bytes=memory_cache_bytes,
-            negative_cache_bytes=negative_cache_bytes, max_body=MAX_BODY, rate_limit_hint=_RATE_LIMIT_HINT,
-            clock=clock, **extra)
-
-    @property
-    def base_url(self) -> str:
-        return self.fetcher.base_url
-
-    @property
-    def cache_dir(self) -> Path | None:
-        return self.fetcher.cache_dir
-
-    @property
-    def offline(self) -> bool:
-        return self.fetcher.offline
+    service, label, default_base_url = SERVICE, "KDS", DEFAULT_BASE_URL
+    default_rate_per_second, default_burst = DEFAULT_RATE_PER_SECOND, DEFAULT_BURST
+    max_body, rate_limit_hint = MAX_BODY, _RATE_LIMIT_HINT
 
     # -- requests (URLs and answer checks): also what `kbs collateral` looks up -----------
 
@@ -252,16 +221,6 @@ class KdsClient:
         """DER CRL of the ARK (kind VCEK) or for the ASVK (kind VLEK); signature not checked."""
         return (await self.fetcher.fetch(self.crl_request(product, kind))).body
 
-    async def close(self) -> None:
-        """Cancel fetches in flight and close the HTTP session, but only if this client created it."""
-        await self.fetcher.close()
-
-    async def __aenter__(self) -> KdsClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
 
 
 # -- form checks of KDS answers ---------------------------------------------------------
