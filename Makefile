@@ -47,8 +47,11 @@ fuzz: $(STAMP)
 	KBS_FUZZ_EXAMPLES=$${KBS_FUZZ_EXAMPLES:-200000} $(PY) -m pytest -q -p no:cacheprovider fuzz/
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/bench_p384.py
+	$(PY) bench/bench_p256.py
 	$(PY) bench/bench_snp.py
+	$(PY) bench/bench_tdx.py
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_load.py
 
@@ -96,7 +99,7 @@ $(FUZZ_DIR)/obj/p384_mont_portable.o: native/p384_mont.c $(filter %.h,$(NATIVE_S
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DKBS_P384_PORTABLE_ONLY -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 
-$(FUZZ_DIR)/fuzz_%: fuzz/libfuzzer/fuzz_%.c fuzz/libfuzzer/fuzz_common.h $(FUZZ_OBJS)
+$(FUZZ_DIR)/fuzz_%: fuzz/libfuzzer/fuzz_%.c $(wildcard fuzz/libfuzzer/*.h) $(FUZZ_OBJS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJS) -lcrypto
 
 $(FUZZ_DIR)/fuzz_p384_verify_portable: fuzz/libfuzzer/fuzz_p384_verify.c fuzz/libfuzzer/fuzz_common.h \

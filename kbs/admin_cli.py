@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from kbs.admin_client import (
@@ -27,6 +26,8 @@ from kbs.admin_client import (
     UsageProblem,
     resource_path,
 )
+from kbs.errors import UsageError
+from kbs.files import read_input
 from kbs.policy.model import Explanation
 from kbs.timearg import rfc3339
 
@@ -47,7 +48,7 @@ def _guarded(run: Run) -> Run:
     def func(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except UsageProblem as exc:
+        except (UsageProblem, UsageError) as exc:
             print(f"kbs: {exc}", file=sys.stderr)
             return EXIT_USAGE
         except AdminError as exc:
@@ -91,16 +92,9 @@ def _rfc3339(text: str) -> str:
     return rfc3339(text).isoformat()
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageProblem(f"cannot read {what} {path}: {exc.strerror}") from exc
-
-
 def _text(path: str, what: str) -> str:
     try:
-        return _read(path, what).decode()
+        return read_input(path, what).decode()
     except UnicodeDecodeError as exc:
         raise UsageProblem(f"{what} {path} is not UTF-8 text") from exc
 
@@ -222,7 +216,7 @@ def _run_key_create(args: argparse.Namespace) -> int:
     else:
         if getattr(args, "size", None) is not None:
             raise UsageProblem("--size goes with --generate")
-        value = _read(args.from_file, "key file")
+        value = read_input(args.from_file, "key file")
         answer = _client(args).put_key(args.resource, value, args.policy)
     return _emit(args, answer, _stored(answer))
 
@@ -317,7 +311,7 @@ def _run_refs_put(args: argparse.Namespace) -> int:
         if args.values or args.expires or args.description:
             raise UsageProblem("--from-file replaces VALUEs, --expires and --description")
         try:
-            body = json.loads(_read(args.from_file, "reference values"))
+            body = json.loads(read_input(args.from_file, "reference values"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageProblem(f"reference values {args.from_file} are not JSON: {exc}") from exc
     elif args.values:

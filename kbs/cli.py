@@ -22,6 +22,7 @@ from kbs.errors import EvidenceError, KbsError, UsageError
 from kbs.evidence.base import VerifyCommand
 from kbs.evidence.registry import AVAILABLE
 from kbs.evidence.snp.measure import add_measure_parser, run_measure
+from kbs.files import read_input
 from kbs.policy.loader import claims_document, dialect_of, validate_policy
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
@@ -33,13 +34,6 @@ EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
 class Usage(Exception):
     """A usage error: exit 2."""
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise Usage(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,7 +81,7 @@ def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _load_refs(path: str | None) -> ReferenceValues:
-    return ReferenceValues.load(_read(path, "reference values")) if path else ReferenceValues()
+    return ReferenceValues.load(read_input(path, "reference values")) if path else ReferenceValues()
 
 
 def _rego_pool(text: str) -> contextlib.AbstractContextManager[RegoWorkerPool | None]:
@@ -129,7 +123,7 @@ def _run_policy_eval(args: argparse.Namespace) -> int:
 
 def _text(path: str, what: str) -> str:
     try:
-        return _read(path, what).decode()
+        return read_input(path, what).decode()
     except UnicodeDecodeError as exc:
         raise Usage(f"{what} {path} is not UTF-8 text") from exc
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import jwt
@@ -204,7 +204,13 @@ async def auth(http: aiohttp.ClientSession, url: str, tee: str, version: str = "
         return nonce
 
 
-def attestation(nonce: str, key: TeeKey, tee: str, guest: SnpGuest | None = None, *,
+class Guest(Protocol):
+    """A synthetic guest of a hardware TEE (SnpGuest, tests.tdx_synth.TdxGuest)."""
+
+    def evidence(self, report_data: bytes, host_data: bytes = b"") -> dict[str, Any]: ...
+
+
+def attestation(nonce: str, key: TeeKey, tee: str, guest: Guest | None = None, *,
                 report_nonce: str | None = None, init_data: str | None = None,
                 host_data: bytes = b"") -> dict[str, Any]:
     """The /attest body; `report_nonce` lets a test bind a different nonce into the evidence."""
@@ -231,7 +237,7 @@ async def get_resource(http: aiohttp.ClientSession, url: str, path: str,
         return r.status, await r.json(content_type=None)
 
 
-async def full_flow(url: str, tee: str, path: str, key_kind: str = "EC-P256", guest: SnpGuest | None = None,
+async def full_flow(url: str, tee: str, path: str, key_kind: str = "EC-P256", guest: Guest | None = None,
                     bearer: bool = False) -> tuple[int, dict[str, Any], TeeKey]:
     key = generate_tee_key(key_kind)
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:

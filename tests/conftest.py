@@ -24,6 +24,14 @@ def vectors_dir() -> Path:
     return Path(os.environ.get("KBS_VECTORS", REPO.parent / "shared" / "vectors")).resolve()
 
 
+def vector_file(*parts: str) -> Path:
+    """A file under the vectors directory; the test is skipped (saying which) when it is absent."""
+    path = vectors_dir().joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"vector {'/'.join(parts)} not found under KBS_VECTORS={vectors_dir()}")
+    return path
+
+
 def snp_vector_names() -> list[str]:
     root = vectors_dir() / "snp"
     if not root.is_dir():

@@ -91,7 +91,9 @@ def test_trust_root_replaces_pins(capsys: pytest.CaptureFixture[str], tmp_path: 
 
 @pytest.mark.parametrize("argv", [
     ["verify", "snp"],
-    ["verify", "tdx", "x"],
+    ["verify", "tdx"],
+    ["verify", "nvgpu", "x"],
+    ["verify", "tdx", "q.dat", "--at", "yesterday"],
     ["verify", "snp", "r.bin", "--at", "yesterday"],
     ["verify", "snp", "r.bin", "--at", "2026-01-01T00:00:00"],
 ])
@@ -104,6 +106,8 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]
 def test_unreadable_file_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "verify", "snp", str(tmp_path / "missing.bin"))
     assert code == 2 and "cannot read report" in err
+    code, _, err = run(capsys, "verify", "tdx", str(tmp_path / "missing.dat"))
+    assert code == 2 and "cannot read quote" in err
 
 
 def test_garbage_report_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

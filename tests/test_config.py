@@ -184,6 +184,13 @@ def test_verifier_tables_are_checked_by_their_verifier() -> None:
                             ({"snp": {"allowed_vmpls": []}}, "allowed_vmpls must be a non-empty list of 0..3"),
                             ({"snp": {"offline": "yes"}}, "[verifiers.snp] offline must be like False"),
                             ({"tdx-typo": {}}, "unknown TEE(s) 'tdx-typo'"),
+                            ({"snp": {"key_tables": 0}}, "[verifiers.snp] key_tables must be at least 1, got 0"),
+                            ({"tdx": {"key_tables": 0}}, "[verifiers.tdx] key_tables must be at least 1, got 0"),
+                            ({"tdx": {"rate_per_second": -1}}, "[verifiers.tdx] rate_per_second must be at least 0"),
+                            ({"snp": {"negative_ttl_seconds": -5}}, "negative_ttl_seconds must be at least 0"),
+                            ({"tdx": {"trust_roots": ["/nonexistent.pem"]}},
+                             "[verifiers.tdx] trust_roots: cannot read /nonexistent.pem"),
+                            ({"tdx": {"collateral_dir": "/nonexistent"}}, "[verifiers.tdx] collateral_dir"),
                             ({"sample": {"x": 1}}, "unknown configuration key [verifiers.sample] x")):
         with pytest.raises(VerifierConfigError) as info:
             VerifierRegistry.from_config(["snp"], tables, context)

@@ -31,6 +31,7 @@ from kbs.keys import jwe
 from kbs.trust.x509 import parse_certificate
 from tests.amd_synth import NOW, SyntheticAmd, build_report, sign_report
 from tests.broker import Broker, SnpGuest, free_port, run_broker
+from tests.fake_tsm import FakeConfigfs
 
 SAMPLE_SECRET = b"sample-key:" + bytes(range(40))
 SNP_SECRET = b"disk-key:" + bytes(range(255, 223, -1))
@@ -42,63 +43,23 @@ DIGEST = bytes(range(48))
 
 # -- a fake configfs-tsm: the kernel's side, on an ordinary directory -------------------------------
 
-class FakeTsm(TsmReport):
-    """Emulates configfs-tsm: mkdir populates the attributes, writes bump `generation`, and reading
-    `outblob` returns a report signed by the guest's synthetic VCEK carrying `inblob` as report_data."""
+class FakeTsm(FakeConfigfs, TsmReport):
+    """A synthetic VCEK signs a report per inblob; the auxblob is its certificate table."""
 
-    ATTRIBUTES = ("inblob", "outblob", "auxblob", "generation", "provider", "privlevel", "privlevel_floor")
+    provider_name = "sev_guest"
 
-    def __init__(self, root: Path, guest: SnpGuest, *, provider: str = "sev_guest", aux: bool = True,
-                 races: int = 0, **kwargs: Any) -> None:
+    def __init__(self, root: Path, guest: SnpGuest, *, aux: bool = True, **kwargs: Any) -> None:
         super().__init__(root, **kwargs)
         self.guest = guest
-        self.provider_name = provider
-        self.races = races  # reads of outblob that see another writer's write
         pki = guest.pki
-        self.table = build_cert_table([(GUID_VCEK, guest.vek.der), (GUID_ASK, pki.ask_der),
-                                       (GUID_ARK, pki.ark_der)]) if aux else b""
-        self.writes: list[tuple[str, bytes]] = []
-        self.outblobs: list[bytes] = []
+        self.auxblob = build_cert_table([(GUID_VCEK, guest.vek.der), (GUID_ASK, pki.ask_der),
+                                         (GUID_ARK, pki.ark_der)]) if aux else b""
 
-    def _bump(self, entry: Path) -> None:
-        gen = entry / "generation"
-        gen.write_text(f"{int(gen.read_text()) + 1}\n")
-
-    def _mkdir(self, entry: Path) -> None:
-        super()._mkdir(entry)
-        for name in self.ATTRIBUTES:
-            (entry / name).write_bytes(b"")
-        (entry / "generation").write_text("0\n")
-        (entry / "provider").write_text(self.provider_name + "\n")
-
-    def _write(self, path: Path, data: bytes) -> None:
-        super()._write(path, data)
-        self.writes.append((path.name, data))
-        self._bump(path.parent)
-
-    def _read(self, path: Path) -> bytes:
-        if path.name == "outblob":
-            if self.races:
-                self.races -= 1
-                self._bump(path.parent)
-            inblob = (path.parent / "inblob").read_bytes()
-            assert self.guest.vek.private_key is not None
-            report = sign_report(build_report(chip_id=self.guest.chip, report_data=inblob,
-                                              measurement=self.guest.measurement, policy=self.guest.policy),
-                                 self.guest.vek.private_key)
-            self.outblobs.append(report)
-            return report
-        if path.name == "auxblob":
-            return self.table
-        return super()._read(path)
-
-    def _rmdir(self, entry: Path) -> None:
-        for child in entry.iterdir():  # configfs drops attributes with the directory; a real fs does not
-            child.unlink()
-        super()._rmdir(entry)
-
-    def inblob_writes(self) -> int:
-        return sum(1 for name, _ in self.writes if name == "inblob")
+    def make_outblob(self, inblob: bytes) -> bytes:
+        assert self.guest.vek.private_key is not None
+        return sign_report(build_report(chip_id=self.guest.chip, report_data=inblob,
+                                        measurement=self.guest.measurement, policy=self.guest.policy),
+                           self.guest.vek.private_key)
 
 
 class CountingSample(SampleEvidence):

@@ -12,7 +12,7 @@ EvidenceError naming the failed check.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from kbs.errors import KbsError
 from kbs.evidence.binding import InitData
+from kbs.trust.x509 import Certificate, load_certificates
 
 T = TypeVar("T")
 
@@ -138,9 +139,11 @@ class VerifierType(Protocol):
         ...
 
 
-def read_table(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> dict[str, Any]:
+def read_table(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str,
+               minimum: Mapping[str, float] | None = None) -> dict[str, Any]:
     """A `[verifiers.<tee>]` table against its defaults: unknown keys refused by name, each value of its
-    default's type (an int is fine where a float is wanted; lists must hold the default's element type)."""
+    default's type (an int is fine where a float is wanted; lists must hold the default's element type),
+    numbers at least `minimum[key]` (default 0: no negative rates, sizes or times)."""
     unknown = sorted(set(table) - set(defaults))
     if unknown:
         raise VerifierConfigError(f"unknown configuration key [{where}] {unknown[0]}; known: "
@@ -160,5 +163,19 @@ def read_table(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str
             ok = isinstance(value, type(wanted))
         if not ok:
             raise VerifierConfigError(f"[{where}] {key} must be like {wanted!r}, got {value!r}")
+        least = (minimum or {}).get(key, 0)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < least:
+            raise VerifierConfigError(f"[{where}] {key} must be at least {least}, got {value!r}")
         values[key] = value
     return values
+
+
+def load_trust_roots(paths: Sequence[str], where: str) -> list[Certificate]:
+    """The certificates in the PEM files a `trust_roots` key names (labs and tests replace pinned roots)."""
+    roots: list[Certificate] = []
+    for path in paths:
+        try:
+            roots += load_certificates(Path(path).read_bytes())
+        except OSError as exc:
+            raise VerifierConfigError(f"[{where}] trust_roots: cannot read {path}: {exc.strerror}") from exc
+    return roots

@@ -14,11 +14,12 @@ from kbs.errors import KbsError
 from kbs.evidence.base import Appraisal, Verifier, VerifierConfigError, VerifierContext, VerifierType
 from kbs.evidence.sample import SampleVerifier
 from kbs.evidence.snp.verifier import SnpVerifier
+from kbs.evidence.tdx.verifier import TdxVerifier
 
-AVAILABLE: dict[str, VerifierType] = {t.name: t for t in (SnpVerifier, SampleVerifier)}
+AVAILABLE: dict[str, VerifierType] = {t.name: t for t in (SnpVerifier, TdxVerifier, SampleVerifier)}
 # Enabled when the configuration does not say: `sample` has no hardware behind it, so only in dev mode.
-DEFAULT_ENABLED = (SnpVerifier.name,)
-DEV_ENABLED = (SnpVerifier.name, SampleVerifier.name)
+DEFAULT_ENABLED = (SnpVerifier.name, TdxVerifier.name)
+DEV_ENABLED = (SnpVerifier.name, TdxVerifier.name, SampleVerifier.name)
 
 
 class TeeNotEnabled(KbsError):
@@ -71,6 +72,8 @@ class VerifierRegistry:
 
 def offline_appraisal(claims: Mapping[str, Any]) -> Appraisal | None:
     """The appraisal for claims a `kbs verify <tee> --json` printed, from whichever verifier recognises them."""
+    if not isinstance(claims, Mapping):  # read from a user's file: anything JSON can hold
+        return None
     for verifier_type in AVAILABLE.values():
         appraisal = verifier_type.offline_appraisal(claims)
         if appraisal is not None:

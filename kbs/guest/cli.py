@@ -1,6 +1,6 @@
 """`kbs-guest`: fetch a key from a KBS at boot.
 
-    kbs-guest get-resource kbs:///<repo>/<type>/<tag> --url URL [--ca-cert PEM] [--tee auto|snp|sample]
+    kbs-guest get-resource kbs:///<repo>/<type>/<tag> --url URL [--ca-cert PEM] [--tee auto|snp|tdx|sample]
                            [--output FILE] ...
 
 https:// brokers are verified against the system trust store, or only against `--ca-cert`
@@ -30,7 +30,15 @@ from kbs.evidence.snp.coco import FAMILIES
 from kbs.files import write_atomic
 from kbs.guest import GuestError
 from kbs.guest.client import fetch_resource, parse_resource
-from kbs.guest.evidence import SNP_PROVIDERS, TSM_REPORT_ROOT, EvidenceSource, SampleEvidence, TsmReport
+from kbs.guest.evidence import (
+    SNP_PROVIDERS,
+    TDX_PROVIDERS,
+    TSM_REPORT_ROOT,
+    EvidenceSource,
+    SampleEvidence,
+    TdxQuote,
+    TsmReport,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("kbs.guest")
@@ -49,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get-resource", help="attest and fetch one resource")
     get.add_argument("resource", help="kbs:///<repo>/<type>/<tag>")
     get.add_argument("--url", required=True, help="the broker, e.g. https://kbs.example:8080")
-    get.add_argument("--tee", choices=("auto", "snp", "sample"), default="auto",
+    get.add_argument("--tee", choices=("auto", "snp", "tdx", "sample"), default="auto",
                      help="evidence source; auto = SEV-SNP via configfs-tsm (sample only when asked)")
     get.add_argument("--tsm-path", type=Path, default=TSM_REPORT_ROOT, help="configfs-tsm report directory")
     get.add_argument("--snp-family", choices=FAMILIES, default="Milan",
@@ -73,17 +81,21 @@ def _parser() -> argparse.ArgumentParser:
 def _source(args: argparse.Namespace) -> EvidenceSource:
     if args.tee == "sample":
         return SampleEvidence()
-    tsm = TsmReport(args.tsm_path, family=args.snp_family, privlevel=args.privlevel)
-    if args.tee == "auto":
-        try:
-            provider = tsm.provider()
-        except GuestError as exc:
-            raise GuestError(f"no TEE found ({exc}); --tee sample uses the unsigned sample TEE",
-                             check=exc.check) from exc
-        if provider is not None and provider not in SNP_PROVIDERS:
-            raise GuestError(f"configfs-tsm provider is {provider!r}; this client supports SEV-SNP (sev_guest) only",
-                             check="guest.tsm.provider")
-    return tsm
+    snp = TsmReport(args.tsm_path, family=args.snp_family, privlevel=args.privlevel)
+    tdx = TdxQuote(args.tsm_path)
+    if args.tee != "auto":
+        return snp if args.tee == "snp" else tdx
+    try:
+        provider = snp.provider()
+    except GuestError as exc:
+        raise GuestError(f"no TEE found ({exc}); --tee sample uses the unsigned sample TEE",
+                         check=exc.check) from exc
+    if provider in TDX_PROVIDERS:
+        return tdx
+    if provider is not None and provider not in SNP_PROVIDERS:
+        raise GuestError(f"configfs-tsm provider is {provider!r}; this client supports SEV-SNP (sev_guest) and "
+                         "Intel TDX (tdx_guest)", check="guest.tsm.provider")
+    return snp  # kernels without a provider attribute (6.7) had SNP only
 
 
 def _check_args(args: argparse.Namespace) -> str | None:

@@ -1,4 +1,4 @@
-"""Evidence sources for the guest: SEV-SNP through Linux configfs-tsm, and the sample TEE.
+"""Evidence sources for the guest: SEV-SNP and Intel TDX through Linux configfs-tsm, and the sample TEE.
 
 Each source has a `tee` name (what /auth announces) and `evidence(report_data)`, which returns
 the JSON value sent as `tee-evidence.primary_evidence`.  `report_data` is the 48-byte binding
@@ -6,8 +6,8 @@ digest; SNP zero-pads it to the report's 64 bytes, the sample TEE carries it as 
 (reference/trustee-kbs.md §2.1).
 
 configfs-tsm (Linux 6.7+, Documentation/ABI/testing/configfs-tsm): mkdir an entry under
-/sys/kernel/config/tsm/report, write `inblob`, read `outblob` (the 1184-byte SNP report) and
-`auxblob` (the extended-report certificate table); `generation` counts writes to the entry, so
+/sys/kernel/config/tsm/report, write `inblob`, read `outblob` (the 1184-byte SNP report, or the TDX
+quote) and `auxblob` (SNP: the extended-report certificate table); `generation` counts writes, so
 a change between our write and our read means another writer raced us.
 """
 
@@ -31,6 +31,8 @@ log = logging.getLogger("kbs.guest")
 
 TSM_REPORT_ROOT = Path("/sys/kernel/config/tsm/report")
 SNP_PROVIDERS = frozenset({"sev_guest"})  # the sev-guest driver's KBUILD_MODNAME
+TDX_PROVIDERS = frozenset({"tdx_guest"})
+CCEL_DATA = Path("/sys/firmware/acpi/tables/data/CCEL")  # the TD's CC event log, as firmware left it
 SNP_REPORT_DATA_SIZE = 64
 _REPORT_DATA_OFFSET = 0x50
 _TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.EINTR})
@@ -57,25 +59,24 @@ class SampleEvidence:
         return {"svn": self.svn, "report_data": base64.b64encode(report_data).decode("ascii")}
 
 
-class TsmReport:
-    """SEV-SNP evidence from configfs-tsm, in the CoCo JSON form (`report_to_coco`).
+class ConfigfsTsm:
+    """One report through configfs-tsm: create an entry, write `inblob`, read `outblob` (and `auxblob`).
 
-    `family` gives the TCB layout of a version 2 report, which has no CPUID (v3+ ignore it).
-    `privlevel`, when set, is written before the request (the VMPL the report is taken at).
-    The `_mkdir`/`_rmdir`/`_read`/`_write` methods are the only file-system access, so tests
-    can emulate the kernel's side of configfs.
+    Subclasses say which providers they drive, how an outblob is checked, and what evidence they
+    make of it.  `_mkdir`/`_rmdir`/`_read`/`_write` are the only file-system access, so tests can
+    emulate the kernel's side of configfs.
     """
 
-    tee = "snp"
+    tee = ""
+    providers: frozenset[str] = frozenset()
+    technology = ""  # for messages: "SEV-SNP (sev_guest)"
+    report_data_size = 64
 
-    def __init__(self, root: Path | str = TSM_REPORT_ROOT, *, family: str = "Milan", privlevel: int | None = None,
+    def __init__(self, root: Path | str = TSM_REPORT_ROOT, *, privlevel: int | None = None,
                  attempts: int = 3) -> None:
-        if family not in FAMILIES:
-            raise GuestError(f"SNP family must be one of {', '.join(FAMILIES)}, got {family!r}", check="guest.usage")
         if privlevel is not None and not 0 <= privlevel <= 3:
             raise GuestError(f"privlevel must be 0..3, got {privlevel}", check="guest.usage")
         self.root = Path(root)
-        self.family = family
         self.privlevel = privlevel
         self.attempts = max(1, attempts)
 
@@ -99,6 +100,12 @@ class TsmReport:
         finally:
             os.close(fd)
 
+    # -- what a subclass decides -------------------------------------------------------------------
+
+    def _carries(self, outblob: bytes, inblob: bytes, where: Path) -> bool:
+        """Whether `outblob` is a well-formed report of ours carrying `inblob` (False: read again)."""
+        raise NotImplementedError
+
     # -- the protocol ----------------------------------------------------------------------------
 
     def _fail(self, what: str, path: Path, exc: OSError, check: str = "guest.tsm") -> GuestError:
@@ -107,8 +114,8 @@ class TsmReport:
     def _open_entry(self) -> Path:
         if not self.root.is_dir():
             raise GuestError(f"configfs-tsm is not available: {self.root} does not exist (needs Linux 6.7+ with "
-                             "CONFIG_TSM_REPORTS, the sev-guest driver, and configfs mounted on /sys/kernel/config)",
-                             check="guest.tsm.absent")
+                             "CONFIG_TSM_REPORTS, the sev-guest or tdx-guest driver, and configfs mounted on "
+                             "/sys/kernel/config)", check="guest.tsm.absent")
         entry = self.root / f"kbs-guest-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             self._mkdir(entry)
@@ -120,7 +127,7 @@ class TsmReport:
         return entry
 
     def provider(self) -> str | None:
-        """The entry's `provider` (e.g. "sev_guest"), or None when this kernel does not show one."""
+        """The entry's `provider` (e.g. "sev_guest", "tdx_guest"), or None when this kernel shows none."""
         entry = self._open_entry()
         try:
             return self._provider(entry)
@@ -170,25 +177,22 @@ class TsmReport:
         if before != after:
             log.info("configfs-tsm entry %s was rewritten while we read it; retrying", entry)
             return None
-        if len(report) != native.SNP_REPORT_SIZE:
-            raise GuestError(f"{entry / 'outblob'} holds {len(report)} bytes, not an SNP report "
-                             f"({native.SNP_REPORT_SIZE} bytes)", check="guest.tsm.report")
-        if report[_REPORT_DATA_OFFSET:_REPORT_DATA_OFFSET + SNP_REPORT_DATA_SIZE] != inblob:
+        if not self._carries(report, inblob, entry / "outblob"):
             log.info("configfs-tsm report does not carry our report_data; retrying")
             return None
         return report, aux
 
     def report(self, report_data: bytes) -> tuple[bytes, bytes]:
-        """The raw SNP report and certificate table (possibly empty) for 64 bytes of report_data."""
-        if len(report_data) != SNP_REPORT_DATA_SIZE:
-            raise GuestError(f"SNP report_data must be {SNP_REPORT_DATA_SIZE} bytes, got {len(report_data)}",
+        """The raw outblob and auxblob (possibly empty) for `report_data_size` bytes of report_data."""
+        if len(report_data) != self.report_data_size:
+            raise GuestError(f"report_data must be {self.report_data_size} bytes, got {len(report_data)}",
                              check="guest.usage")
         entry = self._open_entry()
         try:
             provider = self._provider(entry)
-            if provider is not None and provider not in SNP_PROVIDERS:
-                raise GuestError(f"{entry / 'provider'} is {provider!r}, not SEV-SNP (sev_guest); this client "
-                                 "supports SNP only", check="guest.tsm.provider")
+            if provider is not None and provider not in self.providers:
+                raise GuestError(f"{entry / 'provider'} is {provider!r}, not {self.technology}; use --tee to "
+                                 "choose another TEE", check="guest.tsm.provider")
             if self.privlevel is not None:
                 path = entry / "privlevel"
                 try:
@@ -204,16 +208,79 @@ class TsmReport:
         raise GuestError(f"configfs-tsm under {self.root} kept changing while we read it "
                          f"({self.attempts} attempts)", check="guest.tsm.race")
 
+    def padded(self, report_data: bytes) -> bytes:
+        if len(report_data) > self.report_data_size:
+            raise GuestError(f"report_data is {len(report_data)} bytes; the report carries at most "
+                             f"{self.report_data_size}", check="guest.usage")
+        return report_data + bytes(self.report_data_size - len(report_data))
+
+
+class TsmReport(ConfigfsTsm):
+    """SEV-SNP evidence from configfs-tsm, in the CoCo JSON form (`report_to_coco`).
+
+    `family` gives the TCB layout of a version 2 report, which has no CPUID (v3+ ignore it).
+    `privlevel`, when set, is written before the request (the VMPL the report is taken at).
+    """
+
+    tee = "snp"
+    providers = SNP_PROVIDERS
+    technology = "SEV-SNP (sev_guest)"
+    report_data_size = SNP_REPORT_DATA_SIZE
+
+    def __init__(self, root: Path | str = TSM_REPORT_ROOT, *, family: str = "Milan", privlevel: int | None = None,
+                 attempts: int = 3) -> None:
+        if family not in FAMILIES:
+            raise GuestError(f"SNP family must be one of {', '.join(FAMILIES)}, got {family!r}", check="guest.usage")
+        super().__init__(root, privlevel=privlevel, attempts=attempts)
+        self.family = family
+
+    def _carries(self, outblob: bytes, inblob: bytes, where: Path) -> bool:
+        if len(outblob) != native.SNP_REPORT_SIZE:
+            raise GuestError(f"{where} holds {len(outblob)} bytes, not an SNP report "
+                             f"({native.SNP_REPORT_SIZE} bytes)", check="guest.tsm.report")
+        return outblob[_REPORT_DATA_OFFSET:_REPORT_DATA_OFFSET + SNP_REPORT_DATA_SIZE] == inblob
+
     def evidence(self, report_data: bytes) -> dict[str, Any]:
-        if len(report_data) > SNP_REPORT_DATA_SIZE:
-            raise GuestError(f"report_data is {len(report_data)} bytes; SNP carries at most {SNP_REPORT_DATA_SIZE}",
-                             check="guest.usage")
-        report, aux = self.report(report_data + bytes(SNP_REPORT_DATA_SIZE - len(report_data)))
+        report, aux = self.report(self.padded(report_data))
         try:
             return report_to_coco(report, certificates(aux), family=self.family)
         except KbsError as exc:
             raise GuestError(f"the SNP report from {self.root} cannot be sent: {exc}",
                              check="guest.tsm.report") from exc
+
+
+class TdxQuote(ConfigfsTsm):
+    """TDX evidence from configfs-tsm (provider tdx_guest), in the CoCo TDX form
+    `{"cc_eventlog": base64 | null, "quote": base64}`; the event log is the firmware's CCEL, when present."""
+
+    tee = "tdx"
+    providers = TDX_PROVIDERS
+    technology = "Intel TDX (tdx_guest)"
+
+    def __init__(self, root: Path | str = TSM_REPORT_ROOT, *, eventlog: Path | str | None = CCEL_DATA,
+                 attempts: int = 3) -> None:
+        super().__init__(root, attempts=attempts)
+        self.eventlog = Path(eventlog) if eventlog is not None else None
+
+    def _carries(self, outblob: bytes, inblob: bytes, where: Path) -> bool:
+        try:
+            quote = native.tdx_parse(outblob)
+        except KbsError as exc:
+            raise GuestError(f"{where} does not hold a TDX quote: {exc}", check="guest.tsm.report") from exc
+        return quote.report_data == inblob
+
+    def evidence(self, report_data: bytes) -> dict[str, Any]:
+        quote, _ = self.report(self.padded(report_data))
+        log_data = None
+        if self.eventlog is not None:
+            try:
+                log_data = self._read(self.eventlog)
+            except FileNotFoundError:
+                log_data = None
+            except OSError as exc:
+                raise self._fail("cannot read the event log", self.eventlog, exc) from exc
+        return {"cc_eventlog": base64.b64encode(log_data).decode() if log_data else None,
+                "quote": base64.b64encode(quote).decode()}
 
 
 def certificates(table: bytes) -> list[tuple[str, bytes]]:

@@ -8,22 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kbs.errors import UsageError
 from kbs.evidence.snp.certtable import parse_cert_table
 from kbs.evidence.snp.collateral import gather_snp_collateral
 from kbs.evidence.snp.report import parse_report
 from kbs.evidence.snp.verify import DEFAULT_VMPLS, verify_snp
+from kbs.files import read_input
 from kbs.timearg import rfc3339
 from kbs.trust.amd.kds import DEFAULT_BASE_URL, KdsClient
 from kbs.trust.collateral_cache import default_cache_dir
 from kbs.trust.x509 import Certificate, load_certificates
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 class SnpVerifyCommand:
@@ -48,18 +41,18 @@ class SnpVerifyCommand:
                             help="allow reports requested at VMPL N (repeatable; default: 0 only)")
 
     async def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        data = _read(args.report, "report")
+        data = read_input(args.report, "report")
         offered: list[Certificate] = []
         for path in args.certs:
-            offered += load_certificates(_read(path, "certificates"))
+            offered += load_certificates(read_input(path, "certificates"))
         table_crl = None
         if args.cert_table:
-            table = parse_cert_table(_read(args.cert_table, "certificate table"))
+            table = parse_cert_table(read_input(args.cert_table, "certificate table"))
             offered += table.certificates
             table_crl = table.crl
-        roots = [c for path in args.trust_root for c in load_certificates(_read(path, "trust root"))] or None
+        roots = [c for path in args.trust_root for c in load_certificates(read_input(path, "trust root"))] or None
         # A CRL from --crl wins, then one from the certificate table, then KDS (with --check-crl).
-        crl = _read(args.crl, "CRL") if args.crl else (table_crl if args.check_crl else None)
+        crl = read_input(args.crl, "CRL") if args.crl else (table_crl if args.check_crl else None)
         at = args.at or dt.datetime.now(dt.UTC)
         report = parse_report(data)
         async with KdsClient(args.kds_url, cache_dir=args.cache_dir or default_cache_dir(),

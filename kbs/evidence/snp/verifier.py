@@ -25,6 +25,7 @@ from kbs.evidence.base import (
     Offload,
     VerifierConfigError,
     VerifierContext,
+    load_trust_roots,
     read_table,
     trust_vector,
 )
@@ -35,7 +36,7 @@ from kbs.evidence.snp.collateral import gather_snp_collateral
 from kbs.evidence.snp.report import SnpReport, parse_report
 from kbs.evidence.snp.verify import DEFAULT_VMPLS, check_vmpl, verify_snp
 from kbs.trust.amd import kds
-from kbs.trust.x509 import Certificate, load_certificates
+from kbs.trust.x509 import Certificate
 
 DEFAULTS: dict[str, Any] = {
     "trust_roots": [],  # PEM ARKs replacing the pinned AMD roots (labs, tests)
@@ -86,17 +87,11 @@ class SnpVerifier:
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any], context: VerifierContext) -> SnpVerifier:
-        values = read_table(table, DEFAULTS, f"verifiers.{cls.name}")
+        values = read_table(table, DEFAULTS, f"verifiers.{cls.name}", minimum={"key_tables": 1})
         vmpls = values["allowed_vmpls"]
         if not vmpls or not all(0 <= v <= 3 for v in vmpls):
             raise VerifierConfigError(f"[verifiers.{cls.name}] allowed_vmpls must be a non-empty list of 0..3")
-        roots = []
-        for path in values["trust_roots"]:
-            try:
-                roots += load_certificates(Path(path).read_bytes())
-            except OSError as exc:
-                raise VerifierConfigError(f"[verifiers.{cls.name}] trust_roots: cannot read {path}: "
-                                          f"{exc.strerror}") from exc
+        roots = load_trust_roots(values["trust_roots"], f"verifiers.{cls.name}")
         client = kds.KdsClient(values["kds_url"], cache_dir=Path(values["cache_dir"] or context.state_dir / "kds"),
                                offline=values["offline"], rate_per_second=values["rate_per_second"],
                                burst=values["burst"], negative_ttl=values["negative_ttl_seconds"])
