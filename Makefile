@@ -38,7 +38,7 @@ lint: $(STAMP)
 sanitize: $(NATIVE_TESTS)
 	@for t in $(NATIVE_TESTS); do echo "== $$t"; $$t || exit 1; done
 
-build/native-tests/%: native/tests/%.c native/tests/check.h $(NATIVE_SRC)
+build/native-tests/%: native/tests/%.c $(wildcard native/tests/*.h) $(NATIVE_SRC)
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN_FLAGS) -o $@ $< $(filter %.c,$(NATIVE_SRC)) -lcrypto
 

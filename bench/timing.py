@@ -26,9 +26,11 @@ def interleaved(paths: dict[str, Callable[[], object]], rounds: int, seconds: fl
     return results
 
 
-def print_rates(results: dict[str, list[float]], baseline: str, unit: str) -> None:
+def print_rates(results: dict[str, list[float]], baseline: str, unit: str, decimals: int = 0) -> None:
+    """Median, range and ratio to `baseline` per path; `decimals` for slow paths (a few calls/s)."""
     base = statistics.median(results[baseline])
+    d = decimals
     for name, values in results.items():
         med = statistics.median(values)
-        print(f"  {name:34s} {med:10.0f} {unit}  (min {min(values):.0f}, max {max(values):.0f})  "
+        print(f"  {name:34s} {med:10.{d}f} {unit}  (min {min(values):.{d}f}, max {max(values):.{d}f})  "
               f"ratio vs {baseline} {med / base:.2f}x")

@@ -25,10 +25,11 @@ if os.environ.get("KBS_SANITIZE"):
                "-fno-sanitize-recover=undefined"]
 
 
-# The P-384 field multiply is chosen at run time (p384_mont.c), not by these flags; say so
-# in the build log, since CI should show which code a build can run.
+# The P-384 and P-256 field multiplies are chosen at run time (p384_mont.c, p256_internal.h), not
+# by these flags; say so in the build log, since CI should show which code a build can run.
 print("kbs native: P-384 field multiply = mulx/adcx/adox asm on x86-64 CPUs with BMI2+ADX "
-      "(runtime cpuid check), else portable C (unsigned __int128); CFLAGS = " + " ".join(CFLAGS))
+      "(runtime cpuid check), else portable C (unsigned __int128); P-256 field multiply = mulx asm "
+      "on x86-64 CPUs with BMI2 (runtime check), else portable C; CFLAGS = " + " ".join(CFLAGS))
 
 
 def _cdef_source() -> str:

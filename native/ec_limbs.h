@@ -1,6 +1,5 @@
 /*
- * Multi-limb integer helpers shared by the verify cores (curve-independent; P-256 uses them,
- * P-384 could).  Numbers are arrays of `n` little-endian 64-bit limbs; everything is public
+ * Multi-limb integer helpers shared by the verify cores (curve-independent: P-256 and P-384).  Numbers are arrays of `n` little-endian 64-bit limbs; everything is public
  * data, so these may branch on values.
  *
  * The carry primitives use the x86 intrinsics where they exist: gcc turns unsigned __int128
@@ -75,6 +74,7 @@ static inline int ec_cmp_n(const uint64_t *a, const uint64_t *b, size_t n)
 static inline int ec_is_zero_n(const uint64_t *a, size_t n)
 {
     uint64_t acc = 0;
+#pragma GCC unroll 8 /* the point formulas test Z and H with this: keep it a straight OR chain */
     for (size_t i = 0; i < n; i++)
         acc |= a[i];
     return acc == 0;

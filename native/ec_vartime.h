@@ -1,6 +1,6 @@
 /*
- * Curve-independent pieces of the variable-time verify cores, for any limb count up to 6
- * (P-256 uses them; P-384's own copies in p384_scalar.c and p384_bignum.c could be replaced).
+ * Curve-independent pieces of the variable-time verify cores, for any limb count up to 6: the one
+ * wNAF recoding and the one inversion both P-256 (n = 4) and P-384 (n = 6) use.
  * Numbers are little-endian 64-bit limbs.  Public data only: these branch on values.
  */
 #ifndef KBS_EC_VARTIME_H
@@ -21,7 +21,7 @@ size_t ec_wnaf(int8_t *digits, const uint64_t *k, size_t n, unsigned w);
 /*
  * r = a^-1 mod m for an odd modulus m of n limbs (n <= EC_MAX_LIMBS) and a in [0, m).
  * Returns 1, or 0 with r = 0 when a has no inverse (a == 0, or gcd(a, m) > 1).  r may alias a.
- * Variable time (Bernstein-Yang divsteps, 62 per matrix).  ec_modinv.c.
+ * Variable time (safegcd: Bernstein-Yang divsteps, 62 per matrix).  ec_modinv.c.
  */
 int ec_modinv_vartime(uint64_t *r, const uint64_t *a, const uint64_t *m, size_t n);
 

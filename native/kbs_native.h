@@ -80,7 +80,46 @@ enum kbs_status {
     KBS_ERR_TDX_QUOTE_SIG_RANGE = 421,    /* quote signature r or s is 0 or >= n */
     KBS_ERR_TDX_QUOTE_SIG_INVALID = 422,  /* quote signature does not verify with the attestation key */
     KBS_ERR_TDX_PCK_TABLE_MISMATCH = 423, /* the PCK key table given is not the table of the PCK key given */
-    KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH = 424 /* the key table given is not the quote's attestation key's */
+    KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH = 424, /* the key table given is not the quote's attestation key's */
+
+    /* NVIDIA GPU evidence: SPDM 1.1 GET_MEASUREMENTS || MEASUREMENTS (reference/gpu.md §1), in the
+     * order the parser meets them.  error_* of struct kbs_spdm_report say where and what. */
+    KBS_ERR_SPDM_FLAGS = 500,                   /* flags has bits other than KBS_SPDM_NO_PADDING */
+    KBS_ERR_SPDM_REQUEST_TRUNCATED = 501,       /* shorter than the 37-byte request */
+    KBS_ERR_SPDM_REQUEST_VERSION = 502,         /* request SPDMVersion is not 0x11 */
+    KBS_ERR_SPDM_REQUEST_CODE = 503,            /* request code is not 0xE0 (GET_MEASUREMENTS) */
+    KBS_ERR_SPDM_REQUEST_ATTRIBUTES = 504,      /* request Param1 is not 0x01 (signature requested) */
+    KBS_ERR_SPDM_REQUEST_OPERATION = 505,       /* request Param2 is not 0xFF (all measurements) */
+    KBS_ERR_SPDM_REQUEST_SLOT = 506,            /* request SlotIDParam is not a slot 0-7 */
+    KBS_ERR_SPDM_RESPONSE_TRUNCATED = 507,      /* the buffer ends inside the 8-byte response header */
+    KBS_ERR_SPDM_RESPONSE_VERSION = 508,        /* response SPDMVersion is not 0x11 */
+    KBS_ERR_SPDM_RESPONSE_CODE = 509,           /* response code is not 0x60 (MEASUREMENTS) */
+    KBS_ERR_SPDM_RESPONSE_PARAM1 = 510,         /* response Param1 (reserved) is not 0 */
+    KBS_ERR_SPDM_RESPONSE_SLOT = 511,           /* response Param2 is not the request's slot */
+    KBS_ERR_SPDM_NO_BLOCKS = 512,               /* NumberOfBlocks is 0 */
+    KBS_ERR_SPDM_RECORD_TRUNCATED = 513,        /* MeasurementRecordLength runs past the buffer */
+    KBS_ERR_SPDM_BLOCK_TRUNCATED = 514,         /* a block's header or measurement runs past the record */
+    KBS_ERR_SPDM_BLOCK_INDEX = 515,             /* a block index is outside 1-254 */
+    KBS_ERR_SPDM_BLOCK_DUPLICATE = 516,         /* a block index is used twice */
+    KBS_ERR_SPDM_BLOCK_SPEC = 517,              /* MeasurementSpecification is not 0x01 (DMTF) */
+    KBS_ERR_SPDM_BLOCK_MEASUREMENT_SIZE = 518,  /* MeasurementSize is below the 3-byte DMTF header */
+    KBS_ERR_SPDM_BLOCK_VALUE_TYPE = 519,        /* DMTF value type has bit 7 set (raw bit stream, not a digest) */
+    KBS_ERR_SPDM_BLOCK_VALUE_SIZE = 520,        /* DMTF value size is not MeasurementSize - 3 */
+    KBS_ERR_SPDM_BLOCK_COUNT = 521,             /* the record ends before NumberOfBlocks blocks */
+    KBS_ERR_SPDM_RECORD_TRAILING = 522,         /* bytes in the record after NumberOfBlocks blocks */
+    KBS_ERR_SPDM_NONCE_TRUNCATED = 523,         /* the buffer ends inside the responder nonce */
+    KBS_ERR_SPDM_OPAQUE_LENGTH_TRUNCATED = 524, /* the buffer ends inside OpaqueLength */
+    KBS_ERR_SPDM_OPAQUE_TRUNCATED = 525,        /* OpaqueLength runs past the buffer */
+    KBS_ERR_SPDM_TLV_TRUNCATED = 526,           /* 1-3 bytes left in the opaque data: no room for a TLV header */
+    KBS_ERR_SPDM_TLV_OVERRUN = 527,             /* a TLV's DataSize runs past the opaque data */
+    KBS_ERR_SPDM_TLV_TYPE = 528,                /* a TLV type is not one a GPU or NVSwitch sends */
+    KBS_ERR_SPDM_TLV_DUPLICATE = 529,           /* a TLV type is used twice */
+    KBS_ERR_SPDM_SIGNATURE_TRUNCATED = 530,     /* fewer than 96 bytes left for the signature */
+    KBS_ERR_SPDM_TRAILING_BYTES = 531,          /* a non-zero byte after the signature */
+    KBS_ERR_SPDM_PADDING = 532,                 /* zero bytes after the signature, with KBS_SPDM_NO_PADDING */
+    KBS_ERR_SPDM_KEY = 533,                     /* the leaf key is not an uncompressed P-384 point on the curve */
+    KBS_ERR_SPDM_SIG_RANGE = 534,               /* signature r or s is 0 or >= n */
+    KBS_ERR_SPDM_SIG_INVALID = 535              /* signature does not verify with the leaf key */
 };
 
 #define KBS_SNP_REPORT_SIZE 1184
@@ -205,7 +244,7 @@ const char *kbs_p384_implementation(void);
  * kbs_p256_verify_digest is the one entry point every P-256 verification of evidence goes
  * through (kbs_tdx_verify included): a verify-only core, with per-key tables for keys that sign
  * again and again (a platform's PCK key and its QE's attestation key sign every quote).  The
- * libcrypto implementation stays as kbs_p256_verify_digest_libcrypto (native/ecdsa_p256.c), the
+ * libcrypto implementation stays as kbs_p256_verify_digest_libcrypto (native/ecdsa_libcrypto.c), the
  * differential reference.  All inputs are public; the core runs in variable time and keeps no
  * mutable state.  Statuses: KBS_ERR_KEY_* for the key, KBS_ERR_SIG_RANGE for r or s outside
  * [1, n), KBS_ERR_SIG_INVALID. */
@@ -315,6 +354,86 @@ int kbs_tdx_verify(const uint8_t *buf, size_t len, unsigned int flags, const uin
 int kbs_tdx_verify_with_tables(const uint8_t *buf, size_t len, unsigned int flags, const uint8_t *pck_pubkey,
                                size_t pck_pubkey_len, const struct kbs_p256_key_table *pck_table,
                                const struct kbs_p256_key_table *att_key_table, struct kbs_tdx_quote *out);
+
+/* ---- NVIDIA GPU evidence: SPDM 1.1 GET_MEASUREMENTS request || MEASUREMENTS response
+ * (native/spdm_report.c; reference/gpu.md §1) ----
+ * All integers little-endian; the signature is ECDSA P-384 r || s (big-endian) by the device
+ * chain's leaf key over SHA-384 of buf[0, signed_size).  The C core returns offsets into the
+ * caller's buffer: byte fields are buf[offset, offset + size). */
+#define KBS_SPDM_REQUEST_SIZE 37
+#define KBS_SPDM_NONCE_SIZE 32
+#define KBS_SPDM_SIGNATURE_SIZE 96
+#define KBS_SPDM_MAX_BLOCKS 256
+#define KBS_SPDM_MAX_OPAQUE 64
+/* kbs_spdm_parse flag: refuse even zero bytes after the signature (nvat's rule).  Without it
+ * zero padding is accepted and anything else after the signature is refused. */
+#define KBS_SPDM_NO_PADDING 1
+
+/* One DMTF measurement block: its value is buf[value_offset, value_offset + value_size). */
+struct kbs_spdm_block {
+    uint8_t index;      /* 1-254, unique in the report */
+    uint8_t spec;       /* MeasurementSpecification, 0x01 (DMTF) */
+    uint8_t value_type; /* DMTFSpecMeasurementValueType, bit 7 clear (a digest) */
+    uint16_t value_size;
+    size_t value_offset;
+};
+
+/* One NVIDIA opaque-data TLV: its data is buf[offset, offset + length). */
+struct kbs_spdm_opaque {
+    uint16_t type;
+    uint16_t length;
+    size_t offset;
+};
+
+struct kbs_spdm_report {
+    uint8_t request_attributes;     /* request Param1: 0x01 */
+    uint8_t request_operation;      /* request Param2: 0xFF */
+    uint8_t slot_id;                /* request SlotIDParam: 0-7 */
+    size_t request_nonce_offset;    /* 4: the caller's 32-byte nonce */
+    uint8_t response_param1;        /* 0 */
+    uint8_t response_param2;        /* = slot_id */
+    uint8_t number_of_blocks;       /* 1-254 */
+    uint32_t record_length;         /* uint24 MeasurementRecordLength */
+    size_t record_offset;           /* 45 */
+    size_t block_count;             /* = number_of_blocks once parsed */
+    struct kbs_spdm_block blocks[256];
+    size_t responder_nonce_offset;  /* 32 bytes generated by the GPU */
+    uint16_t opaque_length;
+    size_t opaque_offset;
+    size_t opaque_count;
+    struct kbs_spdm_opaque opaque[64];
+    size_t signature_offset;        /* 96 bytes: r || s */
+    size_t signed_size;             /* = signature_offset: the signature covers buf[0, signed_size) */
+    size_t end;                     /* signature_offset + 96 */
+    size_t trailing_size;           /* len - end: zero padding */
+    /* On an error: the offset of the field that broke the rule, the block or TLV number it is in
+     * (0-based), the value seen and the value (or limit) wanted.  See kbs/native/spdm.py. */
+    size_t error_offset;
+    size_t error_item;
+    uint64_t error_seen;
+    uint64_t error_wanted;
+};
+
+/*
+ * Parse a report by its lengths: the request (0x11, 0xE0, Param1 0x01, Param2 0xFF, slot 0-7), the
+ * response header (0x11, 0x60, Param1 0, Param2 = slot, NumberOfBlocks >= 1), exactly
+ * NumberOfBlocks DMTF digest blocks filling the record (indices 1-254, each once), the responder
+ * nonce, the opaque TLVs (known types only, each once, each inside OpaqueLength) and the 96-byte
+ * signature; then zero padding only (none with KBS_SPDM_NO_PADDING).  No cryptography.
+ */
+int kbs_spdm_parse(const uint8_t *buf, size_t len, unsigned int flags, struct kbs_spdm_report *out);
+
+/*
+ * Parse, hash buf[0, signed_size) with SHA-384 and verify the signature with the leaf key
+ * (0x04 || X || Y, 97 bytes): KBS_ERR_SPDM_KEY, _SIG_RANGE or _SIG_INVALID.  `out` is filled
+ * whenever parsing succeeded, even if the signature then fails.
+ */
+int kbs_spdm_verify(const uint8_t *buf, size_t len, unsigned int flags, const uint8_t *leaf_pubkey,
+                    size_t pubkey_len, struct kbs_spdm_report *out);
+
+/* kbs_spdm_verify with the leaf key already turned into a table (a GPU signs every report it makes). */
+int kbs_spdm_verify_with_table(const uint8_t *buf, size_t len, unsigned int flags,
+                               const struct kbs_p384_key_table *table, struct kbs_spdm_report *out);
 
 /* END CDEF */
 

@@ -71,6 +71,6 @@ void p384_fe_from_mont(uint64_t r[6], const uint64_t a[6])
 void p384_fe_inv(uint64_t r[6], const uint64_t a[6])
 {
     uint64_t t[6];
-    p384_mod_inv_vartime(t, a, &p384_mod_p);
+    ec_modinv_vartime(t, a, p384_mod_p.m, 6);
     p384_fe_mul(r, t, RRR_P);
 }

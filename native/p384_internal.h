@@ -10,6 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ec_limbs.h"
+#include "ec_vartime.h"
+
 typedef uint64_t p384_limbs[6];
 
 /* An odd modulus m > 2^383 with n0 = -m^-1 mod 2^64; layout is read by the asm multiply. */
@@ -44,18 +47,13 @@ void p384_fe_sub_x86(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
 void p384_fe_half_x86(uint64_t r[6], const uint64_t a[6]);
 #endif
 
-/* --- p384_bignum.c: plain 384-bit helpers --- */
-void p384_from_be(uint64_t r[6], const uint8_t in[48]);
-void p384_to_be(uint8_t out[48], const uint64_t a[6]);
-int p384_cmp(const uint64_t a[6], const uint64_t b[6]);
-int p384_is_zero(const uint64_t a[6]);
+/* --- p384_bignum.c: plain modular helpers (byte conversion, comparison and the inversion are
+ * the shared ec_limbs.h and ec_vartime.h, with n = 6) --- */
 /* a + b mod m and a - b mod m, inputs < m. */
 void p384_mod_add(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
 void p384_mod_sub(uint64_t r[6], const uint64_t a[6], const uint64_t b[6], const uint64_t m[6]);
 /* a/2 mod m (odd m), a < m. */
 void p384_mod_half(uint64_t r[6], const uint64_t a[6], const uint64_t m[6]);
-/* a^-1 mod m (odd m), variable time; a must be in [1, m). */
-void p384_mod_inv_vartime(uint64_t r[6], const uint64_t a[6], const struct p384_modulus *mod);
 
 /* --- p384_field.c: arithmetic mod p in Montgomery form --- */
 void p384_fe_mul(uint64_t r[6], const uint64_t a[6], const uint64_t b[6]);
@@ -88,10 +86,7 @@ enum { P384_ODD_MAX_PARTS = 8, P384_ODD_MAX_COUNT = 32 };
 void p384_odd_multiples_affine(uint64_t (*out)[12], const struct p384_jacobian *bases, size_t parts,
                                size_t count);
 
-/* --- p384_scalar.c: scalars mod n and wNAF recoding --- */
-enum { P384_WNAF_MAX = 386 };
-/* digits[i] of the width-w NAF of k (k < 2^384), w in [2, 8]; returns the digit count. */
-size_t p384_wnaf(int8_t digits[P384_WNAF_MAX], const uint64_t k[6], unsigned w);
+/* --- p384_scalar.c: scalars mod n --- */
 enum { P384_BATCH_MAX = 64 };
 /* w_mont = s^-1 * R mod n (Montgomery form) for s in [1, n). */
 void p384_scalar_inv_mont(uint64_t w_mont[6], const uint64_t s[6]);

@@ -55,7 +55,7 @@ static void double_core(struct p384_jacobian *r, const struct p384_jacobian *a, 
 
 void p384_point_double(struct p384_jacobian *r, const struct p384_jacobian *a)
 {
-    if (p384_is_zero(a->z)) {
+    if (ec_is_zero_n(a->z, 6)) {
         set_infinity(r);
         return;
     }
@@ -73,8 +73,8 @@ static int add_tail(struct p384_jacobian *r, const uint64_t u1[6], const uint64_
     uint64_t h[6], rr[6], hh[6], hhh[6], v[6], t[6];
     p384_fe_sub(h, u2, u1);
     p384_fe_sub(rr, s2, s1);
-    if (p384_is_zero(h)) {
-        *same = p384_is_zero(rr);
+    if (ec_is_zero_n(h, 6)) {
+        *same = ec_is_zero_n(rr, 6);
         return 0;
     }
     p384_fe_sqr(hh, h);
@@ -97,11 +97,11 @@ static int add_tail(struct p384_jacobian *r, const uint64_t u1[6], const uint64_
 void p384_point_add(struct p384_jacobian *r, const struct p384_jacobian *a, const struct p384_jacobian *b)
 {
     uint64_t z1z1[6], z2z2[6], u1[6], u2[6], s1[6], s2[6], zz[6];
-    if (p384_is_zero(a->z)) {
+    if (ec_is_zero_n(a->z, 6)) {
         *r = *b;
         return;
     }
-    if (p384_is_zero(b->z)) {
+    if (ec_is_zero_n(b->z, 6)) {
         *r = *a;
         return;
     }
@@ -134,7 +134,7 @@ void p384_point_add_affine(struct p384_jacobian *r, const struct p384_jacobian *
         p384_fe_sub(y2, (const uint64_t[6]){0}, b_xy + 6);
     else
         memcpy(y2, b_xy + 6, sizeof y2);
-    if (p384_is_zero(a->z)) {
+    if (ec_is_zero_n(a->z, 6)) {
         memcpy(r->x, b_xy, sizeof r->x);
         memcpy(r->y, y2, sizeof r->y);
         memcpy(r->z, ONE_MONT, sizeof r->z);
@@ -163,9 +163,9 @@ int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubke
         return KBS_ERR_KEY_LENGTH;
     if (pubkey[0] != 0x04)
         return KBS_ERR_KEY_FORMAT;
-    p384_from_be(x, pubkey + 1);
-    p384_from_be(y, pubkey + 49);
-    if (p384_cmp(x, p384_mod_p.m) >= 0 || p384_cmp(y, p384_mod_p.m) >= 0)
+    ec_from_be_n(x, pubkey + 1, 6);
+    ec_from_be_n(y, pubkey + 49, 6);
+    if (ec_cmp_n(x, p384_mod_p.m, 6) >= 0 || ec_cmp_n(y, p384_mod_p.m, 6) >= 0)
         return KBS_ERR_KEY_NOT_ON_CURVE;
     p384_fe_to_mont(q->x, x);
     p384_fe_to_mont(q->y, y);
@@ -177,7 +177,7 @@ int p384_point_decode(struct p384_affine *q, const uint8_t *pubkey, size_t pubke
     p384_fe_add(t, t, q->x);
     p384_fe_sub(rhs, rhs, t);
     p384_fe_add(rhs, rhs, B_MONT);
-    if (p384_cmp(lhs, rhs) != 0)
+    if (ec_cmp_n(lhs, rhs, 6) != 0)
         return KBS_ERR_KEY_NOT_ON_CURVE;
     return KBS_OK;
 }

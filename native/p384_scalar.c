@@ -1,6 +1,4 @@
-/* Scalars mod n: u1 = e/s and u2 = r/s, and their width-w NAF recoding. */
-#include <string.h>
-
+/* Scalars mod n: u1 = e/s and u2 = r/s (the wNAF recoding is the shared ec_wnaf). */
 #include "p384_internal.h"
 
 static const uint64_t RR_N[6] = {0x2d319b2419b409a9u, 0xff3d81e5df1aa419u, 0xbc3e483afcb82947u,
@@ -9,7 +7,7 @@ static const uint64_t RR_N[6] = {0x2d319b2419b409a9u, 0xff3d81e5df1aa419u, 0xbc3
 void p384_scalar_inv_mont(uint64_t w_mont[6], const uint64_t s[6])
 {
     uint64_t w[6];
-    p384_mod_inv_vartime(w, s, &p384_mod_n);
+    ec_modinv_vartime(w, s, p384_mod_n.m, 6);
     p384_mont_mul(w_mont, w, RR_N, &p384_mod_n);
 }
 
@@ -27,7 +25,7 @@ void p384_scalar_batch_inv_mont(uint64_t (*w_mont)[6], const uint64_t (*s)[6], s
         p384_mont_mul(prefix[i], prefix[i - 1], sm, &p384_mod_n);
     }
     /* (prod * R)^-1 as a plain inverse, then times R^2 twice: (prod)^-1 * R. */
-    p384_mod_inv_vartime(inv, prefix[count - 1], &p384_mod_n);
+    ec_modinv_vartime(inv, prefix[count - 1], p384_mod_n.m, 6);
     p384_mont_mul(inv, inv, RR_N, &p384_mod_n);
     p384_mont_mul(inv, inv, RR_N, &p384_mod_n);
     for (size_t i = count; i-- > 1;) {
@@ -45,52 +43,4 @@ void p384_scalars(uint64_t u1[6], uint64_t u2[6], const uint64_t e[6], const uin
     /* mont(x, w * R) = x * w */
     p384_mont_mul(u1, e, w_mont, &p384_mod_n);
     p384_mont_mul(u2, r, w_mont, &p384_mod_n);
-}
-
-/* count (<= 8) bits of k from bit position `bit`; zero past bit 383. */
-static unsigned get_bits(const uint64_t k[6], unsigned bit, unsigned count)
-{
-    unsigned limb = bit / 64, shift = bit % 64;
-    if (limb >= 6)
-        return 0;
-    uint64_t v = k[limb] >> shift;
-    if (shift + count > 64 && limb + 1 < 6)
-        v |= k[limb + 1] << (64 - shift);
-    return (unsigned)(v & ((1u << count) - 1));
-}
-
-/*
- * Left-to-right reading of a right-to-left recoding: at each odd position take w bits
- * (plus the carry), make the digit odd and signed in (-2^(w-1), 2^(w-1)), and carry
- * into the next window.  k itself is never modified.
- */
-size_t p384_wnaf(int8_t digits[P384_WNAF_MAX], const uint64_t k[6], unsigned w)
-{
-    unsigned carry = 0, bit = 0, len = 0;
-    memset(digits, 0, P384_WNAF_MAX);
-    while (bit < 384) {
-        if (carry == 0) { /* jump to the next set bit: split parts are mostly zeros */
-            uint64_t v = k[bit / 64] >> (bit % 64);
-            if (v == 0) {
-                bit = (bit / 64 + 1) * 64;
-                continue;
-            }
-            bit += (unsigned)__builtin_ctzll(v);
-        } else if (get_bits(k, bit, 1) == 1) {
-            bit++;
-            continue;
-        }
-        unsigned now = w < 384 - bit ? w : 384 - bit;
-        int word = (int)(get_bits(k, bit, now) + carry);
-        carry = (unsigned)(word >> (w - 1)) & 1;
-        word -= (int)(carry << w);
-        digits[bit] = (int8_t)word;
-        len = bit + 1;
-        bit += now;
-    }
-    if (carry) {
-        digits[bit] = 1;
-        len = bit + 1;
-    }
-    return len;
 }

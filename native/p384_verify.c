@@ -42,9 +42,9 @@ static const key_tables *table_points(const struct kbs_p384_key_table *t)
     return (const key_tables *)(const void *)(t->words + TABLE_HEADER_WORDS);
 }
 
-/* One scalar's digits and the odd multiples they index. */
+/* One scalar's digits (ec_wnaf of up to 6 limbs) and the odd multiples they index. */
 struct stream {
-    int8_t digits[P384_WNAF_MAX];
+    int8_t digits[64 * 6 + 1];
     size_t len;
     const uint64_t (*points)[12];
 };
@@ -66,23 +66,21 @@ static void ladder(struct p384_jacobian *acc, const struct stream *st, size_t co
     }
 }
 
-/* Bits [SPLIT_BITS * j, SPLIT_BITS * (j + 1)) of k, as a 6-limb number. */
-static void split_part(uint64_t out[6], const uint64_t k[6], unsigned j)
+/* Bits [SPLIT_BITS * j, SPLIT_BITS * (j + 1)) of k. */
+static uint64_t split_part(const uint64_t k[6], unsigned j)
 {
     unsigned bit = SPLIT_BITS * j, limb = bit / 64, shift = bit % 64;
     uint64_t v = k[limb] >> shift;
     if (shift && limb + 1 < 6)
         v |= k[limb + 1] << (64 - shift);
-    memset(out, 0, 6 * sizeof out[0]);
-    out[0] = v & (((uint64_t)1 << SPLIT_BITS) - 1);
+    return v & (((uint64_t)1 << SPLIT_BITS) - 1);
 }
 
 static void split_streams(struct stream st[PARTS], const uint64_t k[6], const key_tables *tables)
 {
     for (unsigned j = 0; j < PARTS; j++) {
-        uint64_t part[6];
-        split_part(part, k, j);
-        st[j].len = p384_wnaf(st[j].digits, part, KEY_WINDOW);
+        uint64_t part = split_part(k, j);
+        st[j].len = ec_wnaf(st[j].digits, &part, 1, KEY_WINDOW);
         st[j].points = (*tables)[j];
     }
 }
@@ -95,19 +93,19 @@ static const key_tables *g_tables(void)
 static int check_x(const struct p384_jacobian *acc, const uint64_t r[6])
 {
     uint64_t z2[6], t[6], rn[6];
-    if (p384_is_zero(acc->z))
+    if (ec_is_zero_n(acc->z, 6))
         return KBS_ERR_SIG_INVALID; /* never read infinity as x = 0 */
     p384_fe_sqr(z2, acc->z);
     p384_fe_to_mont(t, r);
     p384_fe_mul(t, t, z2);
-    if (p384_cmp(t, acc->x) == 0)
+    if (ec_cmp_n(t, acc->x, 6) == 0)
         return KBS_OK;
     /* x(R) in [n, p) reduces to r too; r + n < p cannot wrap. */
-    if (p384_cmp(r, P384_P_MINUS_N) < 0) {
+    if (ec_cmp_n(r, P384_P_MINUS_N, 6) < 0) {
         p384_mod_add(rn, r, P384_N, P384_P);
         p384_fe_to_mont(t, rn);
         p384_fe_mul(t, t, z2);
-        if (p384_cmp(t, acc->x) == 0)
+        if (ec_cmp_n(t, acc->x, 6) == 0)
             return KBS_OK;
     }
     return KBS_ERR_SIG_INVALID;
@@ -116,9 +114,9 @@ static int check_x(const struct p384_jacobian *acc, const uint64_t r[6])
 /* r and s as integers in [1, n-1], or KBS_ERR_SIG_RANGE. */
 static int parse_sig(uint64_t r[6], uint64_t s[6], const uint8_t *rb, const uint8_t *sb)
 {
-    p384_from_be(r, rb);
-    p384_from_be(s, sb);
-    if (p384_is_zero(r) || p384_is_zero(s) || p384_cmp(r, P384_N) >= 0 || p384_cmp(s, P384_N) >= 0)
+    ec_from_be_n(r, rb, 6);
+    ec_from_be_n(s, sb, 6);
+    if (ec_is_zero_n(r, 6) || ec_is_zero_n(s, 6) || ec_cmp_n(r, P384_N, 6) >= 0 || ec_cmp_n(s, P384_N, 6) >= 0)
         return KBS_ERR_SIG_RANGE;
     return KBS_OK;
 }
@@ -130,8 +128,8 @@ static void hash_to_scalar(uint64_t e[6], const uint8_t *hash, size_t hash_len)
     size_t take = hash_len < 48 ? hash_len : 48;
     if (take)
         memcpy(buf + 48 - take, hash, take);
-    p384_from_be(e, buf);
-    if (p384_cmp(e, P384_N) >= 0)
+    ec_from_be_n(e, buf, 6);
+    if (ec_cmp_n(e, P384_N, 6) >= 0)
         p384_mod_add(e, e, (const uint64_t[6]){0}, P384_N); /* e < 2^384 < 2n: once is enough */
 }
 
@@ -147,7 +145,7 @@ static int verify_cold(const struct p384_affine *q, const uint64_t e[6], const u
     memcpy(qj.z, P384_ONE_MONT, sizeof qj.z);
     p384_odd_multiples_affine(qtab, &qj, 1, 1 << (COLD_Q_WINDOW - 2));
     split_streams(st, u1, g_tables());
-    st[PARTS].len = p384_wnaf(st[PARTS].digits, u2, COLD_Q_WINDOW);
+    st[PARTS].len = ec_wnaf(st[PARTS].digits, u2, 6, COLD_Q_WINDOW);
     st[PARTS].points = (const uint64_t(*)[12])qtab;
     ladder(&acc, st, PARTS + 1);
     return check_x(&acc, r);

@@ -36,6 +36,7 @@ HARNESSES = {
     "fuzz_p384_batch": (150, 20),
     "fuzz_tdx_quote": (3_000, 300),
     "fuzz_p256_verify": (3_000, 300),
+    "fuzz_spdm_report": (2_000, 200),
 }
 SECONDS = int(os.environ.get("KBS_LIBFUZZER_TEST_SECONDS", "8"))
 

@@ -27,8 +27,8 @@ enum { POOL = 4 };
 static void need_key(BIGNUM *d[2], uint8_t keys[2][97], uint8_t seeds[2][48], int j, BN_CTX *ctx)
 {
     if (d[j] == NULL) {
-        d[j] = scalar_from(seeds[j], ctx);
-        public_key(d[j], keys[j], ctx);
+        d[j] = scalar_from(&FUZZ_P384, seeds[j], ctx);
+        public_key(&FUZZ_P384, d[j], keys[j], ctx);
     }
 }
 
@@ -75,9 +75,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         if (sig_kind != SIG_RAW && pool_state[pair] == 0) {
             need_key(d, keys, seeds, key, ctx);
-            BIGNUM *k = scalar_from(pool_nonce[pair], ctx);
-            pool_state[pair] = sign_with_nonce(d[key], k, pool_digest[pair], 48, pool_sig[pair], pool_sig[pair] + 48,
-                                               ctx) ? 1 : -1;
+            BIGNUM *k = scalar_from(&FUZZ_P384, pool_nonce[pair], ctx);
+            pool_state[pair] = sign_with_nonce(&FUZZ_P384, d[key], k, pool_digest[pair], 48, pool_sig[pair],
+                                               pool_sig[pair] + 48, ctx) ? 1 : -1;
             BN_free(k);
         }
         if (sig_kind == SIG_RAW || pool_state[pair] != 1) {

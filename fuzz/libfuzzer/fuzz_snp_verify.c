@@ -66,7 +66,7 @@ static void given_key(struct reader *rd)
             memcmp(digest, ref, 48) != 0)
             fuzz_fail("kbs_sha384 of the signed bytes differs from EVP_Digest");
         want = kbs_p384_verify_digest_libcrypto(key, key_len, digest, parsed.signature_r, parsed.signature_s);
-        int oracle = openssl_verify(key, key_len, digest, 48, parsed.signature_r, parsed.signature_s);
+        int oracle = openssl_verify(&FUZZ_P384, key, key_len, digest, 48, parsed.signature_r, parsed.signature_s);
         if ((rc == KBS_OK) != oracle)
             report_fail(rep, len, "kbs_snp_verify %d, OpenSSL EVP verify %d", rc, oracle);
     }
@@ -105,11 +105,11 @@ static void signed_report(struct reader *rd, BN_CTX *ctx)
     snp_make_wellformed(rep, flags & 1);
     int unsigned_report = ((get_le32(rep + 0x48) >> 2) & 7) == 7;
 
-    BIGNUM *d = scalar_from(dseed, ctx), *k = scalar_from(kseed, ctx);
-    public_key(d, key, ctx);
+    BIGNUM *d = scalar_from(&FUZZ_P384, dseed, ctx), *k = scalar_from(&FUZZ_P384, kseed, ctx);
+    public_key(&FUZZ_P384, d, key, ctx);
     if (kbs_sha384(rep, KBS_SNP_SIGNED_SIZE, digest) != KBS_OK)
         fuzz_fail("kbs_sha384");
-    int have_sig = sign_with_nonce(d, k, digest, 48, r, s, ctx);
+    int have_sig = sign_with_nonce(&FUZZ_P384, d, k, digest, 48, r, s, ctx);
     BN_free(k);
     BN_free(d);
     if (!have_sig) {

@@ -7,7 +7,7 @@
  * kbs_tdx_verify, and each status must equal that of a model written here: a walk of
  * reference/tdx.md §1 in 64-bit arithmetic that names the first rule a quote breaks, then the three
  * cryptographic checks done by libcrypto alone (EVP SHA-256, keys through d2i_PUBKEY, signatures as
- * DER through EVP_PKEY_verify: nothing of ecdsa_p256.c or tdx_quote.c), in the order the C core
+ * DER through EVP_PKEY_verify: nothing of ecdsa_libcrypto.c or tdx_quote.c), in the order the C core
  * promises (PCK key, QE report signature range and value, binding, attestation key, quote signature
  * range and value).  On success every offset and decoded integer must equal the model's.
  * kbs_tdx_verify_with_tables, given key tables built for the PCK key and for the quote's attestation
@@ -26,7 +26,7 @@
  *             attestation key under a re-signed QE report, edge signature scalars, s -> n - s,
  *             another PCK key.
  */
-#include "fuzz_p256.h"
+#include "fuzz_common.h"
 
 enum { MODE_RAW, MODE_KEYED, MODE_BUILT, MODES };
 enum { MAX_AUTH = 300, MAX_CHAIN = 700, MAX_PADDING = 80 };
@@ -133,30 +133,30 @@ static struct model model_parse(const uint8_t *b, size_t len, unsigned flags)
 static int model_verify(const uint8_t *b, const struct model *m, const uint8_t *pck, size_t pck_len)
 {
     uint8_t digest[32], point[65], want[64] = {0};
-    EVP_PKEY *pkey = p256_evp_key(pck, pck_len);
+    EVP_PKEY *pkey = evp_key(&FUZZ_P256, pck, pck_len);
     if (pkey == NULL)
         return KBS_ERR_TDX_PCK_KEY;
     EVP_PKEY_free(pkey);
     const uint8_t *qe = b + m->qe_off, *qe_sig = b + m->qe_sig_off;
-    if (!p256_in_range(qe_sig) || !p256_in_range(qe_sig + 32))
+    if (!in_range(&FUZZ_P256, qe_sig) || !in_range(&FUZZ_P256, qe_sig + 32))
         return KBS_ERR_TDX_QE_REPORT_SIG_RANGE;
     evp_sha256_2(qe, 384, NULL, 0, digest);
-    if (!p256_openssl_verify(pck, pck_len, digest, 32, qe_sig, qe_sig + 32))
+    if (!openssl_verify(&FUZZ_P256, pck, pck_len, digest, 32, qe_sig, qe_sig + 32))
         return KBS_ERR_TDX_QE_REPORT_SIG_INVALID;
     evp_sha256_2(b + m->ak_off, 64, b + m->auth_off, m->auth_size, want);
     if (memcmp(want, qe + 320, 64) != 0)
         return KBS_ERR_TDX_QE_BINDING;
     point[0] = 0x04;
     memcpy(point + 1, b + m->ak_off, 64);
-    pkey = p256_evp_key(point, 65);
+    pkey = evp_key(&FUZZ_P256, point, 65);
     if (pkey == NULL)
         return KBS_ERR_TDX_ATT_KEY_INVALID;
     EVP_PKEY_free(pkey);
     const uint8_t *sig = b + m->sig_off;
-    if (!p256_in_range(sig) || !p256_in_range(sig + 32))
+    if (!in_range(&FUZZ_P256, sig) || !in_range(&FUZZ_P256, sig + 32))
         return KBS_ERR_TDX_QUOTE_SIG_RANGE;
     evp_sha256_2(b, m->signed_size, NULL, 0, digest);
-    if (!p256_openssl_verify(point, 65, digest, 32, sig, sig + 32))
+    if (!openssl_verify(&FUZZ_P256, point, 65, digest, 32, sig, sig + 32))
         return KBS_ERR_TDX_QUOTE_SIG_INVALID;
     return KBS_OK;
 }
@@ -277,8 +277,8 @@ static void sign_into(const BIGNUM *d, const uint8_t nonce_seed[32], const uint8
 {
     uint8_t digest[32];
     evp_sha256_2(msg, len, NULL, 0, digest);
-    BIGNUM *k = p256_scalar_from(nonce_seed, ctx);
-    if (!p256_sign_with_nonce(d, k, digest, 32, sig, sig + 32, ctx))
+    BIGNUM *k = scalar_from(&FUZZ_P256, nonce_seed, ctx);
+    if (!sign_with_nonce(&FUZZ_P256, d, k, digest, 32, sig, sig + 32, ctx))
         memset(sig, 0, 64); /* r or s came out 0: the quote will fail its range check, as it should */
     BN_free(k);
 }
@@ -332,17 +332,17 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
     put_le16(b + ak + 70 + 450 + auth, 5);
     put_le32(b + ak + 70 + 452 + auth, (uint32_t)chain);
 
-    BIGNUM *pck = p256_scalar_from(dpck, ctx), *att = p256_scalar_from(datt, ctx);
+    BIGNUM *pck = scalar_from(&FUZZ_P256, dpck, ctx), *att = scalar_from(&FUZZ_P256, datt, ctx);
     uint8_t pck_point[65], att_point[65];
-    p256_public_key(pck, pck_point, ctx);
-    p256_public_key(att, att_point, ctx);
+    public_key(&FUZZ_P256, pck, pck_point, ctx);
+    public_key(&FUZZ_P256, att, att_point, ctx);
     memcpy(b + ak, att_point + 1, 64);
     struct model m = model_parse(b, len, 0);
     if (m.status != KBS_OK)
         fuzz_fail("built quote does not parse in the model: %d", m.status);
     rebind(b, &m, pck, k1, -1, ctx);
     sign_into(att, k2, b, signed_size, b + m.sig_off, ctx);
-    if (check_quote(b, len, 0, pck_point, 65, "built") != KBS_OK && p256_in_range(b + m.sig_off))
+    if (check_quote(b, len, 0, pck_point, 65, "built") != KBS_OK && in_range(&FUZZ_P256, b + m.sig_off))
         fuzz_fail("a well-formed quote signed here does not verify");
 
     unsigned flags = arg2 & 1;
@@ -379,7 +379,7 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
         break;
     case 8: { /* edge scalars in either signature */
         size_t at = (arg & 1) ? (size_t)m.qe_sig_off : (size_t)m.sig_off;
-        const BIGNUM *n = EC_GROUP_get0_order(p256_group());
+        const BIGNUM *n = fuzz_order(&FUZZ_P256);
         BIGNUM *v = BN_new();
         if (v == NULL)
             fuzz_fail("BN_new");
@@ -391,23 +391,23 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
         default: BN_set_word(v, arg2); break;
         }
         if (BN_num_bytes(v) <= 32)
-            bn_to32(b + at + ((arg & 2) ? 32 : 0), v);
+            bn_put(&FUZZ_P256, b + at + ((arg & 2) ? 32 : 0), v);
         BN_free(v);
         break;
     }
     case 9: { /* (r, n - s): the other valid quote signature */
         BIGNUM *s = BN_bin2bn(b + m.sig_off + 32, 32, NULL);
-        if (s == NULL || BN_sub(s, EC_GROUP_get0_order(p256_group()), s) != 1)
+        if (s == NULL || BN_sub(s, fuzz_order(&FUZZ_P256), s) != 1)
             fuzz_fail("BN");
-        if (!BN_is_zero(s) && BN_cmp(s, EC_GROUP_get0_order(p256_group())) < 0)
-            bn_to32(b + m.sig_off + 32, s);
+        if (!BN_is_zero(s) && BN_cmp(s, fuzz_order(&FUZZ_P256)) < 0)
+            bn_put(&FUZZ_P256, b + m.sig_off + 32, s);
         BN_free(s);
         expect_ok = 1;
         break;
     }
     case 10: { /* another PCK key */
-        BIGNUM *d2 = p256_scalar_from(other, ctx);
-        p256_public_key(d2, pck_point, ctx);
+        BIGNUM *d2 = scalar_from(&FUZZ_P256, other, ctx);
+        public_key(&FUZZ_P256, d2, pck_point, ctx);
         BN_free(d2);
         break;
     }
@@ -424,7 +424,7 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
     if (new_len)
         memcpy(exact, b, new_len);
     int rc = check_quote(exact, new_len, flags, pck_point, 65, "built and mutated");
-    if (expect_ok && rc != KBS_OK && p256_in_range(b + m.sig_off) && p256_in_range(b + m.sig_off + 32))
+    if (expect_ok && rc != KBS_OK && in_range(&FUZZ_P256, b + m.sig_off) && in_range(&FUZZ_P256, b + m.sig_off + 32))
         fuzz_fail("mutation %d must keep the quote valid, got %d", mutation % 12, rc);
     if (mutation % 12 == 2 && rc == KBS_OK)
         fuzz_fail("a bit flip in the signed part at %u verified", arg % (unsigned)signed_size);

@@ -2,7 +2,8 @@
 
 Real data is read in place from $KBS_VECTORS (default ../shared/vectors): every SNP report with
 its VCEK/VLEK key, certificate tables laid out from the real certificates under AMD's GUIDs, every
-TDX quote with the PCK key of its own PCK leaf, and the Wycheproof P-384 and P-256 P1363 vectors.
+TDX quote with the PCK key of its own PCK leaf, every NVIDIA GPU report with its leaf key, and the
+Wycheproof P-384 and P-256 P1363 vectors.
 Synthetic seeds cover each mode of every harness, so the corpora are useful where the vectors are
 absent.  Standard library only.
 
@@ -152,6 +153,41 @@ def wycheproof_p256(root: Path) -> list[tuple[str, bytes, bytes, bytes, str]]:
     return out
 
 
+def gpu_reports(root: Path) -> list[tuple[str, bytes, bytes | None]]:
+    """(name, report, leaf P-384 point) for every NVIDIA GPU and NVSwitch report under gpu/: the hex text
+    reports beside their PEM chains, the JSON bundles ({evidence, certificate} base64) and the jsonpickle
+    dumps of go-nvattest-tools ({"py/b64": report} with {"pem": base64 PEM} chains)."""
+    gpu = root / "gpu"
+    if not gpu.is_dir():
+        return []
+    found: list[tuple[str, bytes, bytes | None]] = []
+
+    def leaf(pem: bytes) -> bytes | None:
+        certs = pem_certs(pem.decode("ascii", "replace"))
+        return ec_point(certs[0]) if certs else None
+
+    for report in sorted(gpu.rglob("*AttestationReport*.txt")) + sorted(gpu.rglob("*coco_report*.txt")):
+        chain = report.with_name(report.name.replace("AttestationReport", "CertChain").replace(
+            "InvalidSignature", "Expired").replace("coco_report", "coco_certs"))
+        if chain.is_file():
+            name = str(report.relative_to(gpu)).replace("/", "-")
+            found.append((name, bytes.fromhex(report.read_text().strip()), leaf(chain.read_bytes())))
+    for bundle in sorted(gpu.rglob("*.json")):
+        data = json.loads(bundle.read_text())
+        if isinstance(data, list) and data and isinstance(data[0], dict) and "evidence" in data[0]:
+            for i, e in enumerate(data):
+                found.append((f"{bundle.stem}-{i}", base64.b64decode(e["evidence"]),
+                              leaf(base64.b64decode(e["certificate"]))))
+        elif isinstance(data, dict) and "gpus" in data:
+            devices = [(g["AttestationReport"], g["CertificateChains"]["GpuAttestationCertificateChain"])
+                       for g in data["gpus"]]
+            devices += [(s["attestation_report"], s["attestation_cert_chain"]) for s in data.get("nvswitches", [])]
+            for i, (rep, chain_items) in enumerate(devices):
+                found.append((f"{bundle.stem}-{i}", base64.b64decode(rep["py/b64"]),
+                              leaf(base64.b64decode(chain_items[0]["pem"]))))
+    return found
+
+
 def write(out: Path, harness: str, name: str, data: bytes) -> None:
     (out / harness).mkdir(parents=True, exist_ok=True)
     (out / harness / name).write_bytes(data)
@@ -160,7 +196,8 @@ def write(out: Path, harness: str, name: str, data: bytes) -> None:
 def main(out: Path) -> None:
     root = vectors_dir()
     harnesses = ("fuzz_snp_report", "fuzz_snp_verify", "fuzz_certtable", "fuzz_p384_verify",
-                 "fuzz_p384_verify_portable", "fuzz_p384_batch", "fuzz_tdx_quote", "fuzz_p256_verify")
+                 "fuzz_p384_verify_portable", "fuzz_p384_batch", "fuzz_tdx_quote", "fuzz_p256_verify",
+                 "fuzz_spdm_report")
     for harness in harnesses:
         shutil.rmtree(out / harness, ignore_errors=True)
         (out / harness).mkdir(parents=True)
@@ -257,7 +294,7 @@ def main(out: Path) -> None:
     for name, key, digest, sig, result in wycheproof_p256(root):
         write(out, "fuzz_p256_verify", f"wycheproof-{name}-{result}",
               bytes([0, 0, 32]) + key + b"\0" + digest.ljust(64, b"\0") + sig)
-    for mutation in range(15):
+    for mutation in range(16):  # the same 16 mutations as P-384 (fuzz_common.h)
         write(out, "fuzz_p256_verify", f"signed-{mutation}",
               bytes([1, 0, mutation]) + struct.pack("<H", 77 * mutation + 5) + bytes(range(3, 35))
               + bytes(range(60, 92)) + hashlib.sha512(bytes([mutation])).digest() + bytes(range(9, 41)))
@@ -266,6 +303,22 @@ def main(out: Path) -> None:
     for kind in range(4):
         write(out, "fuzz_p256_verify", f"crafted-{kind}",
               bytes([2, kind, 3]) + hashlib.sha256(b"s").digest() + hashlib.sha256(b"e").digest())
+
+    # fuzz_spdm_report: mode 0 = the report alone (parser), mode 1 = flags, the report's own leaf point, the
+    # report (verifies, but for the one NVIDIA broke on purpose); mode 2 = reports built and signed in the
+    # harness, each mutation on a few shapes (64 blocks, 254 blocks, one block; every TLV count).
+    for name, report, point in (gpu_reports(root) if root.is_dir() else []):
+        write(out, "fuzz_spdm_report", f"raw-{name}", b"\0" + report)
+        if point is not None:
+            write(out, "fuzz_spdm_report", f"keyed-{name}", b"\1\0" + point + report)
+            if report.endswith(b"\0"):  # trustee's CoCo report: its padding byte refused
+                write(out, "fuzz_spdm_report", f"keyed-no-padding-{name}", b"\1\1" + point + report)
+    for mutation in range(13):
+        for shape, ntlvs in ((63, 16), (0, 31), (70, 0)):  # 64 blocks; 254 blocks; 1 block
+            header = bytes([2, mutation]) + struct.pack("<HH", 97 * mutation + 3, 0x0101 * shape + mutation)
+            keys = b"".join(hashlib.sha384(bytes([shape, mutation, j])).digest() for j in range(3))
+            layout = bytes([shape, ntlvs, mutation % 8, 3 * mutation % 25, 7 * mutation, 2 * mutation + 1])
+            write(out, "fuzz_spdm_report", f"built-{shape}-{mutation}", header + keys + layout + bytes(range(256)) * 80)
 
     counts = {h.name: len(list(h.iterdir())) for h in sorted(out.iterdir()) if h.is_dir()}
     print(f"libfuzzer seeds from {root if vectors else 'synthetic data only (no vectors at ' + str(root) + ')'}: "

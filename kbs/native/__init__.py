@@ -5,7 +5,8 @@ nothing else in the package imports the extension.  Every call below runs in C w
 the GIL released (cffi API mode), so verification scales with threads.
 
 One module per C concern: `_ffi` (the loaded library and the status-code -> exception map),
-`snp` (SEV-SNP reports and certificate tables), `tdx` (Intel TDX quotes), `p384` (ECDSA P-384:
+`snp` (SEV-SNP reports and certificate tables), `tdx` (Intel TDX quotes), `spdm` (NVIDIA GPU and NVSwitch
+attestation reports: SPDM 1.1 GET_MEASUREMENTS + MEASUREMENTS), `p384` (ECDSA P-384:
 key tables, key cache, batch), `p256` (ECDSA P-256: key tables, key cache), `keycache` (the LRU of
 key tables both curves use), `hashing` (SHA-384, SHA-256).
 Callers import from here: `from kbs import native`.
@@ -49,6 +50,18 @@ from kbs.native.snp import (
     snp_verify_cached,
     snp_verify_status,
 )
+from kbs.native.spdm import (
+    SPDM_NONCE_SIZE,
+    SPDM_REQUEST_SIZE,
+    SPDM_SIGNATURE_SIZE,
+    MeasurementBlock,
+    OpaqueField,
+    OpaqueType,
+    SpdmReport,
+    spdm_parse,
+    spdm_verify,
+    spdm_verify_status,
+)
 from kbs.native.tdx import (
     INTEL_QE_VENDOR_ID,
     TDX_BODY_TD10_SIZE,
@@ -72,19 +85,26 @@ __all__ = [
     "P384_SCALAR_SIZE",
     "SNP_REPORT_SIZE",
     "SNP_SIGNED_SIZE",
+    "SPDM_NONCE_SIZE",
+    "SPDM_REQUEST_SIZE",
+    "SPDM_SIGNATURE_SIZE",
     "TDX_BODY_TD10_SIZE",
     "TDX_BODY_TD15_SIZE",
     "TDX_HEADER_SIZE",
     "TDX_QE_REPORT_SIZE",
     "CertTableEntry",
     "KeyTableCache",
+    "MeasurementBlock",
     "NativeStatusError",
+    "OpaqueField",
+    "OpaqueType",
     "P256KeyCache",
     "P256KeyTable",
     "P384BatchItem",
     "P384KeyCache",
     "P384KeyTable",
     "RawSnpReport",
+    "SpdmReport",
     "TdxQeReport",
     "TdxQuote",
     "ffi",
@@ -106,6 +126,9 @@ __all__ = [
     "snp_verify",
     "snp_verify_cached",
     "snp_verify_status",
+    "spdm_parse",
+    "spdm_verify",
+    "spdm_verify_status",
     "status_name",
     "tdx_parse",
     "tdx_verify",

@@ -1,7 +1,7 @@
 """The loaded core (`kbs._native`: `ffi`, `lib`) and the one map from its status codes to exceptions.
 
 `kbs_native.h` has one `enum kbs_status` for every concern, so its Python side is one table
-here; each concern's module (snp, tdx, p384, p256, hashing) calls `raise_for` on what C returned.
+here; each concern's module (snp, tdx, spdm, p384, p256, hashing) calls `raise_for` on what C returned.
 """
 
 from __future__ import annotations
@@ -125,6 +125,84 @@ _STATUS: dict[int, tuple[type[KbsError], str, str]] = {
     lib.KBS_ERR_TDX_ATT_KEY_TABLE_MISMATCH: (KbsError, "internal",
                                              "the P-256 key table passed for the attestation key was built for "
                                              "another key than the quote's"),
+    # NVIDIA GPU evidence, SPDM 1.1 GET_MEASUREMENTS + MEASUREMENTS (native/spdm_report.c, reference/gpu.md
+    # §1).  kbs.native.spdm appends where and what (offset, block or TLV, value seen and wanted).
+    lib.KBS_ERR_SPDM_FLAGS: (KbsError, "internal", "kbs_spdm_parse called with unknown flag bits"),
+    lib.KBS_ERR_SPDM_REQUEST_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                         "GPU report is shorter than the 37-byte SPDM GET_MEASUREMENTS request"),
+    lib.KBS_ERR_SPDM_REQUEST_VERSION: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report request SPDMVersion is not 0x11 (SPDM 1.1)"),
+    lib.KBS_ERR_SPDM_REQUEST_CODE: (MalformedEvidence, "nvgpu.parse",
+                                    "GPU report request code is not 0xE0 (GET_MEASUREMENTS)"),
+    lib.KBS_ERR_SPDM_REQUEST_ATTRIBUTES: (MalformedEvidence, "nvgpu.parse",
+                                          "GPU report request Param1 is not 0x01 (signature requested, reserved "
+                                          "bits clear)"),
+    lib.KBS_ERR_SPDM_REQUEST_OPERATION: (MalformedEvidence, "nvgpu.parse",
+                                         "GPU report request Param2 is not 0xFF (all measurements)"),
+    lib.KBS_ERR_SPDM_REQUEST_SLOT: (MalformedEvidence, "nvgpu.parse",
+                                    "GPU report request SlotIDParam is not a certificate slot 0-7"),
+    lib.KBS_ERR_SPDM_RESPONSE_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                          "GPU report ends inside the 8-byte MEASUREMENTS response header"),
+    lib.KBS_ERR_SPDM_RESPONSE_VERSION: (MalformedEvidence, "nvgpu.parse",
+                                        "GPU report response SPDMVersion is not 0x11 (SPDM 1.1)"),
+    lib.KBS_ERR_SPDM_RESPONSE_CODE: (MalformedEvidence, "nvgpu.parse",
+                                     "GPU report response code is not 0x60 (MEASUREMENTS)"),
+    lib.KBS_ERR_SPDM_RESPONSE_PARAM1: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report response Param1 (reserved) is not 0"),
+    lib.KBS_ERR_SPDM_RESPONSE_SLOT: (MalformedEvidence, "nvgpu.parse",
+                                     "GPU report response Param2 is not the slot the request named"),
+    lib.KBS_ERR_SPDM_NO_BLOCKS: (MalformedEvidence, "nvgpu.parse", "GPU report has no measurement blocks"),
+    lib.KBS_ERR_SPDM_RECORD_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                        "GPU report measurement record runs past the end of the report"),
+    lib.KBS_ERR_SPDM_BLOCK_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report measurement block runs past the end of the measurement record"),
+    lib.KBS_ERR_SPDM_BLOCK_INDEX: (MalformedEvidence, "nvgpu.parse",
+                                   "GPU report measurement block index is outside 1-254"),
+    lib.KBS_ERR_SPDM_BLOCK_DUPLICATE: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report has two measurement blocks with the same index"),
+    lib.KBS_ERR_SPDM_BLOCK_SPEC: (MalformedEvidence, "nvgpu.parse",
+                                  "GPU report measurement block specification is not 0x01 (DMTF)"),
+    lib.KBS_ERR_SPDM_BLOCK_MEASUREMENT_SIZE: (MalformedEvidence, "nvgpu.parse",
+                                              "GPU report measurement block is too short for its 3-byte DMTF "
+                                              "header"),
+    lib.KBS_ERR_SPDM_BLOCK_VALUE_TYPE: (MalformedEvidence, "nvgpu.parse",
+                                        "GPU report measurement is a raw bit stream (DMTF value type bit 7), "
+                                        "not a digest"),
+    lib.KBS_ERR_SPDM_BLOCK_VALUE_SIZE: (MalformedEvidence, "nvgpu.parse",
+                                        "GPU report DMTF measurement value size is not the block's "
+                                        "MeasurementSize less its 3-byte header"),
+    lib.KBS_ERR_SPDM_BLOCK_COUNT: (MalformedEvidence, "nvgpu.parse",
+                                   "GPU report measurement record holds fewer blocks than NumberOfBlocks says"),
+    lib.KBS_ERR_SPDM_RECORD_TRAILING: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report measurement record has bytes after its NumberOfBlocks blocks"),
+    lib.KBS_ERR_SPDM_NONCE_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                       "GPU report ends inside the 32-byte responder nonce"),
+    lib.KBS_ERR_SPDM_OPAQUE_LENGTH_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                               "GPU report ends inside the 2-byte OpaqueLength"),
+    lib.KBS_ERR_SPDM_OPAQUE_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                        "GPU report opaque data runs past the end of the report"),
+    lib.KBS_ERR_SPDM_TLV_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                     "GPU report opaque data ends inside a 4-byte TLV header"),
+    lib.KBS_ERR_SPDM_TLV_OVERRUN: (MalformedEvidence, "nvgpu.parse",
+                                   "GPU report opaque TLV runs past the end of the opaque data"),
+    lib.KBS_ERR_SPDM_TLV_TYPE: (MalformedEvidence, "nvgpu.parse",
+                                "GPU report opaque TLV type is not one a GPU or NVSwitch sends (1-26, 32-36)"),
+    lib.KBS_ERR_SPDM_TLV_DUPLICATE: (MalformedEvidence, "nvgpu.parse",
+                                     "GPU report opaque data has the same TLV type twice"),
+    lib.KBS_ERR_SPDM_SIGNATURE_TRUNCATED: (MalformedEvidence, "nvgpu.parse",
+                                           "GPU report ends inside its 96-byte signature"),
+    lib.KBS_ERR_SPDM_TRAILING_BYTES: (MalformedEvidence, "nvgpu.parse",
+                                      "GPU report has non-zero bytes after its signature (only zero padding is "
+                                      "accepted)"),
+    lib.KBS_ERR_SPDM_PADDING: (MalformedEvidence, "nvgpu.parse",
+                               "GPU report has zero padding after its signature, and padding was refused"),
+    lib.KBS_ERR_SPDM_KEY: (SignatureInvalid, "nvgpu.signature",
+                           "GPU leaf certificate key is not an uncompressed P-384 point on the curve (97 bytes, "
+                           "0x04)"),
+    lib.KBS_ERR_SPDM_SIG_RANGE: (SignatureInvalid, "nvgpu.signature",
+                                 "GPU report signature r or s is zero or not below the group order"),
+    lib.KBS_ERR_SPDM_SIG_INVALID: (SignatureInvalid, "nvgpu.signature",
+                                   "GPU report signature does not verify with the leaf certificate's key"),
 }
 
 
@@ -132,12 +210,14 @@ class NativeStatusError(KbsError):
     """A status the Python side does not know: a bug, never a verdict on evidence."""
 
 
-def raise_for(status: int, context: str = "") -> None:
+def raise_for(status: int, context: str = "", detail: str = "") -> None:
+    """Raise the exception of a non-OK status: `context` goes before its message, `detail` (where and
+    what, when the caller knows it) after it."""
     if status == lib.KBS_OK:
         return
     cls, check, message = _STATUS.get(
         status, (NativeStatusError, "internal", f"native core returned unknown status {status}"))
-    raise cls(f"{context}{message}", check=check)
+    raise cls(f"{context}{message}" + (f": {detail}" if detail else ""), check=check)
 
 
 def status_name(status: int) -> str:

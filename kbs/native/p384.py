@@ -2,7 +2,7 @@
 
 The C core is stateless; the only state is here: P384KeyCache, a bounded LRU of per-key
 tables guarded by a lock (kbs.native.keycache).  Every C call below releases the GIL.  The system
-libcrypto's verification (native/ecdsa_p384.c) stays as the reference for tests and benchmarks.
+libcrypto's verification (native/ecdsa_libcrypto.c) stays as the reference for tests and benchmarks.
 """
 
 from __future__ import annotations

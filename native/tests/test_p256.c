@@ -3,7 +3,8 @@
  * as the independent oracle.
  *
  *  1. shared helpers: ec_wnaf recodings rebuild k, ec_modinv_vartime against BN_mod_inverse
- *     (mod p and n of P-256, and of P-384: they are curve-independent);
+ *     (mod p and n of P-256 and of P-384, the two curves' limb counts, and a 1-limb and a 3-limb
+ *     prime for the path generic in the limb count);
  *  2. field layer: the asm multiply and square against the portable Montgomery multiply and
  *     against BN; add, sub, neg, half, the inverse and the batch inverse; the generated
  *     constants; the G table against libcrypto's multiples of G and against a key table for G;
@@ -33,43 +34,7 @@
 #include "kbs_native.h"
 #include "p256_internal.h"
 #include "p256_tables.h"
-
-static uint64_t rng_state = 0x2545f4914f6cdd1du;
-
-static uint64_t rnd(void)
-{
-    uint64_t x = rng_state; /* xorshift64*: reproducible from the printed seed */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545f4914f6cdd1du;
-}
-
-static void rnd_bytes(uint8_t *out, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        out[i] = (uint8_t)rnd();
-}
-
-/* A value below m (n limbs), often an extreme one: 0, 1, m - 1, runs of ones or zeros. */
-static void rnd_below(uint64_t *a, const uint64_t *m, size_t n)
-{
-    for (;;) {
-        unsigned kind = (unsigned)(rnd() % 8);
-        for (size_t i = 0; i < n; i++) {
-            switch (kind) {
-            case 0: a[i] = m[i] - (i == 0 ? 1 + rnd() % 3 : 0); break;
-            case 1: a[i] = i == 0 ? rnd() % 3 : 0; break;
-            case 2: a[i] = (rnd() & 1) ? ~(uint64_t)0 : 0; break;
-            case 3: a[i] = (uint64_t)1 << (rnd() % 64) >> (i == n - 1 ? 1 : 0); break;
-            default: a[i] = rnd(); break;
-            }
-        }
-        if (ec_cmp_n(a, m, n) < 0)
-            return;
-    }
-}
+#include "vectors.h"
 
 static BIGNUM *bn_of(const uint64_t *a, size_t n)
 {
@@ -147,13 +112,15 @@ static const uint64_t P384_N_WORDS[6] = {0xecec196accc52973u, 0x581a0db248b0a77a
 
 static void test_modinv(long iters)
 {
-    const uint64_t *moduli[4] = {P256_P, P256_N, P384_P_WORDS, P384_N_WORDS};
-    const size_t sizes[4] = {4, 4, 6, 6};
+    /* and 2^64 - 59, and P-192's p = 2^192 - 2^64 - 1: limb counts neither curve has */
+    static const uint64_t p64[1] = {0xffffffffffffffc5u}, p192[3] = {~0ull, 0xfffffffffffffffeu, ~0ull};
+    const uint64_t *moduli[6] = {P256_P, P256_N, P384_P_WORDS, P384_N_WORDS, p64, p192};
+    const size_t sizes[6] = {4, 4, 6, 6, 1, 3};
     BN_CTX *ctx = BN_CTX_new();
     long bad = 0;
     for (long i = 0; i < iters; i++) {
-        const uint64_t *m = moduli[i % 4];
-        size_t n = sizes[i % 4];
+        const uint64_t *m = moduli[i % 6];
+        size_t n = sizes[i % 6];
         uint64_t a[6], r[6];
         do
             rnd_below(a, m, n);
@@ -391,61 +358,6 @@ static void test_tables(void)
 
 /* ---- 3. vectors ---- */
 
-static size_t unhex(uint8_t *out, size_t cap, const char *hex, size_t hex_len)
-{
-    if (hex_len % 2 || hex_len / 2 > cap)
-        return (size_t)-1;
-    for (size_t i = 0; i < hex_len / 2; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
-            return (size_t)-1;
-        out[i] = (uint8_t)v;
-    }
-    return hex_len / 2;
-}
-
-/* A big-endian hex integer right-aligned in 32 bytes; 0 if it does not fit. */
-static int unhex32(uint8_t out[32], const char *hex)
-{
-    uint8_t tmp[64];
-    size_t len = strlen(hex), n;
-    if (len % 2) { /* an odd digit count: the CAVP files have one */
-        char padded[130] = "0";
-        if (len > 127)
-            return 0;
-        memcpy(padded + 1, hex, len + 1);
-        return unhex32(out, padded);
-    }
-    n = unhex(tmp, sizeof tmp, hex, len);
-    while (n != (size_t)-1 && n > 32 && tmp[0] == 0) { /* leading zero bytes */
-        memmove(tmp, tmp + 1, --n);
-    }
-    if (n == (size_t)-1 || n > 32)
-        return 0;
-    memset(out, 0, 32);
-    memcpy(out + 32 - n, tmp, n);
-    return 1;
-}
-
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)size + 1);
-    if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[size] = 0;
-    fclose(f);
-    return buf;
-}
-
 /* The string value of `"name": "..."` on this line, or NULL. */
 static const char *json_value(const char *line, const char *name, size_t *len)
 {
@@ -594,59 +506,41 @@ static void test_wycheproof_points(const char *dir)
 
 static void test_cavp(const char *dir, const char *file, int want_records)
 {
-    char path[4096], line[1024], section[64] = "";
-    snprintf(path, sizeof path, "%s/nist_cavp/%s", dir, file);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        printf("skipped CAVP: %s not found (set KBS_VECTORS)\n", path);
+    struct cavp c;
+    if (!cavp_open(&c, dir, file, "P-256"))
         return;
-    }
     uint8_t msg[256], key[65] = {4}, r[32], s[32], zero[32] = {0}, one[32] = {0};
     size_t msg_len = 0;
-    int records = 0, fits = 1, pkv = strcmp(file, "PKV.rsp") == 0;
+    int records = 0, fits = 1, pkv = strcmp(file, "PKV.rsp") == 0, siggen = strcmp(file, "SigGen.rsp") == 0;
     one[31] = 1;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = 0;
-        if (line[0] == '[') {
-            snprintf(section, sizeof section, "%.63s", line);
-            continue;
-        }
-        if (strncmp(section, "[P-256", 6) != 0)
-            continue;
-        if (strncmp(line, "Msg = ", 6) == 0)
-            msg_len = unhex(msg, sizeof msg, line + 6, strlen(line + 6));
-        else if (strncmp(line, "Qx = ", 5) == 0)
-            fits = unhex32(key + 1, line + 5);
-        else if (strncmp(line, "Qy = ", 5) == 0)
-            fits &= unhex32(key + 33, line + 5);
-        else if (strncmp(line, "R = ", 4) == 0)
-            CHECK(unhex32(r, line + 4), "R");
-        else if (strncmp(line, "S = ", 4) == 0)
-            CHECK(unhex32(s, line + 4), "S");
+    while (cavp_next(&c)) {
+        const char *v, *result = cavp_field(&c, "Result");
+        if ((v = cavp_field(&c, "Msg")) != NULL)
+            msg_len = unhex(msg, sizeof msg, v, strlen(v));
+        else if ((v = cavp_field(&c, "Qx")) != NULL)
+            fits = unhex_int(key + 1, 32, v);
+        else if ((v = cavp_field(&c, "Qy")) != NULL)
+            fits &= unhex_int(key + 33, 32, v);
+        else if ((v = cavp_field(&c, "R")) != NULL)
+            CHECK(unhex_int(r, 32, v), "R");
+        else if ((v = cavp_field(&c, "S")) != NULL)
+            CHECK(unhex_int(s, 32, v), "S");
         /* A record ends at its Result line; SigGen's records (all valid) have none and end at S. */
-        int siggen = strcmp(file, "SigGen.rsp") == 0;
-        if (siggen ? strncmp(line, "S = ", 4) == 0 : strncmp(line, "Result = ", 9) == 0) {
-            int want = siggen || line[9] == 'P', table_rc;
+        if (siggen ? cavp_field(&c, "S") != NULL : result != NULL) {
+            int want = siggen || result[0] == 'P', table_rc;
             records++;
             if (pkv) { /* key validation only: out-of-range coordinates do not even fit 32 bytes */
                 int rc = fits ? kbs_p256_verify_digest(key, 65, zero, one, one) : KBS_ERR_KEY_NOT_ON_CURVE;
                 CHECK((!is_key_error(rc)) == want, "PKV record %d: status %d", records, rc);
                 continue;
             }
-            char name[16];
-            snprintf(name, sizeof name, "%.*s", (int)strcspn(section + 7, "]"), section + 7);
-            for (char *c = name; *c; c++)
-                if (*c == '-')
-                    memmove(c, c + 1, strlen(c));
-            const EVP_MD *md = EVP_get_digestbyname(name);
             uint8_t hash[64];
             unsigned hash_len = 0;
-            CHECK(md != NULL && EVP_Digest(msg, msg_len, hash, &hash_len, md, NULL) == 1, "hash %s", name);
+            CHECK(cavp_hash(&c, msg, msg_len, hash, &hash_len), "hash of %s", c.section);
             int rc = verify_both(key, 65, hash, hash_len, r, s, &table_rc);
-            CHECK((rc == KBS_OK) == want, "%s %s record %d: status %d", file, section, records, rc);
+            CHECK((rc == KBS_OK) == want, "%s %s record %d: status %d", file, c.section, records, rc);
         }
     }
-    fclose(f);
     CHECK(records == want_records, "%s P-256 records: %d", file, records);
 }
 
@@ -676,48 +570,12 @@ static void encode(const EC_POINT *pt, uint8_t out[65])
 
 static void make_key(struct keypair *kp)
 {
-    kp->key = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
-    if (kp->key == NULL || EC_KEY_generate_key(kp->key) != 1) {
-        fprintf(stderr, "libcrypto key generation failed\n");
-        exit(2);
-    }
-    encode(EC_KEY_get0_public_key(kp->key), kp->point);
+    kp->key = new_ec_key(NID_X9_62_prime256v1, kp->point, 65);
     kp->table = malloc(sizeof *kp->table);
     if (kp->table == NULL || kbs_p256_key_precompute(kp->point, 65, kp->table) != KBS_OK) {
         fprintf(stderr, "precompute failed\n");
         exit(2);
     }
-}
-
-static void sign(const struct keypair *kp, const uint8_t digest[32], uint8_t r[32], uint8_t s[32])
-{
-    ECDSA_SIG *sig = ECDSA_do_sign(digest, 32, kp->key);
-    const BIGNUM *br, *bs;
-    if (sig == NULL) {
-        fprintf(stderr, "libcrypto sign failed\n");
-        exit(2);
-    }
-    ECDSA_SIG_get0(sig, &br, &bs);
-    BN_bn2binpad(br, r, 32);
-    BN_bn2binpad(bs, s, 32);
-    ECDSA_SIG_free(sig);
-}
-
-/* A scalar every range check must get right. */
-static void edge_scalar(uint8_t out[32])
-{
-    uint64_t v[4];
-    switch (rnd() % 8) {
-    case 0: memset(v, 0, sizeof v); break;
-    case 1: memcpy(v, P256_N, 32); break;
-    case 2: memcpy(v, P256_N, 32); v[0] -= 1; break;
-    case 3: memcpy(v, P256_N, 32); v[0] += 1; break;
-    case 4: memcpy(v, P256_P, 32); break;
-    case 5: memset(v, 0xff, sizeof v); break;
-    case 6: memset(v, 0, sizeof v); v[rnd() % 4] = (uint64_t)1 << (rnd() % 64); break; /* a power of two */
-    default: memset(v, 0, sizeof v); v[0] = 1 + rnd() % 4; break;
-    }
-    ec_to_be_n(out, v, 4);
 }
 
 /* One mutation of a valid (key, digest, r, s); *key_len may change (encodings of other lengths). */
@@ -728,13 +586,13 @@ static void mutate(uint8_t point[66], size_t *key_len, uint8_t digest[32], uint8
     case 0: r[31 - rnd() % 32] ^= (uint8_t)(1u << rnd() % 8); break;
     case 1: s[31 - rnd() % 32] ^= (uint8_t)(1u << rnd() % 8); break;
     case 2: digest[rnd() % 32] ^= (uint8_t)(1u << rnd() % 8); break;
-    case 3: edge_scalar(r); break;
-    case 4: edge_scalar(s); break;
+    case 3: edge_scalar(r, P256_N, P256_P, 4); break;
+    case 4: edge_scalar(s, P256_N, P256_P, 4); break;
     case 5: memcpy(point, other->point, 65); break;
     case 6: point[1 + rnd() % 64] ^= (uint8_t)(1u << rnd() % 8); break; /* off the curve */
     case 7: ec_to_be_n(point + 1, P256_P, 4); break;    /* x = p */
     case 8: memset(point + 33, 0xff, 32); break;        /* y >= p */
-    case 9: edge_scalar(digest); break;                 /* e = 0, n, ... */
+    case 9: edge_scalar(digest, P256_N, P256_P, 4); break;                 /* e = 0, n, ... */
     case 10: { uint8_t t[32]; memcpy(t, r, 32); memcpy(r, s, 32); memcpy(s, t, 32); break; }
     case 11: *key_len = 1; point[0] = 0; break;              /* the encoding of infinity */
     case 12: *key_len = 33; point[0] = 2 + (rnd() & 1); break; /* compressed: refused */
@@ -778,7 +636,7 @@ static void test_differential(long iters, struct keypair *keys, int nkeys)
         if (rnd() % 4 == 0)
             memset(digest, (rnd() & 1) ? 0xff : 0, 1 + rnd() % 31); /* runs of zeros or ones */
         memcpy(point, kp->point, 65);
-        sign(kp, digest, r, s);
+        sign_digest(kp->key, digest, 32, r, s);
         int mutated = rnd() % 3 != 0;
         if (mutated)
             mutate(point, &key_len, digest, r, s, other);
@@ -884,7 +742,7 @@ static void test_crafted(long rounds)
 static void test_api_edges(const struct keypair *kp)
 {
     uint8_t digest[32] = {1}, r[32], s[32], back[65];
-    sign(kp, digest, r, s);
+    sign_digest(kp->key, digest, 32, r, s);
     struct kbs_p256_key_table *blank = calloc(1, sizeof *blank);
     CHECK(kbs_p256_verify_digest_with_table(blank, digest, r, s) == KBS_ERR_INTERNAL, "a table never built");
     CHECK(kbs_p256_key_table_point(blank, back) == KBS_ERR_INTERNAL, "a table never built has no key");
@@ -909,8 +767,7 @@ int main(void)
     const char *vectors = getenv("KBS_VECTORS");
     const char *dir = vectors ? vectors : "../shared/vectors";
     long iters = iters_env ? atol(iters_env) : 400;
-    if (seed_env)
-        rng_state = strtoull(seed_env, NULL, 0) | 1;
+    rng_state = seed_env ? strtoull(seed_env, NULL, 0) | 1 : 0x2545f4914f6cdd1du;
     printf("p256: seed 0x%016llx\n", (unsigned long long)rng_state);
 
     test_wnaf(3000);

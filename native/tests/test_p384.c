@@ -29,51 +29,7 @@
 #include "kbs_native.h"
 #include "p384_internal.h"
 #include "p384_tables.h"
-
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15u;
-
-static uint64_t rnd(void)
-{
-    uint64_t x = rng_state; /* xorshift64*: reproducible from the printed seed */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rng_state = x;
-    return x * 0x2545f4914f6cdd1du;
-}
-
-static void rnd_bytes(uint8_t *out, size_t len)
-{
-    for (size_t i = 0; i < len; i++)
-        out[i] = (uint8_t)rnd();
-}
-
-/* Random value below m, biased towards 0, 1, m-1 and long runs of ones/zeros. */
-static void rnd_below(uint64_t a[6], const uint64_t m[6])
-{
-    for (;;) {
-        switch (rnd() % 8) {
-        case 0:
-            memcpy(a, m, 48);
-            a[0] -= 1 + rnd() % 3;
-            break;
-        case 1:
-            memset(a, 0, 48);
-            a[0] = rnd() % 3;
-            break;
-        case 2:
-            for (int i = 0; i < 6; i++)
-                a[i] = (rnd() & 1) ? ~(uint64_t)0 : 0;
-            break;
-        default:
-            for (int i = 0; i < 6; i++)
-                a[i] = rnd();
-        }
-        if (p384_cmp(a, m) < 0)
-            return;
-    }
-}
+#include "vectors.h"
 
 static void test_field(long iters)
 {
@@ -84,8 +40,8 @@ static void test_field(long iters)
     for (long i = 0; i < iters; i++) {
         const struct p384_modulus *mod = mods[i & 1];
         uint64_t a[6], b[6], x[6], y[6];
-        rnd_below(a, mod->m);
-        rnd_below(b, mod->m);
+        rnd_below(a, mod->m, 6);
+        rnd_below(b, mod->m, 6);
         p384_mont_mul_portable(x, a, b, mod);
         p384_mont_mul(y, a, b, mod);
         bad += memcmp(x, y, 48) != 0;
@@ -121,9 +77,9 @@ static void test_field(long iters)
             p384_mod_half(x, a, mod->m);
             bad += memcmp(x, y, 48) != 0;
         }
-        if (!p384_is_zero(a) && i % 16 < 2) {
+        if (!ec_is_zero_n(a, 6) && i % 16 < 2) {
             uint64_t one[6] = {1, 0, 0, 0, 0, 0}, rr[6];
-            p384_mod_inv_vartime(x, a, mod);
+            ec_modinv_vartime(x, a, mod->m, 6);
             /* mont(mont(a, a^-1), R^2) = a * a^-1 */
             p384_mont_mul(y, a, x, mod);
             p384_mont_mul(rr, y, mod == &p384_mod_p ? P384_RR_P : P384_RR_N, mod);
@@ -171,21 +127,21 @@ static void test_inverse(long iters)
         case 1: /* a power of two */
             memset(a, 0, 48);
             a[rnd() % 6] = (uint64_t)1 << (rnd() % 64);
-            if (p384_cmp(a, mod->m) >= 0)
+            if (ec_cmp_n(a, mod->m, 6) >= 0)
                 a[5] >>= 1;
             break;
         default:
             do
-                rnd_below(a, mod->m);
-            while (p384_is_zero(a));
+                rnd_below(a, mod->m, 6);
+            while (ec_is_zero_n(a, 6));
         }
-        p384_mod_inv_vartime(x, a, mod);
+        ec_modinv_vartime(x, a, mod->m, 6);
         fermat_inv(y, a, mod);
         bad += memcmp(x, y, 48) != 0;
     }
     uint64_t zero[6] = {0}, r[6] = {1};
-    p384_mod_inv_vartime(r, zero, &p384_mod_p);
-    CHECK(p384_is_zero(r), "inverse of 0 is 0 (callers never ask)");
+    ec_modinv_vartime(r, zero, p384_mod_p.m, 6);
+    CHECK(ec_is_zero_n(r, 6), "inverse of 0 is 0 (callers never ask)");
     CHECK(bad == 0, "inverse: %ld mismatches with Fermat in %ld cases", bad, iters);
 }
 
@@ -233,8 +189,8 @@ static void test_tables(void)
     uint64_t gx[6], gy[6];
     p384_fe_from_mont(gx, P384_G_TABLE[0][0]);
     p384_fe_from_mont(gy, P384_G_TABLE[0][0] + 6);
-    p384_to_be(g + 1, gx);
-    p384_to_be(g + 49, gy);
+    ec_to_be_n(g + 1, gx, 6);
+    ec_to_be_n(g + 49, gy, 6);
     struct kbs_p384_key_table *kt = malloc(sizeof *kt);
     CHECK(kt != NULL && kbs_p384_key_precompute(g, sizeof g, kt) == KBS_OK, "key table for G");
     if (kt != NULL) {
@@ -247,8 +203,8 @@ static void test_tables(void)
 /* Horner on 7 limbs mod 2^448: sum d_i 2^i must give k back, digits odd and in range. */
 static int wnaf_ok(const uint64_t k[6], unsigned w)
 {
-    int8_t d[P384_WNAF_MAX];
-    size_t len = p384_wnaf(d, k, w);
+    int8_t d[64 * 6 + 1];
+    size_t len = ec_wnaf(d, k, 6, w);
     uint64_t acc[7] = {0};
     for (size_t i = len; i-- > 0;) {
         for (int j = 6; j > 0; j--)
@@ -273,7 +229,7 @@ static void test_wnaf(long iters)
     long bad = 0;
     for (long i = 0; i < iters; i++) {
         uint64_t k[6];
-        rnd_below(k, P384_N);
+        rnd_below(k, P384_N, 6);
         if (i % 3 == 0) /* a 96-bit split part */
             k[2] &= 0xffffffffu, k[3] = k[4] = k[5] = 0;
         bad += !wnaf_ok(k, 2 + (unsigned)(i % 7));
@@ -281,79 +237,35 @@ static void test_wnaf(long iters)
     CHECK(bad == 0, "wNAF: %ld bad recodings", bad);
 }
 
-static size_t unhex(uint8_t *out, size_t cap, const char *hex)
-{
-    size_t n = strlen(hex) / 2;
-    if (n > cap)
-        return (size_t)-1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1)
-            return (size_t)-1;
-        out[i] = (uint8_t)v;
-    }
-    return n;
-}
-
-/* Right-align a big-endian hex integer in `width` bytes. */
-static int unhex_int(uint8_t *out, size_t width, const char *hex)
-{
-    uint8_t tmp[80];
-    size_t n = unhex(tmp, sizeof tmp, hex);
-    if (n == (size_t)-1 || n > width)
-        return 0;
-    memset(out, 0, width);
-    memcpy(out + width - n, tmp, n);
-    return 1;
-}
-
 static void test_cavp(const char *dir)
 {
-    char path[4096], line[1024], section[64] = "";
-    snprintf(path, sizeof path, "%s/nist_cavp/SigVer.rsp", dir);
-    FILE *f = fopen(path, "r");
-    if (f == NULL) {
-        printf("skipped CAVP: %s not found (set KBS_VECTORS)\n", path);
+    struct cavp c;
+    if (!cavp_open(&c, dir, "SigVer.rsp", "P-384"))
         return;
-    }
     uint8_t msg[256], key[97] = {4}, r[48], s[48];
     size_t msg_len = 0;
     int records = 0;
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = 0;
-        if (line[0] == '[') {
-            snprintf(section, sizeof section, "%.63s", line);
-            continue;
-        }
-        if (strncmp(section, "[P-384,", 7) != 0)
-            continue;
-        if (strncmp(line, "Msg = ", 6) == 0)
-            msg_len = unhex(msg, sizeof msg, line + 6);
-        else if (strncmp(line, "Qx = ", 5) == 0)
-            CHECK(unhex_int(key + 1, 48, line + 5), "Qx");
-        else if (strncmp(line, "Qy = ", 5) == 0)
-            CHECK(unhex_int(key + 49, 48, line + 5), "Qy");
-        else if (strncmp(line, "R = ", 4) == 0)
-            CHECK(unhex_int(r, 48, line + 4), "R");
-        else if (strncmp(line, "S = ", 4) == 0)
-            CHECK(unhex_int(s, 48, line + 4), "S");
-        else if (strncmp(line, "Result = ", 9) == 0) {
-            char name[16];
-            snprintf(name, sizeof name, "%.*s", (int)(strcspn(section + 7, "]")), section + 7);
-            for (char *c = name; *c; c++)
-                if (*c == '-')
-                    memmove(c, c + 1, strlen(c));
-            const EVP_MD *md = EVP_get_digestbyname(name);
+    while (cavp_next(&c)) {
+        const char *v;
+        if ((v = cavp_field(&c, "Msg")) != NULL)
+            msg_len = unhex(msg, sizeof msg, v, strlen(v));
+        else if ((v = cavp_field(&c, "Qx")) != NULL)
+            CHECK(unhex_int(key + 1, 48, v), "Qx");
+        else if ((v = cavp_field(&c, "Qy")) != NULL)
+            CHECK(unhex_int(key + 49, 48, v), "Qy");
+        else if ((v = cavp_field(&c, "R")) != NULL)
+            CHECK(unhex_int(r, 48, v), "R");
+        else if ((v = cavp_field(&c, "S")) != NULL)
+            CHECK(unhex_int(s, 48, v), "S");
+        else if ((v = cavp_field(&c, "Result")) != NULL) {
             uint8_t hash[64];
             unsigned hash_len = 0;
-            CHECK(md != NULL && EVP_Digest(msg, msg_len, hash, &hash_len, md, NULL) == 1, "hash %s", name);
-            int want = line[9] == 'P';
+            CHECK(cavp_hash(&c, msg, msg_len, hash, &hash_len), "hash of %s", c.section);
             int got = kbs_p384_verify_hash(key, sizeof key, hash, hash_len, r, s);
-            CHECK((got == KBS_OK) == want, "CAVP %s record %d: status %d", section, records, got);
+            CHECK((got == KBS_OK) == (v[0] == 'P'), "CAVP %s record %d: status %d", c.section, records, got);
             records++;
         }
     }
-    fclose(f);
     CHECK(records == 75, "CAVP P-384 SigVer records: %d", records);
 }
 
@@ -367,48 +279,12 @@ struct keypair {
 
 static void make_key(struct keypair *kp)
 {
-    kp->key = EC_KEY_new_by_curve_name(NID_secp384r1);
-    if (kp->key == NULL || EC_KEY_generate_key(kp->key) != 1 ||
-        EC_POINT_point2oct(EC_KEY_get0_group(kp->key), EC_KEY_get0_public_key(kp->key),
-                           POINT_CONVERSION_UNCOMPRESSED, kp->point, 97, NULL) != 97) {
-        fprintf(stderr, "libcrypto key generation failed\n");
-        exit(2);
-    }
+    kp->key = new_ec_key(NID_secp384r1, kp->point, 97);
     kp->table = malloc(sizeof *kp->table);
     if (kp->table == NULL || kbs_p384_key_precompute(kp->point, 97, kp->table) != KBS_OK) {
         fprintf(stderr, "precompute failed\n");
         exit(2);
     }
-}
-
-static void sign(const struct keypair *kp, const uint8_t digest[48], uint8_t r[48], uint8_t s[48])
-{
-    ECDSA_SIG *sig = ECDSA_do_sign(digest, 48, kp->key);
-    const BIGNUM *br, *bs;
-    if (sig == NULL) {
-        fprintf(stderr, "libcrypto sign failed\n");
-        exit(2);
-    }
-    ECDSA_SIG_get0(sig, &br, &bs);
-    BN_bn2binpad(br, r, 48);
-    BN_bn2binpad(bs, s, 48);
-    ECDSA_SIG_free(sig);
-}
-
-/* One of the scalar values every range check must get right. */
-static void edge_scalar(uint8_t out[48])
-{
-    uint64_t v[6];
-    switch (rnd() % 7) {
-    case 0: memset(v, 0, sizeof v); break;
-    case 1: memcpy(v, P384_N, 48); break;
-    case 2: memcpy(v, P384_N, 48); v[0] -= 1; break;
-    case 3: memcpy(v, P384_N, 48); v[0] += 1; break;
-    case 4: memcpy(v, P384_P, 48); break;
-    case 5: memset(v, 0xff, sizeof v); break;
-    default: memset(v, 0, sizeof v); v[0] = 1 + rnd() % 4; break;
-    }
-    p384_to_be(out, v);
 }
 
 static void mutate(uint8_t point[97], uint8_t digest[48], uint8_t r[48], uint8_t s[48],
@@ -418,12 +294,12 @@ static void mutate(uint8_t point[97], uint8_t digest[48], uint8_t r[48], uint8_t
     case 0: r[47 - rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
     case 1: s[47 - rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
     case 2: digest[rnd() % 48] ^= (uint8_t)(1u << rnd() % 8); break;
-    case 3: edge_scalar(r); break;
-    case 4: edge_scalar(s); break;
+    case 3: edge_scalar(r, P384_N, P384_P, 6); break;
+    case 4: edge_scalar(s, P384_N, P384_P, 6); break;
     case 5: memcpy(point, other->point, 97); break;
     case 6: point[1 + rnd() % 96] ^= (uint8_t)(1u << rnd() % 8); break; /* off the curve */
     case 7: memset(point + 1, 0xff, 48); break;                           /* x >= p */
-    case 8: edge_scalar(digest); break;                                   /* e = 0, n, ... */
+    case 8: edge_scalar(digest, P384_N, P384_P, 6); break;                                   /* e = 0, n, ... */
     case 9: { uint8_t t[48]; memcpy(t, r, 48); memcpy(r, s, 48); memcpy(s, t, 48); break; }
     default: break; /* valid as signed */
     }
@@ -463,7 +339,7 @@ static void test_differential(long iters, struct keypair *keys, int nkeys)
         if (rnd() % 4 == 0)
             memset(digest, (rnd() & 1) ? 0xff : 0, 1 + rnd() % 47); /* zero/one runs */
         memcpy(point, kp->point, 97);
-        sign(kp, digest, r, s);
+        sign_digest(kp->key, digest, 48, r, s);
         if (rnd() % 3)
             mutate(point, digest, r, s, other);
         int want = kbs_p384_verify_digest_libcrypto(point, 97, digest, r, s);
@@ -511,8 +387,7 @@ int main(void)
     const char *iters_env = getenv("KBS_P384_DIFF_ITERS"), *seed_env = getenv("KBS_P384_SEED");
     const char *vectors = getenv("KBS_VECTORS");
     long iters = iters_env ? atol(iters_env) : 300;
-    if (seed_env)
-        rng_state = strtoull(seed_env, NULL, 0) | 1;
+    rng_state = seed_env ? strtoull(seed_env, NULL, 0) | 1 : 0x9e3779b97f4a7c15u;
     printf("p384: %s, seed 0x%016llx\n", kbs_p384_implementation(), (unsigned long long)rng_state);
 
     test_field(20000);

@@ -14,44 +14,7 @@
 
 #include "check.h"
 #include "kbs_native.h"
-
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15u;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(size > 0 ? (size_t)size : 1);
-    if (buf && size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = size > 0 ? (size_t)size : 0;
-    return buf;
-}
-
-/* A copy in a block of exactly `len` bytes: the sanitizer sees any overread. */
-static uint8_t *exact_copy(const uint8_t *src, size_t len)
-{
-    uint8_t *p = malloc(len ? len : 1);
-    if (len)
-        memcpy(p, src, len);
-    return len ? p : (free(p), (uint8_t *)malloc(0));
-}
+#include "vectors.h"
 
 /* The uncompressed P-384 point inside a DER certificate: BIT STRING 03 62 00 04 || X || Y. */
 static int find_point(const uint8_t *der, size_t len, uint8_t point[97])
@@ -199,6 +162,7 @@ int main(void)
     const char *iters_env = getenv("KBS_NATIVE_FUZZ_ITERS");
     long iters = iters_env ? atol(iters_env) : 20000;
     char dir[1024];
+    rng_state = 0x9E3779B97F4A7C15u;
     snprintf(dir, sizeof dir, "%s/snp", vectors ? vectors : "../shared/vectors");
 
     DIR *d = opendir(dir);

@@ -31,43 +31,7 @@
 
 #include "check.h"
 #include "kbs_native.h"
-
-static uint64_t rng_state = 0xD1B54A32D192ED03u;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(size > 0 ? (size_t)size : 1);
-    if (buf && size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = size > 0 ? (size_t)size : 0;
-    return buf;
-}
-
-/* A copy in a block of exactly `len` bytes (malloc(0) for none): the sanitizer sees any overread. */
-static uint8_t *exact_copy(const uint8_t *src, size_t len)
-{
-    uint8_t *p = malloc(len);
-    if (len)
-        memcpy(p, src, len);
-    return p;
-}
+#include "vectors.h"
 
 static int all_zero(const uint8_t *p, size_t n)
 {
@@ -318,24 +282,12 @@ static void sign(EC_KEY *key, const uint8_t *msg, size_t len, uint8_t sig[64])
 {
     uint8_t digest[32];
     CHECK(kbs_sha256(msg, len, digest) == KBS_OK, "sha256");
-    ECDSA_SIG *s = ECDSA_do_sign(digest, 32, key);
-    const BIGNUM *r, *sv;
-    ECDSA_SIG_get0(s, &r, &sv);
-    BN_bn2binpad(r, sig, 32);
-    BN_bn2binpad(sv, sig + 32, 32);
-    ECDSA_SIG_free(s);
+    sign_digest(key, digest, 32, sig, sig + 32);
 }
 
 static EC_KEY *new_key(uint8_t point[65])
 {
-    EC_KEY *k = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
-    if (k == NULL || EC_KEY_generate_key(k) != 1 ||
-        EC_POINT_point2oct(EC_KEY_get0_group(k), EC_KEY_get0_public_key(k), POINT_CONVERSION_UNCOMPRESSED, point,
-                           65, NULL) != 65) {
-        fprintf(stderr, "libcrypto key generation failed\n");
-        exit(2);
-    }
-    return k;
+    return new_ec_key(NID_X9_62_prime256v1, point, 65);
 }
 
 static void put16(uint8_t *p, uint32_t v)
@@ -528,12 +480,7 @@ static void test_p256(void)
     for (size_t i = 0; i < sizeof hash; i++)
         hash[i] = (uint8_t)(i * 13 + 1);
     memcpy(digest, hash, 32);
-    ECDSA_SIG *es = ECDSA_do_sign(digest, 32, k);
-    const BIGNUM *br, *bs;
-    ECDSA_SIG_get0(es, &br, &bs);
-    BN_bn2binpad(br, r, 32);
-    BN_bn2binpad(bs, s, 32);
-    ECDSA_SIG_free(es);
+    sign_digest(k, digest, 32, r, s);
     memcpy(sig, r, 32);
     memcpy(sig + 32, s, 32);
 
@@ -614,6 +561,7 @@ int main(void)
     long iters = iters_env ? atol(iters_env) : 20000;
     const char *root = vectors ? vectors : "../shared/vectors";
     char dir[1024];
+    rng_state = 0xD1B54A32D192ED03u;
 
     static struct found f;
     snprintf(dir, sizeof dir, "%s/tdx", root);

@@ -1,9 +1,10 @@
 /*
- * ECDSA P-256 verification of a prehashed digest through the system libcrypto.
+ * ECDSA verification of a prehashed digest through the system libcrypto, P-256 and P-384.
  *
- * Kept under its own name as the reference implementation for differential tests and
- * benchmarks; kbs_p256_verify_digest and kbs_p256_verify_hash are the fast core (p256_verify.c).
- * Every libcrypto object is created per call: no shared mutable state, safe without the GIL.
+ * Kept under their own names as the reference implementation for differential tests and
+ * benchmarks; kbs_p256_verify_digest and kbs_p384_verify_digest (p256_verify.c, p384_verify.c)
+ * are the fast cores.  Every libcrypto object is created per call: no shared mutable state, safe
+ * without the GIL.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/bn.h>
@@ -14,30 +15,29 @@
 
 #include "kbs_native.h"
 
-enum { SCALAR_SIZE = KBS_P256_SCALAR_SIZE, DIGEST_SIZE = 32 };
-
 /* Range checks that OpenSSL would also do, done first so each gets its own code. */
 static int scalar_in_range(const BIGNUM *v, const BIGNUM *order)
 {
     return !BN_is_zero(v) && !BN_is_negative(v) && BN_cmp(v, order) < 0;
 }
 
-int kbs_p256_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
-                                     const uint8_t *r, const uint8_t *s)
+/* One curve: the point is 0x04 || X || Y (1 + 2 size bytes); r, s and the digest are size bytes. */
+static int verify_digest(int nid, size_t size, const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                         const uint8_t *r, const uint8_t *s)
 {
     if (pubkey == NULL || digest == NULL || r == NULL || s == NULL)
         return KBS_ERR_NULL_ARGUMENT;
-    if (pubkey_len != KBS_P256_POINT_SIZE)
+    if (pubkey_len != 1 + 2 * size)
         return KBS_ERR_KEY_LENGTH;
     if (pubkey[0] != 0x04)
         return KBS_ERR_KEY_FORMAT;
 
     int rc = KBS_ERR_INTERNAL;
-    EC_KEY *key = EC_KEY_new_by_curve_name(NID_X9_62_prime256v1);
+    EC_KEY *key = EC_KEY_new_by_curve_name(nid);
     EC_POINT *point = NULL;
     ECDSA_SIG *sig = ECDSA_SIG_new();
-    BIGNUM *br = BN_bin2bn(r, SCALAR_SIZE, NULL);
-    BIGNUM *bs = BN_bin2bn(s, SCALAR_SIZE, NULL);
+    BIGNUM *br = BN_bin2bn(r, (int)size, NULL);
+    BIGNUM *bs = BN_bin2bn(s, (int)size, NULL);
     if (key == NULL || sig == NULL || br == NULL || bs == NULL)
         goto done;
 
@@ -58,7 +58,7 @@ int kbs_p256_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, c
     if (ECDSA_SIG_set0(sig, br, bs) != 1)
         goto done;
     br = bs = NULL; /* owned by sig now */
-    int ok = ECDSA_do_verify(digest, DIGEST_SIZE, sig, key);
+    int ok = ECDSA_do_verify(digest, (int)size, sig, key);
     rc = ok == 1 ? KBS_OK : KBS_ERR_SIG_INVALID;
 
 done:
@@ -69,4 +69,19 @@ done:
     EC_POINT_free(point);
     EC_KEY_free(key);
     return rc;
+}
+
+_Static_assert(KBS_P256_POINT_SIZE == 1 + 2 * KBS_P256_SCALAR_SIZE && KBS_P384_POINT_SIZE == 1 + 2 * 48,
+               "points are 0x04 || X || Y");
+
+int kbs_p256_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                                     const uint8_t *r, const uint8_t *s)
+{
+    return verify_digest(NID_X9_62_prime256v1, KBS_P256_SCALAR_SIZE, pubkey, pubkey_len, digest, r, s);
+}
+
+int kbs_p384_verify_digest_libcrypto(const uint8_t *pubkey, size_t pubkey_len, const uint8_t *digest,
+                                     const uint8_t *r, const uint8_t *s)
+{
+    return verify_digest(NID_secp384r1, 48, pubkey, pubkey_len, digest, r, s);
 }
