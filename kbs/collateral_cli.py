@@ -2,8 +2,9 @@
 
 The cache is the directory the daemon (the SNP verifier's `cache_dir`) and `kbs verify snp --offline
 --cache-dir` read (`kbs.trust.collateral_cache`): AMD KDS artefacts under `kds/`, Intel PCS ones under
-`pcs/`.  Exit codes: 0 done; 1 refused (an artefact failed its checks, a fetch failed: nothing of a
-refused batch was cached); 2 usage error.
+`pcs/`, NVIDIA RIMs under `nvidia-rim/` and OCSP responses under `nvidia-ocsp/`.  Exit codes: 0 done;
+1 refused (an artefact failed its checks, a fetch failed: nothing of a refused batch was cached); 2 usage
+error.
 """
 
 from __future__ import annotations
@@ -34,12 +35,20 @@ from kbs.trust.intel import pcs as intel_pcs
 from kbs.trust.intel.cache_kinds import IntelInputs, entries_from_inputs, is_intel_certificate, is_intel_crl
 from kbs.trust.intel.certs import CA_NAMES, CaType, verify_pck_chain
 from kbs.trust.intel.offline import load_collateral_dir
+from kbs.trust.nvidia.certs import DeviceChain, verify_device_chain
+from kbs.trust.nvidia.ocsp import DEVICE_OCSP_INDICES
+from kbs.trust.nvidia.ocsp_kinds import entries_from_inputs as ocsp_entries
+from kbs.trust.nvidia.ocsp_kinds import split_ocsp_files
+from kbs.trust.nvidia.ocsp_service import DEFAULT_BASE_URL as NVIDIA_OCSP_URL
+from kbs.trust.nvidia.ocsp_service import OcspClient
+from kbs.trust.nvidia.rim_kinds import split_rim_files
 from kbs.trust.x509 import Certificate, load_certificates
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 Run = Callable[[argparse.Namespace], int]
 SubParsers = Any  # argparse._SubParsersAction, private in typeshed
-_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled", "pcs.rate_limited", "pcs.busy", "pcs.throttled")
+_NOT_ASKED = ("kds.rate_limited", "kds.busy", "kds.throttled", "pcs.rate_limited", "pcs.busy", "pcs.throttled",
+              "nvidia-ocsp.rate_limited", "nvidia-ocsp.busy", "nvidia-ocsp.throttled")
 
 
 def _guarded(run: Run) -> Run:
@@ -85,7 +94,9 @@ def add_collateral_parser(commands: SubParsers) -> None:
     add.add_argument("files", nargs="+", metavar="FILE",
                      help="PEM or DER certificates (VCEK, ASK/ASVK, ARK, in any order and files) and CRLs; Intel: a "
                           "collateral directory (the layout of kbs verify tdx --collateral), a dcap-qvl collateral "
-                          "bundle, or PCS TCB info / QE identity JSON with their issuer chains (PEM) and CRLs")
+                          "bundle, or PCS TCB info / QE identity JSON with their issuer chains (PEM) and CRLs; "
+                          "NVIDIA: RIM files named <RIM id>.xml (or .swidtag), e.g. NV_GPU_DRIVER_GH100_550.90.07.xml, "
+                          "and OCSP responses (DER or base64) with the PEM chain of the certificates they answer for")
     add.add_argument("--vlek-crl", action="store_true",
                      help="the CRLs given are the VLEK (ASVK) CRLs, /vlek/v1/{P}/crl (default: /vcek/v1/{P}/crl)")
     trust(add)
@@ -113,6 +124,11 @@ def add_collateral_parser(commands: SubParsers) -> None:
     fetch.add_argument("--root-ca-crl-url", default=os.environ.get("KBS_ROOT_CA_CRL_URL", intel_pcs.ROOT_CA_CRL_URL),
                        help="where to fetch the Intel SGX Root CA CRL (a PCCS serves it at "
                             f"{intel_pcs.PCCS_ROOT_CA_CRL_PATH}); it is cached under Intel's URL")
+    fetch.add_argument("--nvidia-chain", action="append", default=[], metavar="PEM",
+                       help="NVIDIA: a GPU's (or NVSwitch's) device certificate chain: the OCSP responses about its "
+                            "BROM, provisioner ICA and identity CA (good for 24 hours); repeatable")
+    fetch.add_argument("--nvidia-ocsp-url", default=os.environ.get("KBS_NVIDIA_OCSP_URL", NVIDIA_OCSP_URL),
+                       help="NVIDIA's OCSP responder")
     trust(fetch)
 
     export = verb("export", "write the cache into one archive (tar, with a manifest) to carry elsewhere", _run_export)
@@ -222,16 +238,22 @@ def _read_add_inputs(names: list[str]) -> tuple[list[Sourced], IntelInputs]:
 def _run_add(args: argparse.Namespace) -> int:
     cache = _cache(args)
     roots = _roots(args)
-    inputs, intel = _read_add_inputs(args.files)
     now = _now()
+    rims, files = split_rim_files(args.files, now)
+    ocsp_inputs, files = split_ocsp_files(files)
+    inputs, intel = _read_add_inputs(files)
     at = args.at or now
     context = CheckContext(at=at, now=now, trust_roots=roots, certificates=[*cache.certificates(), *(roots or ())])
     entries = entries_from_files(inputs, context, now, VLEK if args.vlek_crl else VCEK) if inputs else []
     if intel:
         entries += entries_from_inputs(intel, context.certificates, now)
+    entries += rims
+    if ocsp_inputs:
+        entries += ocsp_entries(ocsp_inputs, [*context.certificates, *cache.certificates(rims)], now)
     if not entries:
         raise UsageError("nothing to cache in the files given: give a VCEK, an ASK/ASVK with its ARK, or a CRL; "
-                         "Intel: a collateral directory, a dcap-qvl bundle, TCB info or QE identity JSON, or a CRL")
+                         "Intel: a collateral directory, a dcap-qvl bundle, TCB info or QE identity JSON, or a CRL; "
+                         "NVIDIA: a RIM file named <RIM id>.xml, or an OCSP response with its certificate chain")
     _report(cache.admit(entries, at=at, now=now, trust_roots=roots), "added")
     return EXIT_OK
 
@@ -323,9 +345,11 @@ async def _fetch_all(args: argparse.Namespace, cache: CollateralCache, now: dt.d
                      roots: list[Certificate] | None) -> tuple[list[Entry], list[str]]:
     chips, products, kinds = _targets(args)
     intel = _intel_targets(args, args.at or now, roots)
-    if not chips and not products and not intel.fmspcs and not intel.cas:
+    gpus = [verify_device_chain(read_input(name, "NVIDIA device chain"), args.at or now, trust_roots=roots)
+            for name in args.nvidia_chain]
+    if not chips and not products and not intel.fmspcs and not intel.cas and not gpus:
         raise UsageError("say what to fetch: --report FILE, --product P --chip-id HEX --tcb ..., or --product P; "
-                         "Intel: --fmspc HEX, --pck-chain PEM or --pck-ca CA")
+                         "Intel: --fmspc HEX, --pck-chain PEM or --pck-ca CA; NVIDIA: --nvidia-chain PEM")
     fetched: list[Entry] = []
     errors: list[str] = []
 
@@ -339,6 +363,8 @@ async def _fetch_all(args: argparse.Namespace, cache: CollateralCache, now: dt.d
 
     if intel.fmspcs or intel.cas:
         await _fetch_intel(args, intel, roots, fetch_into, errors)
+    if gpus:
+        await _fetch_nvidia_ocsp(args, gpus, fetch_into, errors)
     if not chips and not products:
         return fetched, errors
     # Wait for the client's request limit rather than fail: an operator's batch may exceed the burst.
@@ -387,6 +413,20 @@ async def _fetch_intel(args: argparse.Namespace, targets: _IntelTargets, roots: 
             requests += [client.pck_crl_request(ca) for ca in targets.cas]
             requests.append(client.root_ca_crl_request())
         for request in requests:
+            try:
+                await fetch_into(client.fetcher, request)
+            except (CollateralUnavailable, MalformedEvidence) as exc:
+                if exc.check in _NOT_ASKED:
+                    raise
+                errors.append(f"{exc.check}: {exc}")
+
+
+async def _fetch_nvidia_ocsp(args: argparse.Namespace, gpus: list[DeviceChain],
+                             fetch_into: Callable[[Fetcher, Request], Awaitable[None]], errors: list[str]) -> None:
+    async with OcspClient(args.nvidia_ocsp_url, token_wait=120.0) as client:
+        requests = {client.request(gpu.certificates, index).key: client.request(gpu.certificates, index)
+                    for gpu in gpus for index in DEVICE_OCSP_INDICES}  # GPUs of one model share two CAs
+        for request in requests.values():
             try:
                 await fetch_into(client.fetcher, request)
             except (CollateralUnavailable, MalformedEvidence) as exc:

@@ -453,3 +453,71 @@ def test_bad_configuration_is_refused() -> None:
     with pytest.raises(UsageError):
         Fetcher("../etc", "http://127.0.0.1:1")
     assert os.sep not in Request("/a/../../b", "x", "demo.x", must_start_with(b"")).key.stem
+
+
+# -- answers named by their path, recorded headers, network-only checks, lookups ------------------------
+
+def test_a_post_keyed_by_its_path_is_cached_whatever_its_body(tmp_path: Path) -> None:
+    """An OCSP request carries a new nonce each time: cached under the CertID its path spells."""
+    seen: list[str] = []
+
+    def fresh_only(body: bytes, headers: Mapping[str, str], where: str) -> None:
+        seen.append(where)
+        if body != b"ART echo":
+            raise MalformedEvidence(f"answer from {where} does not echo the nonce", check="demo.nonce")
+
+    def request(nonce: bytes) -> Request:
+        return Request("/certid/abc", "OCSP response", "demo.ocsp", must_start_with(b"ART"), method="POST",
+                       body=nonce, keyed_by_path=True, url=None, recorded_headers=(("X-Chain", "a b"),),
+                       check_network=fresh_only)
+
+    async def body(service: FakeService, base: str) -> None:
+        asked = service.add("POST", "/certid/abc", (200, b"ART echo", {"X-Chain": "from the service"}), body=b"n1")
+        async with fetcher(base, tmp_path) as f:
+            first = await f.fetch(request(b"n1"))
+            assert first.origin == "network" and first.headers == {"X-Chain": "a b"}  # recorded wins, never sent
+            assert (await f.fetch(request(b"n2"))).origin == "memory"  # another nonce, the same artefact
+            assert await f.lookup(request(b"n3")) is not None
+        assert service.hits[asked] == 1 and len(seen) == 1  # the network-only check ran once
+        async with fetcher(base, tmp_path, offline=True) as f:
+            cached = await f.fetch(request(b"n4"))
+            assert cached.origin == "disk" and cached.headers == {"X-Chain": "a b"} and len(seen) == 1
+        assert request(b"1").key == request(b"2").key and request(b"1").key.request_sha256 is None
+
+    run(body)
+
+
+def test_a_failed_network_only_check_is_not_cached(tmp_path: Path) -> None:
+    def refuse(body: bytes, headers: Mapping[str, str], where: str) -> None:
+        raise MalformedEvidence(f"answer from {where} does not echo the nonce", check="demo.nonce")
+
+    request = Request("/certid/x", "OCSP response", "demo.ocsp", must_start_with(b"ART"), method="POST", body=b"n",
+                      keyed_by_path=True, check_network=refuse)
+
+    async def body(service: FakeService, base: str) -> None:
+        service.add("POST", "/certid/x", (200, b"ART", {}), body=b"n")
+        async with fetcher(base, tmp_path) as f:
+            with pytest.raises(MalformedEvidence) as info:
+                await f.fetch(request)
+            assert info.value.check == "demo.nonce"
+            assert await f.lookup(request) is None
+        assert entry_files(tmp_path) == []
+
+    run(body)
+
+
+def test_lookup_never_asks(tmp_path: Path) -> None:
+    async def body(service: FakeService, base: str) -> None:
+        service.add("GET", "/artefact", (200, b"ART", {}))
+        async with fetcher(base, tmp_path) as f:
+            assert await f.lookup(artefact()) is None
+            assert service.total == 0
+            await f.fetch(artefact())
+            hit = await f.lookup(artefact())
+            assert hit is not None and hit.origin == "memory"
+        async with fetcher(base, tmp_path) as f:
+            hit = await f.lookup(artefact())
+            assert hit is not None and hit.origin == "disk"
+        assert service.total == 1
+
+    run(body)

@@ -296,6 +296,12 @@ def test_a_verified_set_is_remembered_with_its_window(intel: SyntheticIntel, pck
         verify_collateral(revoking, other, NOW, trust_roots=intel.trust_roots)
 
 
+def _flip_last_signature_digit(signed: bytes) -> bytes:
+    """The document with the last hex digit of its signature changed (always a different digit)."""
+    digit = signed[-3:-2]
+    return signed[:-3] + (b"1" if digit == b"0" else b"0") + signed[-2:]
+
+
 def test_collateral_refusals(intel: SyntheticIntel, pck: PckChain) -> None:
     signing = intel.tcb_signing.parsed.serial
     stale = NOW - 40 * DAY
@@ -314,7 +320,7 @@ def test_collateral_refusals(intel: SyntheticIntel, pck: PckChain) -> None:
         "expired QE identity": (intel.collateral(qe_identity=intel.sign_qe_identity(issue_date=stale,
                                                                                      next_update=NOW - DAY)),
                                 "collateral.validity"),
-        "forged QE identity": (intel.collateral(qe_identity=intel.sign_qe_identity()[:-3] + b'0"}'),
+        "forged QE identity": (intel.collateral(qe_identity=_flip_last_signature_digit(intel.sign_qe_identity())),
                                "collateral.signature"),
     }
     for name, (collateral, check) in cases.items():

@@ -18,14 +18,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbs.errors import ChainInvalid, EvidenceError, MalformedEvidence
+from kbs.trust import revocation
 from kbs.trust.revocation import (
+    CRL_CACHE_BYTES,
     MAX_CRL_SIZE,
     MAX_OCSP_SIZE,
     CertificateRevoked,
     OcspResult,
+    cert_id_of,
     check_crl,
     check_ocsp,
+    configure_crl_cache,
+    load_ocsp_response,
     parse_crl,
+    response_cert_ids,
     verify_ocsp_response,
 )
 from kbs.trust.signature import ECDSA_SHA384, RSA_PSS_SHA384
@@ -453,3 +459,48 @@ def test_nvidia_ocsp_response_for_another_level_is_refused() -> None:
     with pytest.raises(ChainInvalid) as other:  # another GPU's BROM under the same ICA
         check_ocsp(brom_answer, other_brom, chain[2], NVIDIA_AT)
     labelled(other, "ocsp.cert_id")
+
+
+# -- CertIDs and the signature cache, shared with NVIDIA's OCSP store -------------------------------------
+
+@pytest.mark.parametrize("name", ["sha1", "sha256", "sha384", "sha512"])
+def test_cert_ids_name_what_a_response_answers_for(ec: Pki, name: str) -> None:
+    intermediate, leaf = ec.chain()
+    algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384(),
+                 "sha512": hashes.SHA512()}[name]
+    response = load_ocsp_response(Pki.ocsp(leaf, intermediate, cert_id_hash=algorithm))
+    wanted = cert_id_of(leaf.parsed, intermediate.parsed, name)
+    assert response_cert_ids(response) == [wanted]
+    assert wanted.serial == leaf.parsed.serial and wanted.hash == name and str(wanted).startswith(f"{name}:")
+    assert cert_id_of(leaf.parsed, leaf.parsed, name) != wanted  # the issuer's name and key are what is hashed
+    with pytest.raises(ValueError, match="md5"):
+        cert_id_of(leaf.parsed, intermediate.parsed, "md5")
+    with pytest.raises(MalformedEvidence) as info:
+        load_ocsp_response(b"\x30\x03\x0a\x01\x00" + b"junk")
+    labelled(info, "ocsp.der")
+
+
+def test_ocsp_signatures_are_verified_once(ec: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_crl_cache(CRL_CACHE_BYTES)
+    intermediate, leaf = ec.chain()
+    responder = ec.responder(intermediate)
+    answer = Pki.ocsp(leaf, intermediate, responder=responder, nonce=b"once")
+    calls: list[str] = []
+    real = revocation.verify_signature
+
+    def counting(*args: object, **kwargs: object) -> None:
+        calls.append(str(kwargs.get("what")))
+        real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(revocation, "verify_signature", counting)
+    for _ in range(3):
+        assert check_ocsp(answer, leaf.parsed, intermediate.parsed, NOW).delegated
+    assert len(calls) == 2  # the responder's certificate and the response, each once
+    forged = resign_ocsp(answer, fresh_key("p384"), "ecdsa-p384-sha384")
+    for _ in range(2):  # a failure is never remembered
+        ocsp_refused("ocsp.signature", "does not verify", forged, leaf, intermediate)
+    assert len(calls) == 4
+    configure_crl_cache(0)
+    check_ocsp(answer, leaf.parsed, intermediate.parsed, NOW)
+    assert len(calls) == 6
+    configure_crl_cache(CRL_CACHE_BYTES)

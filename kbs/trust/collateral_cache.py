@@ -23,8 +23,9 @@ not named by the manifest, if any file's SHA-256 or size differs from its item, 
 fails its kind's check, and only then writes anything.  Items that expired (a CRL past its
 nextUpdate) are skipped, not refused.
 
-New artefact kinds (NVIDIA RIMs, OCSP responses) are added as an `ArtefactKind` of their vendor module
-and listed in `known_kinds`, as AMD's (`amd.collateral`) and Intel's (`intel.cache_kinds`) are.
+Artefact kinds are an `ArtefactKind` of their vendor module, listed in `known_kinds`: AMD's
+(`amd.collateral`), Intel's (`intel.cache_kinds`), NVIDIA's RIMs (`nvidia.rim_kinds`) and OCSP responses
+(`nvidia.ocsp_kinds`).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def known_kinds() -> dict[str, ArtefactKind]:
     """Every artefact kind the cache can check, from each vendor's module."""
     from kbs.trust.amd.collateral import AMD_KINDS  # vendor modules build on this one
     from kbs.trust.intel.cache_kinds import INTEL_KINDS
+    from kbs.trust.nvidia.ocsp_kinds import NVIDIA_OCSP_KINDS
+    from kbs.trust.nvidia.rim_kinds import NVIDIA_RIM_KINDS
 
-    return {kind.name: kind for kind in (*AMD_KINDS, *INTEL_KINDS)}
+    return {kind.name: kind for kind in (*AMD_KINDS, *INTEL_KINDS, *NVIDIA_RIM_KINDS, *NVIDIA_OCSP_KINDS)}
 
 
 @dataclass(frozen=True)

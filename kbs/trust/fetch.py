@@ -13,9 +13,14 @@ stored.  A byte-bounded memory cache sits in front of the disk cache (`kbs.trust
 directory format `kbs collateral` also reads and writes); immutable artefacts (VCEKs, certificate
 chains, RIMs) never expire, the others are served while their own date lies ahead.  Disk entries
 are re-validated when read, so a damaged file is a miss.  The cache key is the method, the path
-and, for a POST, the SHA-256 of the request body (OCSP requests are POSTs).  Concurrent requests
-for one key share one fetch, shielded so that a caller who goes away does not cancel it for the
-others.  In offline mode nothing is sent, and a miss names the cache directory.
+and, for a POST, the SHA-256 of the request body, unless the request says its path alone names the
+artefact (an OCSP request carries a fresh nonce each time, so it is cached under its CertID).  A
+request may record headers with its answer (never sent: what a cached copy needs to be checked on
+its own, such as the certificates an OCSP response is about), and may hold answers from the network
+to a further check that cached copies are not held to (the nonce an OCSP response must echo).
+Concurrent requests for one key share one fetch, shielded so that a caller who goes away does not
+cancel it for the others.  In offline mode nothing is sent, and a miss names the cache directory;
+`lookup` serves what the caches hold without ever asking the service.
 
 Protecting the service.  Requests may be caused by unauthenticated clients (a report's CHIP_ID
 is chosen by whoever sends it), so per service:
@@ -99,6 +104,15 @@ class Request:
     # Where to fetch from when not the service's base URL + path (a mirror of an artefact that has its own
     # canonical URL, such as Intel's root CA CRL served by a PCCS); the cache key stays `path`.
     url: str | None = None
+    # The path alone names the artefact: a POST is cached without its body (an OCSP request with a nonce,
+    # cached under the CertID its path spells).
+    keyed_by_path: bool = False
+    # Headers recorded with the answer as if the service had sent them (never sent), so that a cached
+    # copy can be checked on its own.
+    recorded_headers: tuple[tuple[str, str], ...] = ()
+    # A further check of an answer from the network only, after `validate` (an OCSP response must echo
+    # this request's nonce); copies served from the caches are not held to it.
+    check_network: Validator | None = None
 
     def __post_init__(self) -> None:
         if self.method == "GET" and self.body is not None:
@@ -110,7 +124,8 @@ class Request:
 
     @property
     def key(self) -> CacheKey:
-        return CacheKey.of(self.method, self.path, (self.body or b"") if self.method == "POST" else None)
+        keyed_by_body = self.method == "POST" and not self.keyed_by_path
+        return CacheKey.of(self.method, self.path, (self.body or b"") if keyed_by_body else None)
 
 
 @dataclass(frozen=True)
@@ -269,6 +284,15 @@ class Fetcher:
         # Shielded: a caller that goes away does not cancel the fetch the others wait for.
         return await asyncio.shield(flight)
 
+    async def lookup(self, request: Request) -> Fetched | None:
+        """What `fetch` would serve without asking the service: a fresh copy from memory or disk, or None.
+        Never sends a request and never raises for a miss (a caller that must not fetch)."""
+        hit = self._memory_hit(request.key)
+        if hit is not None:
+            return hit
+        fetched, _ = await self._from_disk(request)
+        return fetched
+
     @property
     def memory_bytes(self) -> int:
         """Bytes charged to the memory cache of answers now."""
@@ -344,7 +368,10 @@ class Fetcher:
                               else self.base_url + request.path)
         try:
             body, headers = await self._fetch(request, url)
+            headers.update(request.recorded_headers)
             request.validate(body, headers, url)
+            if request.check_network is not None:
+                request.check_network(body, headers, url)
         except (CollateralUnavailable, MalformedEvidence) as exc:
             self._remember_failure(request.key, exc)
             raise

@@ -7,7 +7,9 @@ a CRL or response that does not cover the certificate, or cannot be shown curren
 
 A CRL arrives with every report or quote of a platform, so parsed CRLs are cached by their exact
 bytes and verified CRL signatures by (CRL bytes, signer key): a warm check costs no DER walk and no
-signature verification, while the window and the listed serials are checked on every call.
+signature verification, while the window and the listed serials are checked on every call.  OCSP
+responses share that signature cache (the response's signature, and a delegated responder's
+certificate signature by the issuer), so checking a cached response again costs no ECDSA.
 
 CRL (`check_crl`): issued and signed by the certificate's issuer (both copies of the algorithm
 identifier identical; keyUsage cRLSign where the issuer has keyUsage), a complete CRL for the
@@ -22,9 +24,10 @@ extended key usage, valid at the time; the single response matched to the certif
 (issuer name hash, issuer key hash, serial, under the response's hash algorithm); thisUpdate <= at <
 nextUpdate (without nextUpdate only with a maximum age; a maximum age, when given, also bounds a
 response that has one); the nonce, when one is expected.  The status is then data (`OcspResult`),
-or for `check_ocsp` an error unless good.  Labels: `ocsp.der`, `ocsp.status`, `ocsp.signature_algorithm`,
-`ocsp.signature`, `ocsp.responder`, `ocsp.cert_id`, `ocsp.not_yet_valid`, `ocsp.stale`, `ocsp.nonce`,
-`ocsp.revoked`, `ocsp.unknown`.
+or for `check_ocsp` an error unless good.  `CertId` names what a response answers for (`cert_id_of`
+for a certificate, `response_cert_ids` for a response), so stores of responses can be keyed by it.
+Labels: `ocsp.der`, `ocsp.status`, `ocsp.signature_algorithm`, `ocsp.signature`, `ocsp.responder`,
+`ocsp.cert_id`, `ocsp.not_yet_valid`, `ocsp.stale`, `ocsp.nonce`, `ocsp.revoked`, `ocsp.unknown`.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ from kbs.trust.signature import (
     Profile,
     SignatureAlgorithm,
     algorithm_identifier,
+    certificate_algorithm,
     check_allowed,
     signature_algorithm,
-    verify_link,
     verify_signature,
 )
 from kbs.trust.x509 import OID_KP_OCSP_SIGNING, Certificate, der_element, parse_certificate
@@ -171,6 +174,17 @@ def _crl_cost(crl: Crl) -> int:
 _crls: ByteBoundedCache[bytes, Crl] = ByteBoundedCache(CRL_CACHE_BYTES, _crl_cost)
 _SignatureKey = tuple[bytes, bytes, SignatureAlgorithm]
 _signatures: ByteBoundedCache[_SignatureKey, int] = ByteBoundedCache(CRL_CACHE_BYTES, lambda cost: cost)
+
+
+def _verify_once(signer: Certificate, algorithm: SignatureAlgorithm, signature: bytes, data: bytes, signed: bytes, *,
+                 what: str, check: str, key_check: str) -> None:
+    """`verify_signature`, remembered by (the signed object's exact bytes, the signer's key, the algorithm):
+    a CRL or OCSP response checked again costs a lookup.  Failures are not remembered."""
+    key = (signed, signer.spki_der, algorithm)
+    signatures = _signatures
+    if signatures.get(key) is None:
+        verify_signature(signer, algorithm, signature, data, what=what, check=check, key_check=key_check)
+        signatures.put(key, 256 + len(signed) + len(signer.spki_der))
 
 
 def configure_crl_cache(max_bytes: int) -> None:
@@ -311,12 +325,8 @@ def _check_crl(parsed: Crl, issuer: Certificate, certificates: Iterable[Certific
     if usage is not None and "cRLSign" not in usage:
         raise ChainInvalid(f"{issuer.subject_cn}'s keyUsage lacks cRLSign: it may not sign CRLs", check="crl.issuer")
     check_allowed(parsed.algorithm, algorithms, what=f"CRL of {issuer.subject_cn}", check="crl.signature_algorithm")
-    key = (parsed.der, issuer.spki_der, parsed.algorithm)
-    signatures = _signatures
-    if signatures.get(key) is None:
-        verify_signature(issuer, parsed.algorithm, parsed.signature, parsed.tbs, what="CRL",
-                         check="crl.signature", key_check="crl.signature")
-        signatures.put(key, 256 + len(parsed.der) + len(issuer.spki_der))
+    _verify_once(issuer, parsed.algorithm, parsed.signature, parsed.tbs, parsed.der, what="CRL",
+                 check="crl.signature", key_check="crl.signature")
     idp = _check_crl_scope(parsed)
     _check_window("CRL", parsed.this_update, parsed.next_update, at, max_age,
                   stale_check="crl.validity", early_check="crl.validity")
@@ -366,6 +376,41 @@ _STATUS: dict[ocsp.OCSPCertStatus, OcspStatus] = {
 _CERT_ID_HASHES = frozenset({"sha1", "sha256", "sha384", "sha512"})
 
 
+@dataclass(frozen=True, order=True)
+class CertId:
+    """What an OCSP single response answers for (RFC 6960 §4.1.1): the issuer's name and key hashed
+    under `hash` ('sha1', 'sha256', 'sha384', 'sha512'), and the serial."""
+
+    hash: str
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial: int
+
+    def __str__(self) -> str:
+        return f"{self.hash}:{self.issuer_name_hash.hex()[:8]}…/{self.issuer_key_hash.hex()[:8]}…/{self.serial:#x}"
+
+
+def cert_id_of(cert: Certificate, issuer: Certificate, hash_name: str = "sha384") -> CertId:
+    """The CertID of `cert` issued by `issuer` under `hash_name` (NVIDIA asks with SHA-384)."""
+    if hash_name not in _CERT_ID_HASHES:
+        raise ValueError(f"CertID hash {hash_name!r} is not one of {', '.join(sorted(_CERT_ID_HASHES))}")
+    return CertId(hash_name, hashlib.new(hash_name, issuer.subject_der).digest(),
+                  hashlib.new(hash_name, issuer.public_key_bits).digest(), cert.serial)
+
+
+def response_cert_ids(response: ocsp.OCSPResponse) -> list[CertId]:
+    """The CertIDs a (successful) response answers for, under hashes this module accepts."""
+    out = []
+    for single in response.responses:
+        try:
+            name = single.hash_algorithm.name
+        except (ValueError, UnsupportedAlgorithm):
+            continue
+        if name in _CERT_ID_HASHES:
+            out.append(CertId(name, single.issuer_name_hash, single.issuer_key_hash, single.serial_number))
+    return out
+
+
 @dataclass(frozen=True)
 class OcspResult:
     """A verified OCSP answer for one certificate."""
@@ -379,6 +424,12 @@ class OcspResult:
     delegated: bool  # a responder certificate the issuer issued, rather than the issuer itself
     revocation_time: datetime | None = None
     revocation_reason: str | None = None
+
+
+def load_ocsp_response(data: bytes) -> ocsp.OCSPResponse:
+    """A DER OCSP response, bounded in size, with every field the checks read decoded (nothing verified).
+    MalformedEvidence (`ocsp.der`) if it does not parse."""
+    return _load_ocsp(data)
 
 
 def _load_ocsp(data: bytes) -> ocsp.OCSPResponse:
@@ -437,7 +488,11 @@ def _embedded_certificates(signed: _Signed) -> list[Certificate]:
     if len(children) > MAX_OCSP_CERTIFICATES:
         raise MalformedEvidence(f"OCSP response carries {len(children)} certificates, more than the "
                                 f"{MAX_OCSP_CERTIFICATES} allowed", check=check)
-    return [parse_certificate(wrapper[tlv:child_end]) for _, tlv, _, child_end in children]
+    try:
+        return [parse_certificate(wrapper[tlv:child_end]) for _, tlv, _, child_end in children]
+    except MalformedEvidence as exc:  # a response's own bytes: named as the response's
+        raise MalformedEvidence(f"OCSP response carries a certificate that does not parse: {exc}",
+                                check=check) from exc
 
 
 def _responder_matches(response: ocsp.OCSPResponse, cert: Certificate) -> bool:
@@ -454,7 +509,10 @@ def _check_responder(responder: Certificate, issuer: Certificate, at: datetime, 
         raise ChainInvalid(f"{who} was issued by {responder.issuer_cn!r}, not by {issuer.subject_cn!r}, the issuer "
                            "of the certificate asked about", check="ocsp.responder")
     try:
-        verify_link(responder, issuer, allowed)
+        algorithm = certificate_algorithm(responder)
+        check_allowed(algorithm, allowed, what=responder.subject_cn)
+        _verify_once(issuer, algorithm, responder.signature, responder.tbs, responder.der, what=responder.subject_cn,
+                     check="chain.signature", key_check="chain.key_type")
     except ChainInvalid as exc:
         raise ChainInvalid(f"{who} is not signed by {issuer.subject_cn!r}: {exc}", check="ocsp.responder") from exc
     purposes = responder.extended_key_usage() or frozenset()
@@ -496,8 +554,9 @@ def _cert_id_matches(single: ocsp.OCSPSingleResponse, cert: Certificate, issuer:
         return False
     if name not in _CERT_ID_HASHES or single.serial_number != cert.serial:
         return False
-    return (hmac.compare_digest(hashlib.new(name, issuer.subject_der).digest(), single.issuer_name_hash)
-            and hmac.compare_digest(hashlib.new(name, issuer.public_key_bits).digest(), single.issuer_key_hash))
+    wanted = cert_id_of(cert, issuer, name)
+    return (hmac.compare_digest(wanted.issuer_name_hash, single.issuer_name_hash)
+            and hmac.compare_digest(wanted.issuer_key_hash, single.issuer_key_hash))
 
 
 def _single_for(response: ocsp.OCSPResponse, cert: Certificate, issuer: Certificate) -> ocsp.OCSPSingleResponse:
@@ -545,8 +604,8 @@ def _verify_ocsp(loaded: ocsp.OCSPResponse, response: bytes, cert: Certificate, 
     algorithm = signature_algorithm(oid, params, what="OCSP response", check="ocsp.signature_algorithm")
     check_allowed(algorithm, algorithms, what="OCSP response", check="ocsp.signature_algorithm")
     signer, delegated = _signer(loaded, signed, issuer, at, algorithms)
-    verify_signature(signer, algorithm, signed.signature, signed.tbs, what=f"OCSP response about {cert.subject_cn}",
-                     check="ocsp.signature", key_check="ocsp.signature")
+    _verify_once(signer, algorithm, signed.signature, signed.tbs, response,
+                 what=f"OCSP response about {cert.subject_cn}", check="ocsp.signature", key_check="ocsp.signature")
     if cert.issuer_der != issuer.subject_der:
         raise ChainInvalid(f"{cert.subject_cn} was issued by {cert.issuer_cn!r}, not by {issuer.subject_cn!r}",
                            check="ocsp.cert_id")
