@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_p256.py
 	$(PY) bench/bench_snp.py
 	$(PY) bench/bench_tdx.py
+	$(PY) bench/bench_spdm.py
+	$(PY) bench/bench_nvidia_reference.py
 	$(PY) bench/bench_policy.py
 	$(PY) bench/bench_load.py
 

@@ -92,7 +92,9 @@ def test_trust_root_replaces_pins(capsys: pytest.CaptureFixture[str], tmp_path: 
 @pytest.mark.parametrize("argv", [
     ["verify", "snp"],
     ["verify", "tdx"],
-    ["verify", "nvgpu", "x"],
+    ["verify", "nvgpu"],
+    ["verify", "nvgpu", "r.txt", "--ocsp-dir", "d", "--no-ocsp"],
+    ["verify", "nvgpu", "r.txt", "--arch", "LS10"],
     ["verify", "tdx", "q.dat", "--at", "yesterday"],
     ["verify", "snp", "r.bin", "--at", "yesterday"],
     ["verify", "snp", "r.bin", "--at", "2026-01-01T00:00:00"],

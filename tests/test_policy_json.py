@@ -204,3 +204,19 @@ def test_explanation_json_has_every_condition_and_value() -> None:
                                                                    ("snp.vmpl", 0, True)]
     claim_line = next(i for i, ln in enumerate(text.splitlines(), 1) if "reported_tcb_snp" in ln)
     assert out["allow"] is False and leaves[0]["line"] == claim_line - 1  # the line of its "{"
+
+
+def test_default_policy_wants_every_submod_affirming() -> None:
+    """The broker's default policy: an SNP or TDX guest whose every attester (each GPU too) is affirming."""
+    from kbs.evidence.base import GPU as GPU_CLASS
+    from kbs.evidence.base import WARNING, Appraisal, trust_vector
+    from kbs.policy.ear import Submod
+    from kbs.server.app import DEFAULT_POLICY_TEXT
+
+    warned = Submod(Appraisal(tee="nvgpu", device_class=GPU_CLASS, claims=GPU,
+                              vector=trust_vector(instance_identity=2, hardware=WARNING)))
+    alone, with_gpus = doc(gpus=[]), doc(gpus=[GPU, GPU])
+    mixed = ear_document([snp_sub(SNP), gpu_sub(GPU), warned], issued_at=NOW)
+    assert (alone["kbs.status"], with_gpus["kbs.status"], mixed["kbs.status"]) == ("affirming", "affirming", "warning")
+    assert decide(DEFAULT_POLICY_TEXT, alone) and decide(DEFAULT_POLICY_TEXT, with_gpus)
+    assert not decide(DEFAULT_POLICY_TEXT, mixed)

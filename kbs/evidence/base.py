@@ -59,12 +59,18 @@ class Binding:
 class Appraisal:
     """One attester's verified claims and the trust vector its verifier computed."""
 
-    tee: str  # the verifier's name: the annotated-evidence key, and `local:<tee>` in policies
+    tee: str  # the verifier's name: `local:<tee>` in policies
     device_class: str  # CPU or GPU
     claims: Mapping[str, Any]
     vector: Mapping[str, int]
     report_data: str | None = None
     init_data: str | None = None
+    evidence_key: str | None = None  # the annotated-evidence key when it is not `tee` (Trustee's name)
+
+    @property
+    def annotation(self) -> str:
+        """The key the claims sit under in the annotated evidence (`nvidia` for the `nvgpu` verifier)."""
+        return self.evidence_key or self.tee
 
 
 def trust_vector(**claims: int) -> dict[str, int]:

@@ -12,11 +12,15 @@ from typing import Any
 
 from kbs.errors import KbsError
 from kbs.evidence.base import Appraisal, Verifier, VerifierConfigError, VerifierContext, VerifierType
+from kbs.evidence.nvgpu.verifier import EVIDENCE_KEY as NVIDIA_EVIDENCE_KEY
+from kbs.evidence.nvgpu.verifier import NvgpuVerifier
 from kbs.evidence.sample import SampleVerifier
 from kbs.evidence.snp.verifier import SnpVerifier
 from kbs.evidence.tdx.verifier import TdxVerifier
 
-AVAILABLE: dict[str, VerifierType] = {t.name: t for t in (SnpVerifier, TdxVerifier, SampleVerifier)}
+AVAILABLE: dict[str, VerifierType] = {t.name: t for t in (SnpVerifier, TdxVerifier, NvgpuVerifier, SampleVerifier)}
+# Evidence keys guests use that are not a verifier's name: CoCo guests send GPUs as `nvidia`.
+ALIASES = {NVIDIA_EVIDENCE_KEY: NvgpuVerifier.name}
 # Enabled when the configuration does not say: `sample` has no hardware behind it, so only in dev mode.
 DEFAULT_ENABLED = (SnpVerifier.name, TdxVerifier.name)
 DEV_ENABLED = (SnpVerifier.name, TdxVerifier.name, SampleVerifier.name)
@@ -57,7 +61,7 @@ class VerifierRegistry:
         return tuple(n for n, v in self._verifiers.items() if v.device_class == device_class)
 
     def get(self, name: str, device_class: str | None = None) -> Verifier:
-        verifier = self._verifiers.get(name)
+        verifier = self._verifiers.get(name) or self._verifiers.get(ALIASES.get(name, ""))
         if verifier is None or (device_class is not None and verifier.device_class != device_class):
             shown = name if len(name) <= 40 else name[:40] + "…"
             kinds = f"{device_class} " if device_class else ""

@@ -1,7 +1,7 @@
 """`kbs-guest`: fetch a key from a KBS at boot.
 
     kbs-guest get-resource kbs:///<repo>/<type>/<tag> --url URL [--ca-cert PEM] [--tee auto|snp|tdx|sample]
-                           [--output FILE] ...
+                           [--gpus auto|none|N] [--output FILE] ...
 
 https:// brokers are verified against the system trust store, or only against `--ca-cert`
 (`$KBS_CA_CERT`); a certificate that does not verify fails at once, with no key.
@@ -22,6 +22,7 @@ import ssl
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,6 +40,7 @@ from kbs.guest.evidence import (
     TdxQuote,
     TsmReport,
 )
+from kbs.guest.gpu import MAX_GPUS, DeviceSource, NvmlGpus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("kbs.guest")
@@ -60,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--tee", choices=("auto", "snp", "tdx", "sample"), default="auto",
                      help="evidence source; auto = SEV-SNP via configfs-tsm (sample only when asked)")
     get.add_argument("--tsm-path", type=Path, default=TSM_REPORT_ROOT, help="configfs-tsm report directory")
+    get.add_argument("--gpus", type=_gpus, default="auto", metavar="auto|none|N",
+                     help="NVIDIA GPU evidence through NVML (the gpu extra, nvidia-ml-py): auto = every GPU NVML sees, "
+                     "none when NVML or the driver is missing; none; or N = the first N GPUs (fewer is an error)")
     get.add_argument("--snp-family", choices=FAMILIES, default="Milan",
                      help="processor family of a version 2 SNP report (it has no CPUID; later versions ignore this)")
     get.add_argument("--privlevel", type=int, choices=range(4), metavar="0..3",
@@ -96,6 +101,28 @@ def _source(args: argparse.Namespace) -> EvidenceSource:
         raise GuestError(f"configfs-tsm provider is {provider!r}; this client supports SEV-SNP (sev_guest) and "
                          "Intel TDX (tdx_guest)", check="guest.tsm.provider")
     return snp  # kernels without a provider attribute (6.7) had SNP only
+
+
+def _gpus(value: str) -> str | int:
+    if value in ("auto", "none"):
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto, none or a number of GPUs, got {value!r}") from None
+    if not 1 <= count <= MAX_GPUS:
+        raise argparse.ArgumentTypeError(f"a number of GPUs must be 1..{MAX_GPUS}, got {count}")
+    return count
+
+
+def _devices(choice: str | int, nvml: Any = None) -> list[DeviceSource]:
+    """`--gpus`: the device sources to attest beside the CPU."""
+    if choice == "none":
+        return []
+    if choice == "auto":
+        gpus = NvmlGpus(nvml=nvml)
+        return [gpus] if gpus.present() else []
+    return [NvmlGpus(int(choice), nvml=nvml)]
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
@@ -152,10 +179,11 @@ def write_private(path: Path, data: bytes) -> None:
 
 async def _get_resource(args: argparse.Namespace, init_data: str | None) -> bytes:
     source = _source(args)
+    devices = await asyncio.to_thread(_devices, args.gpus)
     async with _session(args.url, args.ca_cert) as session:
         return await fetch_resource(args.url, args.resource, source, key_kind=args.key_type, init_data=init_data,
                                     retries=args.retries, backoff=args.backoff, session=session,
-                                    timeout=args.timeout, use_bearer=args.bearer)
+                                    timeout=args.timeout, use_bearer=args.bearer, devices=devices)
 
 
 @contextlib.contextmanager

@@ -19,16 +19,17 @@ import json
 import logging
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from kbs.errors import KbsError
-from kbs.evidence.binding import primary_runtime_digest
+from kbs.evidence.binding import device_runtime_digest, primary_runtime_digest
 from kbs.guest import GuestError
 from kbs.guest.evidence import EvidenceSource
+from kbs.guest.gpu import DEVICE_NONCE_SIZE, DeviceSource
 from kbs.keys import jwe
 
 PROTOCOL_VERSION = "0.4.0"
@@ -159,8 +160,31 @@ def _check_hash_algorithm(challenge: Mapping[str, Any]) -> None:
                          f"{', '.join(HASH_ALGORITHMS)} only", check="guest.protocol")
 
 
+async def _evidence(source: EvidenceSource | DeviceSource, binding: bytes) -> Any:
+    """Evidence from a CPU source (over its report data) or a device source (over its device nonce)."""
+    try:
+        return await asyncio.to_thread(source.evidence, binding)
+    except GuestError:
+        raise
+    except KbsError as exc:
+        raise GuestError(f"evidence ({source.tee}): {exc}", check="guest.evidence") from exc
+
+
+async def _additional_evidence(devices: Sequence[DeviceSource], nonce: str, jwk: Mapping[str, Any]) -> str:
+    """The devices' evidence as the JSON text the CPU evidence will bind ("" without devices)."""
+    if not devices:
+        return ""
+    names = [device.tee for device in devices]
+    if len(set(names)) != len(names):
+        raise GuestError(f"two device sources share a TEE name: {', '.join(names)}", check="guest.usage")
+    device_nonce = device_runtime_digest(nonce, jwk)[:DEVICE_NONCE_SIZE]
+    return json.dumps({device.tee: await _evidence(device, device_nonce) for device in devices},
+                      separators=(",", ":"))
+
+
 async def _attempt(http: aiohttp.ClientSession, url: str, parts: tuple[str, str, str], source: EvidenceSource,
-                   key_kind: str, init_data: str | None, use_bearer: bool, timeout: float) -> bytes:
+                   devices: Sequence[DeviceSource], key_kind: str, init_data: str | None, use_bearer: bool,
+                   timeout: float) -> bytes:
     exchange = _Exchange(http, url, timeout)
     key = await asyncio.to_thread(jwe.generate_tee_key, key_kind)  # RSA generation takes a while
     challenge = await exchange.call("auth", "POST", "/kbs/v0/auth", {
@@ -170,19 +194,14 @@ async def _attempt(http: aiohttp.ClientSession, url: str, parts: tuple[str, str,
     _check_hash_algorithm(challenge)
     if exchange.session_id is None:  # /attest needs it even when the resource is fetched with Bearer
         raise GuestError(f"auth: the broker set no {COOKIE} cookie", check="guest.protocol")
-    digest = primary_runtime_digest(nonce, key.jwk, "")
-    try:
-        evidence = await asyncio.to_thread(source.evidence, digest)
-    except GuestError:
-        raise
-    except KbsError as exc:
-        raise GuestError(f"evidence ({source.tee}): {exc}", check="guest.evidence") from exc
+    additional = await _additional_evidence(devices, nonce, key.jwk)
+    evidence = await _evidence(source, primary_runtime_digest(nonce, key.jwk, additional))
     attested = await exchange.call("attest", "POST", "/kbs/v0/attest", {
         "init-data": None if init_data is None else {"format": "toml", "body": init_data},
         "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk},
-        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""}})
+        "tee-evidence": {"primary_evidence": evidence, "additional_evidence": additional}})
     token = _member(attested, "token", "attest")
-    log.info("attested as %s", source.tee)
+    log.info("attested as %s%s", source.tee, "".join(f" + {d.tee}" for d in devices))
     path = "/kbs/v0/resource/" + "/".join(parts)
     if use_bearer:
         sealed = await exchange.call("resource", "GET", path, cookie=False, bearer=token)
@@ -202,12 +221,13 @@ def backoff_delay(attempt: int, backoff: float, cap: float = MAX_BACKOFF) -> flo
 async def fetch_resource(url: str, resource_path: str, source: EvidenceSource, *, key_kind: str = "EC-P256",
                          init_data: str | None = None, retries: int = 5, backoff: float = 1.0,
                          session: aiohttp.ClientSession | None = None, timeout: float = 60,
-                         use_bearer: bool = False) -> bytes:
+                         use_bearer: bool = False, devices: Sequence[DeviceSource] = ()) -> bytes:
     """Attest with `source` to the KBS at `url` and return the plaintext of `resource_path`.
 
     `resource_path` is `kbs:///repo/type/tag` or `repo/type/tag`.  A failed attempt is retried up
     to `retries` times (so at most retries + 1 attempts); `timeout` bounds each HTTP request.
     `use_bearer` sends the attestation token as `Authorization: Bearer` instead of the cookie.
+    `devices` (GPUs) add their evidence as additional evidence, bound into the CPU evidence.
     With `session`, its connector (TLS settings) is used; pass one with a DummyCookieJar so that
     no cookie rides along on the Bearer path.  Raises GuestError.
     """
@@ -221,7 +241,8 @@ async def fetch_resource(url: str, resource_path: str, source: EvidenceSource, *
     try:
         for attempt in range(retries + 1):
             try:
-                plaintext = await _attempt(http, url, parts, source, key_kind, init_data, use_bearer, timeout)
+                plaintext = await _attempt(http, url, parts, source, devices, key_kind, init_data, use_bearer,
+                                           timeout)
             except _Transient as transient:
                 error = transient.error
                 if attempt == retries:

@@ -1,6 +1,6 @@
 """The claims document policies read: an EAR (draft-ietf-rats-ear) shaped like Trustee's.
 
-    {"eat_profile": ..., "iat": ..., "exp": ..., "iss": ...,
+    {"eat_profile": ..., "iat": ..., "exp": ..., "iss": ..., "kbs.status": "affirming",
      "submods": {"cpu0": {"ear.status": "affirming",
                           "ear.trustworthiness-vector": {...AR4SI claims...},
                           "ear.appraisal-policy-id": "default",
@@ -12,6 +12,8 @@
 Using Trustee's shape means a Trustee resource policy (`input.submods.cpu0[...]`) keeps
 working here.  Each submod is one verifier's appraisal: its claims under the verifier's name,
 and the trust vector the verifier computed (this module reads no TEE's claim names).
+`kbs.status` is the worst `ear.status` of all submods (the CPU and every GPU): the attestation as a
+whole, for policies that must hold on every attester without naming each (the default policy).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ EAT_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ISSUER = "kbs"
 # Keys of the annotated evidence that are not a verifier's claims.
 ANNOTATION_KEYS = frozenset({"report_data", "init_data", "runtime_data_claims", "init_data_claims"})
+# Which verifier appraised a submod (`local:<name>` in policies), beside Trustee's keys: the annotated
+# evidence is keyed by Trustee's TEE name, which is not always ours (`nvidia` from `nvgpu`).
+VERIFIER_KEY = "kbs.verifier"
+OVERALL_STATUS = "kbs.status"  # the worst ear.status of all submods
 
 
 def tier(value: int) -> str:
@@ -60,7 +66,7 @@ class Submod:
     def to_json(self) -> dict[str, Any]:
         a = self.appraisal
         vector = dict(a.vector)
-        evidence: dict[str, Any] = {a.tee: dict(a.claims)}
+        evidence: dict[str, Any] = {a.annotation: dict(a.claims)}
         if a.report_data is not None:
             evidence["report_data"] = a.report_data
         if a.init_data is not None:
@@ -68,7 +74,7 @@ class Submod:
         evidence["runtime_data_claims"] = dict(self.runtime_data_claims or {})
         evidence["init_data_claims"] = dict(self.init_data_claims) if self.init_data_claims else None
         return {"ear.status": status_of(vector), "ear.trustworthiness-vector": vector,
-                "ear.appraisal-policy-id": "default", "ear.veraison.annotated-evidence": evidence}
+                "ear.appraisal-policy-id": "default", VERIFIER_KEY: a.tee, "ear.veraison.annotated-evidence": evidence}
 
 
 def ear_document(submods: Iterable[Submod], issued_at: datetime,
@@ -82,19 +88,26 @@ def ear_document(submods: Iterable[Submod], issued_at: datetime,
         counters[cls] = index + 1
         out[f"{cls}{index}"] = sub.to_json()
     iat = int(issued_at.timestamp())
+    overall = max((sub["ear.status"] for sub in out.values()), key=_TIER_ORDER.index, default="none")
     return {"eat_profile": EAT_PROFILE, "iat": iat, "exp": iat + int(lifetime.total_seconds()), "iss": ISSUER,
-            "ear.verifier-id": {"developer": "kbs", "build": "kbs"}, "submods": out}
+            "ear.verifier-id": {"developer": "kbs", "build": "kbs"}, OVERALL_STATUS: overall, "submods": out}
 
 
 def submods_by_tee(document: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:
-    """TEE name -> the submods whose annotated evidence came from it (for authority blocks)."""
+    """Verifier name -> the submods it appraised (for authority blocks).  Documents stored before
+    submods named their verifier are read by their annotated-evidence keys."""
     found: dict[str, list[Mapping[str, Any]]] = {}
     submods = document.get("submods")
     if not isinstance(submods, Mapping):
         return found
     for sub in submods.values():
-        evidence = sub.get("ear.veraison.annotated-evidence") if isinstance(sub, Mapping) else None
-        if isinstance(evidence, Mapping):
+        if not isinstance(sub, Mapping):
+            continue
+        verifier = sub.get(VERIFIER_KEY)
+        evidence = sub.get("ear.veraison.annotated-evidence")
+        if isinstance(verifier, str):
+            found.setdefault(verifier, []).append(sub)
+        elif isinstance(evidence, Mapping):
             for tee, claims in evidence.items():
                 if tee not in ANNOTATION_KEYS and isinstance(claims, Mapping):
                     found.setdefault(tee, []).append(sub)

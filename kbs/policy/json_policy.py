@@ -10,7 +10,8 @@ so this module knows no TEE): it holds when the document
 has at least one submod from that verifier and the block holds for every such submod (all
 eight GPUs of a machine, not just one).  Inside a block a claim PATH is dot-separated
 (`\\.` for a literal dot) and is resolved against the EAR document, where the first segment
-may also be the verifier's name (`snp.measurement`) or `submod` (the submod itself, e.g.
+may also be a key of the submod's annotated evidence (`snp.measurement`; `nvidia.measres` in a
+`local:nvgpu` block, Trustee's name for those claims) or `submod` (the submod itself, e.g.
 `submod.ear\\.status`).
 
 A missing claim makes its condition false; so does a type mismatch.  The policy is data:
@@ -351,8 +352,10 @@ class JsonPolicy:
                                detail=f"{block.authority}: the claims hold no evidence from this verifier")
         per_sub = []
         for sub in subs:
-            evidence = sub.get("ear.veraison.annotated-evidence", {})
-            context = {**claims, tee: evidence.get(tee), "submod": sub}
+            evidence = sub.get("ear.veraison.annotated-evidence")
+            # Paths may start at the annotated evidence: the verifier's claims under its Trustee name
+            # (`snp.`, `tdx.`, `nvidia.` for local:nvgpu), `report_data`, `init_data_claims` …
+            context = {**claims, **(evidence if isinstance(evidence, Mapping) else {}), "submod": sub}
             per_sub.append(_explain_group(block.body, context, refs, at))
         held = all(e.ok for e in per_sub)
         return Explanation(kind="authority", ok=held, where=block.where, line=block.line,

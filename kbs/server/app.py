@@ -48,10 +48,13 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 LIMITS: web.AppKey[dict[str, RateLimiter]] = web.AppKey("limits", dict)
 VERIFIER_TYPES: web.AppKey[tuple[VerifierType, ...]] = web.AppKey("verifier_types", tuple)
 
-# Installed on first start: release only to non-sample TEEs whose every submod is affirming.
+# Installed on first start: release only to non-sample TEEs whose every submod is affirming
+# (`kbs.status`: the CPU and each GPU sent with it; a GPU without OCSP or RIMs is not affirming).
+_EVERY_SUBMOD_AFFIRMING = [{"claim": "submod.ear\\.status", "equals": "affirming"},
+                           {"claim": "kbs\\.status", "equals": "affirming"}]
 DEFAULT_POLICY_TEXT = json.dumps({"version": "1.0.0", "anyOf": [
-    {"authority": "local:snp", "allOf": [{"claim": "submod.ear\\.status", "equals": "affirming"}]},
-    {"authority": "local:tdx", "allOf": [{"claim": "submod.ear\\.status", "equals": "affirming"}]}]}, indent=1)
+    {"authority": "local:snp", "allOf": _EVERY_SUBMOD_AFFIRMING},
+    {"authority": "local:tdx", "allOf": _EVERY_SUBMOD_AFFIRMING}]}, indent=1)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

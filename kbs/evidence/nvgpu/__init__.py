@@ -1,0 +1,1 @@
+"""NVIDIA confidential GPUs (Hopper, Blackwell): SPDM measurement reports as additional evidence."""
