@@ -205,3 +205,27 @@ def test_claims_name_each_gpu(broker: Broker, amd: SyntheticAmd, fleet: Syntheti
         claims = submods[name]["ear.veraison.annotated-evidence"]["nvidia"]
         assert claims["uuid"] == gpu.uuid and claims["measres"] == "success"
         assert submods[name]["kbs.verifier"] == "nvgpu"
+
+
+def test_hostile_gpu_evidence_is_refused_and_the_broker_keeps_serving(
+        broker: Broker, amd: SyntheticAmd, fleet: SyntheticFleet, gpus: dict[str, FleetGpu]) -> None:
+    async def send(device_evidence: Any) -> tuple[int, dict[str, Any]]:
+        key = generate_tee_key("EC-P256")
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            additional = json.dumps({"nvidia": device_evidence}, separators=(",", ":"))
+            digest = primary_runtime_digest(nonce, key.jwk, additional)
+            body = {"init-data": None, "runtime-data": {"nonce": nonce, "tee-pubkey": key.jwk},
+                    "tee-evidence": {"primary_evidence": SnpGuest(amd).evidence(digest + bytes(16)),
+                                     "additional_evidence": additional}}
+            return await attest(http, broker.url, body)
+
+    entry = gpus["a"].evidence_entry(bytes(32))
+    for evidence, check in (({"device_evidence_list": [entry] * 17}, "nvgpu.evidence"),
+                            ({"device_evidence_list": [{**entry, "evidence": "A" * 40000}]}, "nvgpu.evidence"),
+                            ({"device_evidence_list": [{**entry, "certificate": "!" * 100}]}, "nvgpu.evidence"),
+                            ({"device_evidence_list": [{**entry, "arch": "LS10"}]}, "nvgpu.evidence"),
+                            ([[[[[]]]]], "nvgpu.evidence")):
+        status, body = asyncio.run(send(evidence))
+        assert status == 401 and check in body["detail"], (status, body)
+    assert _run(broker, amd, fleet, [gpus["a"], gpus["b"]], "ai/weights/json")[2] == 200
