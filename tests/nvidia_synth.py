@@ -22,11 +22,9 @@ Nothing here comes from the shared vectors.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -326,22 +324,5 @@ async def serve(fake: FakeOcspResponder) -> AsyncIterator[str]:
 @contextlib.contextmanager
 def responder_in_thread(fake: FakeOcspResponder) -> Iterator[FakeOcspResponder]:
     """`fake` served from a thread of its own, for code that runs its own event loop (the CLI)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    stop: list[asyncio.Event] = []
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        async with serve(fake):
-            ready.set()
-            await stop[0].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
+    with fake_http.in_thread(lambda: serve(fake)):
         yield fake
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(10)
-        loop.close()

@@ -7,12 +7,10 @@ and the CPU evidence's report data against the additional_evidence text exactly 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from kbs.guest.client import fetch_resource
 from kbs.guest.evidence import SampleEvidence
 from kbs.guest.gpu import DEVICE_NONCE_SIZE, MAX_GPUS, NvmlGpus
 from kbs.trust.nvidia.certs import check_fwid, verify_device_chain
+from tests.fake_http import in_thread
 from tests.fake_nvml import (
     NVML_DEVICE_ARCH_AMPERE,
     NVML_DEVICE_ARCH_HOPPER,
@@ -63,27 +62,8 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Any:
 @contextlib.contextmanager
 def kbs_in_thread(kbs: FakeKbs) -> Iterator[str]:
     """`kbs` served from a thread of its own, for the CLI (which runs its own event loop)."""
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    urls: list[str] = []
-    stop: list[asyncio.Event] = []
-
-    async def main() -> None:
-        stop.append(asyncio.Event())
-        async with serve(kbs) as url:
-            urls.append(url)
-            ready.set()
-            await stop[0].wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    assert ready.wait(10)
-    try:
-        yield urls[0]
-    finally:
-        loop.call_soon_threadsafe(stop[0].set)
-        thread.join(10)
-        loop.close()
+    with in_thread(lambda: serve(kbs)) as url:
+        yield url
 
 
 def run_cli(kbs: FakeKbs, tmp_path: Path, *options: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 from kbs import native
 from kbs.errors import SignatureInvalid
 from tests import p384_ref as ref
+from tests.threads import on_threads
 
 lib = native.lib
 OK = lib.KBS_OK
@@ -338,22 +338,13 @@ def test_key_cache_lru_and_threads() -> None:
         cache.verify(keys[1][1], digest, *sigs[2])
     assert cache.verify_status(b"\x04" * 5, digest, *sigs[0]) == lib.KBS_ERR_KEY_LENGTH
 
-    errors: list[BaseException] = []
+    def check() -> None:
+        for i in range(20):
+            (_, k), sig = keys[i % 3], sigs[i % 3]
+            assert cache.verify_status(k, digest, *sig) == OK
 
-    def worker() -> None:
-        try:
-            for i in range(20):
-                (_, k), sig = keys[i % 3], sigs[i % 3]
-                assert cache.verify_status(k, digest, *sig) == OK
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(cache) <= 2
+    on_threads(check)
+    assert len(cache) <= 2
 
 
 def test_batch_matches_single_calls() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -26,6 +25,7 @@ from kbs.native.spdm import _detail
 from tests.conftest import vectors_dir
 from tests.gpu_reports import GpuReport, real_reports
 from tests.spdm_synth import P384_N, Block, SyntheticSpdm, digest_blocks, hopper_opaque, point_of, sign, tlv
+from tests.threads import on_threads
 
 REAL = real_reports(vectors_dir())
 GENUINE = [r for r in REAL if r.genuine]
@@ -523,22 +523,12 @@ def test_table_entry_point_in_c() -> None:
 def test_threads_share_the_core() -> None:
     good, bad = GOOD_BYTES, GOOD_BYTES[:200] + b"\0" + GOOD_BYTES[201:]
     cache = native.P384KeyCache(build_after=1)
-    errors: list[BaseException] = []
+    def check() -> None:
+        for _ in range(20):
+            assert native.spdm_verify_status(good, POINT, cache) == 0
+            assert native.spdm_verify_status(bad, POINT) == lib.KBS_ERR_SPDM_SIG_INVALID
 
-    def worker() -> None:
-        try:
-            for _ in range(20):
-                assert native.spdm_verify_status(good, POINT, cache) == 0
-                assert native.spdm_verify_status(bad, POINT) == lib.KBS_ERR_SPDM_SIG_INVALID
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    on_threads(check)
 
 
 def test_signature_matches_an_independent_signer() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -20,6 +19,7 @@ from kbs import native
 from kbs.errors import EvidenceError, MalformedEvidence, SignatureInvalid
 from tests.conftest import vectors_dir
 from tests.tdx_quotes import P256_N, QuoteKeys, RealQuote, build_quote, layout, real_quotes, sign_raw
+from tests.threads import on_threads
 
 REAL = real_quotes(vectors_dir())
 needs_vectors = pytest.mark.skipif(not REAL, reason=f"no TDX quotes under KBS_VECTORS={vectors_dir()}")
@@ -365,22 +365,12 @@ def test_verify_releases_the_gil_and_is_thread_safe() -> None:
     good, _ = build_quote(keys, version=5, body_type=3)
     bad = bytearray(good)
     bad[100] ^= 1
-    errors: list[BaseException] = []
+    def check() -> None:
+        for _ in range(30):
+            assert native.tdx_verify_status(good, keys.pck_point) == 0
+            assert native.tdx_verify_status(bytes(bad), keys.pck_point) == native.lib.KBS_ERR_TDX_QUOTE_SIG_INVALID
 
-    def worker() -> None:
-        try:
-            for _ in range(30):
-                assert native.tdx_verify_status(good, keys.pck_point) == 0
-                assert native.tdx_verify_status(bytes(bad), keys.pck_point) == native.lib.KBS_ERR_TDX_QUOTE_SIG_INVALID
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    on_threads(check)
 
 
 def test_every_status_has_a_label() -> None:
