@@ -10,6 +10,8 @@
  *    EVP's streaming interface;
  *  - the differential ECDSA harness's input modes (raw, signed and mutated, crafted), run against
  *    a harness's own check of its curve's entry points (fuzz_p256_verify.c, fuzz_p384_verify.c);
+ *  - the signed-evidence harnesses' input modes (raw, keyed, built), run against a harness's own
+ *    check and builder (fuzz_spdm_report.c, fuzz_tdx_quote.c);
  *  - an SNP report made well-formed, so signing it and verifying it must succeed.
  *
  * Every disagreement calls fuzz_fail(), which prints what differed and aborts: libFuzzer
@@ -586,6 +588,59 @@ static inline void fuzz_ecdsa_input(const struct fuzz_curve *c, fuzz_ecdsa_check
     case 0: fuzz_ecdsa_raw(c, check, &rd, ctx); break;
     case 1: fuzz_ecdsa_signed(c, check, &rd, ctx); break;
     default: fuzz_ecdsa_crafted(c, check, &rd, ctx); break;
+    }
+    BN_CTX_free(ctx);
+}
+
+/* ---- signed evidence harnesses: input modes ----
+ *
+ * The first byte picks how the rest is read:
+ *   0 raw:    the rest is the evidence; the key is a fixed valid point, the curve's generator
+ *             (signatures fail, the parser sees arbitrary bytes);
+ *   1 keyed:  a flags byte, a c->point-byte key (one byte shorter when the flags' top bit is set),
+ *             then the evidence;
+ *   2 built:  the rest goes to the harness's builder, which makes, signs, mutates and checks.
+ * The evidence goes to the harness's check in an exact-size heap block. */
+
+enum { FUZZ_MODE_RAW, FUZZ_MODE_KEYED, FUZZ_MODE_BUILT, FUZZ_MODES };
+
+typedef int (*fuzz_evidence_check)(const uint8_t *b, size_t len, unsigned flags, const uint8_t *point,
+                                   size_t point_len, const char *what);
+typedef void (*fuzz_evidence_build)(struct reader *rd, BN_CTX *ctx);
+
+/* One libFuzzer input of a signed-evidence harness whose keys are on curve c. */
+static inline void fuzz_evidence_input(const struct fuzz_curve *c, fuzz_evidence_check check,
+                                       fuzz_evidence_build build, const uint8_t *data, size_t size)
+{
+    if (size == 0)
+        return;
+    BN_CTX *ctx = BN_CTX_new();
+    if (ctx == NULL)
+        fuzz_fail("BN_CTX_new");
+    switch (data[0] % FUZZ_MODES) {
+    case FUZZ_MODE_RAW: {
+        uint8_t generator[FUZZ_MAX_POINT];
+        point_encode(c, EC_GROUP_get0_generator(fuzz_group(c)), generator, ctx);
+        uint8_t *evidence = fuzz_exact(data + 1, size - 1);
+        check(evidence, size - 1, 0, generator, c->point, "raw");
+        free(evidence);
+        break;
+    }
+    case FUZZ_MODE_KEYED: {
+        size_t skip = 2 + c->point;
+        if (size < skip)
+            break;
+        size_t point_len = c->point - (data[1] >> 7); /* sometimes a key one byte short */
+        uint8_t *evidence = fuzz_exact(data + skip, size - skip);
+        check(evidence, size - skip, data[1] & 1, data + 2, point_len, "keyed");
+        free(evidence);
+        break;
+    }
+    default: {
+        struct reader rd = {data + 1, size - 1};
+        build(&rd, ctx);
+        break;
+    }
     }
     BN_CTX_free(ctx);
 }

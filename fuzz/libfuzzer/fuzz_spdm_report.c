@@ -27,7 +27,6 @@
  */
 #include "fuzz_common.h"
 
-enum { MODE_RAW, MODE_KEYED, MODE_BUILT, MODES };
 enum { MAX_BUILT_BLOCKS = 254, MAX_VALUE = 70, MAX_TLV = 80, MAX_PADDING = 24 };
 
 static const struct fuzz_curve *const C = &FUZZ_P384;
@@ -496,40 +495,6 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const uint8_t fixed_point[97] = { /* the P-384 generator */
-        0x04, 0xaa, 0x87, 0xca, 0x22, 0xbe, 0x8b, 0x05, 0x37, 0x8e, 0xb1, 0xc7, 0x1e, 0xf3, 0x20, 0xad, 0x74,
-        0x6e, 0x1d, 0x3b, 0x62, 0x8b, 0xa7, 0x9b, 0x98, 0x59, 0xf7, 0x41, 0xe0, 0x82, 0x54, 0x2a, 0x38, 0x55,
-        0x02, 0xf2, 0x5d, 0xbf, 0x55, 0x29, 0x6c, 0x3a, 0x54, 0x5e, 0x38, 0x72, 0x76, 0x0a, 0xb7, 0x36, 0x17,
-        0xde, 0x4a, 0x96, 0x26, 0x2c, 0x6f, 0x5d, 0x9e, 0x98, 0xbf, 0x92, 0x92, 0xdc, 0x29, 0xf8, 0xf4, 0x1d,
-        0xbd, 0x28, 0x9a, 0x14, 0x7c, 0xe9, 0xda, 0x31, 0x13, 0xb5, 0xf0, 0xb8, 0xc0, 0x0a, 0x60, 0xb1, 0xce,
-        0x1d, 0x7e, 0x81, 0x9d, 0x7a, 0x43, 0x1d, 0x7c, 0x90, 0xea, 0x0e, 0x5f};
-    if (size == 0)
-        return 0;
-    BN_CTX *ctx = BN_CTX_new();
-    if (ctx == NULL)
-        fuzz_fail("BN_CTX_new");
-    switch (data[0] % MODES) {
-    case MODE_RAW: {
-        uint8_t *report = fuzz_exact(data + 1, size - 1);
-        check_report(report, size - 1, 0, fixed_point, 97, "raw");
-        free(report);
-        break;
-    }
-    case MODE_KEYED: {
-        if (size < 2 + 97)
-            break;
-        size_t point_len = 97 - (data[1] >> 7); /* sometimes a 96-byte key */
-        uint8_t *report = fuzz_exact(data + 99, size - 99);
-        check_report(report, size - 99, data[1] & 1, data + 2, point_len, "keyed");
-        free(report);
-        break;
-    }
-    default: {
-        struct reader rd = {data + 1, size - 1};
-        built_case(&rd, ctx);
-        break;
-    }
-    }
-    BN_CTX_free(ctx);
+    fuzz_evidence_input(C, check_report, built_case, data, size);
     return 0;
 }

@@ -28,7 +28,6 @@
  */
 #include "fuzz_common.h"
 
-enum { MODE_RAW, MODE_KEYED, MODE_BUILT, MODES };
 enum { MAX_AUTH = 300, MAX_CHAIN = 700, MAX_PADDING = 80 };
 
 static uint16_t get_le16(const uint8_t *p)
@@ -418,11 +417,7 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
         }
         break;
     }
-    uint8_t *exact = malloc(new_len ? new_len : 1);
-    if (exact == NULL)
-        fuzz_fail("out of memory");
-    if (new_len)
-        memcpy(exact, b, new_len);
+    uint8_t *exact = fuzz_exact(b, new_len);
     int rc = check_quote(exact, new_len, flags, pck_point, 65, "built and mutated");
     if (expect_ok && rc != KBS_OK && in_range(&FUZZ_P256, b + m.sig_off) && in_range(&FUZZ_P256, b + m.sig_off + 32))
         fuzz_fail("mutation %d must keep the quote valid, got %d", mutation % 12, rc);
@@ -436,44 +431,6 @@ static void built_case(struct reader *rd, BN_CTX *ctx)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const uint8_t fixed_point[65] = {
-        0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2,
-        0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96, 0x4f,
-        0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce,
-        0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5}; /* G */
-    if (size == 0)
-        return 0;
-    BN_CTX *ctx = BN_CTX_new();
-    if (ctx == NULL)
-        fuzz_fail("BN_CTX_new");
-    switch (data[0] % MODES) {
-    case MODE_RAW: {
-        uint8_t *quote = malloc(size - 1 ? size - 1 : 1);
-        if (quote == NULL)
-            fuzz_fail("out of memory");
-        memcpy(quote, data + 1, size - 1);
-        check_quote(quote, size - 1, 0, fixed_point, 65, "raw");
-        free(quote);
-        break;
-    }
-    case MODE_KEYED: {
-        if (size < 2 + 65)
-            break;
-        size_t pck_len = 65 - (data[1] >> 7); /* sometimes a 64-byte key */
-        uint8_t *quote = malloc(size - 67 ? size - 67 : 1);
-        if (quote == NULL)
-            fuzz_fail("out of memory");
-        memcpy(quote, data + 67, size - 67);
-        check_quote(quote, size - 67, data[1] & 1, data + 2, pck_len, "keyed");
-        free(quote);
-        break;
-    }
-    default: {
-        struct reader rd = {data + 1, size - 1};
-        built_case(&rd, ctx);
-        break;
-    }
-    }
-    BN_CTX_free(ctx);
+    fuzz_evidence_input(&FUZZ_P256, check_quote, built_case, data, size);
     return 0;
 }

@@ -17,93 +17,20 @@
 #define _DEFAULT_SOURCE
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <ctype.h>
-#include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/ec.h>
-#include <openssl/ecdsa.h>
-#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/obj_mac.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
 #include "kbs_native.h"
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Du;
-
-static uint64_t rnd(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
-
-static uint8_t *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *buf = malloc(size > 0 ? (size_t)size + 1 : 1);
-    if (buf && size > 0 && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = size > 0 ? (size_t)size : 0;
-    if (buf)
-        buf[*len] = 0; /* text files are read as C strings */
-    return buf;
-}
-
-/* A copy in a block of exactly `len` bytes (malloc(0) for none): the sanitizer sees any overread. */
-static uint8_t *exact_copy(const uint8_t *src, size_t len)
-{
-    uint8_t *p = malloc(len);
-    if (len)
-        memcpy(p, src, len);
-    return p;
-}
-
-static int all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return 0;
-    return 1;
-}
+#include "vectors.h"
 
 static int is_parse_error(int rc)
 {
     return rc >= KBS_ERR_SPDM_REQUEST_TRUNCATED && rc <= KBS_ERR_SPDM_PADDING;
-}
-
-/* The uncompressed P-384 point of the first certificate of a PEM chain (the leaf). */
-static int leaf_point(const uint8_t *pem, size_t pem_len, uint8_t point[97])
-{
-    BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
-    X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
-    int ok = 0;
-    if (cert) {
-        uint8_t *der = NULL;
-        int n = i2d_PUBKEY(X509_get0_pubkey(cert), &der); /* SPKI: the point is its last 97 bytes */
-        if (n == 120 && der[23] == 0x04) {
-            memcpy(point, der + 23, 97);
-            ok = 1;
-        }
-        OPENSSL_free(der);
-    }
-    X509_free(cert);
-    BIO_free(bio);
-    ERR_clear_error();
-    return ok;
 }
 
 /* ---- the real reports: hex text files and JSON bundles ---- */
@@ -159,7 +86,7 @@ static uint8_t *b64_decode(const char *text, size_t text_len, size_t *len)
 static void add_real(const char *name, uint8_t *data, size_t len, const uint8_t *pem, size_t pem_len, int genuine)
 {
     struct real *r = &reals[nreal];
-    if (nreal >= 64 || data == NULL || !leaf_point(pem, pem_len, r->point)) {
+    if (nreal >= 64 || data == NULL || !pem_leaf_point(pem, pem_len, r->point, 97)) {
         CHECK(0, "%s: report or chain not readable", name);
         free(data);
         return;
@@ -176,7 +103,7 @@ static void load_hex(const char *root, const char *report, const char *chain, in
     char path[1024];
     size_t len, pem_len;
     snprintf(path, sizeof path, "%s/gpu/%s", root, report);
-    char *text = (char *)read_file(path, &len);
+    char *text = read_text(path);
     snprintf(path, sizeof path, "%s/gpu/%s", root, chain);
     uint8_t *pem = read_file(path, &pem_len);
     if (text && pem) {
@@ -196,9 +123,8 @@ static void load_hex(const char *root, const char *report, const char *chain, in
 static void load_json(const char *root, const char *file)
 {
     char path[1024];
-    size_t len;
     snprintf(path, sizeof path, "%s/gpu/%s", root, file);
-    char *text = (char *)read_file(path, &len);
+    char *text = read_text(path);
     if (!text)
         return;
     enum { MAXV = 256 };
@@ -553,18 +479,6 @@ struct shape {
     uint8_t slot;
 };
 
-static EC_KEY *new_key(uint8_t point[97])
-{
-    EC_KEY *k = EC_KEY_new_by_curve_name(NID_secp384r1);
-    if (k == NULL || EC_KEY_generate_key(k) != 1 ||
-        EC_POINT_point2oct(EC_KEY_get0_group(k), EC_KEY_get0_public_key(k), POINT_CONVERSION_UNCOMPRESSED, point,
-                           97, NULL) != 97) {
-        fprintf(stderr, "libcrypto key generation failed\n");
-        exit(2);
-    }
-    return k;
-}
-
 /* A report of this shape in a new exact-size block, signed by `key` over everything before the signature. */
 static uint8_t *build(EC_KEY *key, const struct shape *s, size_t *len_out)
 {
@@ -606,12 +520,7 @@ static uint8_t *build(EC_KEY *key, const struct shape *s, size_t *len_out)
     put(&b, opq.p, opq.n);
     uint8_t digest[48], sig[96];
     CHECK(kbs_sha384(b.p, b.n, digest) == KBS_OK, "sha384");
-    ECDSA_SIG *es = ECDSA_do_sign(digest, 48, key);
-    const BIGNUM *r, *sv;
-    ECDSA_SIG_get0(es, &r, &sv);
-    BN_bn2binpad(r, sig, 48);
-    BN_bn2binpad(sv, sig + 48, 48);
-    ECDSA_SIG_free(es);
+    sign_digest(key, digest, 48, sig, sig + 48);
     put(&b, sig, 96);
     for (size_t i = 0; i < s->padding; i++)
         put8(&b, 0);
@@ -655,7 +564,7 @@ static int status_of(EC_KEY *key, const uint8_t point[97], const struct shape *s
 static void test_synthetic(long iters)
 {
     uint8_t point[97], other_point[97];
-    EC_KEY *key = new_key(point), *other = new_key(other_point);
+    EC_KEY *key = new_ec_key(NID_secp384r1, point, 97), *other = new_ec_key(NID_secp384r1, other_point, 97);
     size_t len;
     struct kbs_spdm_report *q = malloc(sizeof *q);
 
@@ -790,6 +699,7 @@ int main(void)
     const char *iters_env = getenv("KBS_NATIVE_FUZZ_ITERS");
     long iters = iters_env ? atol(iters_env) : 20000;
     const char *root = vectors ? vectors : "../shared/vectors";
+    rng_state = 0x2545F4914F6CDD1Du;
 
     load_reals(root);
     int genuine = 0;

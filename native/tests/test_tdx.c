@@ -15,15 +15,8 @@
 #define _DEFAULT_SOURCE
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <dirent.h>
-#include <openssl/bio.h>
-#include <openssl/bn.h>
 #include <openssl/ec.h>
-#include <openssl/ecdsa.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
 #include <openssl/obj_mac.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,38 +26,9 @@
 #include "kbs_native.h"
 #include "vectors.h"
 
-static int all_zero(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (p[i])
-            return 0;
-    return 1;
-}
-
 static int is_parse_error(int rc)
 {
     return rc >= KBS_ERR_TDX_HEADER_TRUNCATED && rc <= KBS_ERR_TDX_TRAILING_BYTES;
-}
-
-/* The uncompressed P-256 point of the first certificate of a PEM chain (the PCK leaf). */
-static int leaf_point(const uint8_t *pem, size_t pem_len, uint8_t point[65])
-{
-    BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
-    X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
-    int ok = 0;
-    if (cert) {
-        uint8_t *der = NULL;
-        int n = i2d_PUBKEY(X509_get0_pubkey(cert), &der); /* SPKI: the point is its last 65 bytes */
-        if (n == 91 && der[26] == 0x04) {
-            memcpy(point, der + 26, 65);
-            ok = 1;
-        }
-        OPENSSL_free(der);
-    }
-    X509_free(cert);
-    BIO_free(bio);
-    ERR_clear_error();
-    return ok;
 }
 
 /* ---- region map of a parsed quote: what a one-bit flip of each byte must give ---- */
@@ -576,7 +540,7 @@ int main(void)
         quotes[i] = read_file(f.paths[i], &lens[i]);
         struct kbs_tdx_quote q;
         if (quotes[i] && kbs_tdx_parse(quotes[i], lens[i], KBS_TDX_ALLOW_TRAILING_BYTES, &q) == KBS_OK &&
-            leaf_point(quotes[i] + q.pck_chain_offset, q.pck_chain_len, points[i])) {
+            pem_leaf_point(quotes[i] + q.pck_chain_offset, q.pck_chain_len, points[i], 65)) {
             real++;
         } else {
             CHECK(quotes[i] == NULL, "%s: a quote file under tdx/ that does not parse", f.paths[i]);

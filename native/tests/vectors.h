@@ -3,6 +3,7 @@
  *  - random numbers, reproducible from the seed each test sets in rng_state (and prints);
  *  - inputs in heap blocks of exactly their length, so the sanitizers see any overread;
  *  - vector files ($KBS_VECTORS, read in place), their hex fields and NIST CAVP records;
+ *  - what evidence tests ask of their inputs: zero padding, the key of a chain's leaf certificate;
  *  - libcrypto keys and signatures, and the scalars and field elements a range check must get right.
  * Everything is static inline: a test uses what it needs and the rest costs nothing.
  */
@@ -11,10 +12,14 @@
 #ifndef OPENSSL_SUPPRESS_DEPRECATED
 #define OPENSSL_SUPPRESS_DEPRECATED /* EC_KEY: the tests' oracle, as the core's libcrypto reference */
 #endif
+#include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/ec.h>
 #include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +149,40 @@ static inline int unhex_int(uint8_t *out, size_t width, const char *hex)
     memset(out, 0, width);
     memcpy(out + width - (n - skip), tmp + skip, n - skip);
     return 1;
+}
+
+/* ---- evidence: padding and certificate chains ---- */
+
+static inline int all_zero(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* The uncompressed point (0x04 || X || Y, point_len bytes) of the first certificate of a PEM chain, the
+ * leaf: the last point_len bytes of its DER SubjectPublicKeyInfo, for an EC key whose curve has points
+ * of that length.  1 if so, 0 if the chain has no certificate or its key is anything else. */
+static inline int pem_leaf_point(const uint8_t *pem, size_t pem_len, uint8_t *point, size_t point_len)
+{
+    BIO *bio = BIO_new_mem_buf(pem, (int)pem_len);
+    X509 *cert = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *key = cert ? X509_get0_pubkey(cert) : NULL;
+    int ok = 0;
+    if (key && EVP_PKEY_base_id(key) == EVP_PKEY_EC && 1 + 2 * (size_t)((EVP_PKEY_bits(key) + 7) / 8) == point_len) {
+        uint8_t *der = NULL;
+        int n = i2d_PUBKEY(key, &der);
+        if (n > 0 && (size_t)n > point_len && der[(size_t)n - point_len] == 0x04) {
+            memcpy(point, der + (size_t)n - point_len, point_len);
+            ok = 1;
+        }
+        OPENSSL_free(der);
+    }
+    X509_free(cert);
+    BIO_free(bio);
+    ERR_clear_error();
+    return ok;
 }
 
 /* ---- NIST CAVP .rsp files: the lines of one curve's sections ---- */
