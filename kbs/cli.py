@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML configuration (default: dev mode on loopback)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
     serve.add_argument("--state-dir", type=Path, help="override `state_dir`")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="override [server] workers: worker processes on one port (0: one per core)")
     serve.set_defaults(func=_run_serve)
     commands.choices["measure"].set_defaults(func=run_measure)
     return parser
@@ -140,8 +142,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         config.host_port  # noqa: B018 - validate now: a usage error, not a crash at bind time
     if args.state_dir:
         config = replace(config, state_dir=args.state_dir)
-    serve(config)
-    return EXIT_OK
+    if args.workers is not None:
+        if args.workers < 0:
+            raise Usage("--workers must be 0 (one per core) or more")
+        config = replace(config, workers=args.workers)
+    return serve(config)
 
 
 def _run_verify(command: VerifyCommand, args: argparse.Namespace) -> int:

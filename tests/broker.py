@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import re
 import signal
 import socket
 import ssl
@@ -113,29 +114,37 @@ TEST_LIMITS = {"auth_per_second": "0", "attest_per_second": "0", "resource_per_s
                "max_connections_per_client": "512"}
 
 
-def write_config(path: Path, port: int, state_dir: Path, extra: str = "", host: str = "127.0.0.1") -> Path:
-    defaults = "".join(f"{k} = {v}\n" for k, v in TEST_LIMITS.items() if k not in extra)
-    if "[limits]\n" in extra:
-        extra = extra.replace("[limits]\n", "[limits]\n" + defaults, 1)
-    else:
-        extra = f"{extra}\n[limits]\n{defaults}"
+def write_config(path: Path, port: int, state_dir: Path, extra: str = "", host: str = "127.0.0.1",
+                 workers: int = 1) -> Path:
+    """A broker's config; one worker process unless `workers` (or `extra`'s [server] workers) says otherwise,
+    as the per-client limits and caps these tests check are per worker."""
+    extra = _with_defaults(extra, "limits", {k: v for k, v in TEST_LIMITS.items() if k not in extra})
+    extra = _with_defaults(extra, "server", {} if re.search(r"(?m)^workers\s*=", extra) else {"workers": str(workers)})
     dev = "" if "dev_mode" in extra else "dev_mode = true\n"
     path.write_text(f'listen = "{host}:{port}"\nstate_dir = "{state_dir}"\n{dev}{extra}')
     return path
 
 
+def _with_defaults(extra: str, table: str, defaults: dict[str, str]) -> str:
+    """`extra` with these keys added to its [table] (which is made when it has none)."""
+    lines = "".join(f"{k} = {v}\n" for k, v in defaults.items())
+    if f"[{table}]\n" in extra:
+        return extra.replace(f"[{table}]\n", f"[{table}]\n{lines}", 1)
+    return f"{extra}\n[{table}]\n{lines}"
+
+
 @contextmanager
 def run_broker(tmp: Path, extra_config: str = "", state_dir: Path | None = None,
                env: dict[str, str] | None = None, tls: TlsFiles | None = None,
-               host: str = "127.0.0.1") -> Iterator[Broker]:
+               host: str = "127.0.0.1", workers: int = 1) -> Iterator[Broker]:
     """A `kbs serve` subprocess, ready (readyz 200) when yielded, stopped with SIGTERM after.
 
     With `tls`, the broker serves HTTPS (its `[tls]` section is appended to `extra_config`) and `url` is
-    https://; `host` is what it listens on (the URL stays 127.0.0.1)."""
+    https://; `host` is what it listens on (the URL stays 127.0.0.1); `workers` as in `write_config`."""
     port = free_port()
     state = state_dir or tmp / "state"
     extra = f"{extra_config}\n{tls.config()}" if tls else extra_config
-    config = write_config(tmp / f"kbs-{port}.toml", port, state, extra, host)
+    config = write_config(tmp / f"kbs-{port}.toml", port, state, extra, host, workers)
     log_path = tmp / f"kbs-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "kbs.cli", "serve", "--config", str(config)],
@@ -148,7 +157,7 @@ def run_broker(tmp: Path, extra_config: str = "", state_dir: Path | None = None,
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(40)  # a supervisor waits up to 25 s for its workers to drain
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

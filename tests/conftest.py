@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import settings
 
 from tests.amd_synth import SyntheticAmd
+from tests.postgres import PostgresServer, postgres_server
 
 # CI runs derandomized (reproducible, never decided by chance); local runs explore.
 settings.register_profile("ci", derandomize=True, deadline=None, database=None)
@@ -96,3 +99,14 @@ def synth_genoa() -> SyntheticAmd:
 @pytest.fixture(scope="session")
 def synth_milan_vlek() -> SyntheticAmd:
     return SyntheticAmd("Milan", kind="VLEK")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL (tests/postgres.py): one throwaway cluster per test process, started on first use."""
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(postgres_server())
+        except RuntimeError as exc:  # binaries missing, initdb or pg_ctl failing: say so, never skip
+            pytest.fail(str(exc), pytrace=False)
+        yield server

@@ -29,18 +29,19 @@ from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
-from kbs.server import admin, protocol
+from kbs.server import admin, health, protocol
+from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
-from kbs.server.errors import ProtocolError
+from kbs.server.errors import ProtocolError, ServeError
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
 from kbs.server.metrics import Metrics
 from kbs.server.protocol import DEFAULT_POLICY, STATE
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
+from kbs.store import open_store
 from kbs.store.integrity import ROW_MAC_PURPOSE
-from kbs.store.sqlite import SqliteStore
 
 log = logging.getLogger("kbs.server")
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
@@ -118,21 +119,21 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
+    return health.answer(request, 200, "ok")
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready only when the store answers and the signing key and KEK work."""
     st = request.app.get(STATE)
     if st is None:
-        return web.Response(status=503, text="starting")
+        return health.answer(request, 503, "starting")
     try:
         await st.run(st.store.probe_write, st.clock())  # a write: a full disk or read-only file shows here
         st.kek.unseal(st.kek.seal(b"ready", "readyz"), "readyz")
         st.signer.probe()
     except Exception as exc:  # readiness reports any failure; it never raises
-        return web.Response(status=503, text=f"not ready: {type(exc).__name__}")
-    return web.Response(text="ready")
+        return health.answer(request, 503, f"not ready: {type(exc).__name__}")
+    return health.answer(request, 200, "ready")
 
 
 def _admin_identities(config: Config) -> list[AdminIdentity]:
@@ -185,7 +186,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     verify_pool = ThreadPoolExecutor(max_workers=config.verify_threads or os.cpu_count() or 2,
                                      thread_name_prefix="kbs-verify")
     kek = load_kek(config.kek_file or (config.kek_path if config.dev_mode else None), config.kek_credential)
-    store = SqliteStore(config.database_path, kek.derive(ROW_MAC_PURPOSE))
+    store = open_store(config.database, kek.derive(ROW_MAC_PURPOSE))
     signer = TokenSigner.from_store(store.get_or_create_secret, kek, config.token_cache_bytes)
     metrics = app[METRICS]
     # Rego runs only in worker processes with time and memory limits: a policy that crashes or
@@ -241,10 +242,13 @@ async def _purge(state: BrokerState) -> None:
 
 def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web.Application:
     """The broker's application; `verifier_types` adds TEEs beyond kbs.evidence.registry.AVAILABLE."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[errors_and_metrics])
+    metrics = Metrics()
+    # Admission first: a request over the in-flight bound costs no routing, metrics or body read.
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[Admission(config.max_in_flight, metrics), errors_and_metrics])
     app[CONFIG] = config
     app[VERIFIER_TYPES] = tuple(verifier_types)
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics
     app[LIMITS] = _rate_limiters(config)
     app.cleanup_ctx.append(_broker)
     app.add_routes(protocol.routes)
@@ -264,7 +268,10 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def serve(config: Config) -> None:
+def serve(config: Config) -> int:
+    """`kbs serve`: one process, or a supervisor and `[server] workers` processes (kbs.server.workers)."""
+    from kbs.server import workers  # imports this module for the worker side
+
     setup_logging(os.environ.get("KBS_LOG_LEVEL", "INFO"))
     check_listen(config)  # plain HTTP only on loopback unless insecure_http
     ssl_context = server_ssl_context(config)  # None without [tls]; a bad file is named here, before anything else
@@ -273,12 +280,27 @@ def serve(config: Config) -> None:
         log.warning("dev mode: keys generated under the state directory; do not use in production",
                     extra={"state_dir": str(config.state_dir.resolve()),
                            "admin_key": str(config.dev_admin_key.resolve())})
-    asyncio.run(_serve(make_app(config), *config.host_port, ssl_context=ssl_context))
+    count = workers.worker_count(config.workers)
+    if count > 1:
+        return workers.supervise(config, count)
+    asyncio.run(serve_app(make_app(config), *config.host_port, ssl_context=ssl_context))
+    return 0
 
 
-async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-    """Bind (with TLS when given a context), say where, serve until SIGTERM/SIGINT, then drain requests."""
+async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None, *,
+                    worker: health.WorkerIdentity | None = None,
+                    on_listening: Callable[[list[str]], None] | None = None,
+                    stop_when_readable: int | None = None) -> None:
+    """Bind (with TLS when given a context), say where, serve until SIGTERM/SIGINT, then drain requests.
+
+    As one of several workers (`worker` given): bind with SO_REUSEPORT, say which worker listens (before
+    serving, so the line precedes any answer), report the URLs to `on_listening`, and stop too when
+    `stop_when_readable` (the pipe from the supervisor, which never writes to it) becomes readable: the
+    supervisor is gone.
+    """
     config, metrics = app[CONFIG], app[METRICS]
+    if worker is not None:
+        app[health.WORKER] = worker
     # The keep-alive timer also runs on new connections and is not reset by partial data, so it is
     # the header-read timeout too; a connection's unparsed head is bounded as a whole by the limiter
     # (kbs.server.limits), so header fields can fit a Bearer token of the largest claims allowed.
@@ -287,23 +309,42 @@ async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SS
                            keepalive_timeout=config.header_timeout, max_headers=MAX_HEADERS,
                            max_field_size=field_size)
     await runner.setup()
+    metrics.worker_starts.inc()
     limiter = ConnectionLimiter(_connection_cap(config.max_connections), config.max_connections_per_client,
                                 head_bytes=field_size + 32 * 1024,
-                                on_refused=lambda why: metrics.connections_refused.labels(limit=why).inc())
-    metrics.connections.set_function(lambda: limiter.open)
+                                on_refused=lambda why: metrics.connections_refused.labels(limit=why).inc(),
+                                on_open=metrics.connections.set)
     assert runner.server is not None
-    server = await asyncio.get_running_loop().create_server(
-        limiter.wrap(runner.server), host, port, ssl=ssl_context, reuse_address=True, backlog=1024)
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            limiter.wrap(runner.server), host, port, ssl=ssl_context, reuse_address=True,
+            reuse_port=worker is not None, backlog=LISTEN_BACKLOG)
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewrites strerror
+        raise ServeError(f"cannot listen on {config.listen}: {reason}") from exc
     scheme = "https" if ssl_context is not None else "http"
+    urls = []
     for sock in server.sockets:
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        print(f"kbs: listening on {scheme}://{shown}:{bound_port}", file=sys.stderr, flush=True)
-        log.info("listening", extra={"url": f"{scheme}://{shown}:{bound_port}", "max_connections": limiter.total})
+        urls.append(f"{scheme}://{shown}:{bound_port}")
+        log.info("listening", extra={"url": urls[-1], "max_connections": limiter.total,
+                                     "worker": worker.index if worker else 0})
+    which = f" (worker {worker.index + 1} of {worker.count})" if worker is not None else ""
+    for url in urls:
+        print(f"kbs: listening on {url}{which}", file=sys.stderr, flush=True)
+    if on_listening is not None:
+        on_listening(urls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stop_when_readable is not None:
+        def supervisor_gone() -> None:
+            loop.remove_reader(stop_when_readable)  # readable until closed: once is enough
+            stop.set()
+        loop.add_reader(stop_when_readable, supervisor_gone)
     await stop.wait()
     log.info("shutting down: draining requests")
     server.close()
@@ -311,6 +352,7 @@ async def _serve(app: web.Application, host: str, port: int, ssl_context: ssl.SS
 
 
 MAX_HEADERS = 24
+LISTEN_BACKLOG = 4096  # a boot storm's connections wait in the kernel (clamped to net.core.somaxconn)
 FD_RESERVE = 64  # descriptors kept for the database, collateral fetches, worker pipes and logs
 
 

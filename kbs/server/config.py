@@ -2,18 +2,22 @@
 
     listen = "127.0.0.1:8080"           # HOST:PORT
     state_dir = ".kbs-state"            # SQLite database (kbs.sqlite3) and dev-mode keys live here
-    database_url = ""                   # sqlite:///path/to/kbs.sqlite3; default: <state_dir>/kbs.sqlite3
+    database_url = ""                   # sqlite:///path/to/kbs.sqlite3 (default: <state_dir>/kbs.sqlite3), or
+                                        # postgresql://user@host:5432/kbs for replicas on several hosts
     kek_file = ""                       # 32 raw bytes or 64 hex chars; default <state_dir>/kek in dev mode
     kek_credential = "kbs-kek"          # systemd credential name, preferred when $CREDENTIALS_DIRECTORY has it
     dev_mode = true                     # generate the KEK and an admin key on first start (never in production)
     insecure_http = false               # allow plain HTTP on a non-loopback `listen` (TLS terminated in front)
+
+    [server]   workers = 0              # worker processes sharing `listen` (SO_REUSEPORT); 0: one per core
 
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
     [limits]   max_body_bytes = 2097152, request_timeout_seconds = 30, verify_threads = 0 (0: one per core),
                attestation_retention_days = 30, refusal_retention_days = 30, max_attest_body_bytes,
                max_claims_bytes, token_cache_bytes, max_connections, max_connections_per_client,
-               header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst
+               header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst,
+               max_in_flight = 256 (requests in flight per worker; beyond it 503 with Retry-After)
     [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
 
     [[admin.keys]]                      # who may use the admin API
@@ -84,6 +88,8 @@ class Config:
     attest_rate: float = 10.0
     resource_rate: float = 50.0
     rate_burst: int = 20
+    max_in_flight: int = 256  # per worker process (kbs.server.admission)
+    workers: int = 0  # 0: one per core (kbs.server.workers)
     admin_keys: tuple[AdminKey, ...] = ()
     verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
     # [verifiers.<tee>] tables as written: each verifier validates its own (kbs.evidence.registry)
@@ -109,10 +115,27 @@ class Config:
         return host.strip("[]"), int(port)
 
     @property
+    def database_kind(self) -> str:
+        """"sqlite" or "postgresql", from database_url's scheme (SQLite when it is empty)."""
+        url = self.database_url
+        if not url or url.startswith("sqlite:///"):
+            return "sqlite"
+        if url.startswith(("postgresql://", "postgres://")):
+            return "postgresql"
+        scheme = url.partition(":")[0]  # not the whole URL: it may hold a password
+        raise ConfigError(f"database_url with scheme {scheme!r}: use sqlite:///PATH or "
+                          "postgresql://USER@HOST[:PORT]/DATABASE")
+
+    @property
+    def database(self) -> Path | str:
+        """What kbs.store.open_store opens: the SQLite file's path, or the PostgreSQL URL as written."""
+        return self.database_path if self.database_kind == "sqlite" else self.database_url
+
+    @property
     def database_path(self) -> Path:
+        if self.database_kind != "sqlite":
+            raise ConfigError("database_url names a PostgreSQL database, not a file: only sqlite:///PATH has a path")
         if self.database_url:
-            if not self.database_url.startswith("sqlite:///"):
-                raise ConfigError(f"database_url {self.database_url!r}: only sqlite:///PATH is supported so far")
             return Path(self.database_url.removeprefix("sqlite://"))
         return self.state_dir / "kbs.sqlite3"
 
@@ -145,7 +168,9 @@ _SECTIONS: dict[str, dict[str, str]] = {
                "max_connections": "max_connections", "max_connections_per_client": "max_connections_per_client",
                "header_timeout_seconds": "header_timeout", "keepalive_timeout_seconds": "keepalive_timeout",
                "auth_per_second": "auth_rate", "attest_per_second": "attest_rate",
-               "resource_per_second": "resource_rate", "rate_burst": "rate_burst"},
+               "resource_per_second": "resource_rate", "rate_burst": "rate_burst",
+               "max_in_flight": "max_in_flight"},
+    "server": {"workers": "workers"},
     "verifiers": {"enabled": "verifiers_enabled"},
     "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
                "rego_memory_mb": "rego_memory_mb"},
@@ -226,8 +251,17 @@ def parse_config(document: dict[str, Any], base: Config | None = None) -> Config
     values["warnings"] = tuple(warnings)
     config = replace(base or Config(), **values)
     config.host_port  # noqa: B018 - validates listen now, not at bind time
+    config.database_kind  # noqa: B018 - an unknown database_url scheme is refused at load
     _check_tls_and_admin(config)
+    _check_serving(config)
     return config
+
+
+def _check_serving(config: Config) -> None:
+    if config.workers < 0:
+        raise ConfigError("[server] workers must be 0 (one per core) or more")
+    if config.max_in_flight < 1:
+        raise ConfigError("[limits] max_in_flight must be 1 or more")
 
 
 def _check_tls_and_admin(config: Config) -> None:

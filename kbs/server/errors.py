@@ -13,6 +13,8 @@ import json
 
 from aiohttp import web
 
+from kbs.errors import KbsError
+
 ERROR_TYPE = "https://github.com/confidential-containers/kbs/errors/"
 
 
@@ -36,3 +38,9 @@ class ProtocolError(Exception):
             body["detail"] = f"{detail} (reference {self.reference})"
             body["reference"] = self.reference
         return web.Response(status=self.status, text=json.dumps(body), content_type="application/json")
+
+
+class ServeError(KbsError):
+    """The daemon cannot serve at all (the port is taken, workers keep failing at start): `kbs: error: serve: …`."""
+
+    check = "serve"

@@ -70,13 +70,15 @@ class ConnectionLimiter:
     """
 
     def __init__(self, total: int, per_client: int, head_bytes: int = 1 << 20,
-                 on_refused: Callable[[str], None] = lambda why: None) -> None:
+                 on_refused: Callable[[str], None] = lambda why: None,
+                 on_open: Callable[[int], None] = lambda count: None) -> None:
         self.total = total
         self.per_client = per_client
         self.head_bytes = head_bytes
         self.open = 0
         self._by_client: dict[str, int] = {}
         self._on_refused = on_refused
+        self._on_open = on_open  # told the open count as it changes (a gauge shared across workers)
 
     def refused(self, why: str) -> None:
         self._on_refused(why)
@@ -90,10 +92,12 @@ class ConnectionLimiter:
             return False
         self.open += 1
         self._by_client[client] = self._by_client.get(client, 0) + 1
+        self._on_open(self.open)
         return True
 
     def release(self, client: str) -> None:
         self.open -= 1
+        self._on_open(self.open)
         left = self._by_client.get(client, 1) - 1
         if left:
             self._by_client[client] = left

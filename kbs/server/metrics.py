@@ -1,13 +1,29 @@
 """Prometheus metrics through the maintained client library, one registry per app.
 
 Labels stay low-cardinality: no resource paths, session ids or key names.
+
+With several worker processes (kbs.server.workers) the supervisor sets PROMETHEUS_MULTIPROC_DIR
+before any worker imports prometheus_client: every worker then keeps its values in files there
+and a scrape of any worker renders the sum over all of them (the client's multiprocess mode).
+Gauges say how they combine across processes; none is computed at scrape time (`set_function`
+sees only the scraped process), so the open-connection count is set as it changes.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from kbs import __version__
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when this process is one of several workers."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
@@ -31,12 +47,25 @@ class Metrics:
                                     "rate limit", ["route"], registry=self.registry)
         self.connections_refused = Counter("kbs_connections_refused_total", "Connections closed at once: over the "
                                            "total or the per-client cap", ["limit"], registry=self.registry)
-        self.connections = Gauge("kbs_open_connections", "Open client connections", registry=self.registry)
+        self.connections = Gauge("kbs_open_connections", "Open client connections", registry=self.registry,
+                                 multiprocess_mode="livesum")
+        self.in_flight = Gauge("kbs_requests_in_flight", "Requests being served (health and metrics excluded)",
+                               registry=self.registry, multiprocess_mode="livesum")
+        self.overloaded = Counter("kbs_overloaded_total", "Requests refused with 503 at once: the worker already "
+                                  "had [limits] max_in_flight requests in flight", registry=self.registry)
+        self.worker_starts = Counter("kbs_worker_starts_total", "Worker processes started (restarts included)",
+                                     registry=self.registry)
         self.rego_events = Counter("kbs_rego_events_total", "Rego worker pool events: evaluations, checks, restarts "
                                    "and failures (rego.crash, rego.timeout, rego.memory, rego.busy, ...)", ["event"],
                                    registry=self.registry)
-        build = Gauge("kbs_build_info", "Build information", ["version"], registry=self.registry)
+        build = Gauge("kbs_build_info", "Build information", ["version"], registry=self.registry,
+                      multiprocess_mode="max")
         build.labels(version=__version__).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()  # read at each scrape: every worker's files, live and dead
+        MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)

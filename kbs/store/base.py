@@ -7,13 +7,16 @@ session's nonce) are compare-and-set operations that report whether they won.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from kbs.audit.chain import Head
 from kbs.errors import KbsError
 from kbs.policy.lifecycle import PolicyStore
+
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class StoreError(KbsError):
@@ -68,6 +71,17 @@ class ReleaseRecord:
     detail: str | None = None
     seq: int | None = None
     entry_hash: str | None = None
+
+    def loggable(self) -> ReleaseRecord:
+        """The record as every store logs it: NUL and lone surrogates become U+FFFD.
+
+        A refusal's detail may quote what a hostile client sent; PostgreSQL text cannot hold NUL,
+        neither backend can encode a lone surrogate (which JSON's \\udXXX escapes can produce), and
+        the entry must still be written, hashing the same on every backend, rather than fail.
+        """
+        changes: dict[str, Any] = {k: _UNSTORABLE.sub("\ufffd", v) for k, v in asdict(self).items()
+                                   if isinstance(v, str) and _UNSTORABLE.search(v)}
+        return replace(self, **changes) if changes else self
 
     def body(self) -> dict[str, Any]:
         """What the hash chain commits to: every field but the position and the hash itself."""

@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -27,51 +28,33 @@ from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, ChainBroken, Head
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger("kbs.store")
 
-SCHEMA_VERSION = 2
-_LOG_COLUMNS = """
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL,
-    resource TEXT NOT NULL, version INTEGER, session_id TEXT, tee TEXT, policy_id TEXT, policy_hash TEXT,
-    attestation_id TEXT, ref TEXT, actor TEXT, detail TEXT, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL,
-    mac TEXT"""
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY, tee TEXT NOT NULL, nonce TEXT NOT NULL,
-    created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL,
-    evidence_digest TEXT, token TEXT);
-CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expires_at);
-CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-    path TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, sealed BLOB NOT NULL,
-    policy_id TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL, mac TEXT,
-    PRIMARY KEY (path, version));
-CREATE TABLE IF NOT EXISTS policies (
-    policy_id TEXT NOT NULL, version INTEGER NOT NULL, dialect TEXT NOT NULL, text TEXT NOT NULL,
-    content_hash TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL, immutable INTEGER NOT NULL,
-    mac TEXT, PRIMARY KEY (policy_id, version));
-CREATE TABLE IF NOT EXISTS reference_sets (name TEXT PRIMARY KEY, body TEXT NOT NULL, mac TEXT);
-CREATE TABLE IF NOT EXISTS attestations (
-    attestation_id TEXT PRIMARY KEY, at REAL NOT NULL, session_id TEXT NOT NULL, tee TEXT NOT NULL,
-    claims TEXT NOT NULL, mac TEXT);
-CREATE INDEX IF NOT EXISTS attestations_at ON attestations(at);
-CREATE TABLE IF NOT EXISTS release_log ({_LOG_COLUMNS});
-CREATE TABLE IF NOT EXISTS refusal_log ({_LOG_COLUMNS});
-CREATE INDEX IF NOT EXISTS refusal_log_at ON refusal_log(at);
-CREATE TABLE IF NOT EXISTS log_heads (
-    chain TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, anchor_hash TEXT NOT NULL, head_seq INTEGER NOT NULL,
-    head_hash TEXT NOT NULL, mac TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS admin_token_ids (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
-"""
 # Version 1 had no MACs, no refusal log and hashed entries as SHA-256(prev ‖ JSON of the body).
 _V1_COLUMNS = (("resources", "mac TEXT"), ("policies", "mac TEXT"), ("reference_sets", "mac TEXT"),
                ("attestations", "mac TEXT"), ("release_log", "ref TEXT"), ("release_log", "actor TEXT"),
                ("release_log", "detail TEXT"), ("release_log", "mac TEXT"))
 _TABLE = {RELEASES: "release_log", REFUSALS: "refusal_log"}
+
+
+def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Switch to WAL.  On a new file the switch needs the database to itself and SQLite answers "locked"
+    at once, without its busy handler, while another replica starting at the same moment holds it: retry
+    (bounded), as the busy handler would."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _ts(when: datetime) -> float:
@@ -107,9 +90,8 @@ class SqliteStore:
             if version == 1 and not fresh:
                 for table, column in _V1_COLUMNS:
                     tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    tx.execute(statement)
+            for statement in schema.statements("sqlite"):
+                tx.execute(statement)
             if version < SCHEMA_VERSION:
                 if version == 1 and not fresh:
                     self._migrate_v1(tx)
@@ -124,7 +106,7 @@ class SqliteStore:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=30000")
             db.row_factory = sqlite3.Row
@@ -418,6 +400,7 @@ class SqliteStore:
         broker stops every append (and so every release) until an operator looks.
         """
         table = _table(chain)
+        record = record.loggable()
         with self._tx() as db:
             head = self._head(db, chain)
             newest = db.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
@@ -460,13 +443,25 @@ class SqliteStore:
         return [self._checked_record(chain, r) for r in rows]
 
     def verify_logs(self) -> list[Head]:
-        """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end."""
+        """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end.
+
+        Heads and rows are read in one read transaction (one WAL snapshot): read apart, an append
+        committed in between by another thread or process would look like a truncated log.
+        """
         heads = []
-        for chain in CHAINS:
-            head = self._head(self._connection(), chain)
-            rows = self._read(f"SELECT * FROM {_table(chain)} ORDER BY seq")
+        db = self._connection()
+        try:
+            db.execute("BEGIN")
             try:
-                chains.verify(head, ((r["seq"], self._checked_record(chain, r).body(), r["prev_hash"],
+                snapshot = [(self._head(db, chain), db.execute(f"SELECT * FROM {_table(chain)} ORDER BY seq")
+                             .fetchall()) for chain in CHAINS]
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path} read failed: {exc}") from exc
+        for head, rows in snapshot:
+            try:
+                chains.verify(head, ((r["seq"], self._checked_record(head.chain, r).body(), r["prev_hash"],
                                       r["entry_hash"]) for r in rows))
             except ChainBroken as exc:
                 raise StoreIntegrityError(str(exc)) from exc

@@ -1,0 +1,493 @@
+"""PostgreSQL store: one database shared by broker replicas on several hosts.
+
+The same tables (`schema.py`), row MACs, sealed values and hash chains as the SQLite store,
+so what one backend would refuse the other refuses too.  Each method is one transaction on a
+connection from a psycopg pool; the methods stay synchronous because the server already calls
+the store from its I/O threads.
+
+What SQLite gets from its single writer lock is made explicit here, and holds across replicas:
+
+- a session's nonce is consumed by `UPDATE ... WHERE state='authed'`: under READ COMMITTED a
+  second updater waits for the first, re-reads the row and no longer matches, so one wins;
+- admin token ids and secrets are unique inserts (`ON CONFLICT DO NOTHING`);
+- appends to a log lock its `log_heads` row (`SELECT ... FOR UPDATE`), so entries of one chain
+  are written one at a time, each after the previous one committed: no gap, no fork;
+- admin changes (resources, policies, reference sets) read, decide and write under one
+  transaction-scoped advisory lock, as they would under SQLite's write lock;
+- reads that must agree with each other (verifying a chain against its head) use one
+  REPEATABLE READ snapshot.
+
+A transaction that PostgreSQL aborts as a deadlock or serialization failure is retried from the
+start (it changed nothing); any other database error is a StoreError, so the broker fails closed.
+Commits are durable when they return with the server's default `synchronous_commit = on`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import ConnectionPool
+
+from kbs.audit import chain as chains
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, ChainBroken, Head
+from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
+from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from kbs.store import schema
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.schema import SCHEMA_VERSION
+
+log = logging.getLogger("kbs.store")
+
+T = TypeVar("T")
+Cursor = psycopg.Cursor[DictRow]
+
+_TABLE = {RELEASES: "release_log", REFUSALS: "refusal_log"}
+# Transaction-scoped advisory lock keys (64-bit, "kbs" in the high bytes): schema changes, admin changes.
+_SCHEMA_LOCK = 0x6B6273_00000001
+_ADMIN_LOCK = 0x6B6273_00000002
+_RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled back whole, so retrying is safe
+_CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+
+
+def _ts(when: datetime) -> float:
+    return when.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _table(chain: str) -> str:
+    if chain not in _TABLE:
+        raise StoreError(f"no log {chain!r}; logs: {', '.join(CHAINS)}")
+    return _TABLE[chain]
+
+
+def describe(url: str) -> str:
+    """The database as errors name it: host, port and name, never the password the URL may hold."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql (unparseable URL)"
+    host = str(params.get("host") or "localhost")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql database {params.get('dbname') or params.get('user') or '?'} on {host}{port}"
+
+
+class PostgresStore:
+    def __init__(self, url: str, row_key: bytes, *, pool_size: int = 8, pool_timeout: float = 30.0) -> None:
+        """`url`: a libpq URL or conninfo (postgresql://user@host/db); libpq's PG* variables and
+        ~/.pgpass fill what it leaves out, so passwords need not sit in the configuration."""
+        self.name = describe(url)
+        self._auth = RowAuthenticator(row_key)
+        params = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": _CONNECT_TIMEOUT}
+        conninfo = make_conninfo(url, **params)
+        try:  # one direct connection first: an unreachable server is reported as such, not as a pool timeout
+            with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+                self._create_schema(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name} is unavailable: {exc}") from exc
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
+            conninfo, connection_class=psycopg.Connection[DictRow], min_size=1, max_size=max(pool_size, 1),
+            timeout=pool_timeout, kwargs={"autocommit": True, "row_factory": dict_row}, open=True,
+            name="kbs-store")
+
+    def _create_schema(self, conn: psycopg.Connection[DictRow]) -> None:
+        """Create or upgrade the tables, once, even when several replicas start together."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            row = conn.execute("SELECT to_regclass('kbs_schema') IS NOT NULL AS present").fetchone()
+            version = 0
+            if row and row["present"]:
+                found = conn.execute("SELECT version FROM kbs_schema WHERE id = 1").fetchone()
+                version = found["version"] if found else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.name} has schema {version}, newer than this broker's {SCHEMA_VERSION}; "
+                                 "upgrade the broker")
+            if version < SCHEMA_VERSION:  # an up-to-date database needs no CREATE privilege from the broker
+                conn.execute("CREATE TABLE IF NOT EXISTS kbs_schema "
+                             "(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
+                for statement in schema.statements("postgresql"):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO kbs_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET version = %s",
+                             (SCHEMA_VERSION, SCHEMA_VERSION))
+            cur = conn.cursor()
+            for chain in CHAINS:
+                if not cur.execute("SELECT 1 FROM log_heads WHERE chain=%s", (chain,)).fetchone():
+                    self._write_head(cur, Head(chain, 1, GENESIS, 0, GENESIS))
+
+    # -- connection and transactions -------------------------------------------------------
+
+    def _tx(self, fn: Callable[[Cursor], T], *, snapshot: bool = False, lock: int | None = None) -> T:
+        """Run `fn` in one transaction; `snapshot`: one consistent read-only view; `lock`: an advisory lock first."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    cur = conn.cursor()
+                    if snapshot:
+                        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    if lock is not None:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                    return fn(cur)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == _RETRIES - 1:
+                    raise StoreError(f"{self.name}: transaction kept conflicting with others: {exc}") from exc
+                time.sleep(0.005 * (attempt + 1))
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.name} failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[DictRow]:
+        """One statement, which is its own transaction."""
+        return self._tx(lambda cur: cur.execute(sql, args).fetchall())
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def probe_write(self, now: datetime) -> None:
+        """A real write transaction: readiness fails when the database refuses writes (read-only, full)."""
+        self._tx(lambda cur: cur.execute("INSERT INTO health VALUES (1, %s) ON CONFLICT (id) DO UPDATE "
+                                         "SET at = EXCLUDED.at", (_ts(now),)))
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def create_session(self, session: Session) -> None:
+        self._tx(lambda cur: cur.execute(
+            "INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+            (session.session_id, session.tee, session.nonce, _ts(session.created_at), _ts(session.expires_at),
+             session.state, session.evidence_digest, session.token)))
+
+    def get_session(self, session_id: str) -> Session | None:
+        rows = self._read("SELECT * FROM sessions WHERE session_id = %s", (session_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Session(r["session_id"], r["tee"], r["nonce"], _dt(r["created_at"]), _dt(r["expires_at"]),
+                       r["state"], r["evidence_digest"], r["token"])
+
+    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime) -> bool:
+        """Consume the session's nonce: true for exactly one caller across replicas, only while it is live."""
+        def step(cur: Cursor) -> bool:
+            cur.execute("UPDATE sessions SET state='attested', evidence_digest=%s, token=%s "
+                        "WHERE session_id=%s AND state='authed' AND expires_at > %s",
+                        (evidence_digest, token, session_id, _ts(now)))
+            return cur.rowcount == 1
+        return self._tx(step)
+
+    def purge_expired_sessions(self, now: datetime) -> int:
+        return self._tx(lambda cur: cur.execute("DELETE FROM sessions WHERE expires_at <= %s", (_ts(now),)).rowcount)
+
+    # -- admin tokens ------------------------------------------------------------------------
+
+    def use_token_id(self, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Record an admin token's `jti`: true the first time, false for a replay still in its lifetime.
+
+        Expired ids are dropped with SKIP LOCKED, so replicas cleaning up at once never wait on (or
+        deadlock with) each other; the unique insert decides the race for one id.
+        """
+        def step(cur: Cursor) -> bool:
+            cur.execute("DELETE FROM admin_token_ids WHERE jti IN (SELECT jti FROM admin_token_ids "
+                        "WHERE expires_at <= %s FOR UPDATE SKIP LOCKED)", (_ts(now),))
+            cur.execute("INSERT INTO admin_token_ids VALUES (%s, %s) ON CONFLICT (jti) DO NOTHING",
+                        (jti, _ts(expires_at)))
+            return cur.rowcount == 1
+        return self._tx(step)
+
+    # -- the broker's own secrets (sealed under the KEK with their name as associated data) ----
+
+    def get_or_create_secret(self, name: str, create: bytes) -> bytes:
+        """The stored value, or `create` stored now: replicas starting together agree on one."""
+        def step(cur: Cursor) -> bytes:
+            cur.execute("INSERT INTO secrets VALUES (%s, %s) ON CONFLICT (name) DO NOTHING", (name, create))
+            row = cur.execute("SELECT value FROM secrets WHERE name = %s", (name,)).fetchone()
+            assert row is not None
+            return bytes(row["value"])
+        return self._tx(step)
+
+    # -- resources -------------------------------------------------------------------------
+
+    def _resource_mac(self, path: str, version: int, state: str, sealed: bytes, policy_id: str, created_by: str,
+                      created_at: float) -> str:
+        return self._auth.mac("resources", path, version, state, digest(sealed), policy_id, created_by, created_at)
+
+    def _resource(self, r: DictRow) -> ResourceVersion:
+        sealed = bytes(r["sealed"])
+        self._auth.check(r["mac"], f"resource {r['path']} version {r['version']}", "resources", r["path"],
+                         r["version"], r["state"], digest(sealed), r["policy_id"], r["created_by"], r["created_at"])
+        return ResourceVersion(r["path"], r["version"], r["state"], sealed, r["policy_id"], r["created_by"],
+                               _dt(r["created_at"]))
+
+    def _resources(self, cur: Cursor, path: str) -> list[ResourceVersion]:
+        return [self._resource(r) for r in cur.execute("SELECT * FROM resources WHERE path=%s ORDER BY version",
+                                                       (path,)).fetchall()]
+
+    def _rewrite_resources(self, cur: Cursor, versions: list[ResourceVersion]) -> None:
+        """Write state and binding changes back with fresh MACs (callers checked the old ones)."""
+        for v in versions:
+            cur.execute("UPDATE resources SET state=%s, policy_id=%s, mac=%s WHERE path=%s AND version=%s",
+                        (v.state, v.policy_id, self._resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
+                                                                  v.created_by, _ts(v.created_at)),
+                         v.path, v.version))
+
+    def _check_binding_change(self, cur: Cursor, path: str, current: list[ResourceVersion], policy_id: str) -> None:
+        """A key bound to an immutable policy cannot move to another policy."""
+        if not current or current[-1].policy_id == policy_id:
+            return
+        bound = current[-1].policy_id
+        versions = self._policy_versions(cur, bound)
+        if versions and versions[-1].immutable:
+            raise BindingLocked(f"{path} is bound to policy {bound!r}, which is immutable; the binding cannot "
+                                f"change (to {policy_id!r} or any other policy)")
+
+    def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int:
+        def step(cur: Cursor) -> int:
+            current = self._resources(cur, path)
+            self._check_binding_change(cur, path, current, policy_id)
+            version = (current[-1].version if current else 0) + 1
+            self._rewrite_resources(cur, [replace(v, state="disabled") for v in current if v.state == "active"])
+            cur.execute("INSERT INTO resources VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                        (path, version, "active", sealed, policy_id, created_by, _ts(at),
+                         self._resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
+            return version
+        return self._tx(step, lock=_ADMIN_LOCK)
+
+    def active_resource(self, path: str) -> ResourceVersion | None:
+        rows = self._read("SELECT * FROM resources WHERE path=%s AND state='active' ORDER BY version DESC LIMIT 1",
+                          (path,))
+        return self._resource(rows[0]) if rows else None
+
+    def resource_versions(self, path: str) -> list[ResourceVersion]:
+        return [self._resource(r) for r in self._read("SELECT * FROM resources WHERE path=%s ORDER BY version",
+                                                      (path,))]
+
+    def resource_paths(self) -> list[str]:
+        return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
+
+    def set_resource_state(self, path: str, version: int | None, state: str) -> int:
+        """Enable or disable one version; enabling disables the others (as SqliteStore.set_resource_state)."""
+        def step(cur: Cursor) -> int:
+            target = version
+            current = self._resources(cur, path)
+            if target is None and state == "disabled":
+                changed = [replace(v, state="disabled") for v in current if v.state == "active"]
+                self._rewrite_resources(cur, changed)
+                return len(changed)
+            if target is None:
+                if not current:
+                    return 0
+                target = current[-1].version
+            if not any(v.version == target for v in current):
+                return 0
+            changed = [replace(v, state=state) for v in current if v.version == target]
+            if state == "active":
+                changed += [replace(v, state="disabled") for v in current
+                            if v.version != target and v.state != "disabled"]
+            self._rewrite_resources(cur, changed)
+            return 1
+        return self._tx(step, lock=_ADMIN_LOCK)
+
+    def delete_resource(self, path: str) -> int:
+        return self._tx(lambda cur: cur.execute("DELETE FROM resources WHERE path=%s", (path,)).rowcount,
+                        lock=_ADMIN_LOCK)
+
+    def bind_policy(self, path: str, policy_id: str) -> int:
+        def step(cur: Cursor) -> int:
+            current = self._resources(cur, path)
+            self._check_binding_change(cur, path, current, policy_id)
+            self._rewrite_resources(cur, [replace(v, policy_id=policy_id) for v in current])
+            return len(current)
+        return self._tx(step, lock=_ADMIN_LOCK)
+
+    # -- policies and reference values (kbs.policy.lifecycle.PolicyStore) ------------------
+
+    def _policy_mac(self, v: PolicyVersion) -> str:
+        return self._auth.mac("policies", v.policy_id, v.version, v.dialect, digest(v.text), v.content_hash,
+                              v.created_by, _ts(v.created_at), v.immutable)
+
+    def _policy_versions(self, cur: Cursor, policy_id: str) -> list[PolicyVersion]:
+        out = []
+        for r in cur.execute("SELECT * FROM policies WHERE policy_id=%s ORDER BY version", (policy_id,)).fetchall():
+            v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
+                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
+            self._auth.check(r["mac"], f"policy {v.policy_id!r} version {v.version}", "policies", v.policy_id,
+                             v.version, v.dialect, digest(v.text), v.content_hash, v.created_by, r["created_at"],
+                             v.immutable)
+            out.append(v)
+        return out
+
+    def versions(self, policy_id: str) -> list[PolicyVersion]:
+        return self._tx(lambda cur: self._policy_versions(cur, policy_id))
+
+    def append(self, version: PolicyVersion) -> None:
+        try:
+            self._tx(lambda cur: cur.execute(
+                "INSERT INTO policies VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (version.policy_id, version.version, version.dialect, version.text, version.content_hash,
+                 version.created_by, _ts(version.created_at), int(version.immutable), self._policy_mac(version))),
+                lock=_ADMIN_LOCK)
+        except StoreError as exc:
+            if isinstance(exc.__cause__, errors.UniqueViolation):
+                raise PolicyConflict(f"policy {version.policy_id!r} version {version.version} already exists "
+                                     "(changed concurrently); retry") from exc
+            raise
+
+    def policy_ids(self) -> list[str]:
+        return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
+
+    def reference_values(self) -> ReferenceValues:
+        sets = {}
+        for r in self._read("SELECT name, body, mac FROM reference_sets"):
+            self._auth.check(r["mac"], f"reference set {r['name']!r}", "reference_sets", r["name"], r["body"])
+            sets[r["name"]] = json.loads(r["body"])
+        return ReferenceValues.from_json(sets)
+
+    def put_reference_set(self, ref: ReferenceSet) -> None:
+        body = json.dumps(ref.to_json())
+        self._tx(lambda cur: cur.execute(
+            "INSERT INTO reference_sets VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
+            "SET body = EXCLUDED.body, mac = EXCLUDED.mac",
+            (ref.name, body, self._auth.mac("reference_sets", ref.name, body))), lock=_ADMIN_LOCK)
+
+    def delete_reference_set(self, name: str) -> None:
+        self._tx(lambda cur: cur.execute("DELETE FROM reference_sets WHERE name=%s", (name,)), lock=_ADMIN_LOCK)
+
+    # -- attestations ----------------------------------------------------------------------
+
+    def record_attestation(self, record: AttestationRecord) -> None:
+        claims = json.dumps(record.claims)
+        self._tx(lambda cur: cur.execute(
+            "INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)",
+            (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
+             self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id, record.tee,
+                            digest(claims)))))
+
+    def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
+        rows = self._read("SELECT * FROM attestations WHERE attestation_id=%s", (attestation_id,))
+        if not rows:
+            return None
+        r = rows[0]
+        self._auth.check(r["mac"], f"attestation {attestation_id}", "attestations", r["attestation_id"], r["at"],
+                         r["session_id"], r["tee"], digest(r["claims"]))
+        return AttestationRecord(r["attestation_id"], _dt(r["at"]), r["session_id"], r["tee"], json.loads(r["claims"]))
+
+    def purge_attestations(self, before: datetime) -> int:
+        """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
+        return self._tx(lambda cur: cur.execute("DELETE FROM attestations WHERE at < %s", (_ts(before),)).rowcount)
+
+    # -- the logs --------------------------------------------------------------------------
+
+    def _head(self, cur: Cursor, chain: str, *, lock: bool = False) -> Head:
+        """The recorded head; `lock` takes its row for the rest of the transaction (appends queue on it)."""
+        r = cur.execute(f"SELECT * FROM log_heads WHERE chain=%s{' FOR UPDATE' if lock else ''}",
+                        (chain,)).fetchone()
+        if r is None:
+            raise StoreIntegrityError(f"the {chain} log has no recorded head: it was removed outside the broker")
+        head = Head(chain, r["first_seq"], r["anchor_hash"], r["head_seq"], r["head_hash"])
+        self._auth.check(r["mac"], f"the {chain} log head", "log_heads", *head.to_json().values())
+        return head
+
+    def _write_head(self, cur: Cursor, head: Head) -> None:
+        cur.execute("INSERT INTO log_heads VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO UPDATE SET "
+                    "first_seq = EXCLUDED.first_seq, anchor_hash = EXCLUDED.anchor_hash, "
+                    "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
+                    (head.chain, head.first_seq, head.anchor_hash, head.head_seq, head.head_hash,
+                     self._auth.mac("log_heads", *head.to_json().values())))
+
+    def _log_mac(self, chain: str, seq: int, prev_hash: str, hashed: str) -> str:
+        return self._auth.mac(_table(chain), seq, prev_hash, hashed)
+
+    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+        """Append to a chain; durable when this returns.
+
+        The head row is locked first, so replicas append one at a time, each on the head the
+        previous one committed.  The recorded head must match the newest row, so a log truncated
+        or edited outside the broker stops every append (and so every release) until an operator looks.
+        """
+        table = _table(chain)
+        record = record.loggable()
+
+        def step(cur: Cursor) -> ReleaseRecord:
+            head = self._head(cur, chain, lock=True)
+            newest = cur.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+            seen = (newest["seq"], newest["entry_hash"]) if newest else (head.head_seq, head.head_hash)
+            if seen != (head.head_seq, head.head_hash):
+                raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
+                                          f"{head.head_seq}: the log was changed outside the broker")
+            hashed = chains.entry_hash(head.head_hash, chains.body_hash(record.body()))
+            seq = head.head_seq + 1
+            cur.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
+                        "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac) "
+                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
+                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
+                         record.ref, record.actor, record.detail, head.head_hash, hashed,
+                         self._log_mac(chain, seq, head.head_hash, hashed)))
+            self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
+            return replace(record, seq=seq, entry_hash=hashed)
+        return self._tx(step)
+
+    @staticmethod
+    def _record(r: DictRow) -> ReleaseRecord:
+        return ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"], resource=r["resource"],
+                             version=r["version"], session_id=r["session_id"], tee=r["tee"],
+                             policy_id=r["policy_id"], policy_hash=r["policy_hash"],
+                             attestation_id=r["attestation_id"], ref=r["ref"], actor=r["actor"],
+                             detail=r["detail"], seq=r["seq"], entry_hash=r["entry_hash"])
+
+    def _checked_record(self, chain: str, r: DictRow) -> ReleaseRecord:
+        """An entry whose MAC and own hash hold (its place in the chain is `verify_logs`'s job)."""
+        what = f"{chain} log entry {r['seq']}"
+        self._auth.check(r["mac"], what, _table(chain), r["seq"], r["prev_hash"], r["entry_hash"])
+        record = self._record(r)
+        if chains.entry_hash(r["prev_hash"], chains.body_hash(record.body())) != r["entry_hash"]:
+            raise StoreIntegrityError(f"{what} was edited outside the broker: its content does not match its hash")
+        return record
+
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
+        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit))
+        return [self._checked_record(chain, r) for r in rows]
+
+    def verify_logs(self) -> list[Head]:
+        """Every chain from its anchor to its recorded head, read in one snapshot so appends in
+        flight on other replicas cannot make the rows and the head disagree."""
+        def step(cur: Cursor) -> list[Head]:
+            heads = []
+            for chain in CHAINS:
+                head = self._head(cur, chain)
+                rows = cur.execute(f"SELECT * FROM {_table(chain)} ORDER BY seq").fetchall()
+                try:
+                    chains.verify(head, ((r["seq"], self._checked_record(chain, r).body(), r["prev_hash"],
+                                          r["entry_hash"]) for r in rows))
+                except ChainBroken as exc:
+                    raise StoreIntegrityError(str(exc)) from exc
+                heads.append(head)
+            return heads
+        return self._tx(step, snapshot=True)
+
+    def purge_refusals(self, before: datetime) -> int:
+        """Drop refusal-log entries older than `before` from the front; the anchor moves with them."""
+        def step(cur: Cursor) -> int:
+            head = self._head(cur, REFUSALS, lock=True)
+            last = cur.execute("SELECT seq, entry_hash FROM refusal_log WHERE at < %s ORDER BY seq DESC LIMIT 1",
+                               (_ts(before),)).fetchone()
+            if last is None:
+                return 0
+            count = cur.execute("DELETE FROM refusal_log WHERE seq <= %s", (last["seq"],)).rowcount
+            self._write_head(cur, Head(REFUSALS, last["seq"] + 1, last["entry_hash"], head.head_seq, head.head_hash))
+            return count
+        return self._tx(step)
+

@@ -1,0 +1,85 @@
+"""The tables every backend holds, written once and rendered per SQL dialect.
+
+Both stores create the same tables with the same columns in the same order, so rows, MACs and
+queries mean the same thing on SQLite and PostgreSQL.  Columns use a small portable vocabulary
+mapped per dialect: timestamps are seconds since the epoch in a double (PostgreSQL's REAL is
+single precision, hence DOUBLE PRECISION there), so the values the row MACs cover round-trip
+exactly on both.  SCHEMA_VERSION is the one version both backends record (SQLite in
+`PRAGMA user_version`, PostgreSQL in `kbs_schema`); a change to the tables bumps it, and each
+backend's opening code upgrades older databases from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SCHEMA_VERSION = 2
+
+Dialect = Literal["sqlite", "postgresql"]
+
+# Portable column types -> each dialect's.  "seq" is a log's position: an integer key the store assigns.
+TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {"text": "TEXT", "int": "INTEGER", "real": "REAL", "blob": "BLOB",
+               "seq": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgresql": {"text": "TEXT", "int": "BIGINT", "real": "DOUBLE PRECISION", "blob": "BYTEA",
+                   "seq": "BIGINT PRIMARY KEY"},
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[tuple[str, str], ...]  # (name, portable type, with " not null" when required)
+    primary_key: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, str], ...] = ()  # (index name, column)
+
+    def create(self, dialect: Dialect) -> list[str]:
+        types = TYPES[dialect]
+        columns = []
+        for name, kind in self.columns:
+            base, _, rest = kind.partition(" ")
+            columns.append(f"{name} {types[base]}{' NOT NULL' if rest == 'not null' else ''}")
+        if self.primary_key:
+            columns.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
+        out = [f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"]
+        out += [f"CREATE INDEX IF NOT EXISTS {index} ON {self.name}({column})" for index, column in self.indexes]
+        return out
+
+
+_LOG_COLUMNS = (
+    ("seq", "seq"), ("at", "real not null"), ("decision", "text not null"), ("reason", "text not null"),
+    ("resource", "text not null"), ("version", "int"), ("session_id", "text"), ("tee", "text"),
+    ("policy_id", "text"), ("policy_hash", "text"), ("attestation_id", "text"), ("ref", "text"), ("actor", "text"),
+    ("detail", "text"), ("prev_hash", "text not null"), ("entry_hash", "text not null"), ("mac", "text"))
+
+TABLES = (
+    Table("sessions", (("session_id", "text not null"), ("tee", "text not null"), ("nonce", "text not null"),
+                       ("created_at", "real not null"), ("expires_at", "real not null"), ("state", "text not null"),
+                       ("evidence_digest", "text"), ("token", "text")),
+          ("session_id",), (("sessions_expiry", "expires_at"),)),
+    Table("secrets", (("name", "text not null"), ("value", "blob not null")), ("name",)),
+    Table("resources", (("path", "text not null"), ("version", "int not null"), ("state", "text not null"),
+                        ("sealed", "blob not null"), ("policy_id", "text not null"), ("created_by", "text not null"),
+                        ("created_at", "real not null"), ("mac", "text")), ("path", "version")),
+    Table("policies", (("policy_id", "text not null"), ("version", "int not null"), ("dialect", "text not null"),
+                       ("text", "text not null"), ("content_hash", "text not null"), ("created_by", "text not null"),
+                       ("created_at", "real not null"), ("immutable", "int not null"), ("mac", "text")),
+          ("policy_id", "version")),
+    Table("reference_sets", (("name", "text not null"), ("body", "text not null"), ("mac", "text")), ("name",)),
+    Table("attestations", (("attestation_id", "text not null"), ("at", "real not null"),
+                           ("session_id", "text not null"), ("tee", "text not null"), ("claims", "text not null"),
+                           ("mac", "text")), ("attestation_id",), (("attestations_at", "at"),)),
+    Table("release_log", _LOG_COLUMNS),
+    Table("refusal_log", _LOG_COLUMNS, indexes=(("refusal_log_at", "at"),)),
+    Table("log_heads", (("chain", "text not null"), ("first_seq", "int not null"), ("anchor_hash", "text not null"),
+                        ("head_seq", "int not null"), ("head_hash", "text not null"), ("mac", "text not null")),
+          ("chain",)),
+    Table("admin_token_ids", (("jti", "text not null"), ("expires_at", "real not null")), ("jti",)),
+    Table("health", (("id", "int not null"), ("at", "real not null")), ("id",)),
+)
+
+
+def statements(dialect: Dialect) -> list[str]:
+    """CREATE statements for every table and index, idempotent (IF NOT EXISTS)."""
+    return [sql for table in TABLES for sql in table.create(dialect)]

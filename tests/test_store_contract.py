@@ -1,0 +1,453 @@
+"""The store contract: every backend (SQLite, and a real PostgreSQL from tests/postgres.py) keeps it.
+
+Sessions consumed once, versions, policies, the hash-chained logs, row MACs against edits made
+straight in the database, and the races replicas run into: many threads and processes consuming
+one nonce, appending to one chain, using one admin token id, adding versions of one key.
+SQLite-only behaviour (file modes, WAL, the version-1 upgrade) stays in test_store_sqlite.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from kbs.audit import chain as chains
+from kbs.audit.chain import REFUSALS, RELEASES
+from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
+from kbs.policy.refvalues import ReferenceSet
+from kbs.store import OpenStore, open_store
+from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
+from kbs.store.integrity import StoreIntegrityError
+from tests.postgres import PostgresServer
+
+NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
+KEY = bytes(range(32))  # the row-MAC key (the daemon derives it from the KEK)
+T = TypeVar("T")
+
+
+@dataclass
+class Backend:
+    """One fresh database of one kind: stores opened on it (as replicas would), and raw SQL beside them."""
+
+    kind: str
+    url: str
+    opened: list[OpenStore] = field(default_factory=list)
+
+    def open(self, key: bytes = KEY) -> OpenStore:
+        store = open_store(self.url, key)
+        self.opened.append(store)
+        return store
+
+    def execute(self, sql: str, params: tuple[object, ...] = ()) -> None:
+        """Change the database behind the broker's back (what someone holding it could do)."""
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self.url.removeprefix("sqlite://"))
+            db.execute(sql, params)
+            db.commit()
+            db.close()
+        else:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self.url.removeprefix("sqlite://"))
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute(sql).fetchall()]
+            db.close()
+            return rows
+        with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as conn:
+            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+    def set_schema_version(self, version: int) -> None:
+        if self.kind == "sqlite":
+            self.execute(f"PRAGMA user_version = {version}")
+        else:
+            self.execute("UPDATE kbs_schema SET version = ?", (version,))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A fresh database per test: a new SQLite file, or a new database on the test PostgreSQL server."""
+    server: PostgresServer | None = None
+    if request.param == "sqlite":
+        b = Backend("sqlite", f"sqlite://{tmp_path / 'kbs.db'}")
+    else:
+        server = request.getfixturevalue("postgres")
+        b = Backend("postgresql", server.create_database())
+    try:
+        yield b
+    finally:
+        for store in b.opened:
+            store.close()
+        if server is not None:
+            server.drop_database(b.url)
+
+
+@pytest.fixture
+def store(backend: Backend) -> OpenStore:
+    return backend.open()
+
+
+def session(sid: str = "a" * 32, expires: dt.datetime = NOW + dt.timedelta(minutes=5)) -> Session:
+    return Session(sid, "snp", "nonce", NOW, expires, "authed")
+
+
+def entry(i: int, decision: str = "deny") -> ReleaseRecord:
+    return ReleaseRecord(NOW, decision, "policy", f"r/t/{i}", 1, "s", "snp", "default", "hash", None)
+
+
+def on_threads(count: int, fn: Callable[[int], T]) -> list[T]:
+    """Run fn(0..count-1) on as many threads released together; re-raise the first failure."""
+    barrier = threading.Barrier(count)
+    results: list[T | None] = [None] * count
+    failures: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(30)
+            results[i] = fn(i)
+        except BaseException as exc:  # collected and re-raised below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if failures:
+        raise failures[0]
+    return results  # type: ignore[return-value]
+
+
+# -- sessions and single use ----------------------------------------------------------------
+
+def test_session_nonce_is_consumed_exactly_once(store: OpenStore) -> None:
+    store.create_session(session())
+    assert store.mark_attested("a" * 32, "digest", "token", NOW)
+    assert not store.mark_attested("a" * 32, "digest", "token", NOW)  # replay
+    got = store.get_session("a" * 32)
+    assert got is not None and got.state == "attested" and got.token == "token" and got.created_at == NOW
+    store.create_session(session("b" * 32, expires=NOW))
+    assert not store.mark_attested("b" * 32, "d", "t", NOW)  # expired
+    assert not store.mark_attested("c" * 32, "d", "t", NOW)  # unknown
+    assert store.purge_expired_sessions(NOW) == 1 and store.get_session("b" * 32) is None
+    with pytest.raises(StoreError):
+        store.create_session(session())  # session ids are unique
+
+
+def test_many_threads_on_several_replicas_race_for_one_nonce(backend: Backend) -> None:
+    replicas = [backend.open() for _ in range(3)]
+    replicas[0].create_session(session())
+    won = on_threads(24, lambda i: replicas[i % 3].mark_attested("a" * 32, f"d{i}", f"t{i}", NOW))
+    assert won.count(True) == 1
+    winner = won.index(True)
+    got = replicas[1].get_session("a" * 32)
+    assert got is not None and (got.evidence_digest, got.token) == (f"d{winner}", f"t{winner}")
+
+
+def _race(url: str, sid: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    store = open_store(url, KEY)
+    results.put(store.mark_attested(sid, "d", "t", NOW))
+    store.close()
+
+
+def test_processes_race_for_one_nonce(backend: Backend, store: OpenStore) -> None:
+    store.create_session(session())
+    ctx = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    procs = [ctx.Process(target=_race, args=(backend.url, "a" * 32, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert sorted(results.get(timeout=5) for _ in procs) == [False, False, False, True]
+
+
+def test_admin_token_id_used_once_across_replicas(backend: Backend) -> None:
+    replicas = [backend.open() for _ in range(2)]
+    later = NOW + dt.timedelta(minutes=5)
+    assert on_threads(16, lambda i: replicas[i % 2].use_token_id("jti-1", later, NOW)).count(True) == 1
+    assert not replicas[0].use_token_id("jti-1", later, NOW + dt.timedelta(minutes=1))  # replay within its life
+    assert replicas[1].use_token_id("jti-1", later, later)  # expired and dropped: the token itself is refused
+    # many distinct ids at once, each also clearing expired ones: every first use wins, none waits forever
+    for i in range(20):
+        assert replicas[0].use_token_id(f"old-{i}", NOW, NOW - dt.timedelta(minutes=1))
+    assert all(on_threads(16, lambda i: replicas[i % 2].use_token_id(f"new-{i}", later, NOW)))
+
+
+def test_secret_created_once(backend: Backend) -> None:
+    one, two = backend.open(), backend.open()
+    value = bytes(range(256))  # sealed values are opaque bytes: every byte value round-trips
+    assert one.get_or_create_secret("signing", value) == value
+    assert two.get_or_create_secret("signing", b"second") == value
+    agreed = on_threads(8, lambda i: (one, two)[i % 2].get_or_create_secret("other", bytes([i]) * 32))
+    assert len(set(agreed)) == 1
+
+
+# -- resources and policies -----------------------------------------------------------------
+
+def test_resource_versions_disable_enable_delete(store: OpenStore) -> None:
+    assert store.put_resource("r/t/k", b"v1", "default", "alice", NOW) == 1
+    assert store.put_resource("r/t/k", b"v2", "default", "alice", NOW) == 2
+    active = store.active_resource("r/t/k")
+    assert active is not None and (active.version, active.sealed, active.created_at) == (2, b"v2", NOW)
+    assert [v.state for v in store.resource_versions("r/t/k")] == ["disabled", "active"]
+    store.set_resource_state("r/t/k", 1, "active")  # roll back to version 1
+    active = store.active_resource("r/t/k")
+    assert active is not None and active.version == 1
+    assert store.set_resource_state("r/t/k", None, "disabled") == 1  # the active one (v1), not the latest
+    assert store.active_resource("r/t/k") is None
+    assert store.set_resource_state("r/t/k", None, "disabled") == 0  # nothing active left
+    assert store.set_resource_state("r/t/k", None, "active") == 1
+    active = store.active_resource("r/t/k")
+    assert active is not None and active.version == 2  # enabling without a version: the latest
+    assert store.set_resource_state("r/t/k", 7, "active") == 0 and store.set_resource_state("x/y/z", None,
+                                                                                             "active") == 0
+    store.set_resource_state("r/t/k", None, "disabled")
+    assert store.bind_policy("r/t/k", "strict") == 2
+    assert {v.policy_id for v in store.resource_versions("r/t/k")} == {"strict"}
+    assert store.resource_paths() == ["r/t/k"]
+    assert store.delete_resource("r/t/k") == 2 and store.resource_paths() == []
+
+
+def test_concurrent_new_versions_of_one_key(backend: Backend) -> None:
+    replicas = [backend.open() for _ in range(2)]
+    versions = on_threads(8, lambda i: replicas[i % 2].put_resource("r/t/k", bytes([i]), "default", "a", NOW))
+    assert sorted(versions) == list(range(1, 9))
+    states = [v.state for v in replicas[0].resource_versions("r/t/k")]
+    assert states.count("active") == 1 and states[-1] == "active"
+
+
+def test_policy_registry_persists_and_detects_concurrent_writers(backend: Backend) -> None:
+    store = backend.open()
+    store.put_reference_set(ReferenceSet("m", ("aa",), expires=NOW))
+    policy = '{"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": [' \
+             '{"claim": "snp.measurement", "in": {"ref": "m"}}]}]}'
+    PolicyRegistry(store).put("p", policy, created_by="a", at=NOW)
+    other = PolicyRegistry(backend.open())  # another replica
+    assert other.current("p").version == 1
+    assert other.refs.get("m") is not None and other.refs.get("m").expires == NOW  # type: ignore[union-attr]
+    stale = other.current("p")
+    PolicyRegistry(store).put("p", policy, created_by="b", at=NOW)
+    with pytest.raises(PolicyConflict, match="already exists"):
+        store.append(stale)  # a writer that read version 1 cannot write version 1 again
+    assert store.policy_ids() == ["p"] and [v.version for v in store.versions("p")] == [1, 2]
+    store.put_reference_set(ReferenceSet("m", ("bb",)))  # replaced
+    assert store.reference_values().get("m").values == ("bb",)  # type: ignore[union-attr]
+    store.delete_reference_set("m")
+    assert store.reference_values().get("m") is None
+
+
+def test_key_bound_to_an_immutable_policy_keeps_its_binding(store: OpenStore) -> None:
+    registry = PolicyRegistry(store)
+    text = '{"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": [{"claim": "snp.vmpl", "equals": 0}]}]}'
+    registry.put("locked", text, created_by="a", at=NOW, immutable=True)
+    registry.put("open", text, created_by="a", at=NOW)
+    store.put_resource("r/t/k", b"v1", "locked", "a", NOW)
+    with pytest.raises(BindingLocked, match="bound to policy 'locked', which is immutable"):
+        store.bind_policy("r/t/k", "open")
+    with pytest.raises(BindingLocked):
+        store.put_resource("r/t/k", b"v2", "open", "a", NOW)  # a new version cannot move it either
+    assert store.put_resource("r/t/k", b"v2", "locked", "a", NOW) == 2  # rotation under the same policy
+    assert store.bind_policy("r/t/k", "locked") == 2  # a no-op rebinding is fine
+    assert {v.policy_id for v in store.resource_versions("r/t/k")} == {"locked"}
+
+
+def test_attestation_records(store: OpenStore) -> None:
+    store.record_attestation(AttestationRecord("att1", NOW, "s", "snp", {"submods": {"cpu0": {"x": [1, "é"]}}}))
+    got = store.get_attestation("att1")
+    assert got is not None and got.claims == {"submods": {"cpu0": {"x": [1, "é"]}}} and got.at == NOW
+    assert store.get_attestation("x") is None
+    assert store.purge_attestations(NOW) == 0  # not older than NOW
+    assert store.purge_attestations(NOW + dt.timedelta(seconds=1)) == 1 and store.get_attestation("att1") is None
+
+
+def test_replicas_starting_together_create_one_schema(backend: Backend) -> None:
+    stores = on_threads(4, lambda i: backend.open())
+    stores[0].append_log(RELEASES, entry(1))
+    assert [h.entries for h in stores[3].verify_logs()] == [1, 0]
+
+
+def test_health_probes(store: OpenStore) -> None:
+    store.ping()
+    store.probe_write(NOW)
+    store.probe_write(NOW + dt.timedelta(seconds=1))  # the same row, rewritten
+
+
+# -- the logs -------------------------------------------------------------------------------
+
+def test_release_log_is_a_hash_chain(backend: Backend, store: OpenStore) -> None:
+    for i in range(5):
+        rec = store.append_log(RELEASES, entry(i, "release" if i % 2 else "deny"))
+        assert rec.seq == i + 1 and rec.entry_hash
+    [releases, refusals] = store.verify_logs()
+    assert (releases.entries, releases.head_seq, refusals.entries) == (5, 5, 0)
+    assert [r.resource for r in store.log_entries(RELEASES, after_seq=3)] == ["r/t/3", "r/t/4"]
+    assert [r.seq for r in store.log_entries(RELEASES, limit=2)] == [1, 2]
+    with pytest.raises(StoreError, match="no log"):
+        store.append_log("other", entry(0))
+    backend.execute("UPDATE release_log SET decision='release' WHERE seq=1")
+    with pytest.raises(StoreIntegrityError, match="entry 1 was edited outside the broker"):
+        store.verify_logs()
+    with pytest.raises(StoreIntegrityError, match="entry 1 was edited"):
+        store.log_entries(RELEASES)  # `kbs log` never shows an edited entry as genuine
+
+
+def test_log_rewritten_with_recomputed_hashes_is_caught(backend: Backend, store: OpenStore) -> None:
+    """Rewriting every release as a deny and recomputing the chain needs the KEK-derived MAC key."""
+    for i in range(3):
+        store.append_log(RELEASES, entry(i, "release"))
+    prev = chains.GENESIS
+    for row in backend.query("SELECT * FROM release_log ORDER BY seq"):
+        body = {k: row[k] for k in ("at", "decision", "reason", "resource", "version", "session_id", "tee",
+                                    "policy_id", "policy_hash", "attestation_id", "ref", "actor", "detail")}
+        body["decision"] = "deny"  # the public formula, recomputed: only the MACs are missing
+        hashed = chains.entry_hash(prev, chains.body_hash(body))
+        backend.execute("UPDATE release_log SET decision='deny', prev_hash=?, entry_hash=? WHERE seq=?",
+                        (prev, hashed, row["seq"]))
+        prev = hashed
+    with pytest.raises(StoreIntegrityError, match="fails authentication"):
+        store.verify_logs()
+
+
+def test_hostile_strings_are_logged_not_refused(store: OpenStore) -> None:
+    """A refusal quoting what a client sent is logged on every backend, NUL characters included."""
+    rec = store.append_log(REFUSALS, replace(entry(1), detail="version 0.4\x00\x01 'é' \u202e \udc80 😀",
+                                             tee="\x00"))
+    assert rec.detail == "version 0.4\ufffd\x01 'é' \u202e \ufffd 😀" and rec.tee == "\ufffd"
+    [logged] = store.log_entries(REFUSALS)
+    assert logged == rec and store.verify_logs()
+
+
+def test_newest_entry_deleted_is_caught_and_stops_appends(backend: Backend, store: OpenStore) -> None:
+    for i in range(3):
+        store.append_log(RELEASES, entry(i, "release"))
+    backend.execute("DELETE FROM release_log WHERE seq=3")
+    with pytest.raises(StoreIntegrityError, match="recorded head is entry 3: entries were removed"):
+        store.verify_logs()
+    with pytest.raises(StoreIntegrityError, match="newest entry is 2 but its recorded head is 3"):
+        store.append_log(RELEASES, entry(9))  # fail closed: no release is logged, so none leaves
+
+
+def test_log_head_removed_is_caught(backend: Backend, store: OpenStore) -> None:
+    store.append_log(RELEASES, entry(1))
+    backend.execute("DELETE FROM log_heads WHERE chain='release'")
+    with pytest.raises(StoreIntegrityError, match="no recorded head"):
+        store.append_log(RELEASES, entry(2))
+
+
+def test_refusal_log_retention_moves_the_anchor(store: OpenStore) -> None:
+    old, new = NOW - dt.timedelta(days=40), NOW
+    for i in range(4):
+        store.append_log(REFUSALS, replace(entry(i), at=old if i < 3 else new))
+    assert store.purge_refusals(NOW - dt.timedelta(days=30)) == 3
+    heads = {h.chain: h for h in store.verify_logs()}
+    assert (heads[REFUSALS].first_seq, heads[REFUSALS].head_seq, heads[REFUSALS].entries) == (4, 4, 1)
+    store.append_log(REFUSALS, entry(5))
+    assert [r.seq for r in store.log_entries(REFUSALS)] == [4, 5] and store.verify_logs()
+    assert store.purge_refusals(NOW - dt.timedelta(days=30)) == 0
+
+
+def test_concurrent_appends_from_several_replicas_keep_one_chain(backend: Backend) -> None:
+    """Appends from many connections (threads of several stores) interleave into one chain per log:
+    contiguous positions, each entry on the one before it, the head on the last; verification in
+    flight never sees a head and rows that disagree."""
+    replicas = [backend.open() for _ in range(4)]
+    per_thread, threads = 15, 12
+    stop = threading.Event()
+    verified: list[int] = []
+    alarms: list[Exception] = []
+
+    def verify_meanwhile() -> None:
+        while not stop.is_set():
+            try:
+                verified.append(sum(h.entries for h in replicas[0].verify_logs()))
+            except Exception as exc:  # a false alarm: reported below
+                alarms.append(exc)
+                return
+
+    watcher = threading.Thread(target=verify_meanwhile)
+    watcher.start()
+    try:
+        appended = on_threads(threads, lambda t: [
+            (chain, replicas[t % 4].append_log(chain, entry(t * 100 + i)))
+            for i in range(per_thread) for chain in [RELEASES if (t + i) % 3 else REFUSALS]])
+    finally:
+        stop.set()
+        watcher.join(60)
+    assert not alarms and verified
+    heads = {h.chain: h for h in replicas[1].verify_logs()}
+    total = per_thread * threads
+    assert heads[RELEASES].entries + heads[REFUSALS].entries == total
+    for chain in (RELEASES, REFUSALS):
+        acknowledged = sorted(rec.seq or 0 for batch in appended for c, rec in batch if c == chain)
+        logged = replicas[2].log_entries(chain, limit=total)
+        assert acknowledged == [e.seq for e in logged] == list(range(1, heads[chain].head_seq + 1))
+        assert sorted(rec.resource for batch in appended for c, rec in batch if c == chain) == \
+            sorted(e.resource for e in logged)  # every acknowledged append is in its log, once
+
+
+def _append(url: str, chain: str, count: int, tag: int) -> None:
+    store = open_store(url, KEY)
+    for i in range(count):
+        store.append_log(chain, entry(tag * 1000 + i))
+    store.close()
+
+
+def test_processes_append_to_one_chain(backend: Backend, store: OpenStore) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append, args=(backend.url, RELEASES, 20, tag)) for tag in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    [releases, _] = store.verify_logs()
+    assert releases.entries == 60 and len({e.resource for e in store.log_entries(RELEASES, limit=100)}) == 60
+
+
+# -- rows changed outside the broker ---------------------------------------------------------
+
+def test_rows_edited_or_forged_outside_the_broker_are_refused(backend: Backend, store: OpenStore) -> None:
+    """Holding the database is not enough to bind a key to an allow-all policy."""
+    registry = PolicyRegistry(store)
+    strict = '{"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": [' \
+             '{"claim": "snp.vmpl", "equals": 0}]}]}'
+    registry.put("strict", strict, created_by="a", at=NOW)
+    store.put_resource("r/t/k", b"sealed", "strict", "a", NOW)
+    store.put_reference_set(ReferenceSet("m", ("aa",)))
+    store.record_attestation(AttestationRecord("att1", NOW, "s", "snp", {"submods": {}}))
+    backend.execute("INSERT INTO policies SELECT 'open', 1, dialect, '{\"version\": \"1.0.0\", \"anyOf\": []}', "
+                    "content_hash, created_by, created_at, immutable, mac FROM policies WHERE policy_id='strict'")
+    backend.execute("UPDATE resources SET policy_id='open'")
+    backend.execute("UPDATE reference_sets SET body='{\"values\": [\"bb\"]}'")
+    backend.execute("UPDATE attestations SET claims='{\"submods\": {\"cpu0\": {}}}'")
+    with pytest.raises(StoreIntegrityError, match="resource r/t/k version 1 fails authentication"):
+        store.active_resource("r/t/k")
+    with pytest.raises(StoreIntegrityError, match="policy 'open' version 1 fails authentication"):
+        registry.current("open")
+    with pytest.raises(StoreIntegrityError, match="reference set 'm' fails authentication"):
+        store.reference_values()
+    with pytest.raises(StoreIntegrityError, match="attestation att1 fails authentication"):
+        store.get_attestation("att1")
+    with pytest.raises(StoreIntegrityError):
+        backend.open(bytes(32)).versions("strict")  # another KEK: nothing authenticates
+
+
+def test_newer_schema_refused(backend: Backend, store: OpenStore) -> None:
+    backend.set_schema_version(99)
+    with pytest.raises(StoreError, match="newer than this broker"):
+        backend.open()
+    backend.set_schema_version(2)
+    assert backend.open().verify_logs()  # reopening an up-to-date database changes nothing

@@ -1,0 +1,80 @@
+"""What only the PostgreSQL store does: run as a role with no more than DML rights once the schema
+exists, name the database in errors without the URL's password, and read database_url."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from kbs.audit.chain import RELEASES
+from kbs.server.config import ConfigError, parse_config
+from kbs.store import open_store
+from kbs.store.base import ReleaseRecord, Session, StoreError
+from tests.postgres import PostgresServer
+
+NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+def as_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def test_runs_with_dml_rights_only_once_the_schema_exists(database: str) -> None:
+    open_store(database, KEY).close()  # the owner creates the tables
+    role = f"kbs_app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        conn.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+    try:
+        store = open_store(as_user(database, role), KEY)
+        try:
+            store.create_session(Session("s" * 32, "snp", "n", NOW, NOW + dt.timedelta(minutes=5), "authed"))
+            assert store.mark_attested("s" * 32, "d", "t", NOW)
+            store.append_log(RELEASES, ReleaseRecord(NOW, "release", "policy", "r/t/k", 1, "s", "snp", "p", "h",
+                                                     None))
+            assert store.use_token_id("jti", NOW + dt.timedelta(minutes=1), NOW)
+            store.probe_write(NOW)
+            assert [h.entries for h in store.verify_logs()] == [1, 0]
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_unreachable_database_named_without_its_password() -> None:
+    with pytest.raises(StoreError) as info:
+        open_store("postgresql://kbs:hunter2@127.0.0.1:1/kbs?connect_timeout=2", KEY)
+    assert "postgresql database kbs on 127.0.0.1:1 is unavailable" in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_database_url_kinds() -> None:
+    pg = parse_config({"database_url": "postgresql://kbs@db:5432/kbs"})
+    assert (pg.database_kind, pg.database) == ("postgresql", "postgresql://kbs@db:5432/kbs")
+    lite = parse_config({"database_url": "sqlite:///srv/kbs.db"})
+    assert (lite.database_kind, lite.database) == ("sqlite", Path("/srv/kbs.db"))
+    assert parse_config({}).database == Path(".kbs-state/kbs.sqlite3")
+    with pytest.raises(ConfigError, match="scheme 'mysql'") as info:
+        parse_config({"database_url": "mysql://root:secret@db/kbs"})
+    assert "secret" not in str(info.value)
+    with pytest.raises(StoreError, match="no store for database 'mysql'"):
+        open_store("mysql://db/kbs", KEY)

@@ -1,0 +1,392 @@
+"""`kbs serve` with several worker processes over real HTTP: requests land on every worker, guests get
+keys, one scrape of /metrics counts the whole broker, a SIGKILLed worker is replaced, SIGTERM drains and
+exits 0, a port in use is one error line; and admission control answers 503 with Retry-After beyond
+`max_in_flight` while the broker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from kbs.keys.jwe import decrypt, generate_tee_key
+from kbs.server.config import Config, ConfigError, parse_config
+from kbs.server.workers import worker_count
+from tests import fake_http
+from tests.amd_synth import SyntheticAmd
+from tests.broker import (
+    REPO,
+    Broker,
+    SnpGuest,
+    attest,
+    attestation,
+    auth,
+    free_port,
+    full_flow,
+    jar,
+    run_broker,
+    write_config,
+)
+
+SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
+    {"claim": "sample.svn", "equals": "1"}]}]})
+SECRET = b"workers-secret"
+DEADLINE = 30.0
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def get(broker: Broker, path: str) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (so the kernel picks a worker anew); errors as status 0."""
+    try:
+        with urllib.request.urlopen(f"{broker.url}{path}", timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except OSError:
+        return 0, {}, b""
+
+
+def workers_view(broker: Broker) -> list[dict[str, Any]]:
+    status, _, body = get(broker, "/healthz?all")
+    return list(json.loads(body)["workers"]) if status in (200, 503) else []
+
+
+def running(broker: Broker, count: int = 2) -> list[dict[str, Any]]:
+    """The supervisor's view once `count` workers run, else nothing."""
+    view = workers_view(broker)
+    return view if sum(w["state"] == "running" for w in view) == count else []
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples that carry these labels (0 when none)."""
+    total = 0.0
+    for line in text.splitlines():
+        sample = line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ")
+        if sample and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(broker: Broker) -> str:
+    status, _, body = get(broker, "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def provision(broker: Broker) -> None:
+    async def go() -> None:
+        async with aiohttp.ClientSession() as http:
+            async with http.put(f"{broker.url}/kbs/v0/admin/policies/sample-ok", data=SAMPLE_POLICY,
+                                headers=broker.admin_headers()) as r:
+                assert r.status == 200, await r.text()
+            async with http.post(f"{broker.url}/kbs/v0/resource/lab/key/w?policy=sample-ok", data=SECRET,
+                                 headers=broker.admin_headers()) as r:
+                assert r.status == 200, await r.text()
+    asyncio.run(go())
+
+
+def obtain_keys(broker: Broker, guests: int) -> None:
+    async def one() -> None:
+        status, body, key = await full_flow(broker.url, "sample", "lab/key/w")
+        assert status == 200, body
+        assert decrypt(body, key.private_key) == SECRET
+
+    async def go() -> None:
+        await asyncio.gather(*(one() for _ in range(guests)))
+    asyncio.run(go())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_two_workers_share_the_port_the_keys_and_the_metrics(tmp_path: Path) -> None:
+    with run_broker(tmp_path, workers=2) as broker:
+        view = until(lambda: running(broker), "both workers running")
+        assert sorted(w["index"] for w in view) == [0, 1] and len({w["pid"] for w in view}) == 2, view
+
+        seen: dict[str, str] = {}
+        served = 0
+
+        def both_answered() -> bool:
+            nonlocal served
+            status, headers, body = get(broker, "/healthz")
+            assert status == 200 and body == b"ok"
+            served += 1
+            seen[headers["Kbs-Worker-Pid"]] = headers["Kbs-Worker"]
+            return len(seen) == 2
+        until(both_answered, "/healthz answered by both workers")
+        assert set(seen) == {str(w["pid"]) for w in view} and sorted(seen.values()) == ["0", "1"]
+
+        provision(broker)
+        obtain_keys(broker, 24)  # sessions made on one worker are attested and served on another
+
+        text = scrape(broker)  # one scrape, from whichever worker: the whole broker's counts
+        assert metric(text, "kbs_http_requests_total", route="/healthz", status="200") >= served
+        assert metric(text, "kbs_attestations_total", tee="sample", result="ok") == 24
+        assert metric(text, "kbs_resource_requests_total", decision="release") == 24
+        assert metric(text, "kbs_worker_starts_total") == 2
+        assert metric(text, "kbs_build_info") == 1  # a max across workers, not a sum
+        assert "kbs_open_connections" in text and "kbs_requests_in_flight" in text
+
+        status, _, body = get(broker, "/readyz?all")
+        ready = json.loads(body)
+        assert status == 200 and ready["status"] == "ready" and len(ready["workers"]) == 2
+
+
+def test_a_killed_worker_is_replaced_and_service_continues(tmp_path: Path) -> None:
+    with run_broker(tmp_path, workers=2) as broker:
+        provision(broker)
+        before = until(lambda: running(broker), "both workers running")
+        victim = before[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced() -> list[dict[str, Any]]:
+            view = workers_view(broker)
+            mine = [w for w in view if w["index"] == victim["index"]]
+            return view if mine and mine[0]["pid"] != victim["pid"] and mine[0]["state"] == "running" else []
+        after = until(replaced, "the killed worker replaced")
+        assert [w["restarts"] for w in after if w["index"] == victim["index"]] == [1]
+        assert not alive(victim["pid"])
+        assert broker.process.poll() is None
+
+        obtain_keys(broker, 12)
+        text = scrape(broker)
+        assert metric(text, "kbs_worker_starts_total") == 3
+        assert metric(text, "kbs_resource_requests_total", decision="release") == 12
+
+
+class HeldChainGuest(SnpGuest):
+    """A synthetic SNP guest that sends its VCEK only: the broker asks KDS for the ASK at /attest."""
+
+    def evidence(self, report_data: bytes, host_data: bytes = b"") -> dict[str, Any]:
+        full = super().evidence(report_data, host_data)
+        full["cert_chain"] = full["cert_chain"][:1]
+        return full
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
+    """An /attest still waiting for KDS when SIGTERM comes is answered 200 after the workers stopped
+    listening; then the supervisor exits 0 and no worker is left."""
+    pki = SyntheticAmd("Milan")
+    chain = b"".join(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
+                     for der in (pki.ask_der, pki.ark_der))
+    asked, answer = threading.Event(), threading.Event()
+
+    async def kds(request: web.Request) -> web.Response:
+        if not request.path.endswith("/cert_chain"):
+            return web.Response(status=404)
+        asked.set()
+        await asyncio.to_thread(answer.wait, DEADLINE)  # held until the broker is draining
+        return web.Response(body=chain)
+
+    (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
+    with fake_http.in_thread(lambda: fake_http.serve(kds, "GET")) as kds_url, \
+            run_broker(tmp_path, f'[verifiers.snp]\ntrust_roots = ["{tmp_path / "ark.pem"}"]\nkds_url = "{kds_url}"\n'
+                       f'cache_dir = "{tmp_path / "kds"}"\n', workers=2) as broker:
+        pids = [w["pid"] for w in until(lambda: running(broker), "both workers running")]
+        port = int(broker.url.rsplit(":", 1)[1])
+
+        async def go() -> tuple[int, dict[str, Any]]:
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, broker.url, "snp")
+                body = attestation(nonce, generate_tee_key("EC-P256"), "snp", HeldChainGuest(pki))
+                request = asyncio.create_task(attest(http, broker.url, body))
+                assert await asyncio.to_thread(asked.wait, DEADLINE), "the broker never asked KDS"
+                broker.process.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(until, lambda: refused(port), "the workers stop listening")
+                answer.set()
+                async with asyncio.timeout(DEADLINE):
+                    return await request
+        status, token = asyncio.run(go())
+        assert status == 200 and token["token"], token
+        assert broker.process.wait(DEADLINE) == 0, broker.log()
+        assert not any(alive(pid) for pid in pids)
+        assert "all workers stopped" in broker.log()
+
+
+def refused(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_is_one_error_line(tmp_path: Path, workers: int) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "kbs.toml", port, tmp_path / "state", workers=workers)
+        done = subprocess.run([sys.executable, "-m", "kbs.cli", "serve", "--config", str(config)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stderr
+    assert last == f"kbs: error: serve: cannot listen on 127.0.0.1:{port}: Address already in use", done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_workers_flag_overrides_the_config(tmp_path: Path) -> None:
+    """`--workers` beats `[server] workers`; a second broker cannot take the port with SO_REUSEPORT."""
+    port = free_port()
+    config = write_config(tmp_path / "kbs.toml", port, tmp_path / "state", workers=1)
+    command = [sys.executable, "-m", "kbs.cli", "serve", "--config", str(config)]
+    log = tmp_path / "kbs.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*command, "--workers", "2"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    broker = Broker(f"http://127.0.0.1:{port}", tmp_path / "state", process, log)
+    try:
+        until(lambda: running(broker), "two workers running")
+        second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1 and "Address already in use" in second.stderr, second.stderr
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE) == 0, broker.log()
+
+
+# -- admission control ---------------------------------------------------------------------------
+
+def test_beyond_max_in_flight_is_503_with_retry_after(tmp_path: Path) -> None:
+    """Two requests held in flight (their bodies trickle) fill a worker with max_in_flight = 2: the third
+    is refused at once, probes and metrics still answer, and once they finish the worker serves again."""
+    with run_broker(tmp_path, "[limits]\nmax_in_flight = 2\n") as broker:
+        async def go() -> None:
+            rest = asyncio.Event()
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b'{"version": "0.4.0", '
+                await rest.wait()
+                yield b'"tee": "sample", "extra-params": {}}'
+
+            async with aiohttp.ClientSession() as held, aiohttp.ClientSession() as other:
+                slow = [asyncio.create_task(held.post(f"{broker.url}/kbs/v0/auth", data=body(),
+                                                      headers={"Content-Type": "application/json"}))
+                        for _ in range(2)]
+
+                async def in_flight() -> float:
+                    async with other.get(f"{broker.url}/metrics") as r:
+                        return metric(await r.text(), "kbs_requests_in_flight")
+                deadline = time.monotonic() + DEADLINE
+                while await in_flight() < 2:
+                    assert time.monotonic() < deadline, "the slow requests never reached their handler"
+                    await asyncio.sleep(0.05)
+
+                started = time.monotonic()
+                async with other.post(f"{broker.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample",
+                                                                         "extra-params": {}}) as r:
+                    assert r.status == 503 and r.headers["Retry-After"] == "1"
+                    assert (await r.json())["type"].endswith("/ServiceUnavailable")
+                assert time.monotonic() - started < 2.0  # refused at once, not queued
+                for path in ("/healthz", "/readyz", "/metrics"):
+                    async with other.get(f"{broker.url}{path}") as r:
+                        assert r.status == 200, path
+
+                rest.set()
+                for task in slow:
+                    async with asyncio.timeout(DEADLINE):
+                        response = await task
+                        assert response.status == 200
+                        response.release()
+                async with other.get(f"{broker.url}/metrics") as r:
+                    text = await r.text()
+                assert metric(text, "kbs_overloaded_total") == 1
+                assert metric(text, "kbs_requests_in_flight") == 0
+        asyncio.run(go())
+        provision(broker)
+        obtain_keys(broker, 1)  # serving again
+
+
+def test_an_attest_storm_over_two_workers_is_served_or_told_to_retry(tmp_path: Path) -> None:
+    """max_in_flight = 1 per worker and 48 guests at once: each request is answered 200 or 503 with
+    Retry-After (never dropped or queued without bound), and after the storm every guest gets its key."""
+    with run_broker(tmp_path, "[limits]\nmax_in_flight = 1\n", workers=2) as broker:
+        provision(broker)
+
+        async def guest(http: aiohttp.ClientSession) -> list[int]:
+            """Auth, attest and fetch the key, retrying each refused step after its Retry-After (bounded)."""
+            key = generate_tee_key("EC-P256")
+            statuses = []
+            deadline = time.monotonic() + DEADLINE
+
+            async def step(method: str, path: str, **kwargs: Any) -> Any:
+                while True:
+                    async with http.request(method, f"{broker.url}{path}", **kwargs) as r:
+                        statuses.append(r.status)
+                        if r.status != 503:
+                            assert r.status == 200, await r.text()
+                            return await r.json()
+                        assert r.headers["Retry-After"] == "1"
+                    assert time.monotonic() < deadline, "a guest was refused for too long"
+                    await asyncio.sleep(0.05)  # shorter than Retry-After: the test would be slow otherwise
+
+            nonce = (await step("POST", "/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample",
+                                                              "extra-params": {}}))["nonce"]
+            await step("POST", "/kbs/v0/attest", json=attestation(nonce, key, "sample"))
+            assert decrypt(await step("GET", "/kbs/v0/resource/lab/key/w"), key.private_key) == SECRET
+            return statuses
+
+        async def storm() -> list[int]:
+            sessions = [aiohttp.ClientSession(cookie_jar=jar()) for _ in range(48)]
+            try:
+                results = await asyncio.gather(*(guest(http) for http in sessions))
+            finally:
+                await asyncio.gather(*(http.close() for http in sessions))
+            return [status for statuses in results for status in statuses]
+        statuses = asyncio.run(storm())
+        refused = statuses.count(503)
+        assert refused > 0 and statuses.count(200) == 48 * 3, (refused, len(statuses))
+        assert metric(scrape(broker), "kbs_overloaded_total") == refused
+        obtain_keys(broker, 1)  # one guest at a time: served at once
+
+
+def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
+    """SIGKILL of the supervisor leaves no orphan serving: each worker sees its pipe close and stops."""
+    with run_broker(tmp_path, workers=2) as broker:
+        pids = [w["pid"] for w in until(lambda: running(broker), "both workers running")]
+        broker.process.kill()
+        broker.process.wait(DEADLINE)
+        until(lambda: not any(alive(pid) for pid in pids), "the workers gone")
+        assert refused(int(broker.url.rsplit(":", 1)[1]))
+
+
+def test_config_keys_and_worker_count() -> None:
+    config = parse_config({"server": {"workers": 3}, "limits": {"max_in_flight": 8}})
+    assert (config.workers, config.max_in_flight) == (3, 8)
+    assert (Config().workers, Config().max_in_flight) == (0, 256)
+    assert worker_count(3) == 3 and worker_count(0) >= 1
+    for document, message in (({"server": {"workers": -1}}, "[server] workers"),
+                               ({"limits": {"max_in_flight": 0}}, "[limits] max_in_flight"),
+                               ({"server": {"threads": 2}}, "unknown configuration key [server] threads")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            parse_config(document)
