@@ -146,6 +146,16 @@ def test_session_nonce_is_consumed_exactly_once(store: OpenStore) -> None:
         store.create_session(session())  # session ids are unique
 
 
+def test_the_winner_alone_records_its_attestation(store: OpenStore) -> None:
+    """/attest's one write: the nonce consumed and the attestation recorded together, only for the winner."""
+    store.create_session(session())
+    first = AttestationRecord("att-won", NOW, "a" * 32, "snp", {"submods": {}})
+    second = AttestationRecord("att-lost", NOW, "a" * 32, "snp", {"submods": {}})
+    assert store.mark_attested("a" * 32, "d1", "t1", NOW, first)
+    assert not store.mark_attested("a" * 32, "d2", "t2", NOW, second)
+    assert store.get_attestation("att-won") == first and store.get_attestation("att-lost") is None
+
+
 def test_many_threads_on_several_replicas_race_for_one_nonce(backend: Backend) -> None:
     replicas = [backend.open() for _ in range(3)]
     replicas[0].create_session(session())

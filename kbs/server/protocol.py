@@ -31,12 +31,15 @@ from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
 from kbs.policy.ear import Submod, ear_document
-from kbs.policy.model import Decision, Explanation, ResourceRequest
+from kbs.policy.json_policy import JsonPolicy
+from kbs.policy.lifecycle import PolicyVersion
+from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
+from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.errors import ProtocolError
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
-from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
@@ -47,6 +50,9 @@ ATTESTATION_ID_CLAIM = "kbs.attestation-id"
 MAX_AUTH_BODY = 4096
 MAX_DETAIL = 2000  # characters of an operator-facing detail kept in the log
 MAX_SHOWN = 40  # characters of a guest-chosen string echoed back
+# JSON policies up to this size are evaluated on the event loop (tens of microseconds; the dialect has no
+# loops); larger ones, and Rego, go to the policy pool so that no policy can hold the loop.
+INLINE_POLICY_CHARS = 16 * 1024
 
 log = logging.getLogger("kbs.protocol")
 routes = web.RouteTableDef()
@@ -197,7 +203,7 @@ async def _live_session(request: web.Request, now: datetime) -> Session:
     if session_id is None:
         raise ProtocolError("AttestationError", "the kbs-session-id cookie is not one this broker issued: "
                             "call /kbs/v0/auth again", reason="session")
-    session = await st.run(st.store.get_session, session_id)
+    session = await st.read(st.store.get_session, session_id)
     if session is None:
         raise ProtocolError("AttestationError", "unknown session: call /kbs/v0/auth again", reason="session")
     if now >= session.expires_at:
@@ -248,9 +254,9 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             f"{st.config.max_claims_bytes} ([limits] max_claims_bytes): send smaller init-data",
                             status=400, reason="claims.size")
     token = st.signer.sign(document)
-    await st.run(st.store.record_attestation,
-                 AttestationRecord(attestation_id, now, session.session_id, session.tee, document))
-    if not await st.run(st.store.mark_attested, session.session_id, evidence_digest, token, now):
+    # One durable write: the nonce consumed and the attestation recorded together, or neither.
+    record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
+    if not await st.run(st.store.mark_attested, session.session_id, evidence_digest, token, now, record):
         st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
         raise ProtocolError("AttestationError", "the session's nonce was already used or expired; "
                             "call /kbs/v0/auth again", reason="replay")
@@ -337,18 +343,36 @@ async def get_resource(request: web.Request) -> web.Response:
         raise failure from exc
 
 
+def _release_inputs(st: BrokerState, path: str) -> tuple[ResourceVersion | None, str,
+                                                         tuple[PolicyVersion, Policy, ReferenceValues] | KbsError]:
+    """The resource, its policy id, and the policy's current version, parsed, with the reference values (or
+    why they could not be read: a policy failure, reported as such by the caller)."""
+    resource = st.store.active_resource(path)
+    policy_id = resource.policy_id if resource else DEFAULT_POLICY
+    try:
+        version, policy = st.registry.resolve(policy_id)
+        return resource, policy_id, (version, policy, st.registry.refs)
+    except KbsError as exc:
+        return resource, policy_id, exc
+
+
 async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
                    claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
     path = record.resource
     tee_pubkey = _tee_pubkey(claims)
-    resource = await st.run(st.store.active_resource, path)
-    policy_id = resource.policy_id if resource else DEFAULT_POLICY
+    # Everything the decision reads, in one call (one thread hop at most).
+    resource, policy_id, resolved = await st.read(_release_inputs, st, path)
     record = replace(record, policy_id=policy_id)
     try:
-        policy_version, policy = await st.run(st.registry.resolve, policy_id)
-        refs = await st.run(lambda: st.registry.refs)
+        if isinstance(resolved, KbsError):
+            raise resolved
+        policy_version, policy, refs = resolved
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-        decision: Decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
+        decision: Decision
+        if isinstance(policy, JsonPolicy) and len(policy_version.text) <= INLINE_POLICY_CHARS:
+            decision = policy.evaluate(claims, refs, req, now)  # tens of microseconds: on the loop
+        else:  # Rego: to its worker pool, off the loop
+            decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
     except KbsError as exc:
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason=exc.check, decision="error", public="the release policy could not be evaluated"

@@ -47,6 +47,14 @@ class BrokerState:
         """Run a blocking store call on the I/O pool."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
+    async def read(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store read: on the loop when the store says its reads never wait (SQLite in WAL mode reads
+        a local file and is never blocked by writers: a thread hop would cost more than the read), else
+        on the I/O pool like any store call (a network database)."""
+        if getattr(self.store, "reads_inline", False):
+            return fn(*args)
+        return await self.run(fn, *args)
+
     async def evaluate(self, fn: Callable[..., T], *args: object) -> T:
         """Run a policy evaluation on its own pool (Rego goes on to a worker process from there)."""
         return await asyncio.get_running_loop().run_in_executor(self.policy, fn, *args)

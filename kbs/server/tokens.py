@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from kbs.cache import ByteBoundedCache
 from kbs.errors import KbsError
@@ -46,6 +47,10 @@ class _Verified:
     cost: int
 
 
+def _b64url(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def _key(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -59,6 +64,8 @@ class TokenSigner:
         jwk = public_jwk(self._public)
         self.jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y")}
         self.kid = _thumbprint(self.jwk)
+        header = {"alg": "ES256", "jwk": {**self.jwk, "alg": "ES256"}, "kid": self.kid, "typ": "JWT"}
+        self._header = _b64url(json.dumps(header, separators=(",", ":")).encode())
         # Tokens whose signature this process already checked (or made): a guest presents the
         # same token on every resource request, and PyJWT's parse costs ~0.5 ms for an EAR.
         # Only the signature is cached; `exp` is checked on every use.  Keyed by the token's
@@ -77,9 +84,14 @@ class TokenSigner:
         return cls(key, cache_bytes)
 
     def sign(self, claims: dict[str, Any]) -> str:
-        token = jwt.encode(claims, self._key, algorithm="ES256",
-                           headers={"typ": "JWT", "kid": self.kid, "jwk": {**self.jwk, "alg": "ES256"}})
-        self._remember(token, json.loads(json.dumps(claims)))  # the claims exactly as a verifier decodes them
+        """An ES256 compact JWS (RFC 7515) of the claims.  Made here with `cryptography` (the JWS compact form
+        is two base64url parts and a signature): PyJWT's encode costs ~100 us per EAR on the hot path, the
+        ECDSA itself ~20 us.  Verification stays with PyJWT, and tests decode these tokens with it."""
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        signing_input = self._header + b"." + _b64url(payload)
+        r, s = decode_dss_signature(self._key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        token = (signing_input + b"." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))).decode()
+        self._remember(token, json.loads(payload))  # the claims exactly as a verifier decodes them
         return token
 
     def probe(self) -> None:

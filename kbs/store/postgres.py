@@ -179,13 +179,18 @@ class PostgresStore:
         return Session(r["session_id"], r["tee"], r["nonce"], _dt(r["created_at"]), _dt(r["expires_at"]),
                        r["state"], r["evidence_digest"], r["token"])
 
-    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime) -> bool:
-        """Consume the session's nonce: true for exactly one caller across replicas, only while it is live."""
+    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime,
+                      record: AttestationRecord | None = None) -> bool:
+        """Consume the session's nonce: true for exactly one caller across replicas, only while it is live;
+        the winner's attestation `record` is written in the same transaction."""
         def step(cur: Cursor) -> bool:
             cur.execute("UPDATE sessions SET state='attested', evidence_digest=%s, token=%s "
                         "WHERE session_id=%s AND state='authed' AND expires_at > %s",
                         (evidence_digest, token, session_id, _ts(now)))
-            return cur.rowcount == 1
+            won = cur.rowcount == 1
+            if won and record is not None:
+                self._insert_attestation(cur, record)
+            return won
         return self._tx(step)
 
     def purge_expired_sessions(self, now: datetime) -> int:
@@ -368,12 +373,14 @@ class PostgresStore:
     # -- attestations ----------------------------------------------------------------------
 
     def record_attestation(self, record: AttestationRecord) -> None:
+        self._tx(lambda cur: self._insert_attestation(cur, record))
+
+    def _insert_attestation(self, cur: Cursor, record: AttestationRecord) -> None:
         claims = json.dumps(record.claims)
-        self._tx(lambda cur: cur.execute(
-            "INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)",
-            (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
-             self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id, record.tee,
-                            digest(claims)))))
+        cur.execute("INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)",
+                    (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
+                     self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id,
+                                    record.tee, digest(claims))))
 
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
         rows = self._read("SELECT * FROM attestations WHERE attestation_id=%s", (attestation_id,))
