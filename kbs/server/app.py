@@ -41,6 +41,7 @@ from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
 from kbs.store import open_store
+from kbs.store.group_commit import GroupCommitWriter
 from kbs.store.integrity import ROW_MAC_PURPOSE
 
 log = logging.getLogger("kbs.server")
@@ -205,8 +206,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     except VerifierConfigError as exc:
         raise ConfigError(str(exc)) from exc
     attestor = Attestor(verifiers, verify_pool)
+    writer = GroupCommitWriter(store)
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
-                        metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool)
+                        metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer)
     app[STATE] = state
     for warning in config.warnings:
         log.warning(warning)
@@ -221,6 +223,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         policy_pool.shutdown(wait=True)
         rego.close()
         io.shutdown(wait=True)
+        writer.close()
         store.close()
 
 

@@ -98,7 +98,7 @@ def _cookie(session: Session) -> str:
 async def _log(st: BrokerState, chain: str, record: ReleaseRecord) -> None:
     """Write the entry first; if the log cannot be written, the request fails closed (503)."""
     try:
-        await st.run(st.store.append_log, chain, record)
+        await st.write(st.store.append_log, chain, record)
     except (StoreError, OSError) as exc:
         st.metrics.audit_failures.inc()
         log.error("log write failed", extra={"log": chain, "resource": record.resource, "error": str(exc)})
@@ -189,7 +189,7 @@ async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Res
     session = Session(session_id=uuid.uuid4().hex, tee=tee,
                       nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=now,
                       expires_at=now + timedelta(seconds=st.config.session_lifetime), state="authed")
-    await st.run(st.store.create_session, session)
+    await st.write(st.store.create_session, session)
     response = web.json_response({"nonce": session.nonce, "extra-params": ""})
     response.headers["Set-Cookie"] = _cookie(session)
     return response
@@ -256,7 +256,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     token = st.signer.sign(document)
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
-    if not await st.run(st.store.mark_attested, session.session_id, evidence_digest, token, now, record):
+    if not await st.write(st.store.mark_attested, session.session_id, evidence_digest, token, now, record):
         st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
         raise ProtocolError("AttestationError", "the session's nonce was already used or expired; "
                             "call /kbs/v0/auth again", reason="replay")

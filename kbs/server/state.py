@@ -18,6 +18,7 @@ from kbs.server.config import Config
 from kbs.server.metrics import Metrics
 from kbs.server.tokens import TokenSigner
 from kbs.store.base import Store
+from kbs.store.group_commit import GroupCommitWriter
 
 T = TypeVar("T")
 
@@ -41,11 +42,18 @@ class BrokerState:
     admins: list[AdminIdentity]
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
     policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
+    writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking store call on the I/O pool."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store write of the guest protocol: through the group-commit writer (answered once durable)."""
+        if self.writer is None:
+            return await self.run(fn, *args)
+        return await self.writer.write(fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: object) -> T:
         """Run a store read: on the loop when the store says its reads never wait (SQLite in WAL mode reads

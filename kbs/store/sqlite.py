@@ -136,9 +136,56 @@ class SqliteStore:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction, taken after the writer lock: writers queue, readers never block."""
+    def batch(self) -> Iterator[None]:
+        """One transaction for several store calls made by this thread inside it (group commit): each call's
+        own transaction becomes a savepoint, so a call that fails is undone alone, and nothing is durable,
+        or visible to other connections, before the one COMMIT at the end (which raises StoreError for all
+        of them if it fails)."""
         db = self._connection()
+        with self._writer():
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"database {self.path} is unavailable: {exc}") from exc
+            self._local.batch = True
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.batch = False
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StoreError(f"database {self.path} could not commit: {exc}") from exc
+
+    @contextmanager
+    def _savepoint(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """A store call inside a batch: undone alone if it fails."""
+        db.execute("SAVEPOINT call")
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK TO call")
+            db.execute("RELEASE call")
+            raise StoreError(f"database {self.path} write failed: {exc}") from exc
+        except BaseException:
+            db.execute("ROLLBACK TO call")
+            db.execute("RELEASE call")
+            raise
+        db.execute("RELEASE call")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction, taken after the writer lock: writers queue, readers never block.  Inside
+        a `batch` on this thread, a savepoint of the batch's transaction instead."""
+        db = self._connection()
+        if getattr(self._local, "batch", False):
+            with self._savepoint(db) as inner:
+                yield inner
+            return
         with self._writer():
             try:
                 db.execute("BEGIN IMMEDIATE")
