@@ -318,3 +318,12 @@ def test_cli_check_and_eval_of_a_rego_policy(tmp_path: Path, capsys: pytest.Capt
     capsys.readouterr()
     assert main(["policy", "eval", str(tmp_path / "bomb.rego"), c, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["explanation"]["detail"].startswith(CRASH)
+
+
+def test_a_lazy_pool_starts_a_worker_only_when_used() -> None:
+    """The broker's pool: no process until a Rego policy is checked or evaluated (a JSON-only broker runs none)."""
+    with RegoWorkerPool(workers=2, timeout=15.0, lazy=True) as p:
+        assert p.stats()["workers_alive"] == 0
+        p.check("package policy\nimport rego.v1\ndefault allow := false\n")
+        stats = p.stats()
+        assert stats["workers_alive"] == 1 and stats["restarts"] == 0

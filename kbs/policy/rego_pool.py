@@ -230,22 +230,24 @@ class _Slot:
     worker: _Worker | None = None
     busy: bool = False
     last_used: float = 0.0
+    started: bool = False  # a worker was started here before (a new one is then a restart)
 
 
 class RegoWorkerPool:
     """Worker processes running regopy: `evaluate` (a Decision, never raises) and `check` (upload).
 
-    `workers` processes are started at once; each evaluation has `timeout` seconds (compile on a
-    cache miss included) and each worker `memory_bytes` of address space beyond its start-up size
-    (None: no limit).  `stats()` gives the counters in COUNTERS and `workers_alive`; `on_event(name)`
-    is called (outside any lock; exceptions ignored) for every increment of one of them.
+    `workers` processes are started at once (with `lazy`, each on its first use); each evaluation has
+    `timeout` seconds (compile on a cache miss included) and each worker `memory_bytes` of address space
+    beyond its start-up size (None: no limit).  `stats()` gives the counters in COUNTERS and
+    `workers_alive`; `on_event(name)` is called (outside any lock; exceptions ignored) for every
+    increment of one of them.
     """
 
     def __init__(self, workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT,
                  memory_bytes: int | None = DEFAULT_MEMORY, *, queue_timeout: float | None = None,
                  start_timeout: float = 30.0, cache_entries: int = 64, cache_bytes: int = 64 << 20,
                  max_message_bytes: int = 16 << 20, restart_interval: float = RESTART_INTERVAL,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None, lazy: bool = False) -> None:
         if workers < 1:
             raise ValueError("a Rego worker pool needs at least one worker")
         if timeout <= 0 or start_timeout <= 0:
@@ -270,9 +272,10 @@ class RegoWorkerPool:
         self._slots = [_Slot() for _ in range(workers)]
         self._workers: set[_Worker] = set()  # every live process, for close() and the finalizer
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
-        for slot in self._slots:
+        for slot in [] if lazy else self._slots:  # lazy: each started on first use (no Rego policy, no process)
             try:
                 slot.worker = self._spawn()
+                slot.started = True
             except _Lost as exc:  # retried (and reported to the caller) on first use
                 self._count(exc.label)
 
@@ -426,7 +429,9 @@ class RegoWorkerPool:
         for _ in range(2):
             if slot.worker is None:
                 slot.worker = self._spawn()
-                self._count("restarts")
+                if slot.started:
+                    self._count("restarts")
+                slot.started = True
             worker = slot.worker
             if worker.proc.poll() is not None or (worker.ready and worker.hung_up()):
                 self._retire(slot)  # died while idle (killed from outside): not this request's doing

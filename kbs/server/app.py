@@ -192,8 +192,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     # Rego runs only in worker processes with time and memory limits: a policy that crashes or
     # spins the engine costs one worker and is a deny, never the broker (kbs.policy.rego_pool).
+    # Started lazily: a broker whose policies are all JSON never runs a Rego process (26 MB each).
     rego = RegoWorkerPool(workers=max(config.rego_workers, 1), timeout=config.rego_timeout,
-                          memory_bytes=config.rego_memory_mb << 20,
+                          memory_bytes=config.rego_memory_mb << 20, lazy=True,
                           on_event=lambda event: metrics.rego_events.labels(event=event).inc())
     registry = PolicyRegistry(store, rego=rego)
     await asyncio.get_running_loop().run_in_executor(io, _install_default_policy, registry)
