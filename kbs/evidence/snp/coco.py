@@ -158,6 +158,11 @@ def _byte_array(value: object, length: int | None, path: str, limit: int = MAX_C
     if len(value) > limit:
         raise MalformedEvidence(f"{path} has {len(value)} bytes, more than the {limit} a certificate may have",
                                 check="certificate.size")
+    if set(map(type, value)) <= {int}:  # the common case at C speed (bool is not int here: type(), not isinstance)
+        try:
+            return bytes(value)
+        except ValueError:
+            pass  # an element out of 0..255: the loop below names it
     for i, element in enumerate(value):
         if type(element) is not int or not 0 <= element <= 0xFF:
             shown = _show(element) if type(element) is int else _kind(element)
