@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from kbs.errors import MalformedEvidence
 
 MAX_DEPTH = 32  # the deepest legitimate document (an EAR with SNP claims) is 6 levels
@@ -20,12 +22,18 @@ MAX_NODES = 100_000
 
 
 def loads(raw: bytes | str, *, what: str, check: str, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse JSON; too deep, too many values or not JSON -> MalformedEvidence naming `what`."""
+    """Parse JSON; too deep, too many values or not JSON -> MalformedEvidence naming `what`.
+
+    orjson parses a guest's 16 KB attestation message ~4x faster than `json` and is stricter (no NaN,
+    no lone surrogates, valid UTF-8 only); it stops at 1024 levels by itself, and `check_shape` then
+    holds documents to `max_depth`.  Integers beyond 64 bits come out as floats (which no field here
+    accepts where an integer is wanted)."""
     try:
-        document = json.loads(raw)
-    except RecursionError:
-        raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)", check=check) from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):
+            raise MalformedEvidence(f"{what} is nested too deeply (at most {max_depth} levels)",
+                                    check=check) from None
         raise MalformedEvidence(f"{what} is not JSON: {exc}", check=check) from None
     check_shape(document, what=what, check=check, max_depth=max_depth)
     return document
@@ -66,4 +74,7 @@ def to_json_types(value: Any) -> Any:
 
 def encoded_size(document: Any) -> int:
     """Bytes of the compact JSON encoding (what the token and the database hold)."""
-    return len(json.dumps(document, separators=(",", ":")).encode())
+    try:
+        return len(orjson.dumps(document))
+    except TypeError:  # what orjson does not encode (integers beyond 64 bits): the slow, general encoder
+        return len(json.dumps(document, separators=(",", ":")).encode())

@@ -85,12 +85,16 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
                     status, out = await get_resource(fresh, replica.url, "prod/key/disk", token=token)
                 assert status == 200, out
                 assert decrypt(out, key.private_key) == SECRET
-            hostile = b'{"version": "0.4\\u0000\\udc80", "tee": "snp", "extra-params": {}}'
-            async with aiohttp.ClientSession() as http, http.post(f"{two.url}/kbs/v0/auth", data=hostile) as r:
-                refused = await r.json(content_type=None)
-                assert r.status == 401, refused  # refused and logged, not a 503 for a string PostgreSQL cannot hold
-            status, refusals = await admin(one, "GET", "/kbs/v0/admin/release-log?chain=refusal&limit=1000")
-            assert status == 200 and [e["ref"] for e in refusals].count(refused["reference"]) == 1, refusals
+            # A NUL (valid JSON, which PostgreSQL text cannot hold) in a logged field: refused and logged, not a
+            # 503; a lone surrogate is not JSON at all (400), and logged as well.
+            for hostile, expected in ((b'{"version": "0.4\\u0000", "tee": "snp", "extra-params": {}}', 401),
+                                      (b'{"version": "0.4\\udc80", "tee": "snp", "extra-params": {}}', 400)):
+                async with aiohttp.ClientSession() as http, \
+                        http.post(f"{two.url}/kbs/v0/auth", data=hostile) as r:
+                    refused = await r.json(content_type=None)
+                    assert r.status == expected, refused
+                status, refusals = await admin(one, "GET", "/kbs/v0/admin/release-log?chain=refusal&limit=1000")
+                assert status == 200 and [e["ref"] for e in refusals].count(refused["reference"]) == 1, refusals
             status, verified = await admin(one, "GET", "/kbs/v0/admin/release-log/verify")
             assert status == 200, verified
             heads = {h["chain"]: h for h in verified["heads"]}
