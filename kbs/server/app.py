@@ -207,7 +207,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     except VerifierConfigError as exc:
         raise ConfigError(str(exc)) from exc
     attestor = Attestor(verifiers, verify_pool)
-    writer = GroupCommitWriter(store)
+    # Group commit where the store batches (SQLite: one writer at a time anyway); PostgreSQL commits
+    # concurrently, so its writes stay on the I/O pool.
+    writer = GroupCommitWriter(store) if hasattr(store, "batch") else None
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer)
     app[STATE] = state
@@ -224,7 +226,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         policy_pool.shutdown(wait=True)
         rego.close()
         io.shutdown(wait=True)
-        writer.close()
+        if writer is not None:
+            writer.close()
         store.close()
 
 

@@ -8,8 +8,9 @@ still behaves as its own transaction (a savepoint inside the batch: a call that 
 fails alone), and nothing is answered before the COMMIT: if it fails, every call of the batch fails, so a
 request that depends on its write fails closed, as before.
 
-A store that cannot batch (no `batch()` context manager: PostgreSQL, whose commits are concurrent) gets
-the same single thread running its writes one by one; callers see the same interface.
+A store that cannot batch (no `batch()` context manager) gets the same single thread running its writes
+one by one; the broker does not use a writer for such a store (PostgreSQL commits concurrently, so its
+writes stay on the I/O pool).
 """
 
 from __future__ import annotations
