@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import psycopg
@@ -39,12 +39,15 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
-from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, ChainBroken, Head
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
-from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.rows import Rows
+from kbs.store.rows import log_table as _table
+from kbs.store.rows import ts as _ts
 from kbs.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger("kbs.store")
@@ -52,26 +55,12 @@ log = logging.getLogger("kbs.store")
 T = TypeVar("T")
 Cursor = psycopg.Cursor[DictRow]
 
-_TABLE = {RELEASES: "release_log", REFUSALS: "refusal_log"}
 # Transaction-scoped advisory lock keys (64-bit, "kbs" in the high bytes): schema changes, admin changes.
 _SCHEMA_LOCK = 0x6B6273_00000001
 _ADMIN_LOCK = 0x6B6273_00000002
 _RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled back whole, so retrying is safe
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 
-
-def _ts(when: datetime) -> float:
-    return when.timestamp()
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def _table(chain: str) -> str:
-    if chain not in _TABLE:
-        raise StoreError(f"no log {chain!r}; logs: {', '.join(CHAINS)}")
-    return _TABLE[chain]
 
 
 def describe(url: str) -> str:
@@ -91,6 +80,7 @@ class PostgresStore:
         ~/.pgpass fill what it leaves out, so passwords need not sit in the configuration."""
         self.name = describe(url)
         self._auth = RowAuthenticator(row_key)
+        self._rows = Rows(self._auth)
         params = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": _CONNECT_TIMEOUT}
         conninfo = make_conninfo(url, **params)
         try:  # one direct connection first: an unreachable server is reported as such, not as a pool timeout
@@ -173,11 +163,7 @@ class PostgresStore:
 
     def get_session(self, session_id: str) -> Session | None:
         rows = self._read("SELECT * FROM sessions WHERE session_id = %s", (session_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return Session(r["session_id"], r["tee"], r["nonce"], _dt(r["created_at"]), _dt(r["expires_at"]),
-                       r["state"], r["evidence_digest"], r["token"])
+        return self._rows.session(rows[0]) if rows else None
 
     def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool:
@@ -225,27 +211,17 @@ class PostgresStore:
 
     # -- resources -------------------------------------------------------------------------
 
-    def _resource_mac(self, path: str, version: int, state: str, sealed: bytes, policy_id: str, created_by: str,
-                      created_at: float) -> str:
-        return self._auth.mac("resources", path, version, state, digest(sealed), policy_id, created_by, created_at)
-
-    def _resource(self, r: DictRow) -> ResourceVersion:
-        sealed = bytes(r["sealed"])
-        self._auth.check(r["mac"], f"resource {r['path']} version {r['version']}", "resources", r["path"],
-                         r["version"], r["state"], digest(sealed), r["policy_id"], r["created_by"], r["created_at"])
-        return ResourceVersion(r["path"], r["version"], r["state"], sealed, r["policy_id"], r["created_by"],
-                               _dt(r["created_at"]))
-
     def _resources(self, cur: Cursor, path: str) -> list[ResourceVersion]:
-        return [self._resource(r) for r in cur.execute("SELECT * FROM resources WHERE path=%s ORDER BY version",
+        return [self._rows.resource(r) for r in cur.execute("SELECT * FROM resources WHERE path=%s ORDER BY version",
                                                        (path,)).fetchall()]
 
     def _rewrite_resources(self, cur: Cursor, versions: list[ResourceVersion]) -> None:
         """Write state and binding changes back with fresh MACs (callers checked the old ones)."""
         for v in versions:
             cur.execute("UPDATE resources SET state=%s, policy_id=%s, mac=%s WHERE path=%s AND version=%s",
-                        (v.state, v.policy_id, self._resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
-                                                                  v.created_by, _ts(v.created_at)),
+                        (v.state, v.policy_id,
+                         self._rows.resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id, v.created_by,
+                                                 _ts(v.created_at)),
                          v.path, v.version))
 
     def _check_binding_change(self, cur: Cursor, path: str, current: list[ResourceVersion], policy_id: str) -> None:
@@ -266,17 +242,17 @@ class PostgresStore:
             self._rewrite_resources(cur, [replace(v, state="disabled") for v in current if v.state == "active"])
             cur.execute("INSERT INTO resources VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                         (path, version, "active", sealed, policy_id, created_by, _ts(at),
-                         self._resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
+                         self._rows.resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
             return version
         return self._tx(step, lock=_ADMIN_LOCK)
 
     def active_resource(self, path: str) -> ResourceVersion | None:
         rows = self._read("SELECT * FROM resources WHERE path=%s AND state='active' ORDER BY version DESC LIMIT 1",
                           (path,))
-        return self._resource(rows[0]) if rows else None
+        return self._rows.resource(rows[0]) if rows else None
 
     def resource_versions(self, path: str) -> list[ResourceVersion]:
-        return [self._resource(r) for r in self._read("SELECT * FROM resources WHERE path=%s ORDER BY version",
+        return [self._rows.resource(r) for r in self._read("SELECT * FROM resources WHERE path=%s ORDER BY version",
                                                       (path,))]
 
     def resource_paths(self) -> list[str]:
@@ -319,20 +295,9 @@ class PostgresStore:
 
     # -- policies and reference values (kbs.policy.lifecycle.PolicyStore) ------------------
 
-    def _policy_mac(self, v: PolicyVersion) -> str:
-        return self._auth.mac("policies", v.policy_id, v.version, v.dialect, digest(v.text), v.content_hash,
-                              v.created_by, _ts(v.created_at), v.immutable)
-
     def _policy_versions(self, cur: Cursor, policy_id: str) -> list[PolicyVersion]:
-        out = []
-        for r in cur.execute("SELECT * FROM policies WHERE policy_id=%s ORDER BY version", (policy_id,)).fetchall():
-            v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
-                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
-            self._auth.check(r["mac"], f"policy {v.policy_id!r} version {v.version}", "policies", v.policy_id,
-                             v.version, v.dialect, digest(v.text), v.content_hash, v.created_by, r["created_at"],
-                             v.immutable)
-            out.append(v)
-        return out
+        return [self._rows.policy_version(r) for r in
+                cur.execute("SELECT * FROM policies WHERE policy_id=%s ORDER BY version", (policy_id,)).fetchall()]
 
     def versions(self, policy_id: str) -> list[PolicyVersion]:
         return self._tx(lambda cur: self._policy_versions(cur, policy_id))
@@ -342,7 +307,7 @@ class PostgresStore:
             self._tx(lambda cur: cur.execute(
                 "INSERT INTO policies VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                 (version.policy_id, version.version, version.dialect, version.text, version.content_hash,
-                 version.created_by, _ts(version.created_at), int(version.immutable), self._policy_mac(version))),
+                 version.created_by, _ts(version.created_at), int(version.immutable), self._rows.policy_mac(version))),
                 lock=_ADMIN_LOCK)
         except StoreError as exc:
             if isinstance(exc.__cause__, errors.UniqueViolation):
@@ -354,18 +319,14 @@ class PostgresStore:
         return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
 
     def reference_values(self) -> ReferenceValues:
-        sets = {}
-        for r in self._read("SELECT name, body, mac FROM reference_sets"):
-            self._auth.check(r["mac"], f"reference set {r['name']!r}", "reference_sets", r["name"], r["body"])
-            sets[r["name"]] = json.loads(r["body"])
-        return ReferenceValues.from_json(sets)
+        return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
         body = json.dumps(ref.to_json())
         self._tx(lambda cur: cur.execute(
             "INSERT INTO reference_sets VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
             "SET body = EXCLUDED.body, mac = EXCLUDED.mac",
-            (ref.name, body, self._auth.mac("reference_sets", ref.name, body))), lock=_ADMIN_LOCK)
+            (ref.name, body, self._rows.reference_set_mac(ref.name, body))), lock=_ADMIN_LOCK)
 
     def delete_reference_set(self, name: str) -> None:
         self._tx(lambda cur: cur.execute("DELETE FROM reference_sets WHERE name=%s", (name,)), lock=_ADMIN_LOCK)
@@ -376,20 +337,11 @@ class PostgresStore:
         self._tx(lambda cur: self._insert_attestation(cur, record))
 
     def _insert_attestation(self, cur: Cursor, record: AttestationRecord) -> None:
-        claims = json.dumps(record.claims)
-        cur.execute("INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)",
-                    (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
-                     self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id,
-                                    record.tee, digest(claims))))
+        cur.execute("INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)", self._rows.attestation_values(record))
 
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
         rows = self._read("SELECT * FROM attestations WHERE attestation_id=%s", (attestation_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        self._auth.check(r["mac"], f"attestation {attestation_id}", "attestations", r["attestation_id"], r["at"],
-                         r["session_id"], r["tee"], digest(r["claims"]))
-        return AttestationRecord(r["attestation_id"], _dt(r["at"]), r["session_id"], r["tee"], json.loads(r["claims"]))
+        return self._rows.attestation(rows[0]) if rows else None
 
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
@@ -399,23 +351,15 @@ class PostgresStore:
 
     def _head(self, cur: Cursor, chain: str, *, lock: bool = False) -> Head:
         """The recorded head; `lock` takes its row for the rest of the transaction (appends queue on it)."""
-        r = cur.execute(f"SELECT * FROM log_heads WHERE chain=%s{' FOR UPDATE' if lock else ''}",
-                        (chain,)).fetchone()
-        if r is None:
-            raise StoreIntegrityError(f"the {chain} log has no recorded head: it was removed outside the broker")
-        head = Head(chain, r["first_seq"], r["anchor_hash"], r["head_seq"], r["head_hash"])
-        self._auth.check(r["mac"], f"the {chain} log head", "log_heads", *head.to_json().values())
-        return head
+        locking = " FOR UPDATE" if lock else ""
+        return self._rows.head(chain, cur.execute(f"SELECT * FROM log_heads WHERE chain=%s{locking}",
+                                                  (chain,)).fetchone())
 
     def _write_head(self, cur: Cursor, head: Head) -> None:
         cur.execute("INSERT INTO log_heads VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO UPDATE SET "
                     "first_seq = EXCLUDED.first_seq, anchor_hash = EXCLUDED.anchor_hash, "
                     "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
-                    (head.chain, head.first_seq, head.anchor_hash, head.head_seq, head.head_hash,
-                     self._auth.mac("log_heads", *head.to_json().values())))
-
-    def _log_mac(self, chain: str, seq: int, prev_hash: str, hashed: str) -> str:
-        return self._auth.mac(_table(chain), seq, prev_hash, hashed)
+                    self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a chain; durable when this returns.
@@ -442,47 +386,21 @@ class PostgresStore:
                         (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                          record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                          record.ref, record.actor, record.detail, head.head_hash, hashed,
-                         self._log_mac(chain, seq, head.head_hash, hashed)))
+                         self._rows.log_mac(chain, seq, head.head_hash, hashed)))
             self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)
 
-    @staticmethod
-    def _record(r: DictRow) -> ReleaseRecord:
-        return ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"], resource=r["resource"],
-                             version=r["version"], session_id=r["session_id"], tee=r["tee"],
-                             policy_id=r["policy_id"], policy_hash=r["policy_hash"],
-                             attestation_id=r["attestation_id"], ref=r["ref"], actor=r["actor"],
-                             detail=r["detail"], seq=r["seq"], entry_hash=r["entry_hash"])
-
-    def _checked_record(self, chain: str, r: DictRow) -> ReleaseRecord:
-        """An entry whose MAC and own hash hold (its place in the chain is `verify_logs`'s job)."""
-        what = f"{chain} log entry {r['seq']}"
-        self._auth.check(r["mac"], what, _table(chain), r["seq"], r["prev_hash"], r["entry_hash"])
-        record = self._record(r)
-        if chains.entry_hash(r["prev_hash"], chains.body_hash(record.body())) != r["entry_hash"]:
-            raise StoreIntegrityError(f"{what} was edited outside the broker: its content does not match its hash")
-        return record
-
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
         rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit))
-        return [self._checked_record(chain, r) for r in rows]
+        return [self._rows.checked_record(chain, r) for r in rows]
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head, read in one snapshot so appends in
         flight on other replicas cannot make the rows and the head disagree."""
         def step(cur: Cursor) -> list[Head]:
-            heads = []
-            for chain in CHAINS:
-                head = self._head(cur, chain)
-                rows = cur.execute(f"SELECT * FROM {_table(chain)} ORDER BY seq").fetchall()
-                try:
-                    chains.verify(head, ((r["seq"], self._checked_record(chain, r).body(), r["prev_hash"],
-                                          r["entry_hash"]) for r in rows))
-                except ChainBroken as exc:
-                    raise StoreIntegrityError(str(exc)) from exc
-                heads.append(head)
-            return heads
+            return self._rows.verify_chains([(self._head(cur, chain), cur.execute(
+                f"SELECT * FROM {_table(chain)} ORDER BY seq").fetchall()) for chain in CHAINS])
         return self._tx(step, snapshot=True)
 
     def purge_refusals(self, before: datetime) -> int:

@@ -22,16 +22,20 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from kbs.audit import chain as chains
-from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, ChainBroken, Head
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.rows import Rows
+from kbs.store.rows import dt as _dt
+from kbs.store.rows import log_table as _table
+from kbs.store.rows import ts as _ts
 from kbs.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger("kbs.store")
@@ -40,7 +44,6 @@ log = logging.getLogger("kbs.store")
 _V1_COLUMNS = (("resources", "mac TEXT"), ("policies", "mac TEXT"), ("reference_sets", "mac TEXT"),
                ("attestations", "mac TEXT"), ("release_log", "ref TEXT"), ("release_log", "actor TEXT"),
                ("release_log", "detail TEXT"), ("release_log", "mac TEXT"))
-_TABLE = {RELEASES: "release_log", REFUSALS: "refusal_log"}
 
 
 def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
@@ -58,19 +61,6 @@ def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
             time.sleep(0.01)
 
 
-def _ts(when: datetime) -> float:
-    return when.timestamp()
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def _table(chain: str) -> str:
-    if chain not in _TABLE:
-        raise StoreError(f"no log {chain!r}; logs: {', '.join(CHAINS)}")
-    return _TABLE[chain]
-
 
 class SqliteStore:
     # WAL readers never wait for writers and read a local file: callers may read on their event loop.
@@ -79,6 +69,7 @@ class SqliteStore:
     def __init__(self, path: Path, row_key: bytes) -> None:
         self.path = path
         self._auth = RowAuthenticator(row_key)
+        self._rows = Rows(self._auth)
         self._local = threading.local()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():  # SQLite gives the WAL and shm files the database file's mode
@@ -283,19 +274,8 @@ class SqliteStore:
 
     # -- resources -------------------------------------------------------------------------
 
-    def _resource_mac(self, path: str, version: int, state: str, sealed: bytes, policy_id: str, created_by: str,
-                      created_at: float) -> str:
-        return self._auth.mac("resources", path, version, state, digest(sealed), policy_id, created_by, created_at)
-
-    def _resource(self, r: sqlite3.Row) -> ResourceVersion:
-        self._auth.check(r["mac"], f"resource {r['path']} version {r['version']}", "resources", r["path"],
-                         r["version"], r["state"], digest(r["sealed"]), r["policy_id"], r["created_by"],
-                         r["created_at"])
-        return ResourceVersion(r["path"], r["version"], r["state"], r["sealed"], r["policy_id"], r["created_by"],
-                               _dt(r["created_at"]))
-
     def _resources(self, db: sqlite3.Connection, path: str) -> list[ResourceVersion]:
-        return [self._resource(r) for r in db.execute("SELECT * FROM resources WHERE path=? ORDER BY version",
+        return [self._rows.resource(r) for r in db.execute("SELECT * FROM resources WHERE path=? ORDER BY version",
                                                       (path,)).fetchall()]
 
     def _rewrite_resources(self, db: sqlite3.Connection, versions: list[ResourceVersion]) -> None:
@@ -303,7 +283,7 @@ class SqliteStore:
         for v in versions:
             created_at = _ts(v.created_at)
             db.execute("UPDATE resources SET state=?, policy_id=?, mac=? WHERE path=? AND version=?",
-                       (v.state, v.policy_id, self._resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
+                       (v.state, v.policy_id, self._rows.resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
                                                                  v.created_by, created_at), v.path, v.version))
 
     def _check_binding_change(self, db: sqlite3.Connection, path: str, current: list[ResourceVersion],
@@ -325,16 +305,16 @@ class SqliteStore:
             self._rewrite_resources(db, [replace(v, state="disabled") for v in current if v.state == "active"])
             db.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?)",
                        (path, version, "active", sealed, policy_id, created_by, _ts(at),
-                        self._resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
+                        self._rows.resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
             return version
 
     def active_resource(self, path: str) -> ResourceVersion | None:
         rows = self._read("SELECT * FROM resources WHERE path=? AND state='active' ORDER BY version DESC LIMIT 1",
                           (path,))
-        return self._resource(rows[0]) if rows else None
+        return self._rows.resource(rows[0]) if rows else None
 
     def resource_versions(self, path: str) -> list[ResourceVersion]:
-        return [self._resource(r) for r in self._read("SELECT * FROM resources WHERE path=? ORDER BY version",
+        return [self._rows.resource(r) for r in self._read("SELECT * FROM resources WHERE path=? ORDER BY version",
                                                       (path,))]
 
     def resource_paths(self) -> list[str]:
@@ -378,20 +358,9 @@ class SqliteStore:
 
     # -- policies and reference values (kbs.policy.lifecycle.PolicyStore) ------------------
 
-    def _policy_mac(self, v: PolicyVersion) -> str:
-        return self._auth.mac("policies", v.policy_id, v.version, v.dialect, digest(v.text), v.content_hash,
-                              v.created_by, _ts(v.created_at), v.immutable)
-
     def _policy_versions(self, db: sqlite3.Connection, policy_id: str) -> list[PolicyVersion]:
-        out = []
-        for r in db.execute("SELECT * FROM policies WHERE policy_id=? ORDER BY version", (policy_id,)).fetchall():
-            v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
-                              r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
-            self._auth.check(r["mac"], f"policy {v.policy_id!r} version {v.version}", "policies", v.policy_id,
-                             v.version, v.dialect, digest(v.text), v.content_hash, v.created_by, r["created_at"],
-                             v.immutable)
-            out.append(v)
-        return out
+        return [self._rows.policy_version(r) for r in
+                db.execute("SELECT * FROM policies WHERE policy_id=? ORDER BY version", (policy_id,)).fetchall()]
 
     def versions(self, policy_id: str) -> list[PolicyVersion]:
         try:
@@ -405,7 +374,7 @@ class SqliteStore:
                 db.execute("INSERT INTO policies VALUES (?,?,?,?,?,?,?,?,?)",
                            (version.policy_id, version.version, version.dialect, version.text,
                             version.content_hash, version.created_by, _ts(version.created_at),
-                            int(version.immutable), self._policy_mac(version)))
+                            int(version.immutable), self._rows.policy_mac(version)))
         except StoreError as exc:
             if isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise PolicyConflict(f"policy {version.policy_id!r} version {version.version} already exists "
@@ -416,17 +385,13 @@ class SqliteStore:
         return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
 
     def reference_values(self) -> ReferenceValues:
-        sets = {}
-        for r in self._read("SELECT name, body, mac FROM reference_sets"):
-            self._auth.check(r["mac"], f"reference set {r['name']!r}", "reference_sets", r["name"], r["body"])
-            sets[r["name"]] = json.loads(r["body"])
-        return ReferenceValues.from_json(sets)
+        return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
         body = json.dumps(ref.to_json())
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO reference_sets VALUES (?, ?, ?)",
-                       (ref.name, body, self._auth.mac("reference_sets", ref.name, body)))
+                       (ref.name, body, self._rows.reference_set_mac(ref.name, body)))
 
     def delete_reference_set(self, name: str) -> None:
         with self._tx() as db:
@@ -439,20 +404,11 @@ class SqliteStore:
             self._insert_attestation(db, record)
 
     def _insert_attestation(self, db: sqlite3.Connection, record: AttestationRecord) -> None:
-        claims = json.dumps(record.claims)
-        db.execute("INSERT INTO attestations VALUES (?,?,?,?,?,?)",
-                   (record.attestation_id, _ts(record.at), record.session_id, record.tee, claims,
-                    self._auth.mac("attestations", record.attestation_id, _ts(record.at), record.session_id,
-                                   record.tee, digest(claims))))
+        db.execute("INSERT INTO attestations VALUES (?,?,?,?,?,?)", self._rows.attestation_values(record))
 
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
         rows = self._read("SELECT * FROM attestations WHERE attestation_id=?", (attestation_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        self._auth.check(r["mac"], f"attestation {attestation_id}", "attestations", r["attestation_id"], r["at"],
-                         r["session_id"], r["tee"], digest(r["claims"]))
-        return AttestationRecord(r["attestation_id"], _dt(r["at"]), r["session_id"], r["tee"], json.loads(r["claims"]))
+        return self._rows.attestation(rows[0]) if rows else None
 
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
@@ -462,20 +418,10 @@ class SqliteStore:
     # -- the logs --------------------------------------------------------------------------
 
     def _head(self, db: sqlite3.Connection, chain: str) -> Head:
-        r = db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone()
-        if r is None:
-            raise StoreIntegrityError(f"the {chain} log has no recorded head: it was removed outside the broker")
-        head = Head(chain, r["first_seq"], r["anchor_hash"], r["head_seq"], r["head_hash"])
-        self._auth.check(r["mac"], f"the {chain} log head", "log_heads", *head.to_json().values())
-        return head
+        return self._rows.head(chain, db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone())
 
     def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
-        db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)",
-                   (head.chain, head.first_seq, head.anchor_hash, head.head_seq, head.head_hash,
-                    self._auth.mac("log_heads", *head.to_json().values())))
-
-    def _log_mac(self, chain: str, seq: int, prev_hash: str, hashed: str) -> str:
-        return self._auth.mac(_table(chain), seq, prev_hash, hashed)
+        db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a chain; durable when this returns (synchronous=FULL).
@@ -501,30 +447,13 @@ class SqliteStore:
                        (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                         record.ref, record.actor, record.detail, head.head_hash, hashed,
-                        self._log_mac(chain, seq, head.head_hash, hashed)))
+                        self._rows.log_mac(chain, seq, head.head_hash, hashed)))
             self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
         return replace(record, seq=seq, entry_hash=hashed)
 
-    @staticmethod
-    def _record(r: sqlite3.Row) -> ReleaseRecord:
-        return ReleaseRecord(at=_dt(r["at"]), decision=r["decision"], reason=r["reason"], resource=r["resource"],
-                             version=r["version"], session_id=r["session_id"], tee=r["tee"],
-                             policy_id=r["policy_id"], policy_hash=r["policy_hash"],
-                             attestation_id=r["attestation_id"], ref=r["ref"], actor=r["actor"],
-                             detail=r["detail"], seq=r["seq"], entry_hash=r["entry_hash"])
-
-    def _checked_record(self, chain: str, r: sqlite3.Row) -> ReleaseRecord:
-        """An entry whose MAC and own hash hold (its place in the chain is `verify_logs`'s job)."""
-        what = f"{chain} log entry {r['seq']}"
-        self._auth.check(r["mac"], what, _table(chain), r["seq"], r["prev_hash"], r["entry_hash"])
-        record = self._record(r)
-        if chains.entry_hash(r["prev_hash"], chains.body_hash(record.body())) != r["entry_hash"]:
-            raise StoreIntegrityError(f"{what} was edited outside the broker: its content does not match its hash")
-        return record
-
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
         rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [self._checked_record(chain, r) for r in rows]
+        return [self._rows.checked_record(chain, r) for r in rows]
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end.
@@ -532,7 +461,6 @@ class SqliteStore:
         Heads and rows are read in one read transaction (one WAL snapshot): read apart, an append
         committed in between by another thread or process would look like a truncated log.
         """
-        heads = []
         db = self._connection()
         try:
             db.execute("BEGIN")
@@ -543,14 +471,7 @@ class SqliteStore:
                 db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path} read failed: {exc}") from exc
-        for head, rows in snapshot:
-            try:
-                chains.verify(head, ((r["seq"], self._checked_record(head.chain, r).body(), r["prev_hash"],
-                                      r["entry_hash"]) for r in rows))
-            except ChainBroken as exc:
-                raise StoreIntegrityError(str(exc)) from exc
-            heads.append(head)
-        return heads
+        return self._rows.verify_chains(snapshot)
 
     def purge_refusals(self, before: datetime) -> int:
         """Drop refusal-log entries older than `before` from the front; the anchor moves with them."""
@@ -573,13 +494,13 @@ class SqliteStore:
         """
         for r in db.execute("SELECT * FROM resources").fetchall():
             db.execute("UPDATE resources SET mac=? WHERE path=? AND version=?",
-                       (self._resource_mac(r["path"], r["version"], r["state"], r["sealed"], r["policy_id"],
+                       (self._rows.resource_mac(r["path"], r["version"], r["state"], r["sealed"], r["policy_id"],
                                            r["created_by"], r["created_at"]), r["path"], r["version"]))
         for r in db.execute("SELECT * FROM policies").fetchall():
             v = PolicyVersion(r["policy_id"], r["version"], r["dialect"], r["text"], r["content_hash"],
                               r["created_by"], _dt(r["created_at"]), bool(r["immutable"]))
             db.execute("UPDATE policies SET mac=? WHERE policy_id=? AND version=?",
-                       (self._policy_mac(v), v.policy_id, v.version))
+                       (self._rows.policy_mac(v), v.policy_id, v.version))
         for r in db.execute("SELECT * FROM reference_sets").fetchall():
             db.execute("UPDATE reference_sets SET mac=? WHERE name=?",
                        (self._auth.mac("reference_sets", r["name"], r["body"]), r["name"]))
@@ -590,9 +511,9 @@ class SqliteStore:
         prev, seq, old_head = GENESIS, 0, GENESIS
         for r in db.execute("SELECT * FROM release_log ORDER BY seq").fetchall():
             old_head, seq = r["entry_hash"], r["seq"]
-            hashed = chains.entry_hash(prev, chains.body_hash(self._record(r).body()))
+            hashed = chains.entry_hash(prev, chains.body_hash(self._rows.record(r).body()))
             db.execute("UPDATE release_log SET prev_hash=?, entry_hash=?, mac=? WHERE seq=?",
-                       (prev, hashed, self._log_mac(RELEASES, seq, prev, hashed), seq))
+                       (prev, hashed, self._rows.log_mac(RELEASES, seq, prev, hashed), seq))
             prev = hashed
         db.execute("DELETE FROM log_heads")
         self._write_head(db, Head(RELEASES, 1, GENESIS, seq, prev))
