@@ -40,12 +40,12 @@ from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
-from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
+from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
-from kbs.store.rows import Rows
+from kbs.store.rows import Rows, check_binding_change, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
 from kbs.store.schema import SCHEMA_VERSION
@@ -225,14 +225,7 @@ class PostgresStore:
                          v.path, v.version))
 
     def _check_binding_change(self, cur: Cursor, path: str, current: list[ResourceVersion], policy_id: str) -> None:
-        """A key bound to an immutable policy cannot move to another policy."""
-        if not current or current[-1].policy_id == policy_id:
-            return
-        bound = current[-1].policy_id
-        versions = self._policy_versions(cur, bound)
-        if versions and versions[-1].immutable:
-            raise BindingLocked(f"{path} is bound to policy {bound!r}, which is immutable; the binding cannot "
-                                f"change (to {policy_id!r} or any other policy)")
+        check_binding_change(path, current, policy_id, lambda bound: self._policy_versions(cur, bound))
 
     def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int:
         def step(cur: Cursor) -> int:
@@ -259,26 +252,11 @@ class PostgresStore:
         return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
 
     def set_resource_state(self, path: str, version: int | None, state: str) -> int:
-        """Enable or disable one version; enabling disables the others (as SqliteStore.set_resource_state)."""
+        """Enable or disable one version (`rows.state_changes`)."""
         def step(cur: Cursor) -> int:
-            target = version
-            current = self._resources(cur, path)
-            if target is None and state == "disabled":
-                changed = [replace(v, state="disabled") for v in current if v.state == "active"]
-                self._rewrite_resources(cur, changed)
-                return len(changed)
-            if target is None:
-                if not current:
-                    return 0
-                target = current[-1].version
-            if not any(v.version == target for v in current):
-                return 0
-            changed = [replace(v, state=state) for v in current if v.version == target]
-            if state == "active":
-                changed += [replace(v, state="disabled") for v in current
-                            if v.version != target and v.state != "disabled"]
+            changed, result = state_changes(self._resources(cur, path), version, state)
             self._rewrite_resources(cur, changed)
-            return 1
+            return result
         return self._tx(step, lock=_ADMIN_LOCK)
 
     def delete_resource(self, path: str) -> int:

@@ -9,13 +9,14 @@ floats (seconds since the epoch), as the MACs cover them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import REFUSALS, RELEASES, ChainBroken, Head
-from kbs.policy.lifecycle import PolicyVersion
+from kbs.policy.lifecycle import BindingLocked, PolicyVersion
 from kbs.policy.refvalues import ReferenceValues
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
@@ -145,3 +146,37 @@ class Rows:
             except ChainBroken as exc:
                 raise StoreIntegrityError(str(exc)) from exc
         return [head for head, _ in snapshot]
+
+
+# -- resource rules, the same for every backend ---------------------------------------------------
+
+def state_changes(current: Sequence[ResourceVersion], version: int | None,
+                  state: str) -> tuple[list[ResourceVersion], int]:
+    """The versions to rewrite to enable or disable one version (enabling disables the others), and what
+    `set_resource_state` returns.  Without a version, disabling means "whatever is released now" (the
+    active version) and enabling means the latest."""
+    if version is None and state == "disabled":
+        changed = [replace(v, state="disabled") for v in current if v.state == "active"]
+        return changed, len(changed)
+    if version is None:
+        if not current:
+            return [], 0
+        version = current[-1].version
+    if not any(v.version == version for v in current):
+        return [], 0
+    changed = [replace(v, state=state) for v in current if v.version == version]
+    if state == "active":
+        changed += [replace(v, state="disabled") for v in current if v.version != version and v.state != "disabled"]
+    return changed, 1
+
+
+def check_binding_change(path: str, current: Sequence[ResourceVersion], policy_id: str,
+                         policy_versions: Callable[[str], Sequence[PolicyVersion]]) -> None:
+    """A key bound to an immutable policy cannot move to another policy."""
+    if not current or current[-1].policy_id == policy_id:
+        return
+    bound = current[-1].policy_id
+    versions = policy_versions(bound)
+    if versions and versions[-1].immutable:
+        raise BindingLocked(f"{path} is bound to policy {bound!r}, which is immutable; the binding cannot "
+                            f"change (to {policy_id!r} or any other policy)")

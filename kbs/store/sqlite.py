@@ -27,12 +27,12 @@ from pathlib import Path
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
-from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyVersion
+from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
-from kbs.store.rows import Rows
+from kbs.store.rows import Rows, check_binding_change, state_changes
 from kbs.store.rows import dt as _dt
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -288,14 +288,7 @@ class SqliteStore:
 
     def _check_binding_change(self, db: sqlite3.Connection, path: str, current: list[ResourceVersion],
                               policy_id: str) -> None:
-        """A key bound to an immutable policy cannot move to another policy."""
-        if not current or current[-1].policy_id == policy_id:
-            return
-        bound = current[-1].policy_id
-        versions = self._policy_versions(db, bound)
-        if versions and versions[-1].immutable:
-            raise BindingLocked(f"{path} is bound to policy {bound!r}, which is immutable; the binding cannot "
-                                f"change (to {policy_id!r} or any other policy)")
+        check_binding_change(path, current, policy_id, lambda bound: self._policy_versions(db, bound))
 
     def put_resource(self, path: str, sealed: bytes, policy_id: str, created_by: str, at: datetime) -> int:
         with self._tx() as db:
@@ -321,29 +314,11 @@ class SqliteStore:
         return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
 
     def set_resource_state(self, path: str, version: int | None, state: str) -> int:
-        """Enable or disable one version; enabling disables the others.
-
-        Without a version, disabling means "whatever is being released now" (the active
-        version) and enabling means the latest.
-        """
+        """Enable or disable one version (`rows.state_changes`)."""
         with self._tx() as db:
-            current = self._resources(db, path)
-            if version is None and state == "disabled":
-                changed = [replace(v, state="disabled") for v in current if v.state == "active"]
-                self._rewrite_resources(db, changed)
-                return len(changed)
-            if version is None:
-                if not current:
-                    return 0
-                version = current[-1].version
-            if not any(v.version == version for v in current):
-                return 0
-            changed = [replace(v, state=state) for v in current if v.version == version]
-            if state == "active":
-                changed += [replace(v, state="disabled") for v in current
-                            if v.version != version and v.state != "disabled"]
+            changed, result = state_changes(self._resources(db, path), version, state)
             self._rewrite_resources(db, changed)
-            return 1
+            return result
 
     def delete_resource(self, path: str) -> int:
         with self._tx() as db:
