@@ -90,6 +90,8 @@ async def appraise(registry: VerifierRegistry, tee: str, message: AttestationMes
                       report_data=primary_runtime_digest(session_nonce, message.tee_pubkey,
                                                          message.additional_evidence))
     appraisals = await primary.verify(message.primary_evidence, binding, at, offload)
+    if not devices:
+        return appraisals
     device_binding = Binding(session_nonce, message.tee_pubkey,
                              report_data=device_runtime_digest(session_nonce, message.tee_pubkey))
     for verifier, evidence in devices.values():

@@ -112,7 +112,8 @@ class SnpVerifier:
         prepared = await offload(self._prepare, evidence, binding)
         collateral = await gather_snp_collateral(prepared.report, prepared.offered, self.kds, self.trust_roots)
         verification = await offload(verify_snp, prepared.evidence.report, collateral.certificates, at,
-                                     self.trust_roots, collateral.crl, self.allowed_vmpls, self.key_tables)
+                                     self.trust_roots, collateral.crl, self.allowed_vmpls, self.key_tables,
+                                     prepared.report)
         return [snp_appraisal(verification.claims())]
 
     def _prepare(self, evidence: Any, binding: Binding) -> _Prepared:

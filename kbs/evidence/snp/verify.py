@@ -125,9 +125,10 @@ def appraise(report: SnpReport, chain: AmdChain, allowed_vmpls: frozenset[int] =
 def verify_snp(data: bytes, certificates: Iterable[Certificate], at: datetime,
                trust_roots: Sequence[Certificate] | None = None, crl: bytes | None = None,
                allowed_vmpls: frozenset[int] = DEFAULT_VMPLS,
-               key_tables: native.P384KeyCache | None = None) -> SnpVerification:
-    """The whole SNP pipeline.  Raises an EvidenceError subclass naming the failed check."""
-    report = parse_report(data)
+               key_tables: native.P384KeyCache | None = None, parsed: SnpReport | None = None) -> SnpVerification:
+    """The whole SNP pipeline.  Raises an EvidenceError subclass naming the failed check.  `parsed` is
+    `parse_report(data)` when the caller has it already."""
+    report = parsed if parsed is not None and parsed.data == data else parse_report(data)
     bundle = CertBundle.of(certificates)
     vek = bundle.vek(report.signer.signing_key if report.signer.signing_key != "NONE" else VCEK)
     chain = verify_chain(vek, bundle, at, trust_roots)
