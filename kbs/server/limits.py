@@ -14,7 +14,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cachetools
 from aiohttp import web
@@ -135,13 +135,14 @@ class _Limited(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._client = client_key(transport.get_extra_info("peername"))
+        # A stream transport (asyncio's, or uvloop's, which implements the interface without subclassing it).
+        stream = cast(asyncio.Transport, transport)
         if not self._limiter.admit(self._client):
             self._inner = None
-            assert isinstance(transport, asyncio.Transport)
-            transport.abort()  # frees the descriptor now; the client sees a reset
+            stream.abort()  # frees the descriptor now; the client sees a reset
             return
-        assert self._inner is not None and isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        assert self._inner is not None
+        self._transport = stream
         self._inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

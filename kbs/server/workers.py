@@ -45,7 +45,7 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from kbs.errors import KbsError
-from kbs.server.app import make_app, serve_app, setup_logging
+from kbs.server.app import make_app, run_loop, serve_app, setup_logging
 from kbs.server.config import Config
 from kbs.server.errors import ServeError
 from kbs.server.health import RUNNING, WorkerIdentity
@@ -298,7 +298,7 @@ def _worker_main(config: Config, identity: WorkerIdentity, supervisor: Connectio
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the supervisor forwards it
     setup_logging(os.environ.get("KBS_LOG_LEVEL", "INFO"))
     try:
-        asyncio.run(serve_app(make_app(config), *config.host_port, ssl_context=server_ssl_context(config),
+        run_loop(serve_app(make_app(config), *config.host_port, ssl_context=server_ssl_context(config),
                               worker=identity, on_listening=lambda urls: supervisor.send(("listening", urls)),
                               stop_when_readable=supervisor.fileno()))
     except KbsError as exc:
