@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -412,27 +412,27 @@ async def _fetch_intel(args: argparse.Namespace, targets: _IntelTargets, roots: 
         if not args.no_crl:
             requests += [client.pck_crl_request(ca) for ca in targets.cas]
             requests.append(client.root_ca_crl_request())
-        for request in requests:
-            try:
-                await fetch_into(client.fetcher, request)
-            except (CollateralUnavailable, MalformedEvidence) as exc:
-                if exc.check in _NOT_ASKED:
-                    raise
-                errors.append(f"{exc.check}: {exc}")
+        await _fetch_each(client.fetcher, requests, fetch_into, errors)
+
+
+async def _fetch_each(fetcher: Fetcher, requests: Iterable[Request],
+                      fetch_into: Callable[[Fetcher, Request], Awaitable[None]], errors: list[str]) -> None:
+    """Fetch each request, collecting what failed; a refusal to be asked at all (rate limits) stops all."""
+    for request in requests:
+        try:
+            await fetch_into(fetcher, request)
+        except (CollateralUnavailable, MalformedEvidence) as exc:
+            if exc.check in _NOT_ASKED:
+                raise
+            errors.append(f"{exc.check}: {exc}")
 
 
 async def _fetch_nvidia_ocsp(args: argparse.Namespace, gpus: list[DeviceChain],
                              fetch_into: Callable[[Fetcher, Request], Awaitable[None]], errors: list[str]) -> None:
     async with OcspClient(args.nvidia_ocsp_url, token_wait=120.0) as client:
-        requests = {client.request(gpu.certificates, index).key: client.request(gpu.certificates, index)
-                    for gpu in gpus for index in DEVICE_OCSP_INDICES}  # GPUs of one model share two CAs
-        for request in requests.values():
-            try:
-                await fetch_into(client.fetcher, request)
-            except (CollateralUnavailable, MalformedEvidence) as exc:
-                if exc.check in _NOT_ASKED:
-                    raise
-                errors.append(f"{exc.check}: {exc}")
+        requests = [client.request(gpu.certificates, index) for gpu in gpus for index in DEVICE_OCSP_INDICES]
+        unique = {request.key: request for request in requests}  # GPUs of one model share two CAs
+        await _fetch_each(client.fetcher, unique.values(), fetch_into, errors)
 
 
 def _run_fetch(args: argparse.Namespace) -> int:

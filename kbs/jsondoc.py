@@ -83,9 +83,15 @@ def to_json_types(value: Any) -> Any:
     return value
 
 
-def encoded_size(document: Any) -> int:
-    """Bytes of the compact JSON encoding (what the token and the database hold)."""
+def dumps(document: Any) -> bytes:
+    """The compact JSON encoding (what tokens and the database hold): orjson, or the general encoder for
+    what orjson does not encode (integers beyond 64 bits)."""
     try:
-        return len(orjson.dumps(document))
-    except TypeError:  # what orjson does not encode (integers beyond 64 bits): the slow, general encoder
-        return len(json.dumps(document, separators=(",", ":")).encode())
+        return orjson.dumps(document)
+    except TypeError:
+        return json.dumps(document, separators=(",", ":")).encode()
+
+
+def encoded_size(document: Any) -> int:
+    """Bytes of the compact JSON encoding."""
+    return len(dumps(document))

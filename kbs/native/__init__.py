@@ -60,6 +60,7 @@ from kbs.native.spdm import (
     SpdmReport,
     spdm_parse,
     spdm_verify,
+    spdm_verify_signature,
     spdm_verify_status,
 )
 from kbs.native.tdx import (
@@ -128,6 +129,7 @@ __all__ = [
     "snp_verify_status",
     "spdm_parse",
     "spdm_verify",
+    "spdm_verify_signature",
     "spdm_verify_status",
     "status_name",
     "tdx_parse",

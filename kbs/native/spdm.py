@@ -430,6 +430,14 @@ def spdm_verify(data: bytes, leaf_point: bytes, cache: P384KeyCache | None = Non
     return _from_struct(data, out)
 
 
+def spdm_verify_signature(data: bytes, leaf_point: bytes, cache: P384KeyCache | None = None, *,
+                          no_padding: bool = False) -> None:
+    """`spdm_verify`'s checks and errors without building the SpdmReport (a caller that parsed it already)."""
+    data = bytes(data)
+    out = ffi.new("struct kbs_spdm_report *")
+    _raise_for(_verify_into(out, data, bytes(leaf_point), _flags(no_padding), cache), out)
+
+
 def spdm_verify_status(data: bytes, leaf_point: bytes, cache: P384KeyCache | None = None, *,
                        no_padding: bool = False) -> int:
     """The raw kbs_status of `spdm_verify` without building Python objects (hot loops, benchmarks)."""

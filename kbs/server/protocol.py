@@ -247,13 +247,14 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     submods = [Submod(a, runtime, init_claims if i == 0 else None) for i, a in enumerate(appraisals)]
     document = ear_document(submods, issued_at=now, lifetime=timedelta(seconds=st.config.token_lifetime))
     document[ATTESTATION_ID_CLAIM] = attestation_id
-    size = jsondoc.encoded_size(document)
+    payload = jsondoc.dumps(document)  # encoded once: bounded here, signed below
+    size = len(payload)
     if size > st.config.max_claims_bytes:
         st.metrics.attestations.labels(tee=session.tee, result="claims.size").inc()
         raise ProtocolError("AttestationError", f"Attestation error: claims.size: the claims are {size} bytes; at most "
                             f"{st.config.max_claims_bytes} ([limits] max_claims_bytes): send smaller init-data",
                             status=400, reason="claims.size")
-    token = st.signer.sign(document)
+    token = st.signer.sign(document, payload)
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
     if not await st.write(st.store.mark_attested, session.session_id, evidence_digest, token, now, record):

@@ -14,8 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import orjson
-
+from kbs import jsondoc
 from kbs.audit import chain as chains
 from kbs.audit.chain import REFUSALS, RELEASES, ChainBroken, Head
 from kbs.policy.lifecycle import BindingLocked, PolicyVersion
@@ -96,10 +95,7 @@ class Rows:
     # attestations
     def attestation_values(self, record: AttestationRecord) -> tuple[object, ...]:
         """The row of an attestation: its columns in table order, MAC last."""
-        try:
-            claims = orjson.dumps(record.claims).decode()
-        except TypeError:  # integers beyond 64 bits: the general encoder
-            claims = json.dumps(record.claims)
+        claims = jsondoc.dumps(record.claims).decode()
         return (record.attestation_id, ts(record.at), record.session_id, record.tee, claims,
                 self.auth.mac("attestations", record.attestation_id, ts(record.at), record.session_id, record.tee,
                               digest(claims)))

@@ -104,14 +104,3 @@ def decode_evidence(evidence: Any) -> list[GpuEvidence]:
                                 check=CHECK)
     return [_entry(position, item) for position, item in enumerate(items)]
 
-
-def encode_evidence(gpus: list[tuple[str, bytes, bytes]], uuids: list[str | None] | None = None) -> dict[str, Any]:
-    """(arch, report, PEM chain) per GPU -> Trustee's evidence object (guests, tests, the CLI)."""
-    items = []
-    for i, (arch, report, chain) in enumerate(gpus):
-        item: dict[str, Any] = {"arch": arch, "evidence": base64.b64encode(report).decode(),
-                                "certificate": base64.b64encode(chain).decode()}
-        if uuids and uuids[i]:
-            item["uuid"] = uuids[i]
-        items.append(item)
-    return {"device_evidence_list": items}

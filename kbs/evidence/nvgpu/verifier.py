@@ -124,7 +124,7 @@ def prepare_gpu(gpu: GpuEvidence, nonce: bytes | None, at: datetime, trust_roots
                                 "session or another guest", check="nvgpu.nonce")
         chain = verify_device_chain(gpu.chain_pem, at, trust_roots=trust_roots)
         check_arch(gpu, chain)
-        native.spdm_verify(gpu.report, chain.public_point, key_tables)
+        native.spdm_verify_signature(gpu.report, chain.public_point, key_tables)  # parsed above already
         fwid_match = check_fwid(chain, report.fwid)
     return _Prepared(gpu, report, chain, fwid_match)
 
