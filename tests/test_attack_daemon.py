@@ -493,3 +493,39 @@ def test_two_dev_replicas_starting_at_once_agree(tmp_path: Path) -> None:
             proc.wait(15)
             log.close()
     assert sorted(p.name for p in state.iterdir() if p.name.startswith(".")) == []
+
+
+def test_forged_session_cookies_are_refused_and_auth_writes_nothing(broker: Broker) -> None:
+    """/auth's session lives in a signed cookie: a guest that edits its nonce or its expiry, or makes a cookie
+    up, is refused before its evidence is verified; a flood of /auth requests stores no session."""
+    def sessions_stored() -> int:
+        with sqlite3.connect(broker.state_dir / "kbs.sqlite3") as db:
+            return int(db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            for _ in range(50):
+                nonce = await auth(http, broker.url, "sample")
+            cookie = next(c.value for c in http.cookie_jar if c.key == "kbs-session-id")
+        v, sid, tee, created, expires, nonce_hex, mac = cookie.split(".")
+        later = str(int(expires) + 86400)
+        mine = "0" * 64  # a nonce the guest chose itself (and bound into its evidence)
+        forged = [f"{v}.{sid}.{tee}.{created}.{expires}.{mine}.{mac}",
+                  f"{v}.{sid}.{tee}.{created}.{later}.{nonce_hex}.{mac}",
+                  f"{v}.{sid}.{tee}.{created}.{expires}.{nonce_hex}.{'A' * 43}"]
+        answers = []
+        for value in forged:
+            async with aiohttp.ClientSession(cookies={"kbs-session-id": value}) as http:
+                answers.append(await attest(http, broker.url, attestation(
+                    base64.b64encode(bytes(32)).decode(), generate_tee_key("EC-P256"), "sample")))
+        async with aiohttp.ClientSession(cookies={"kbs-session-id": cookie}) as http:  # the real one still works
+            answers.append(await attest(http, broker.url, attestation(nonce, generate_tee_key("EC-P256"), "sample")))
+        return answers
+
+    before = sessions_stored()
+    *refused, (status, body) = asyncio.run(go())
+    for status_forged, answer in refused:
+        assert status_forged == 401 and "not one this broker issued" in answer["detail"], answer
+        assert logged(broker, answer["reference"])["reason"] == "session"
+    assert status == 200 and "token" in body
+    assert sessions_stored() == before + 1  # 50 /auth, one attestation: one session row

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kbs.store.base import Session, StoreError
+from kbs.store.base import AttestationRecord, Session, StoreError
 from kbs.store.group_commit import GroupCommitWriter
 from kbs.store.sqlite import SqliteStore
 
@@ -23,24 +23,31 @@ def _session(i: int) -> Session:
     return Session(f"{i:032x}", "snp", "nonce", NOW, NOW + dt.timedelta(minutes=5), "authed")
 
 
+def _attested(store: SqliteStore, i: int, attestation: int | None = None) -> bool:
+    """Store session i as attested, with an attestation record (whose id must be unique)."""
+    record = AttestationRecord(f"att-{attestation if attestation is not None else i}", NOW, f"{i:032x}", "snp", {})
+    return store.mark_attested(_session(i), "d", "t", NOW, record)
+
+
 def test_concurrent_writes_share_transactions(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
     writer = GroupCommitWriter(store)
 
     async def storm() -> list[object]:
-        calls = [writer.write(store.create_session, _session(i)) for i in range(300)]
-        calls.append(writer.write(store.create_session, _session(7)))  # a duplicate: fails alone
+        calls = [writer.write(_attested, store, i) for i in range(300)]
+        calls.append(writer.write(_attested, store, 300, 7))  # a duplicate attestation id: fails alone
         return await asyncio.gather(*calls, return_exceptions=True)
     results = asyncio.run(storm())
     writer.close()
-    assert results[:300] == [None] * 300 and isinstance(results[300], StoreError)
+    assert results[:300] == [True] * 300 and isinstance(results[300], StoreError)
     assert all(store.get_session(f"{i:032x}") is not None for i in range(300))
+    assert store.get_session(f"{300:032x}") is None  # undone with the failed insert after it
     assert writer.writes == 301 and writer.batches < 150, (writer.batches, writer.writes)
     # The CAS still decides single use inside a batch: one winner among racers for one nonce.
     writer = GroupCommitWriter(store)
 
     async def race() -> list[bool]:
-        return list(await asyncio.gather(*(writer.write(store.mark_attested, f"{1:032x}", f"d{i}", "t", NOW)
+        return list(await asyncio.gather(*(writer.write(store.mark_attested, _session(1000), f"d{i}", "t", NOW)
                                            for i in range(20))))
     assert sorted(asyncio.run(race())) == [False] * 19 + [True]
     writer.close()
@@ -109,9 +116,10 @@ def test_a_failed_call_leaves_the_rest_of_its_batch(tmp_path: Path) -> None:
     """A call that fails inside a batch is undone alone (its savepoint), the others are durable."""
     store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
     with store.batch():
-        store.create_session(_session(1))
+        assert _attested(store, 1)
         with pytest.raises(StoreError):
-            store.create_session(_session(1))
-        store.create_session(_session(2))
+            _attested(store, 2, attestation=1)  # its session row is undone with it
+        assert _attested(store, 3)
     other = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
-    assert other.get_session(f"{1:032x}") is not None and other.get_session(f"{2:032x}") is not None
+    assert other.get_session(f"{1:032x}") is not None and other.get_session(f"{3:032x}") is not None
+    assert other.get_session(f"{2:032x}") is None

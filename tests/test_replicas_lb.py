@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kbs.keys.jwe import decrypt, generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM, COOKIE
+from kbs.server.sessions import session_id_of
 from tests import fake_http
 from tests.amd_synth import SyntheticAmd
 from tests.broker import Broker, SnpGuest, attestation, jar, run_broker
@@ -124,7 +125,8 @@ async def exchange(url: str, guest: SnpGuest, index: int, attempt: int) -> Relea
                                                              "extra-params": {}}) as r:
                 nonce = (await _answer(r, "auth"))["nonce"]
                 by_auth = r.headers.get(REPLICA_HEADER, "?")
-            session_id = next(c.value for c in http.cookie_jar if c.key == COOKIE)
+            session_id = session_id_of(next(c.value for c in http.cookie_jar if c.key == COOKIE))
+            assert session_id is not None
             async with http.post(f"{url}/kbs/v0/attest", json=attestation(nonce, key, "snp", guest)) as r:
                 token = (await _answer(r, "attest"))["token"]
                 by_attest = r.headers.get(REPLICA_HEADER, "?")

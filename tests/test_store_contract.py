@@ -133,33 +133,33 @@ def on_threads(count: int, fn: Callable[[int], T]) -> list[T]:
 # -- sessions and single use ----------------------------------------------------------------
 
 def test_session_nonce_is_consumed_exactly_once(store: OpenStore) -> None:
-    store.create_session(session())
-    assert store.mark_attested("a" * 32, "digest", "token", NOW)
-    assert not store.mark_attested("a" * 32, "digest", "token", NOW)  # replay
+    """A session is stored when it attests (before, it lives in its cookie): that insert is the nonce's use."""
+    assert store.get_session("a" * 32) is None
+    assert store.mark_attested(session(), "digest", "token", NOW)
+    assert not store.mark_attested(session(), "other", "token2", NOW)  # replay
     got = store.get_session("a" * 32)
     assert got is not None and got.state == "attested" and got.token == "token" and got.created_at == NOW
-    store.create_session(session("b" * 32, expires=NOW))
-    assert not store.mark_attested("b" * 32, "d", "t", NOW)  # expired
-    assert not store.mark_attested("c" * 32, "d", "t", NOW)  # unknown
-    assert store.purge_expired_sessions(NOW) == 1 and store.get_session("b" * 32) is None
-    with pytest.raises(StoreError):
-        store.create_session(session())  # session ids are unique
+    assert got.evidence_digest == "digest"
+    assert not store.mark_attested(session("b" * 32, expires=NOW), "d", "t", NOW)  # expired
+    assert store.get_session("b" * 32) is None
+    later = NOW + dt.timedelta(minutes=10)
+    assert store.mark_attested(session("c" * 32, expires=later), "d", "t", NOW)
+    assert store.purge_expired_sessions(NOW + dt.timedelta(minutes=5)) == 1
+    assert store.get_session("a" * 32) is None and store.get_session("c" * 32) is not None
 
 
 def test_the_winner_alone_records_its_attestation(store: OpenStore) -> None:
     """/attest's one write: the nonce consumed and the attestation recorded together, only for the winner."""
-    store.create_session(session())
     first = AttestationRecord("att-won", NOW, "a" * 32, "snp", {"submods": {}})
     second = AttestationRecord("att-lost", NOW, "a" * 32, "snp", {"submods": {}})
-    assert store.mark_attested("a" * 32, "d1", "t1", NOW, first)
-    assert not store.mark_attested("a" * 32, "d2", "t2", NOW, second)
+    assert store.mark_attested(session(), "d1", "t1", NOW, first)
+    assert not store.mark_attested(session(), "d2", "t2", NOW, second)
     assert store.get_attestation("att-won") == first and store.get_attestation("att-lost") is None
 
 
 def test_many_threads_on_several_replicas_race_for_one_nonce(backend: Backend) -> None:
     replicas = [backend.open() for _ in range(3)]
-    replicas[0].create_session(session())
-    won = on_threads(24, lambda i: replicas[i % 3].mark_attested("a" * 32, f"d{i}", f"t{i}", NOW))
+    won = on_threads(24, lambda i: replicas[i % 3].mark_attested(session(), f"d{i}", f"t{i}", NOW))
     assert won.count(True) == 1
     winner = won.index(True)
     got = replicas[1].get_session("a" * 32)
@@ -168,12 +168,11 @@ def test_many_threads_on_several_replicas_race_for_one_nonce(backend: Backend) -
 
 def _race(url: str, sid: str, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     store = open_store(url, KEY)
-    results.put(store.mark_attested(sid, "d", "t", NOW))
+    results.put(store.mark_attested(session(sid), "d", "t", NOW))
     store.close()
 
 
 def test_processes_race_for_one_nonce(backend: Backend, store: OpenStore) -> None:
-    store.create_session(session())
     ctx = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
     procs = [ctx.Process(target=_race, args=(backend.url, "a" * 32, results)) for _ in range(4)]

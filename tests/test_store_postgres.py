@@ -45,8 +45,8 @@ def test_runs_with_dml_rights_only_once_the_schema_exists(database: str) -> None
     try:
         store = open_store(as_user(database, role), KEY)
         try:
-            store.create_session(Session("s" * 32, "snp", "n", NOW, NOW + dt.timedelta(minutes=5), "authed"))
-            assert store.mark_attested("s" * 32, "d", "t", NOW)
+            assert store.mark_attested(Session("s" * 32, "snp", "n", NOW, NOW + dt.timedelta(minutes=5), "authed"),
+                                       "d", "t", NOW)
             store.append_log(RELEASES, ReleaseRecord(NOW, "release", "policy", "r/t/k", 1, "s", "snp", "p", "h",
                                                      None))
             assert store.use_token_id("jti", NOW + dt.timedelta(minutes=1), NOW)

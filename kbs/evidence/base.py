@@ -34,9 +34,14 @@ CPU, GPU = "cpu", "gpu"  # device classes: submods are numbered per class (cpu0,
 
 
 class Offload(Protocol):
-    """Run a blocking, CPU-bound call on the verification pool (the C core releases the GIL)."""
+    """Run a blocking, CPU-bound call on the verification pool (the C core releases the GIL).
 
-    def __call__(self, fn: Callable[..., T], /, *args: Any) -> Awaitable[T]: ...
+    `inline=True` is the caller's word that this call is short and bounded (bounded input, cached
+    certificates and key tables): it then runs on the event loop, since a thread hop (and the GIL
+    hand-offs around it) would cost more than the call.  Cold work (certificates parsed for the first
+    time, a chain walked, a key's table built) stays on the pool."""
+
+    def __call__(self, fn: Callable[..., T], /, *args: Any, inline: bool = False) -> Awaitable[T]: ...
 
 
 class VerifierConfigError(KbsError):

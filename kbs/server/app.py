@@ -38,6 +38,7 @@ from kbs.server.errors import ProtocolError, ServeError
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
 from kbs.server.metrics import Metrics
 from kbs.server.protocol import DEFAULT_POLICY, STATE
+from kbs.server.sessions import SessionCookies
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
@@ -213,7 +214,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     # concurrently, so its writes stay on the I/O pool.
     writer = GroupCommitWriter(store) if hasattr(store, "batch") else None
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
-                        metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer)
+                        metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer,
+                        sessions=SessionCookies.from_kek(kek, config.session_lifetime))
     app[STATE] = state
     for warning in config.warnings:
         log.warning(warning)

@@ -1,8 +1,10 @@
 """/attest's work, through the verifier registry: the server never names a TEE.
 
-Nothing runs on the event loop: the message is parsed (bounded JSON, strict JWK, init-data) on
-the verification pool, and each verifier pushes its own CPU work there (the C core releases the
-GIL, so reports verify on every core while the loop keeps serving).
+Cold or large work runs on the verification pool: a large message is parsed there (bounded JSON,
+strict JWK, init-data), and each verifier pushes its cold work there (the C core releases the GIL,
+so reports verify on every core while the loop keeps serving).  What is short and bounded (a typical
+message, a report whose certificates and key table are cached) runs on the loop: in a boot storm
+that is nearly every request, and a thread hop per step cost more than the step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from kbs.evidence.composite import AttestationMessage
 from kbs.evidence.registry import VerifierRegistry
 
 T = TypeVar("T")
+# Messages up to this size are parsed on the loop (a typical SNP or TDX message is 10-20 KB: tens of
+# microseconds with orjson); larger ones (GPU evidence lists, init-data) on the pool.
+INLINE_MESSAGE_BYTES = 64 * 1024
 
 
 class Attestor:
@@ -31,13 +36,15 @@ class Attestor:
         """The TEEs a guest may name at /auth: the enabled CPU verifiers."""
         return self.registry.names_of_class(CPU)
 
-    async def _offload(self, fn: Callable[..., T], /, *args: Any) -> T:
+    async def _offload(self, fn: Callable[..., T], /, *args: Any, inline: bool = False) -> T:
+        if inline:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def verify(self, tee: str, raw: bytes, session_nonce: str,
                      at: datetime) -> tuple[AttestationMessage, list[Appraisal]]:
         """The attestation message as the guest sent it -> its appraisals (primary first), or a KbsError."""
-        message = await self._offload(AttestationMessage.from_bytes, raw)
+        message = await self._offload(AttestationMessage.from_bytes, raw, inline=len(raw) <= INLINE_MESSAGE_BYTES)
         return message, await composite.appraise(self.registry, tee, message, session_nonce, at, self._offload)
 
     async def close(self) -> None:

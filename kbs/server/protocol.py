@@ -1,10 +1,11 @@
 """KBS protocol 0.4.0: /kbs/v0/auth, /kbs/v0/attest, GET /kbs/v0/resource/<repo>/<type>/<tag>.
 
-Sessions (and their single-use nonces) live in the shared store, so /auth on one replica and
-/attest on another work.  Every outcome of a guest request is written to a log before the
-answer leaves: refusals before a valid token exists go to the refusal log (kept for
-`refusal_retention_days`), decisions on resources to the release log (kept for good); a key
-is released only after its entry is durable, and if that write fails nothing is released.
+A session travels in its signed cookie until it attests, and is then stored (that insert consumes
+its nonce: kbs.server.sessions), so /auth on one replica and /attest on another work.  Every
+outcome of a guest request is written to a log before the answer leaves: refusals before a valid
+token exists go to the refusal log (kept for `refusal_retention_days`), decisions on resources to
+the release log (kept for good); a key is released only after its entry is durable, and if that
+write fails nothing is released.
 Guests learn what was wrong with their own request; what a policy checked, they do not: a
 denial says "denied" with a reference under which the operator finds the failing condition.
 """
@@ -12,7 +13,6 @@ denial says "denied" with a reference under which the operator finds the failing
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import re
@@ -37,13 +37,13 @@ from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.errors import ProtocolError
+from kbs.server.sessions import session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
-SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else is never looked up or stored
 SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: no trailing newline
 DEFAULT_POLICY = "default"
 ATTESTATION_ID_CLAIM = "kbs.attestation-id"
@@ -84,15 +84,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def session_cookie(request: web.Request) -> str | None:
-    """The session id from the cookie, only if it has the form this broker issues."""
-    value = request.cookies.get(COOKIE)
-    return value if value is not None and SESSION_ID.fullmatch(value) else None
-
-
-def _cookie(session: Session) -> str:
+def _cookie(st: BrokerState, session: Session) -> str:
     expires = session.expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return f"{COOKIE}={session.session_id}; Expires={expires}; HttpOnly"
+    return f"{COOKIE}={st.sessions.seal(session)}; Expires={expires}; HttpOnly"
 
 
 async def _log(st: BrokerState, chain: str, record: ReleaseRecord) -> None:
@@ -153,8 +147,8 @@ async def _refusals_logged(request: web.Request, resource: str, step: Step) -> w
 
 def _refusal(at: datetime, resource: str, request: web.Request, ref: str, tee: str | None = None) -> ReleaseRecord:
     return ReleaseRecord(at=at, decision="deny", reason="", resource=resource, version=None,
-                         session_id=session_cookie(request), tee=tee, policy_id=None, policy_hash=None,
-                         attestation_id=None, ref=ref)
+                         session_id=session_id_of(request.cookies.get(COOKIE)), tee=tee, policy_id=None,
+                         policy_hash=None, attestation_id=None, ref=ref)
 
 
 def _json(raw: bytes, what: str) -> Any:
@@ -186,29 +180,26 @@ async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Res
     if tee not in st.attestor.tees:
         raise ProtocolError("AttestationError", f"TEE {_show(tee)} is not enabled on this broker; enabled: "
                             f"{', '.join(st.attestor.tees)}", reason="tee")
-    session = Session(session_id=uuid.uuid4().hex, tee=tee,
-                      nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=now,
-                      expires_at=now + timedelta(seconds=st.config.session_lifetime), state="authed")
-    await st.write(st.store.create_session, session)
+    session = st.sessions.new_session(tee, now)  # in the signed cookie: nothing is written
     response = web.json_response({"nonce": session.nonce, "extra-params": ""})
-    response.headers["Set-Cookie"] = _cookie(session)
+    response.headers["Set-Cookie"] = _cookie(st, session)
     return response
 
 
 async def _live_session(request: web.Request, now: datetime) -> Session:
+    """The cookie's session: as stored once it attested, else as the cookie carries it."""
     st = _state(request)
-    if request.cookies.get(COOKIE) is None:
+    value = request.cookies.get(COOKIE)
+    if value is None:
         raise ProtocolError("AttestationError", "no kbs-session-id cookie: call /kbs/v0/auth first", reason="session")
-    session_id = session_cookie(request)
-    if session_id is None:
+    session = st.sessions.open(value)
+    if session is None:
         raise ProtocolError("AttestationError", "the kbs-session-id cookie is not one this broker issued: "
                             "call /kbs/v0/auth again", reason="session")
-    session = await st.read(st.store.get_session, session_id)
-    if session is None:
-        raise ProtocolError("AttestationError", "unknown session: call /kbs/v0/auth again", reason="session")
     if now >= session.expires_at:
         raise ProtocolError("AttestationError", "session expired: call /kbs/v0/auth again", reason="session")
-    return session
+    stored = await st.read(st.store.get_session, session.session_id)
+    return stored if stored is not None else session
 
 
 # -- /attest --------------------------------------------------------------------------------
@@ -224,7 +215,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     evidence_digest = hashlib.sha256(raw).hexdigest()
     if session.state == "attested":
         if session.evidence_digest == evidence_digest and session.token:
-            return _token_response(session, session.token)  # idempotent, as Trustee
+            return _token_response(st, session, session.token)  # idempotent, as Trustee
         raise ProtocolError("AttestationError", "this session is already attested with other evidence; "
                             "call /kbs/v0/auth again", reason="replay")
     started = time.perf_counter()
@@ -257,7 +248,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     token = st.signer.sign(document, payload)
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
-    if not await st.write(st.store.mark_attested, session.session_id, evidence_digest, token, now, record):
+    if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record):
         st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
         raise ProtocolError("AttestationError", "the session's nonce was already used or expired; "
                             "call /kbs/v0/auth again", reason="replay")
@@ -265,12 +256,12 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     log.info("attested", extra={"session": session.session_id, "tee": session.tee,
                                 "attestation_id": attestation_id,
                                 "status": document["submods"]["cpu0"]["ear.status"]})
-    return _token_response(session, token)
+    return _token_response(st, session, token)
 
 
-def _token_response(session: Session, token: str) -> web.Response:
+def _token_response(st: BrokerState, session: Session, token: str) -> web.Response:
     response = web.json_response({"token": token})
-    response.headers["Set-Cookie"] = _cookie(session)
+    response.headers["Set-Cookie"] = _cookie(st, session)
     return response
 
 

@@ -16,6 +16,7 @@ from kbs.policy.lifecycle import PolicyRegistry
 from kbs.server.attestation import Attestor
 from kbs.server.config import Config
 from kbs.server.metrics import Metrics
+from kbs.server.sessions import SessionCookies
 from kbs.server.tokens import TokenSigner
 from kbs.store.base import Store
 from kbs.store.group_commit import GroupCommitWriter
@@ -40,6 +41,7 @@ class BrokerState:
     attestor: Attestor
     metrics: Metrics
     admins: list[AdminIdentity]
+    sessions: SessionCookies
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
     policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
     writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed

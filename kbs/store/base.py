@@ -32,7 +32,7 @@ class Session:
     nonce: str
     created_at: datetime
     expires_at: datetime
-    state: str  # "authed" until /attest succeeds, then "attested"
+    state: str  # "authed" (in the /auth cookie) until /attest succeeds and stores it "attested"
     evidence_digest: str | None = None
     token: str | None = None
 
@@ -101,9 +101,10 @@ class AttestationRecord:
 
 class Store(PolicyStore, Protocol):
     # sessions
-    def create_session(self, session: Session) -> None: ...
+    # A session exists in the store once it attested: /auth hands out a signed cookie (kbs.server.sessions)
+    # and /attest stores the session, which consumes its nonce (an insert that exactly one caller wins).
     def get_session(self, session_id: str) -> Session | None: ...
-    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime,
+    def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool: ...
     def purge_expired_sessions(self, now: datetime) -> int: ...
 

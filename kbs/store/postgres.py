@@ -7,9 +7,8 @@ the store from its I/O threads.
 
 What SQLite gets from its single writer lock is made explicit here, and holds across replicas:
 
-- a session's nonce is consumed by `UPDATE ... WHERE state='authed'`: under READ COMMITTED a
-  second updater waits for the first, re-reads the row and no longer matches, so one wins;
-- admin token ids and secrets are unique inserts (`ON CONFLICT DO NOTHING`);
+- a session's nonce, admin token ids and secrets are unique inserts (`ON CONFLICT DO NOTHING`): a
+  second inserter of the same key waits for the first to commit and then inserts nothing;
 - appends to a log lock its `log_heads` row (`SELECT ... FOR UPDATE`), so entries of one chain
   are written one at a time, each after the previous one committed: no gap, no fork;
 - admin changes (resources, policies, reference sets) read, decide and write under one
@@ -155,24 +154,21 @@ class PostgresStore:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def create_session(self, session: Session) -> None:
-        self._tx(lambda cur: cur.execute(
-            "INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            (session.session_id, session.tee, session.nonce, _ts(session.created_at), _ts(session.expires_at),
-             session.state, session.evidence_digest, session.token)))
-
     def get_session(self, session_id: str) -> Session | None:
         rows = self._read("SELECT * FROM sessions WHERE session_id = %s", (session_id,))
         return self._rows.session(rows[0]) if rows else None
 
-    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime,
+    def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool:
         """Consume the session's nonce: true for exactly one caller across replicas, only while it is live;
         the winner's attestation `record` is written in the same transaction."""
+        if session.expires_at <= now:
+            return False
+
         def step(cur: Cursor) -> bool:
-            cur.execute("UPDATE sessions SET state='attested', evidence_digest=%s, token=%s "
-                        "WHERE session_id=%s AND state='authed' AND expires_at > %s",
-                        (evidence_digest, token, session_id, _ts(now)))
+            cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s) ON CONFLICT (session_id) "
+                        "DO NOTHING", (session.session_id, session.tee, session.nonce, _ts(session.created_at),
+                                       _ts(session.expires_at), evidence_digest, token))
             won = cur.rowcount == 1
             if won and record is not None:
                 self._insert_attestation(cur, record)

@@ -223,12 +223,6 @@ class SqliteStore:
 
     # -- sessions --------------------------------------------------------------------------
 
-    def create_session(self, session: Session) -> None:
-        with self._tx() as db:
-            db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?)",
-                       (session.session_id, session.tee, session.nonce, _ts(session.created_at),
-                        _ts(session.expires_at), session.state, session.evidence_digest, session.token))
-
     def get_session(self, session_id: str) -> Session | None:
         rows = self._read("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
         if not rows:
@@ -237,14 +231,16 @@ class SqliteStore:
         return Session(r["session_id"], r["tee"], r["nonce"], _dt(r["created_at"]), _dt(r["expires_at"]),
                        r["state"], r["evidence_digest"], r["token"])
 
-    def mark_attested(self, session_id: str, evidence_digest: str, token: str, now: datetime,
+    def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool:
         """Consume the session's nonce: true for exactly one caller, only while the session is live; the
         winner's attestation `record` is written in the same transaction (one durable write per /attest)."""
+        if session.expires_at <= now:
+            return False
         with self._tx() as db:
-            cur = db.execute("UPDATE sessions SET state='attested', evidence_digest=?, token=? "
-                             "WHERE session_id=? AND state='authed' AND expires_at > ?",
-                             (evidence_digest, token, session_id, _ts(now)))
+            cur = db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,'attested',?,?) ON CONFLICT (session_id) "
+                             "DO NOTHING", (session.session_id, session.tee, session.nonce, _ts(session.created_at),
+                                            _ts(session.expires_at), evidence_digest, token))
             won = cur.rowcount == 1
             if won and record is not None:
                 self._insert_attestation(db, record)

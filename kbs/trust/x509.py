@@ -232,6 +232,11 @@ def configure_certificate_cache(max_bytes: int) -> None:
     _cache = ByteBoundedCache(max_bytes, _cache_cost)
 
 
+def is_parsed(der: bytes) -> bool:
+    """Whether `parse_certificate(der)` would be a cache hit (microseconds, not pyasn1's milliseconds)."""
+    return _cache.get(bytes(der)) is not None
+
+
 def parse_certificate(der: bytes) -> Certificate:
     """Parse a DER certificate; raise MalformedEvidence naming what is wrong.
 

@@ -31,7 +31,7 @@ from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
 from kbs.evidence.snp.report import TcbVersion
 from kbs.trust import x509
-from kbs.trust.x509 import Certificate, parse_certificate
+from kbs.trust.x509 import Certificate, is_parsed, parse_certificate
 
 CHECK = "evidence.snp_json"
 TURIN_CPUID_FAMILY = 0x1A  # Turin and every later family use the TCB layout with FMC
@@ -109,6 +109,10 @@ class CocoSnpEvidence:
     def x509_certificates(self) -> list[Certificate]:
         """The ARK, ASK, VCEK and VLEK entries, parsed; raises MalformedEvidence on bad DER."""
         return [parse_certificate(der) for kind, der in self.certificates if kind in _CERTIFICATE_TYPES]
+
+    def certificates_parsed(self) -> bool:
+        """Whether every certificate `x509_certificates` would return is parsed already (cached)."""
+        return all(is_parsed(der) for kind, der in self.certificates if kind in _CERTIFICATE_TYPES)
 
     @property
     def crl(self) -> bytes | None:

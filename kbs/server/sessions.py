@@ -1,0 +1,83 @@
+"""Sessions between /auth and /attest live in their cookie, signed by the broker: /auth writes nothing.
+
+A guest's session is its id, TEE, nonce and lifetime.  /auth puts them in the `kbs-session-id` cookie
+with an HMAC-SHA256 under a key derived from the KEK (so every worker and replica opens every other's
+cookies, and nobody without the KEK can make one); /attest checks the MAC and the expiry, verifies the
+evidence against the cookie's nonce, and then stores the session as attested: that insert is what makes
+the nonce single-use (exactly one insert of a session id wins, across workers and replicas).  The
+resource step finds the attested session by its id.
+
+Nothing secret is in the cookie (the guest was told the nonce); what the MAC protects is that the broker
+chose the nonce and the expiry.  A stateless /auth also means a flood of /auth requests costs no writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+
+from kbs.keys.kek import Kek
+from kbs.store.base import Session
+
+COOKIE_KEY_PURPOSE = "session-cookie"
+_VERSION = "v1"
+# v1.<session id>.<tee>.<created>.<expires>.<nonce, hex>.<mac>: every part from a closed alphabet without
+# the characters cookies treat specially, so a cookie that does not match is never decoded or looked up.
+_FORM = re.compile(r"v1\.([0-9a-f]{32})\.([a-z][a-z0-9_-]{0,31})\.([0-9]{1,12})\.([0-9]{1,12})\."
+                   r"([0-9a-f]{64})\.([A-Za-z0-9_-]{43})")
+MAX_COOKIE_CHARS = 256
+
+
+class SessionCookies:
+    def __init__(self, key: bytes, lifetime: timedelta) -> None:
+        self._key = key
+        self.lifetime = lifetime
+
+    @classmethod
+    def from_kek(cls, kek: Kek, lifetime_seconds: int) -> SessionCookies:
+        return cls(kek.derive(COOKIE_KEY_PURPOSE), timedelta(seconds=lifetime_seconds))
+
+    def new_session(self, tee: str, now: datetime) -> Session:
+        """A fresh session: a random id and 32-byte nonce, valid for the lifetime from `now` (whole seconds)."""
+        created = now.replace(microsecond=0)
+        return Session(session_id=uuid.uuid4().hex, tee=tee, nonce=base64.b64encode(secrets.token_bytes(32)).decode(),
+                       created_at=created, expires_at=created + self.lifetime, state="authed")
+
+    def seal(self, session: Session) -> str:
+        """The cookie value carrying `session` (made by `new_session`)."""
+        body = (f"{_VERSION}.{session.session_id}.{session.tee}.{int(session.created_at.timestamp())}."
+                f"{int(session.expires_at.timestamp())}.{base64.b64decode(session.nonce).hex()}")
+        return f"{body}.{self._mac(body)}"
+
+    def open(self, value: str) -> Session | None:
+        """The session in a cookie this broker made, else None (any other string, a wrong MAC).  Expiry is
+        the caller's to check: an expired session has its own message."""
+        if len(value) > MAX_COOKIE_CHARS:
+            return None
+        match = _FORM.fullmatch(value)
+        if match is None:
+            return None
+        body, mac = value.rsplit(".", 1)
+        if not hmac.compare_digest(mac, self._mac(body)):
+            return None
+        session_id, tee, created, expires, nonce = match.group(1, 2, 3, 4, 5)
+        return Session(session_id=session_id, tee=tee, nonce=base64.b64encode(bytes.fromhex(nonce)).decode(),
+                       created_at=datetime.fromtimestamp(int(created), UTC),
+                       expires_at=datetime.fromtimestamp(int(expires), UTC), state="authed")
+
+    def _mac(self, body: str) -> str:
+        digest = hmac.new(self._key, body.encode(), sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def session_id_of(value: str | None) -> str | None:
+    """The session id in a well-formed cookie (MAC unchecked): for log entries of refused requests only."""
+    if value is None or len(value) > MAX_COOKIE_CHARS:
+        return None
+    match = _FORM.fullmatch(value)
+    return match.group(1) if match else None

@@ -1,0 +1,59 @@
+"""The /auth session cookie (kbs.server.sessions): what the broker sealed opens, anything else does not."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kbs.server.sessions import MAX_COOKIE_CHARS, SessionCookies, session_id_of
+
+NOW = dt.datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=dt.UTC)
+COOKIES = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))
+
+
+def test_a_sealed_session_opens_to_itself() -> None:
+    session = COOKIES.new_session("snp", NOW)
+    assert session.created_at == NOW.replace(microsecond=0)
+    assert session.expires_at - session.created_at == COOKIES.lifetime
+    assert COOKIES.open(COOKIES.seal(session)) == session
+    assert session_id_of(COOKIES.seal(session)) == session.session_id
+    other = COOKIES.new_session("snp", NOW)
+    assert (other.session_id, other.nonce) != (session.session_id, session.nonce)  # fresh id and nonce each time
+
+
+@pytest.mark.parametrize("part", range(6))
+def test_any_edited_part_is_refused(part: int) -> None:
+    """Change one field (version, id, TEE, created, expires, nonce) and keep the MAC: refused."""
+    value = COOKIES.seal(COOKIES.new_session("snp", NOW))
+    pieces = value.split(".")
+    edited = pieces[part]
+    if part == 0:
+        edited = "v2"
+    elif part == 2:
+        edited = "tdx"
+    else:
+        edited = edited[:-1] + ("0" if edited[-1] != "0" else "1")
+    forged = ".".join([*pieces[:part], edited, *pieces[part + 1:]])
+    assert forged != value and COOKIES.open(forged) is None
+
+
+def test_a_cookie_made_with_another_key_is_refused() -> None:
+    mine = SessionCookies(b"m" * 32, dt.timedelta(minutes=5))
+    value = mine.seal(mine.new_session("snp", NOW))
+    assert mine.open(value) is not None and COOKIES.open(value) is None
+
+
+def test_oversized_and_malformed_values_are_refused_without_decoding() -> None:
+    good = COOKIES.seal(COOKIES.new_session("snp", NOW))
+    for value in ["", "a" * 32, good + "x", good.replace(".", ",", 1), "v1." + "x" * 4000, good[:-1] + "=",
+                  good + "." * (MAX_COOKIE_CHARS - len(good) + 1)]:
+        assert COOKIES.open(value) is None, value
+    assert session_id_of(None) is None and session_id_of("c" * 8000) is None
+
+
+@given(st.text(max_size=300))
+def test_no_string_opens_or_crashes(value: str) -> None:
+    assert COOKIES.open(value) is None
