@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kbs.store.base import AttestationRecord, Session, StoreError
-from kbs.store.group_commit import GroupCommitWriter
+from kbs.store.group_commit import GroupCommitWriter, can_batch
 from kbs.store.sqlite import SqliteStore
 
 NOW = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
@@ -31,45 +31,69 @@ def _attested(store: SqliteStore, i: int, attestation: int | None = None) -> boo
 
 def test_concurrent_writes_share_transactions(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
-    writer = GroupCommitWriter(store)
 
-    async def storm() -> list[object]:
+    async def storm() -> tuple[list[object], GroupCommitWriter]:
+        writer = GroupCommitWriter(store)
         calls = [writer.write(_attested, store, i) for i in range(300)]
         calls.append(writer.write(_attested, store, 300, 7))  # a duplicate attestation id: fails alone
-        return await asyncio.gather(*calls, return_exceptions=True)
-    results = asyncio.run(storm())
-    writer.close()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await writer.close()
+        return results, writer
+    results, writer = asyncio.run(storm())
     assert results[:300] == [True] * 300 and isinstance(results[300], StoreError)
     assert all(store.get_session(f"{i:032x}") is not None for i in range(300))
     assert store.get_session(f"{300:032x}") is None  # undone with the failed insert after it
     assert writer.writes == 301 and writer.batches < 150, (writer.batches, writer.writes)
-    # The CAS still decides single use inside a batch: one winner among racers for one nonce.
-    writer = GroupCommitWriter(store)
 
-    async def race() -> list[bool]:
-        return list(await asyncio.gather(*(writer.write(store.mark_attested, _session(1000), f"d{i}", "t", NOW)
-                                           for i in range(20))))
+    async def race() -> list[bool]:  # the insert still decides single use inside a batch: one winner
+        writer = GroupCommitWriter(store)
+        won = await asyncio.gather(*(writer.write(store.mark_attested, _session(1000), f"d{i}", "t", NOW)
+                                     for i in range(20)))
+        await writer.close()
+        return list(won)
     assert sorted(asyncio.run(race())) == [False] * 19 + [True]
-    writer.close()
 
 
 class _Recorder:
-    """A store whose batches are recorded, and whose COMMIT can be made to fail."""
+    """A store whose batch steps are recorded (with the thread each ran on), whose write lock can be
+    busy (so the writer must wait for it on its thread), and whose COMMIT can be made to fail."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
+        self.threads: dict[str, set[str]] = {}
         self.fail_commit = False
-        self.lock = threading.Lock()
+        self.lock_busy = False
+
+    def _on(self, step: str) -> None:
+        self.threads.setdefault(step, set()).add(threading.current_thread().name)
+
+    def try_begin_batch(self) -> bool:
+        self._on("try_begin")
+        if self.lock_busy:
+            return False
+        self.events.append("begin")
+        return True
+
+    def begin_batch(self) -> None:
+        self._on("begin")
+        self.events.append("begin (waited)")
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        self.events.append("begin")
+    def batch_calls(self) -> Iterator[None]:
+        self._on("calls")
         yield
+
+    def commit_batch(self) -> None:
+        self._on("commit")
         if self.fail_commit:
             raise StoreError("disk full")
         self.events.append("commit")
 
+    def rollback_batch(self) -> None:
+        self.events.append("rollback")
+
     def put(self, value: str) -> str:
+        self._on("put")
         if value == "bad":
             raise ValueError("bad value")
         self.events.append(f"put {value}")
@@ -78,38 +102,63 @@ class _Recorder:
 
 def test_answers_come_after_the_commit_and_a_failed_commit_fails_all() -> None:
     store = _Recorder()
-    writer = GroupCommitWriter(store)
 
-    async def one(value: str) -> str:
-        result = await writer.write(store.put, value)
-        store.events.append(f"answered {value}")
-        return result
-    assert asyncio.run(one("a")) == "a"
-    assert store.events == ["begin", "put a", "commit", "answered a"]
+    async def go() -> None:
+        writer = GroupCommitWriter(store)
 
-    async def batch_with_a_failure() -> list[object]:
-        return await asyncio.gather(one("x"), one("bad"), one("y"), return_exceptions=True)
-    results = asyncio.run(batch_with_a_failure())
-    assert results[0] == "x" and isinstance(results[1], ValueError) and results[2] == "y"
-    store.fail_commit = True
-    results = asyncio.run(batch_with_a_failure())
-    assert isinstance(results[0], StoreError) and isinstance(results[2], StoreError)
-    assert "answered x" in store.events  # from the first round only
-    assert store.events.count("answered x") == 1
-    writer.close()
+        async def one(value: str) -> str:
+            result = await writer.write(store.put, value)
+            store.events.append(f"answered {value}")
+            return result
+        assert await one("a") == "a"
+        assert store.events == ["begin", "put a", "commit", "answered a"]
+        results = await asyncio.gather(one("x"), one("bad"), one("y"), return_exceptions=True)
+        assert results[0] == "x" and isinstance(results[1], ValueError) and results[2] == "y"
+        store.fail_commit = True
+        results = await asyncio.gather(one("x"), one("bad"), one("y"), return_exceptions=True)
+        assert isinstance(results[0], StoreError) and isinstance(results[2], StoreError)
+        assert store.events.count("answered x") == 1  # from the first round only
+        store.fail_commit, store.lock_busy = False, True
+        assert await one("z") == "z"
+        assert store.events[-4:] == ["begin (waited)", "put z", "commit", "answered z"]
+        await writer.close()
+    asyncio.run(go())
+    # The calls run on the loop's thread; waiting for the lock and the COMMIT's fsync on the writer's thread.
+    main = threading.current_thread().name
+    assert store.threads["put"] == store.threads["calls"] == store.threads["try_begin"] == {main}
+    assert store.threads["commit"] == store.threads["begin"] and main not in store.threads["commit"]
 
 
-def test_a_store_without_batches_is_written_call_by_call() -> None:
+def test_a_writer_waits_for_another_process_lock_without_holding_the_loop(tmp_path: Path) -> None:
+    """Another process (here: another store on the file) holds the write lock: the batch waits for it on the
+    writer's thread while the loop keeps running, and goes ahead the moment it is released."""
+    store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    other = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    other.begin_batch()
+
+    async def go() -> tuple[int, bool]:
+        writer = GroupCommitWriter(store)
+        write = asyncio.ensure_future(writer.write(_attested, store, 1))
+        ticks = 0
+        for _ in range(20):  # the loop keeps serving while the lock is held elsewhere
+            await asyncio.sleep(0.01)
+            ticks += 1
+        waited = not write.done()
+        await asyncio.get_running_loop().run_in_executor(None, other.commit_batch)
+        assert await write
+        await writer.close()
+        return ticks, waited
+    ticks, waited = asyncio.run(go())
+    assert ticks == 20 and waited
+    assert other.get_session(f"{1:032x}") is not None
+
+
+def test_only_stores_with_batch_steps_get_a_writer(tmp_path: Path) -> None:
     class Plain:
         def put(self, value: int) -> int:
             return value * 2
 
-    writer = GroupCommitWriter(Plain())
-
-    async def go() -> list[int]:
-        return list(await asyncio.gather(*(writer.write(Plain().put, i) for i in range(50))))
-    assert asyncio.run(go()) == [i * 2 for i in range(50)]
-    writer.close()
+    assert not can_batch(Plain()) and can_batch(SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32))
 
 
 def test_a_failed_call_leaves_the_rest_of_its_batch(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class SqliteStore:
         if not path.exists():  # SQLite gives the WAL and shm files the database file's mode
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._thread_writer = threading.Lock()
+        self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         db = self._connection()
         version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -102,55 +103,122 @@ class SqliteStore:
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
-            _set_wal(db)
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=30000")
-            db.row_factory = sqlite3.Row
+            db = self._open(same_thread=True)
             self._local.db = db
         return db
 
+    def _open(self, same_thread: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=same_thread)
+        _set_wal(db)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=30000")
+        db.row_factory = sqlite3.Row
+        return db
+
+    # The right to write, across this process's threads and every process on the file.
+    #
+    # SQLite's own lock makes a losing writer sleep in its busy handler (1, 2, 5 ... 100 ms), which is what a
+    # storm's p99 was made of.  Writers queue on a lock instead: a thread lock within the process, then an
+    # exclusive flock on `<db>-writer.lock`, on which the kernel wakes the next waiter the moment the previous
+    # one releases it.  SQLite's lock stays underneath (busy_timeout) for anything that writes without it.
+    # Both locks may be released by another thread than the one that took them (a batch commits on a thread).
+
+    def _lock_writer(self, blocking: bool = True) -> bool:
+        if not self._thread_writer.acquire(blocking=blocking):
+            return False
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._thread_writer.release()
+            return False
+        except BaseException:
+            self._thread_writer.release()
+            raise
+        return True
+
+    def _unlock_writer(self) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._thread_writer.release()
+
     @contextmanager
     def _writer(self) -> Iterator[None]:
-        """The right to write, across this process's threads and every process on the file.
+        self._lock_writer()
+        try:
+            yield
+        finally:
+            self._unlock_writer()
 
-        SQLite's own lock makes a losing writer sleep in its busy handler (1, 2, 5 ... 100 ms), which is
-        what a storm's p99 was made of.  Writers queue on a lock instead: a thread lock within the process,
-        then an exclusive flock on `<db>-writer.lock`, on which the kernel wakes the next waiter the
-        moment the previous one releases it.  SQLite's lock stays underneath (busy_timeout) for anything
-        that writes without this class."""
-        with self._thread_writer:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+    # -- batches (group commit) ---------------------------------------------------------------
+    #
+    # One transaction for several store calls (kbs.store.group_commit): each call's own transaction becomes a
+    # savepoint, so a call that fails is undone alone, and nothing is durable, or visible to other
+    # connections, before the one COMMIT at the end (which fails all of them if it fails).  A batch runs on
+    # its own connection, so reads on other connections never see its uncommitted rows; its steps may run on
+    # different threads, one at a time: begin (may wait for the lock), the calls, commit (waits for fsync).
+
+    def try_begin_batch(self) -> bool:
+        """Begin a batch if the write lock is free now (never waits); false if it is taken."""
+        if not self._lock_writer(blocking=False):
+            return False
+        self._begin_locked()
+        return True
+
+    def begin_batch(self) -> None:
+        """Begin a batch, waiting for the write lock."""
+        self._lock_writer()
+        self._begin_locked()
+
+    def _begin_locked(self) -> None:
+        try:
+            if self._batch_db is None:
+                self._batch_db = self._open(same_thread=False)
+            self._batch_db.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._unlock_writer()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"database {self.path} is unavailable: {exc}") from exc
+            raise
+
+    @contextmanager
+    def batch_calls(self) -> Iterator[None]:
+        """Store calls made by this thread inside this block join the open batch (as savepoints)."""
+        self._local.batch_db = self._batch_db
+        try:
+            yield
+        finally:
+            self._local.batch_db = None
+
+    def commit_batch(self) -> None:
+        """Make the batch durable (fsync), then let the next writer in; StoreError if the COMMIT failed."""
+        db = self._batch_db
+        assert db is not None
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"database {self.path} could not commit: {exc}") from exc
+        finally:
+            self._unlock_writer()
+
+    def rollback_batch(self) -> None:
+        db = self._batch_db
+        assert db is not None
+        try:
+            db.execute("ROLLBACK")
+        finally:
+            self._unlock_writer()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """One transaction for several store calls made by this thread inside it (group commit): each call's
-        own transaction becomes a savepoint, so a call that fails is undone alone, and nothing is durable,
-        or visible to other connections, before the one COMMIT at the end (which raises StoreError for all
-        of them if it fails)."""
-        db = self._connection()
-        with self._writer():
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"database {self.path} is unavailable: {exc}") from exc
-            self._local.batch = True
-            try:
+        """A whole batch on this thread: begin, the calls made inside the block, commit."""
+        self.begin_batch()
+        try:
+            with self.batch_calls():
                 yield
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            finally:
-                self._local.batch = False
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                db.execute("ROLLBACK")
-                raise StoreError(f"database {self.path} could not commit: {exc}") from exc
+        except BaseException:
+            self.rollback_batch()
+            raise
+        self.commit_batch()
 
     @contextmanager
     def _savepoint(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
@@ -171,12 +239,13 @@ class SqliteStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction, taken after the writer lock: writers queue, readers never block.  Inside
-        a `batch` on this thread, a savepoint of the batch's transaction instead."""
-        db = self._connection()
-        if getattr(self._local, "batch", False):
-            with self._savepoint(db) as inner:
+        a batch on this thread, a savepoint of the batch's transaction instead."""
+        batch_db: sqlite3.Connection | None = getattr(self._local, "batch_db", None)
+        if batch_db is not None:
+            with self._savepoint(batch_db) as inner:
                 yield inner
             return
+        db = self._connection()
         with self._writer():
             try:
                 db.execute("BEGIN IMMEDIATE")
@@ -215,11 +284,15 @@ class SqliteStore:
             os.close(fd)
 
     def close(self) -> None:
-        """Close this thread's connection (each I/O thread has its own; the writer lock file stays open)."""
+        """Close this thread's connection (each I/O thread has its own; the writer lock file stays open), and
+        the batch connection when no batch is open."""
         db = getattr(self._local, "db", None)
         if db is not None:
             db.close()
             self._local.db = None
+        if self._batch_db is not None and not self._batch_db.in_transaction:
+            self._batch_db.close()
+            self._batch_db = None
 
     # -- sessions --------------------------------------------------------------------------
 
