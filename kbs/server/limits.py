@@ -25,6 +25,8 @@ MAX_TRACKED_CLIENTS = 65536
 def client_key(peer: Any) -> str:
     """The rate-limit identity of a peer address tuple: its IPv4 address or IPv6 /64."""
     host = peer[0] if isinstance(peer, tuple | list) and peer else str(peer)
+    if ":" not in host:  # IPv4 as the socket reports it: already canonical (and not worth parsing per request)
+        return host
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import jwt
+import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -50,6 +51,13 @@ class _Verified:
 
 def _b64url(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _decode(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:  # integers beyond 64 bits
+        return json.loads(payload)
 
 
 def _key(token: str) -> bytes:
@@ -93,7 +101,7 @@ class TokenSigner:
         signing_input = self._header + b"." + _b64url(payload)
         r, s = decode_dss_signature(self._key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
         token = (signing_input + b"." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))).decode()
-        self._remember(token, json.loads(payload))  # the claims exactly as a verifier decodes them
+        self._remember(token, _decode(payload))  # the claims exactly as a verifier decodes them
         return token
 
     def probe(self) -> None:

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
 from kbs.evidence.snp.report import TcbVersion
@@ -162,11 +164,14 @@ def _byte_array(value: object, length: int | None, path: str, limit: int = MAX_C
     if len(value) > limit:
         raise MalformedEvidence(f"{path} has {len(value)} bytes, more than the {limit} a certificate may have",
                                 check="certificate.size")
-    if set(map(type, value)) <= {int}:  # the common case at C speed (bool is not int here: type(), not isinstance)
-        try:
-            return bytes(value)
-        except ValueError:
-            pass  # an element out of 0..255: the loop below names it
+    try:  # the common case at C speed: bytes() takes only integers 0..255, and bools (refused below)
+        data = bytes(value)
+    except (TypeError, ValueError):
+        pass  # the loop below names the bad element
+    else:
+        encoded = orjson.dumps(value)  # integers only, unless a JSON true/false came as a bool
+        if b"t" not in encoded and b"f" not in encoded:
+            return data
     for i, element in enumerate(value):
         if type(element) is not int or not 0 <= element <= 0xFF:
             shown = _show(element) if type(element) is int else _kind(element)
