@@ -460,3 +460,38 @@ def test_newer_schema_refused(backend: Backend, store: OpenStore) -> None:
         backend.open()
     backend.set_schema_version(2)
     assert backend.open().verify_logs()  # reopening an up-to-date database changes nothing
+
+
+# -- the decision generation (kbs.server.decisions caches release inputs on it) --------------------------
+
+POLICY_TEXT = ('{"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": '
+               '[{"claim": "snp.vmpl", "equals": 0}]}]}')
+
+def test_every_change_to_decision_inputs_bumps_the_generation(backend: Backend, store: OpenStore) -> None:
+    """Resources, policies and reference sets: each change moves the number, by trigger, whoever writes; the
+    guest protocol's own writes (sessions, attestations, logs) do not."""
+    other = backend.open()  # another replica sees the same number
+    registry = PolicyRegistry(store)
+    changes: list[tuple[str, Callable[[], object]]] = [
+        ("policy", lambda: registry.put("p", POLICY_TEXT, created_by="a", at=NOW)),
+        ("new key", lambda: store.put_resource("r/t/k", b"v1", "p", "a", NOW)),
+        ("rotation", lambda: store.put_resource("r/t/k", b"v2", "p", "a", NOW)),
+        ("disable", lambda: store.set_resource_state("r/t/k", 2, "disabled")),
+        ("rebind", lambda: store.bind_policy("r/t/k", "default")),
+        ("reference set", lambda: store.put_reference_set(ReferenceSet("m", ("aa",)))),
+        ("reference set replaced", lambda: store.put_reference_set(ReferenceSet("m", ("bb",)))),
+        ("reference set deleted", lambda: store.delete_reference_set("m")),
+        ("key deleted", lambda: store.delete_resource("r/t/k")),
+        ("raw SQL", lambda: backend.execute("UPDATE policies SET created_by = ? WHERE policy_id = ?", ("x", "p"))),
+    ]
+    seen = [store.decision_generation()]
+    for name, change in changes:
+        change()
+        now = store.decision_generation()
+        assert now != seen[-1], f"{name} did not change the decision generation"
+        assert other.decision_generation() == now
+        seen.append(now)
+    assert store.mark_attested(session(), "d", "t", NOW, AttestationRecord("att", NOW, "a" * 32, "snp", {}))
+    store.append_log(RELEASES, entry(1, "release"))
+    store.append_log(REFUSALS, entry(2))
+    assert store.decision_generation() == seen[-1]

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from kbs.keys.jwe import decrypt, generate_tee_key
+from kbs.store.schema import SCHEMA_VERSION
 from tests.amd_synth import SyntheticAmd
 from tests.broker import Broker, SnpGuest, attest, attestation, auth, get_resource, jar, run_broker
 from tests.postgres import PostgresServer
@@ -103,4 +104,4 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
     with psycopg.connect(database) as conn:
         rows = conn.execute("SELECT decision, resource FROM release_log WHERE decision = 'release'").fetchall()
         assert rows == [("release", "prod/key/disk")] * 2
-        assert conn.execute("SELECT version FROM kbs_schema").fetchone() == (2,)
+        assert conn.execute("SELECT version FROM kbs_schema").fetchone() == (SCHEMA_VERSION,)

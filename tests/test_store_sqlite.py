@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kbs.audit.chain import RELEASES
 from kbs.store.base import ReleaseRecord
+from kbs.store.schema import SCHEMA_VERSION
 from kbs.store.sqlite import SqliteStore
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -37,7 +38,7 @@ def test_version_1_database_is_upgraded_and_authenticated(tmp_path: Path) -> Non
     assert store.active_resource("r/t/k") is not None
     [releases, _] = store.verify_logs()
     assert releases.entries == 1 and [r.resource for r in store.log_entries(RELEASES)] == ["r/t/k"]
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_database_files_are_private(tmp_path: Path) -> None:

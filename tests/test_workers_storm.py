@@ -129,3 +129,36 @@ def test_sigkill_of_a_worker_mid_storm_loses_nothing_acknowledged(broker: Broker
     released = {e["attestation_id"] for e in entries if e["decision"] == "release"}
     missing = set(acknowledged) - released
     assert not missing, f"{len(missing)} acknowledged releases are not in the log"
+
+
+def test_every_worker_sees_key_changes_at_once(broker: Broker, pki: SyntheticAmd) -> None:
+    """Release inputs are cached per worker while the store's decision generation stands still: a rotation,
+    a disable and an enable made through one worker are what the very next release on any worker sees."""
+    guest = SnpGuest(pki)
+    key = generate_tee_key("EC-P256")
+    path = "storm/key/cached"
+
+    async def go() -> None:
+        assert (await admin(broker, "POST", f"/kbs/v0/resource/{path}?policy=storm", data=b"first"))[0] == 200
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            status, body = await attest(http, broker.url, attestation(nonce, key, "snp", guest))
+            assert status == 200, body
+        token = body["token"]
+
+        async def releases() -> list[bytes | int]:
+            """Eight GETs, each on its own connection (spread over the workers by the kernel)."""
+            out: list[bytes | int] = []
+            for _ in range(8):
+                async with aiohttp.ClientSession() as fresh:
+                    status, answer = await get_resource(fresh, broker.url, path, token)
+                    out.append(decrypt(answer, key.private_key) if status == 200 else status)
+            return out
+        assert await releases() == [b"first"] * 8  # every worker has it cached now
+        assert (await admin(broker, "POST", f"/kbs/v0/resource/{path}", data=b"second"))[0] == 200
+        assert await releases() == [b"second"] * 8
+        assert (await admin(broker, "POST", f"/kbs/v0/admin/keys/{path}/disable"))[0] == 200
+        assert set(await releases()) == {404}
+        assert (await admin(broker, "POST", f"/kbs/v0/admin/keys/{path}/enable?version=2"))[0] == 200
+        assert await releases() == [b"second"] * 8
+    asyncio.run(go())

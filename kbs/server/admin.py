@@ -28,8 +28,9 @@ from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.server.config import Config
+from kbs.server.decisions import DEFAULT_POLICY
 from kbs.server.errors import ProtocolError
-from kbs.server.protocol import DEFAULT_POLICY, SEGMENT, STATE
+from kbs.server.protocol import SEGMENT, STATE
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import require_admin_client_certificate
 from kbs.store.base import ReleaseRecord, StoreError

@@ -35,10 +35,11 @@ from kbs.server import admin, health, protocol
 from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
+from kbs.server.decisions import DEFAULT_POLICY, DecisionInputs
 from kbs.server.errors import ProtocolError, ServeError
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
 from kbs.server.metrics import Metrics
-from kbs.server.protocol import DEFAULT_POLICY, STATE
+from kbs.server.protocol import STATE
 from kbs.server.sessions import SessionCookies
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
@@ -216,7 +217,8 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     writer = GroupCommitWriter(store) if can_batch(store) else None
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer,
-                        sessions=SessionCookies.from_kek(kek, config.session_lifetime))
+                        sessions=SessionCookies.from_kek(kek, config.session_lifetime),
+                        decisions=DecisionInputs(store, registry))
     app[STATE] = state
     for warning in config.warnings:
         log.warning(warning)

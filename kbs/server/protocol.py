@@ -32,20 +32,17 @@ from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
 from kbs.policy.ear import Submod, ear_document
 from kbs.policy.json_policy import JsonPolicy
-from kbs.policy.lifecycle import PolicyVersion
-from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
-from kbs.policy.refvalues import ReferenceValues
+from kbs.policy.model import Decision, Explanation, ResourceRequest
 from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.errors import ProtocolError
 from kbs.server.sessions import session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
-from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
 SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")  # used with fullmatch: no trailing newline
-DEFAULT_POLICY = "default"
 ATTESTATION_ID_CLAIM = "kbs.attestation-id"
 MAX_AUTH_BODY = 4096
 MAX_DETAIL = 2000  # characters of an operator-facing detail kept in the log
@@ -335,25 +332,12 @@ async def get_resource(request: web.Request) -> web.Response:
         raise failure from exc
 
 
-def _release_inputs(st: BrokerState, path: str) -> tuple[ResourceVersion | None, str,
-                                                         tuple[PolicyVersion, Policy, ReferenceValues] | KbsError]:
-    """The resource, its policy id, and the policy's current version, parsed, with the reference values (or
-    why they could not be read: a policy failure, reported as such by the caller)."""
-    resource = st.store.active_resource(path)
-    policy_id = resource.policy_id if resource else DEFAULT_POLICY
-    try:
-        version, policy = st.registry.resolve(policy_id)
-        return resource, policy_id, (version, policy, st.registry.refs)
-    except KbsError as exc:
-        return resource, policy_id, exc
-
-
 async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
                    claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
     path = record.resource
     tee_pubkey = _tee_pubkey(claims)
-    # Everything the decision reads, in one call (one thread hop at most).
-    resource, policy_id, resolved = await st.read(_release_inputs, st, path)
+    # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
+    resource, policy_id, resolved = await st.read(st.decisions.get, path)
     record = replace(record, policy_id=policy_id)
     try:
         if isinstance(resolved, KbsError):

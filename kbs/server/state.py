@@ -15,6 +15,7 @@ from kbs.keys.kek import Kek
 from kbs.policy.lifecycle import PolicyRegistry
 from kbs.server.attestation import Attestor
 from kbs.server.config import Config
+from kbs.server.decisions import DecisionInputs
 from kbs.server.metrics import Metrics
 from kbs.server.sessions import SessionCookies
 from kbs.server.tokens import TokenSigner
@@ -42,6 +43,7 @@ class BrokerState:
     metrics: Metrics
     admins: list[AdminIdentity]
     sessions: SessionCookies
+    decisions: DecisionInputs
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
     policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
     writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed

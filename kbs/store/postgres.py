@@ -292,6 +292,10 @@ class PostgresStore:
     def policy_ids(self) -> list[str]:
         return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
 
+    def decision_generation(self) -> int:
+        """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
+        return int(self._read("SELECT value FROM decision_generation WHERE id = 1")[0]["value"])
+
     def reference_values(self) -> ReferenceValues:
         return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: the decision generation and its triggers
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -80,6 +80,30 @@ TABLES = (
 )
 
 
+# What a release decision reads: any insert, update or delete in these tables bumps the decision generation,
+# by a trigger in the same transaction, whoever writes (this broker, another replica, an operator's SQL).
+DECISION_TABLES = ("resources", "policies", "reference_sets")
+GENERATION = Table("decision_generation", (("id", "int not null"), ("value", "int not null")), ("id",))
+
+
+def _generation_statements(dialect: Dialect) -> list[str]:
+    out = [*GENERATION.create(dialect)]
+    if dialect == "sqlite":
+        out.append("INSERT OR IGNORE INTO decision_generation VALUES (1, 0)")
+        for table in DECISION_TABLES:
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                out.append(f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_generation AFTER {event} ON {table} "
+                           "BEGIN UPDATE decision_generation SET value = value + 1 WHERE id = 1; END")
+        return out
+    out.append("INSERT INTO decision_generation VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+    out.append("CREATE OR REPLACE FUNCTION kbs_bump_decision_generation() RETURNS trigger LANGUAGE plpgsql AS "
+               "$$ BEGIN UPDATE decision_generation SET value = value + 1 WHERE id = 1; RETURN NULL; END $$")
+    for table in DECISION_TABLES:
+        out.append(f"CREATE OR REPLACE TRIGGER {table}_generation AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE "
+                   f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION kbs_bump_decision_generation()")
+    return out
+
+
 def statements(dialect: Dialect) -> list[str]:
-    """CREATE statements for every table and index, idempotent (IF NOT EXISTS)."""
-    return [sql for table in TABLES for sql in table.create(dialect)]
+    """CREATE statements for every table, index and trigger, idempotent (IF NOT EXISTS, OR REPLACE)."""
+    return [*(sql for table in TABLES for sql in table.create(dialect)), *_generation_statements(dialect)]

@@ -495,6 +495,10 @@ class SqliteStore:
             self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
         return replace(record, seq=seq, entry_hash=hashed)
 
+    def decision_generation(self) -> int:
+        """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
+        return int(self._read("SELECT value FROM decision_generation WHERE id = 1")[0][0])
+
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
         rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
