@@ -1,12 +1,14 @@
 """`kbs serve` with several worker processes over real HTTP: requests land on every worker, guests get
 keys, one scrape of /metrics counts the whole broker, a SIGKILLed worker is replaced, SIGTERM drains and
-exits 0, a port in use is one error line; and admission control answers 503 with Retry-After beyond
-`max_in_flight` while the broker keeps serving."""
+exits 0, a port in use is one error line, the supervisor is a lean process (the PID `kbs serve` started)
+with only its workers under it; and admission control answers 503 with Retry-After beyond `max_in_flight`
+while the broker keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -25,8 +27,10 @@ import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client.multiprocess import _LIVE_GAUGE_MULTIPROCESS_MODES
 
 from kbs.keys.jwe import decrypt, generate_tee_key
+from kbs.server import app, supervisor
 from kbs.server.config import Config, ConfigError, parse_config
 from kbs.server.workers import worker_count
 from tests import fake_http
@@ -378,6 +382,87 @@ def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
         broker.process.wait(DEADLINE)
         until(lambda: not any(alive(pid) for pid in pids), "the workers gone")
         assert refused(int(broker.url.rsplit(":", 1)[1]))
+
+
+def parents() -> dict[int, int]:
+    """Every process's parent, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def vm_rss_kib(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_the_supervisor_is_lean_and_alone_with_its_workers(tmp_path: Path) -> None:
+    """After the first start, `kbs serve` execs the lean supervisor (same PID, standard library only): under
+    30 MB, and nothing under it but its workers (no multiprocessing resource tracker) and their Rego pools."""
+    with run_broker(tmp_path, workers=2) as broker:
+        workers = {w["pid"] for w in until(lambda: running(broker), "both workers running")}
+        pid = broker.process.pid
+        command = cmdline(pid)
+        assert command[1:3] == ["-m", "kbs.server.supervisor"], command
+        status = json.loads((Path(command[3]) / supervisor.STATUS_FILE).read_text())
+        assert status["supervisor"] == pid
+        assert vm_rss_kib(pid) < 30 * 1024, f"supervisor VmRSS {vm_rss_kib(pid)} kB"
+
+        tree = parents()
+        assert {child for child, parent in tree.items() if parent == pid} == workers
+        helpers = {child for child, parent in tree.items() if parent in workers}
+        for worker in workers:
+            assert cmdline(worker)[1:3] == ["-m", "kbs.server.workers"]
+        for helper in helpers:  # a worker's children can only be its Rego pool
+            assert cmdline(helper)[1:3] == ["-I", "-c"], cmdline(helper)
+            assert not any(parent == helper for parent in tree.values())
+
+
+def test_the_supervisor_imports_the_standard_library_only() -> None:
+    probe = ("import sys, kbs.server.supervisor; "
+             "print(' '.join(m for m in sys.modules if m.partition('.')[0] in "
+             "('aiohttp', 'prometheus_client', 'multiprocessing', 'pythonjsonlogger', 'cryptography', 'kbs')))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert sorted(done.stdout.split()) == ["kbs", "kbs.server", "kbs.server.supervisor"]
+
+
+def test_the_supervisor_forgets_exactly_the_live_gauges_of_a_dead_worker(tmp_path: Path) -> None:
+    """What prometheus_client.multiprocess.mark_process_dead removes, re-done without its imports."""
+    assert set(supervisor.LIVE_GAUGE_MODES) == _LIVE_GAUGE_MULTIPROCESS_MODES
+    kept = ["counter_7.db", "gauge_max_7.db", "gauge_all_7.db", "gauge_livesum_8.db", "histogram_7.db"]
+    for name in [*kept, *(f"gauge_{mode}_7.db" for mode in supervisor.LIVE_GAUGE_MODES)]:
+        (tmp_path / name).write_bytes(b"")
+    supervisor.forget_live_gauges(tmp_path, 7)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_the_supervisor_logs_lines_of_the_brokers_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its stdlib formatter writes what kbs.server.app.setup_logging's python-json-logger writes."""
+    configured: dict[str, Any] = {}
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: configured.update(kwargs))
+    app.setup_logging("INFO")
+    broker_formatter = configured["handlers"][0].formatter
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failure = sys.exc_info()
+    for exc_info in (None, failure):
+        record = logging.LogRecord("kbs.server.workers", logging.WARNING, __file__, 1, "worker %s died", (1,),
+                                   exc_info)
+        record.__dict__.update(worker=1, pid=4321, status=-9, reason="exited with status -9")
+        theirs, ours = json.loads(broker_formatter.format(record)), json.loads(supervisor.JsonLines().format(record))
+        assert list(ours) == list(theirs) and ours == theirs
 
 
 def test_config_keys_and_worker_count() -> None:
