@@ -249,7 +249,7 @@ def brokers(tmp: Path, args: argparse.Namespace, pki: SyntheticAmd) -> Iterator[
     # Every guest here comes from 127.0.0.1: the per-client connection cap (meant for one client among
     # many) is raised to the total one, and the per-client rates are off; everything else is the default.
     limits = ("[limits]\nmax_connections_per_client = 900\nauth_per_second = 0\nattest_per_second = 0\n"
-              "resource_per_second = 0\n")
+              "resource_per_second = 0\n" + "".join(f"{line}\n" for line in args.limit))
     env = {"KBS_LOG_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
         database, pg_pids = "", []
@@ -318,6 +318,8 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="URL", help="store on PostgreSQL: a server URL the benchmark may "
                         "create a database on, or 'auto' for a throwaway local cluster (tests/postgres.py)")
     parser.add_argument("--replicas", type=int, default=1, help="broker replicas on the one PostgreSQL database")
+    parser.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more [limits] line for the broker, e.g. --limit 'max_in_flight = 64' (repeatable)")
     args = parser.parse_args()
     if args.replicas > 1 and not args.postgres:
         parser.error("--replicas needs --postgres (replicas share the store)")

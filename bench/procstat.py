@@ -66,7 +66,7 @@ def label(pid: int, roots: list[int]) -> str:
         return "resource-tracker"
     if _parent(pid) not in roots:
         return "helper"  # a worker's child: the Rego pool
-    if "spawn_main" in cmd:
+    if "kbs.server.workers" in cmd:
         return "worker"
     return Path(cmd.split(" ", 1)[0]).name or "process"
 

@@ -138,8 +138,12 @@ class PostgresStore:
         raise AssertionError("unreachable")
 
     def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[DictRow]:
-        """One statement, which is its own transaction."""
-        return self._tx(lambda cur: cur.execute(sql, args).fetchall())
+        """One statement, which is its own transaction (autocommit: one round trip, no BEGIN and COMMIT)."""
+        try:
+            with self._pool.connection() as conn:
+                return conn.execute(sql, args).fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name} failed: {exc}") from exc
 
     def ping(self) -> None:
         self._read("SELECT 1")
