@@ -13,21 +13,22 @@ import datetime as dt
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
-from kbs.collateral_cli import add_collateral_parser
 from kbs.errors import EvidenceError, KbsError, UsageError
 from kbs.evidence.base import VerifyCommand
-from kbs.evidence.registry import AVAILABLE
-from kbs.evidence.snp.measure import add_measure_parser, run_measure
+from kbs.evidence.registry import KNOWN, verifier_types
 from kbs.files import read_input
-from kbs.policy.loader import claims_document, dialect_of, validate_policy
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
-from kbs.policy.rego_pool import RegoWorkerPool
 from kbs.timearg import rfc3339
+
+if TYPE_CHECKING:
+    from kbs.policy.rego_pool import RegoWorkerPool
+
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 
@@ -36,22 +37,64 @@ class Usage(Exception):
     """A usage error: exit 2."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The commands' parsers; only the one asked for is built (all of them for help or a wrong command), so
+    each command imports only what it uses: `kbs serve` runs the broker in this process (one worker) and must
+    not import every verifier, the collateral tooling or sevsnpmeasure."""
     parser = argparse.ArgumentParser(prog="kbs", description="Key broker for confidential computing.")
     commands = parser.add_subparsers(dest="command", required=True)
+    wanted = _first_word(argv)
+    built = [add for names, add in _COMMANDS if wanted in names] or [add for _, add in _COMMANDS]
+    for add in built:
+        add(commands, argv)
+    return parser
+
+
+def _add_verify_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    """`kbs verify <tee>` comes from the registry."""
     verify = commands.add_parser("verify", help="verify evidence offline or against the vendor's service")
     kinds = verify.add_subparsers(dest="kind", required=True)
-    for name, verifier_type in AVAILABLE.items():  # `kbs verify <tee>` comes from the registry
-        command = verifier_type.verify_command()
+    tee = _first_word(argv[argv.index("verify") + 1:]) if "verify" in argv else None
+    for name, command in _verify_commands(tee).items():
+        parser = kinds.add_parser(name, help=command.help)
+        command.add_arguments(parser)
+        parser.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
+        parser.set_defaults(func=functools.partial(_run_verify, command))
+
+
+def _verify_commands(tee: str | None) -> dict[str, VerifyCommand]:
+    """The named TEE's command alone, importing its verifier only; else every verifier's (for the listing)."""
+    if tee is not None and tee in KNOWN:
+        command = KNOWN[tee].load().verify_command()
         if command is not None:
-            tee = kinds.add_parser(name, help=command.help)
-            command.add_arguments(tee)
-            tee.add_argument("--json", action="store_true", help="machine output: compact JSON, errors as JSON")
-            tee.set_defaults(func=functools.partial(_run_verify, command))
-    _add_policy_parser(commands)
+            return {tee: command}
+    return {kind.name: command for kind in verifier_types() if (command := kind.verify_command()) is not None}
+
+
+def _first_word(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def _add_admin_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.admin_cli import add_admin_parsers
+
     add_admin_parsers(commands)
+
+
+def _add_measure_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.evidence.snp.measure import add_measure_parser, run_measure
+
     add_measure_parser(commands)
+    commands.choices["measure"].set_defaults(func=run_measure)
+
+
+def _add_collateral_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.collateral_cli import add_collateral_parser
+
     add_collateral_parser(commands)
+
+
+def _add_serve_parser(commands: SubParsers, argv: Sequence[str]) -> None:
     serve = commands.add_parser("serve", help="run the key broker daemon")
     serve.add_argument("--config", type=Path, help="TOML configuration (default: dev mode on loopback)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="override `listen`")
@@ -59,11 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, metavar="N",
                        help="override [server] workers: worker processes on one port (0: one per core)")
     serve.set_defaults(func=_run_serve)
-    commands.choices["measure"].set_defaults(func=run_measure)
-    return parser
 
 
-def _add_policy_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_policy_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.admin_cli import add_remote_policy_verbs
+
     policy = commands.add_parser("policy", help="check and evaluate policies on files; manage them on a broker")
     verbs = policy.add_subparsers(dest="verb", required=True)
     check = verbs.add_parser("check", help="validate a policy (JSON or Rego, recognised from the file)")
@@ -88,10 +131,15 @@ def _load_refs(path: str | None) -> ReferenceValues:
 
 def _rego_pool(text: str) -> contextlib.AbstractContextManager[RegoWorkerPool | None]:
     """One Rego worker for this run when the policy is Rego (JSON policies need none)."""
+    from kbs.policy.loader import dialect_of
+    from kbs.policy.rego_pool import RegoWorkerPool
+
     return RegoWorkerPool(workers=1) if dialect_of(text) == "rego" else contextlib.nullcontext()
 
 
 def _run_policy_check(args: argparse.Namespace) -> int:
+    from kbs.policy.loader import validate_policy
+
     text = _text(args.policy, "policy")
     refs = _load_refs(args.refs)
     with _rego_pool(text) as rego:
@@ -102,6 +150,8 @@ def _run_policy_check(args: argparse.Namespace) -> int:
 
 
 def _run_policy_eval(args: argparse.Namespace) -> int:
+    from kbs.policy.loader import claims_document, validate_policy
+
     refs = _load_refs(args.refs)
     text = _text(args.policy, "policy")
     with _rego_pool(text) as rego:
@@ -159,8 +209,20 @@ def _run_verify(command: VerifyCommand, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# Each top-level command: its names, and what adds its parser (in `kbs --help` order).
+_COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], None]], ...] = (
+    (("verify",), _add_verify_parser),
+    (("policy",), _add_policy_parser),
+    (("key", "refs", "log", "attestation"), _add_admin_parsers),
+    (("measure",), _add_measure_parser),
+    (("collateral",), _add_collateral_parser),
+    (("serve",), _add_serve_parser),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(argv).parse_args(argv)
     machine = getattr(args, "json", False)
     try:
         code: int = args.func(args)

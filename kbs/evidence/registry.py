@@ -1,29 +1,79 @@
-"""The only place that knows TEE names: verifier types by name, and the instances a broker enables.
+"""The only place that knows TEE names: the verifiers the broker ships, by name, and the instances a broker enables.
 
 `/attest`, `kbs verify <tee>` and the claims document all go through here.  A new TEE is one
-package under `evidence/` and one entry in `AVAILABLE`; tests (and embedders) may add their own
-verifier types when building a registry.
+package under `evidence/` and one entry in `KNOWN`; tests (and embedders) may add their own
+verifier types when building a registry (`extra_types`: classes, already imported).
+
+Verifiers are imported lazily.  `KNOWN` holds a reference per verifier ("module:Class") with the
+facts the configuration and the CLI need before any import (name, device class, the evidence keys
+guests use for it); the class itself is imported by `KnownVerifier.load`, which checks those facts
+against it.  A broker worker imports only the verifiers its `[verifiers] enabled` names: the NVIDIA
+one alone would bring signxml, lxml and kbs.trust.nvidia (about 5 MB per worker), TDX kbs.trust.intel.
+`kbs verify <tee>` and offline appraisals (`kbs policy eval` on `kbs verify --json` output) import
+what they use: the CLI is not the daemon.
+
+Configuration: the name of every `[verifiers.<name>]` table and every enabled name must be a known
+verifier (or an extra type), so a misspelt TEE is refused at start whether enabled or not.  The table
+of an enabled verifier is validated in full by its verifier (`from_config`); the table of a known but
+disabled verifier is kept as written and checked by name only, since validating it would import the
+verifier it configures: its keys are validated on the day it is enabled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from kbs.errors import KbsError
-from kbs.evidence.base import Appraisal, Verifier, VerifierConfigError, VerifierContext, VerifierType
-from kbs.evidence.nvgpu.verifier import EVIDENCE_KEY as NVIDIA_EVIDENCE_KEY
-from kbs.evidence.nvgpu.verifier import NvgpuVerifier
-from kbs.evidence.sample import SampleVerifier
-from kbs.evidence.snp.verifier import SnpVerifier
-from kbs.evidence.tdx.verifier import TdxVerifier
+from kbs.evidence.base import CPU, GPU, Appraisal, Verifier, VerifierConfigError, VerifierContext, VerifierType
 
-AVAILABLE: dict[str, VerifierType] = {t.name: t for t in (SnpVerifier, TdxVerifier, NvgpuVerifier, SampleVerifier)}
-# Evidence keys guests use that are not a verifier's name: CoCo guests send GPUs as `nvidia`.
-ALIASES = {NVIDIA_EVIDENCE_KEY: NvgpuVerifier.name}
+
+@dataclass(frozen=True)
+class KnownVerifier:
+    """A verifier the broker ships, by reference: what is known of it without importing its module."""
+
+    name: str  # `[verifiers] enabled`, `local:<name>` in policies, the TEE a guest names
+    device_class: str  # CPU (a guest's primary evidence) or GPU (additional evidence)
+    target: str  # "package.module:Class", imported by `load`
+    aliases: tuple[str, ...] = ()  # evidence keys guests send for it that are not its name
+
+    def load(self) -> VerifierType:
+        """Import the verifier's module and return its class (the facts above are checked against it)."""
+        module, _, attribute = self.target.partition(":")
+        verifier_type: VerifierType = getattr(importlib.import_module(module), attribute)
+        if (verifier_type.name, verifier_type.device_class) != (self.name, self.device_class):
+            raise RuntimeError(f"kbs.evidence.registry says {self.target} is {self.name!r} ({self.device_class}); "
+                               f"the class says {verifier_type.name!r} ({verifier_type.device_class})")
+        return verifier_type
+
+
+KNOWN: Mapping[str, KnownVerifier] = {known.name: known for known in (
+    KnownVerifier("snp", CPU, "kbs.evidence.snp.verifier:SnpVerifier"),
+    KnownVerifier("tdx", CPU, "kbs.evidence.tdx.verifier:TdxVerifier"),
+    # CoCo guests send GPUs as `nvidia` (Trustee's name; kbs.evidence.nvgpu.verifier.EVIDENCE_KEY).
+    KnownVerifier("nvgpu", GPU, "kbs.evidence.nvgpu.verifier:NvgpuVerifier", aliases=("nvidia",)),
+    KnownVerifier("sample", CPU, "kbs.evidence.sample:SampleVerifier"),
+)}
+# Evidence keys guests use that are not a verifier's name.
+ALIASES: Mapping[str, str] = {alias: known.name for known in KNOWN.values() for alias in known.aliases}
 # Enabled when the configuration does not say: `sample` has no hardware behind it, so only in dev mode.
-DEFAULT_ENABLED = (SnpVerifier.name, TdxVerifier.name)
-DEV_ENABLED = (SnpVerifier.name, TdxVerifier.name, SampleVerifier.name)
+DEFAULT_ENABLED = ("snp", "tdx")
+DEV_ENABLED = (*DEFAULT_ENABLED, "sample")
+# The verifier whose table took over [trust] snp_roots, [kds] * and [limits] key_tables (kbs.server.config).
+MOVED_KEYS_TEE = "snp"
+
+
+def verifier_type(name: str) -> VerifierType:
+    """A known verifier's class, imported now (KeyError for an unknown name)."""
+    return KNOWN[name].load()
+
+
+def verifier_types() -> Iterator[VerifierType]:
+    """Every known verifier's class, each imported as it is reached (the CLI's listings)."""
+    for known in KNOWN.values():
+        yield known.load()
 
 
 class TeeNotEnabled(KbsError):
@@ -39,18 +89,19 @@ class VerifierRegistry:
     @classmethod
     def from_config(cls, enabled: Sequence[str], tables: Mapping[str, Mapping[str, Any]],
                     context: VerifierContext, extra_types: Sequence[VerifierType] = ()) -> VerifierRegistry:
-        """Build the enabled verifiers from their `[verifiers.<name>]` tables (a table for a known but
-        disabled TEE is checked too, so a typo never waits for the day it is enabled)."""
-        types = {**AVAILABLE, **{t.name: t for t in extra_types}}
+        """Build the enabled verifiers from their `[verifiers.<name>]` tables, importing only those.
+
+        Every name, enabled or a table's, must be known (a typo is refused now, not when enabled); a
+        disabled verifier's table is not validated, as that would import it (see the module's docstring)."""
+        extra = {t.name: t for t in extra_types}
         for name in [*enabled, *tables]:
-            if name not in types:
+            if name not in KNOWN and name not in extra:
                 raise VerifierConfigError(f"unknown TEE(s) {name!r} in [verifiers]; this broker verifies "
-                                          f"{', '.join(sorted(types))}")
+                                          f"{', '.join(sorted({*KNOWN, *extra}))}")
         verifiers = {}
-        for name in sorted(set(tables) - set(enabled)):
-            types[name].from_config(tables[name], context)  # validated, then dropped
         for name in enabled:
-            verifiers[name] = types[name].from_config(tables.get(name, {}), context)
+            kind = extra[name] if name in extra else KNOWN[name].load()
+            verifiers[name] = kind.from_config(tables.get(name, {}), context)
         return cls(verifiers)
 
     @property
@@ -75,11 +126,12 @@ class VerifierRegistry:
 
 
 def offline_appraisal(claims: Mapping[str, Any]) -> Appraisal | None:
-    """The appraisal for claims a `kbs verify <tee> --json` printed, from whichever verifier recognises them."""
+    """The appraisal for claims a `kbs verify <tee> --json` printed, from whichever verifier recognises them
+    (verifiers imported in turn until one does: a CLI path, never the broker's)."""
     if not isinstance(claims, Mapping):  # read from a user's file: anything JSON can hold
         return None
-    for verifier_type in AVAILABLE.values():
-        appraisal = verifier_type.offline_appraisal(claims)
+    for kind in verifier_types():
+        appraisal = kind.offline_appraisal(claims)
         if appraisal is not None:
             return appraisal
     return None

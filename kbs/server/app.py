@@ -255,7 +255,7 @@ async def _purge(state: BrokerState) -> None:
 
 
 def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web.Application:
-    """The broker's application; `verifier_types` adds TEEs beyond kbs.evidence.registry.AVAILABLE."""
+    """The broker's application; `verifier_types` adds TEEs beyond kbs.evidence.registry.KNOWN."""
     metrics = Metrics()
     # Admission first: a request over the in-flight bound costs no routing, metrics or body read.
     app = web.Application(client_max_size=config.max_body_bytes,

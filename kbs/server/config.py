@@ -27,10 +27,12 @@
     [tls]      certificate = PATH, private_key = PATH (or the systemd credential private_key_credential =
                "kbs-tls-key"), client_ca = PATH (optional: admin API needs a client certificate); see tls.py
 
-    [verifiers]      enabled = ["snp"]  # default; dev mode adds "sample"
+    [verifiers]      enabled = ["snp", "tdx"]  # default; dev mode adds "sample"; GPU verifiers ("nvgpu") too
     [verifiers.snp]  trust_roots = [], kds_url, cache_dir = "<state_dir>/kds", offline = false,
                      rate_per_second, burst, negative_ttl_seconds, key_tables = 256, allowed_vmpls = [0]
-                     (each verifier checks its own table: kbs.evidence.<tee>)
+                     (each enabled verifier checks its own table, kbs.evidence.<tee>; a disabled one's table
+                     is checked by name only, so a worker imports only the verifiers it enables:
+                     kbs.evidence.registry)
     [trust] snp_roots, [kds] *, [limits] key_tables: moved into [verifiers.snp]; still read, with a warning
 
 Unknown keys are refused with their name, so a typo never silently falls back to a default.
@@ -45,8 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from kbs.errors import KbsError
-from kbs.evidence.registry import DEFAULT_ENABLED, DEV_ENABLED
-from kbs.evidence.snp.verifier import SnpVerifier
+from kbs.evidence.registry import DEFAULT_ENABLED, DEV_ENABLED, MOVED_KEYS_TEE
 
 ROLES = ("admin", "auditor")
 
@@ -211,7 +212,7 @@ def _convert(name: str, value: Any, where: str) -> Any:
 MOVED = {("trust", "snp_roots"): "trust_roots", ("kds", "url"): "kds_url", ("kds", "cache_dir"): "cache_dir",
          ("kds", "offline"): "offline", ("kds", "rate_per_second"): "rate_per_second", ("kds", "burst"): "burst",
          ("kds", "negative_ttl_seconds"): "negative_ttl_seconds", ("limits", "key_tables"): "key_tables"}
-MOVED_TO = SnpVerifier.name
+MOVED_TO = MOVED_KEYS_TEE
 MOVED_SECTIONS = {section for section, _ in MOVED}
 
 
