@@ -245,7 +245,8 @@ def postgres_database(spec: str) -> Iterator[tuple[str, list[int]]]:
 @contextlib.contextmanager
 def brokers(tmp: Path, args: argparse.Namespace, pki: SyntheticAmd) -> Iterator[tuple[list[Broker], list[int]]]:
     (tmp / "ark.pem").write_bytes(pki.ark_pem)
-    snp = f'[verifiers.snp]\ntrust_roots = ["{tmp / "ark.pem"}"]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
+    snp = '[verifiers]\nenabled = ["snp"]\n'  # an SNP-only site: the workers import no other verifier
+    snp += f'[verifiers.snp]\ntrust_roots = ["{tmp / "ark.pem"}"]\noffline = true\ncache_dir = "{tmp / "kds"}"\n'
     # Every guest here comes from 127.0.0.1: the per-client connection cap (meant for one client among
     # many) is raised to the total one, and the per-client rates are off; everything else is the default.
     limits = ("[limits]\nmax_connections_per_client = 900\nauth_per_second = 0\nattest_per_second = 0\n"

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from kbs.keys.kek import Kek
-from kbs.server.tokens import TokenInvalid, TokenSigner
+from kbs.server.tokens import ENTRY_COST, TokenInvalid, TokenSigner
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
 
@@ -58,12 +58,14 @@ def test_foreign_and_edited_tokens_refused() -> None:
 
 
 def test_verified_token_cache_is_bounded_by_bytes() -> None:
-    """Large tokens (big init-data claims) cannot fill memory: the cache charges bytes, not entries."""
-    budget = 1024 * 1024
+    """The cache remembers that a signature verified (a fixed cost per token), never the claims: large
+    tokens (big init-data claims) cost no more, and what it returns is decoded from the token itself."""
+    budget = 100 * ENTRY_COST
     signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()), cache_bytes=budget)
-    tokens = [signer.sign({**claims(), "pad": "x" * 20_000, "n": i}) for i in range(200)]
-    assert signer.cache_bytes <= budget
-    assert signer.cache_bytes > 0  # the newest ones are kept
-    for token in tokens[:5]:  # evicted ones still verify through the full path
-        assert signer.verify(token, NOW)["pad"] == "x" * 20_000
+    tokens = [signer.sign({**claims(), "pad": "x" * 20_000, "n": i, "big": 1 << 70}) for i in range(200)]
+    assert signer.cache_bytes == budget  # the newest 100 are kept
+    uncached = TokenSigner(signer._key, cache_bytes=0)
+    for token in tokens[:5] + tokens[-5:]:  # evicted ones verify through the full path, cached ones decode
+        assert signer.verify(token, NOW) == uncached.verify(token, NOW)
+    assert signer.verify(tokens[-1], NOW)["big"] == 1 << 70  # beyond orjson's 64 bits
     assert signer.cache_bytes <= budget

@@ -79,7 +79,7 @@ class Config:
     attestation_retention_days: int = 30
     max_attest_body_bytes: int = 1024 * 1024
     max_claims_bytes: int = 128 * 1024
-    token_cache_bytes: int = 16 * 1024 * 1024
+    token_cache_bytes: int = 2 * 1024 * 1024
     refusal_retention_days: int = 30
     max_connections: int = 900
     max_connections_per_client: int = 32

@@ -183,8 +183,8 @@ async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Res
     return response
 
 
-async def _live_session(request: web.Request, now: datetime) -> Session:
-    """The cookie's session: as stored once it attested, else as the cookie carries it."""
+def _cookie_session(request: web.Request, now: datetime) -> Session:
+    """The session the cookie carries (signed by this broker, not expired), as it was at /auth."""
     st = _state(request)
     value = request.cookies.get(COOKIE)
     if value is None:
@@ -195,6 +195,13 @@ async def _live_session(request: web.Request, now: datetime) -> Session:
                             "call /kbs/v0/auth again", reason="session")
     if now >= session.expires_at:
         raise ProtocolError("AttestationError", "session expired: call /kbs/v0/auth again", reason="session")
+    return session
+
+
+async def _live_session(request: web.Request, now: datetime) -> Session:
+    """The cookie's session: as stored once it attested, else as the cookie carries it."""
+    session = _cookie_session(request, now)
+    st = _state(request)
     stored = await st.read(st.store.get_session, session.session_id)
     return stored if stored is not None else session
 
@@ -207,14 +214,11 @@ async def attest(request: web.Request) -> web.Response:
 
 
 async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.Response:
-    session = await _live_session(request, now)
+    # Not looked up in the store: a session is stored once it attested, and the write below (which
+    # consumes the nonce) says whether it had; only then is the stored one read.
+    session = _cookie_session(request, now)
     raw = await read_body(request, st.config.max_attest_body_bytes)
     evidence_digest = hashlib.sha256(raw).hexdigest()
-    if session.state == "attested":
-        if session.evidence_digest == evidence_digest and session.token:
-            return _token_response(st, session, session.token)  # idempotent, as Trustee
-        raise ProtocolError("AttestationError", "this session is already attested with other evidence; "
-                            "call /kbs/v0/auth again", reason="replay")
     started = time.perf_counter()
     try:
         message, appraisals = await asyncio.wait_for(st.attestor.verify(session.tee, raw, session.nonce, now),
@@ -232,6 +236,9 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     attestation_id = uuid.uuid4().hex
     runtime = {"nonce": session.nonce, "tee-pubkey": message.tee_pubkey}
     init_claims = message.init_data.claims if message.init_data else None
+    # The parsed message (an SNP message's byte arrays are ~50 KB of Python lists) and the body are not
+    # kept while this request waits for its write's batch: in a storm hundreds wait at once.
+    del message, raw
     submods = [Submod(a, runtime, init_claims if i == 0 else None) for i, a in enumerate(appraisals)]
     document = ear_document(submods, issued_at=now, lifetime=timedelta(seconds=st.config.token_lifetime))
     document[ATTESTATION_ID_CLAIM] = attestation_id
@@ -246,9 +253,12 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
     if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record):
+        stored = await st.read(st.store.get_session, session.session_id)
+        if stored is not None and stored.evidence_digest == evidence_digest and stored.token:
+            return _token_response(st, stored, stored.token)  # the same evidence again: its token, as Trustee
         st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
-        raise ProtocolError("AttestationError", "the session's nonce was already used or expired; "
-                            "call /kbs/v0/auth again", reason="replay")
+        raise ProtocolError("AttestationError", "this session is already attested with other evidence: its nonce "
+                            "is already used; call /kbs/v0/auth again", reason="replay")
     st.metrics.attestations.labels(tee=session.tee, result="ok").inc()
     log.info("attested", extra={"session": session.session_id, "tee": session.tee,
                                 "attestation_id": attestation_id,

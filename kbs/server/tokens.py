@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,10 +26,11 @@ from kbs.keys.kek import Kek
 
 SECRET_NAME = "token-signing-key"
 LEEWAY_SECONDS = 0  # the token's lifetime is configured; no grace on top of it
-# A decoded claims dict costs about 3x its JSON (small keys and ints; measured with tracemalloc on an
-# SNP EAR), and a token is 4/3 of its JSON: 3x the token's length over-charges a little, never under.
-DECODED_COST_FACTOR = 3
-DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
+# The cache remembers which tokens' signatures were checked (a 32-byte digest each), not their claims:
+# a decoded EAR is ~15 KB of Python objects, a storm holds thousands of tokens in flight, and the claims
+# decode again from the token's own bytes in ~15 us with orjson.
+ENTRY_COST = 128  # the digest, the LRU's node and dict slot
+DEFAULT_CACHE_BYTES = 2 * 1024 * 1024  # ~16,000 tokens
 
 
 class TokenInvalid(KbsError):
@@ -43,21 +43,19 @@ def _thumbprint(jwk: dict[str, str]) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
-@dataclass(frozen=True, slots=True)
-class _Verified:
-    claims: dict[str, Any]
-    cost: int
-
-
 def _b64url(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-def _decode(payload: bytes) -> Any:
+def _claims_of(token: str) -> dict[str, Any]:
+    """The payload of a token whose signature was checked before (the same bytes: the cache key)."""
+    payload = token.split(".", 2)[1]
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     try:
-        return orjson.loads(payload)
+        claims: dict[str, Any] = orjson.loads(raw)
     except orjson.JSONDecodeError:  # integers beyond 64 bits
-        return json.loads(payload)
+        claims = json.loads(raw)
+    return claims
 
 
 def _key(token: str) -> bytes:
@@ -77,9 +75,10 @@ class TokenSigner:
         self._header = _b64url(json.dumps(header, separators=(",", ":")).encode())
         # Tokens whose signature this process already checked (or made): a guest presents the
         # same token on every resource request, and PyJWT's parse costs ~0.5 ms for an EAR.
-        # Only the signature is cached; `exp` is checked on every use.  Keyed by the token's
-        # SHA-256 and bounded by bytes, so large tokens cannot fill memory.
-        self._verified: ByteBoundedCache[bytes, _Verified] = ByteBoundedCache(cache_bytes, lambda v: v.cost)
+        # Only that the signature verified is cached (keyed by the token's SHA-256, a fixed cost
+        # each, so large tokens cannot fill memory); the claims are decoded from the token's own
+        # signed bytes and `exp` is checked on every use.
+        self._verified: ByteBoundedCache[bytes, bool] = ByteBoundedCache(cache_bytes, lambda _: ENTRY_COST)
 
     @classmethod
     def from_store(cls, get_or_create: Any, kek: Kek, cache_bytes: int = DEFAULT_CACHE_BYTES) -> TokenSigner:
@@ -101,7 +100,7 @@ class TokenSigner:
         signing_input = self._header + b"." + _b64url(payload)
         r, s = decode_dss_signature(self._key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
         token = (signing_input + b"." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))).decode()
-        self._remember(token, _decode(payload))  # the claims exactly as a verifier decodes them
+        self._verified.put(_key(token), True)
         return token
 
     def probe(self) -> None:
@@ -109,19 +108,16 @@ class TokenSigner:
         token = jwt.encode({"iat": 0, "exp": 1}, self._key, algorithm="ES256", headers={"kid": self.kid})
         jwt.decode(token, self._public, algorithms=["ES256"], options={"verify_exp": False})
 
-    def _remember(self, token: str, claims: dict[str, Any]) -> None:
-        self._verified.put(_key(token), _Verified(claims, 64 + len(token) * DECODED_COST_FACTOR))
-
     @property
     def cache_bytes(self) -> int:
         return self._verified.bytes_used
 
     def verify(self, token: str, now: datetime) -> dict[str, Any]:
         """The claims of a token this broker issued and that has not expired at `now`."""
-        cached = self._verified.get(_key(token))
-        if cached is not None:
-            self._check_exp(cached.claims, now)
-            return cached.claims
+        if self._verified.get(_key(token)):
+            known = _claims_of(token)
+            self._check_exp(known, now)
+            return known
         try:
             # One parse (PyJWT checks the base64 alphabet character by character, so avoid two).
             decoded = jwt.decode_complete(
@@ -133,7 +129,7 @@ class TokenSigner:
             raise TokenInvalid("token was not issued by this broker's current key (unknown key id)")
         claims: dict[str, Any] = decoded["payload"]
         self._check_exp(claims, now)
-        self._remember(token, claims)
+        self._verified.put(_key(token), True)
         return claims
 
     @staticmethod
