@@ -17,7 +17,7 @@
                attestation_retention_days = 30, refusal_retention_days = 30, max_attest_body_bytes,
                max_claims_bytes, token_cache_bytes, max_connections, max_connections_per_client,
                header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst,
-               max_in_flight = 256 (requests in flight per worker; beyond it 503 with Retry-After)
+               max_in_flight = 128 (requests in flight per worker; beyond it 503 with Retry-After)
     [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
 
     [[admin.keys]]                      # who may use the admin API
@@ -81,7 +81,7 @@ class Config:
     max_claims_bytes: int = 128 * 1024
     token_cache_bytes: int = 2 * 1024 * 1024
     refusal_retention_days: int = 30
-    max_connections: int = 900
+    max_connections: int = 512  # per worker process: with max_in_flight, what bounds a worker's memory
     max_connections_per_client: int = 32
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
@@ -89,7 +89,7 @@ class Config:
     attest_rate: float = 10.0
     resource_rate: float = 50.0
     rate_burst: int = 20
-    max_in_flight: int = 256  # per worker process (kbs.server.admission)
+    max_in_flight: int = 128  # per worker process (kbs.server.admission)
     workers: int = 0  # 0: one per core (kbs.server.workers)
     admin_keys: tuple[AdminKey, ...] = ()
     verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
