@@ -8,7 +8,7 @@ session's nonce) are compare-and-set operations that report whether they won.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -79,15 +79,19 @@ class ReleaseRecord:
         neither backend can encode a lone surrogate (which JSON's \\udXXX escapes can produce), and
         the entry must still be written, hashing the same on every backend, rather than fail.
         """
-        changes: dict[str, Any] = {k: _UNSTORABLE.sub("\ufffd", v) for k, v in asdict(self).items()
+        changes: dict[str, Any] = {k: _UNSTORABLE.sub("\ufffd", v) for k, v in self._fields().items()
                                    if isinstance(v, str) and _UNSTORABLE.search(v)}
         return replace(self, **changes) if changes else self
 
     def body(self) -> dict[str, Any]:
         """What the hash chain commits to: every field but the position and the hash itself."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("seq", "entry_hash")}
+        out = {k: v for k, v in self._fields().items() if k not in ("seq", "entry_hash")}
         out["at"] = self.at.timestamp()
         return out
+
+    def _fields(self) -> dict[str, Any]:
+        """The fields by name (all scalars: no deep copy, unlike dataclasses.asdict)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import orjson
 
 from kbs import native
 from kbs.errors import MalformedEvidence, UsageError
-from kbs.evidence.snp.report import TcbVersion
+from kbs.evidence.snp.report import SnpReport, TcbVersion, parse_report
 from kbs.trust import x509
 from kbs.trust.x509 import Certificate, is_parsed, parse_certificate
 
@@ -107,6 +108,7 @@ class CocoSnpEvidence:
 
     report: bytes  # exactly 1184 bytes, format-checked by the C core
     certificates: tuple[tuple[str, bytes], ...] = ()  # (sev cert_type name or "<guid>", DER)
+    parsed: SnpReport | None = dataclasses.field(default=None, compare=False)  # the report as that check parsed it
 
     def x509_certificates(self) -> list[Certificate]:
         """The ARK, ASK, VCEK and VLEK entries, parsed; raises MalformedEvidence on bad DER."""
@@ -224,15 +226,15 @@ def _nullable(ar: Mapping[str, Any], field: _Field, present: bool, why: str) -> 
     return _uint(value, 8 * field.size, path).to_bytes(field.size, "little")
 
 
-def _c_core_check(report: bytes) -> None:
+def _c_core_check(report: bytes) -> SnpReport:
     try:
-        native.snp_parse(report)
+        return parse_report(report)
     except MalformedEvidence as exc:
         raise MalformedEvidence(f"attestation_report, re-encoded, is not a valid SNP report: {exc}",
                                 check=exc.check) from exc
 
 
-def _encode_report(value: object) -> bytes:
+def _encode_report(value: object) -> SnpReport:
     ar = _mapping(value, "attestation_report", _REPORT_MEMBERS, _OPTIONAL)
     buf = bytearray(native.SNP_REPORT_SIZE)
     version = _uint(ar["version"], 32, "attestation_report.version")
@@ -261,9 +263,7 @@ def _encode_report(value: object) -> bytes:
             sig = _mapping(value, path, ("r", "s"))
             data = _byte_array(sig["r"], _SIG_PART, f"{path}.r") + _byte_array(sig["s"], _SIG_PART, f"{path}.s")
         buf[field.offset:field.offset + field.size] = data
-    report = bytes(buf)
-    _c_core_check(report)
-    return report
+    return _c_core_check(bytes(buf))
 
 
 def _cert_type_from_json(value: object, path: str) -> str:
@@ -304,7 +304,8 @@ def report_from_coco(evidence: Mapping[str, Any]) -> CocoSnpEvidence:
     """
     obj = _mapping(evidence, "evidence", ("attestation_report", "cert_chain"), frozenset({"cert_chain"}))
     report = _encode_report(obj["attestation_report"])
-    return CocoSnpEvidence(report=report, certificates=_certificates_from_json(obj.get("cert_chain")))
+    return CocoSnpEvidence(report=report.data, certificates=_certificates_from_json(obj.get("cert_chain")),
+                           parsed=report)
 
 
 def _tcb_to_json(raw: int, turin: bool, name: str) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class SnpVerifier:
         """The report out of the CoCo JSON (bounded: a 1184-byte report, byte arrays decoded in C) and the
         checks that need nothing else."""
         coco = report_from_coco(evidence)
-        report = parse_report(coco.report)
+        report = coco.parsed or parse_report(coco.report)
         check_report_data(report.raw.report_data, binding.report_data)
         check_vmpl(report, self.allowed_vmpls)
         if binding.init_data is not None:
