@@ -57,3 +57,8 @@ def test_oversized_and_malformed_values_are_refused_without_decoding() -> None:
 @given(st.text(max_size=300))
 def test_no_string_opens_or_crashes(value: str) -> None:
     assert COOKIES.open(value) is None
+
+
+def test_a_tee_name_no_cookie_could_carry_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="cannot be carried"):
+        COOKIES.new_session("SNP.v2", NOW)

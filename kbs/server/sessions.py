@@ -28,8 +28,10 @@ COOKIE_KEY_PURPOSE = "session-cookie"
 _VERSION = "v1"
 # v1.<session id>.<tee>.<created>.<expires>.<nonce, hex>.<mac>: every part from a closed alphabet without
 # the characters cookies treat specially, so a cookie that does not match is never decoded or looked up.
-_FORM = re.compile(r"v1\.([0-9a-f]{32})\.([a-z][a-z0-9_-]{0,31})\.([0-9]{1,12})\.([0-9]{1,12})\."
+_TEE = r"[a-z][a-z0-9_-]{0,31}"  # verifier names (kbs.evidence.registry)
+_FORM = re.compile(rf"v1\.([0-9a-f]{{32}})\.({_TEE})\.([0-9]{{1,12}})\.([0-9]{{1,12}})\."
                    r"([0-9a-f]{64})\.([A-Za-z0-9_-]{43})")
+_TEE_NAME = re.compile(_TEE)
 MAX_COOKIE_CHARS = 256
 
 
@@ -44,6 +46,8 @@ class SessionCookies:
 
     def new_session(self, tee: str, now: datetime) -> Session:
         """A fresh session: a random id and 32-byte nonce, valid for the lifetime from `now` (whole seconds)."""
+        if not _TEE_NAME.fullmatch(tee):  # a cookie that could never open again
+            raise ValueError(f"TEE name {tee!r} cannot be carried in a session cookie")
         created = now.replace(microsecond=0)
         return Session(session_id=uuid.uuid4().hex, tee=tee, nonce=base64.b64encode(secrets.token_bytes(32)).decode(),
                        created_at=created, expires_at=created + self.lifetime, state="authed")
