@@ -63,23 +63,29 @@ class DecisionInputs:
                 self.hits += 1
                 return cached
             self.misses += 1
-        inputs = self._read(path)
+        inputs = self._read(path, generation)
         with self._lock:
             if self._generation == generation:  # not emptied for a newer generation meanwhile
                 self._cache.put(path, inputs)
         return inputs
 
-    def _read(self, path: str) -> ReleaseInputs:
+    def _read(self, path: str, generation: int) -> ReleaseInputs:
         resource = self._store.active_resource(path)
         policy_id = resource.policy_id if resource else DEFAULT_POLICY
         try:
             version, policy = self._registry.resolve(policy_id)
-            return resource, policy_id, (version, policy, self._reference_values())
+            return resource, policy_id, (version, policy, self._reference_values(generation))
         except KbsError as exc:
             return resource, policy_id, exc
 
-    def _reference_values(self) -> ReferenceValues:
-        refs = self._refs
+    def _reference_values(self, generation: int) -> ReferenceValues:
+        """The reference values, read once per generation.  Kept only if the cache is still on the
+        generation they were read under (another thread may have moved it on meanwhile)."""
+        with self._lock:
+            refs = self._refs if self._generation == generation else None
         if refs is None:
-            refs = self._refs = self._registry.refs
+            refs = self._registry.refs
+            with self._lock:
+                if self._generation == generation:
+                    self._refs = refs
         return refs

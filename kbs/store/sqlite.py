@@ -195,7 +195,8 @@ class SqliteStore:
         try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                db.execute("ROLLBACK")
             raise StoreError(f"database {self.path} could not commit: {exc}") from exc
         finally:
             self._unlock_writer()
