@@ -48,6 +48,7 @@ from tests.broker import (
     run_broker,
     write_config,
 )
+from tests.test_server_e2e import logged
 
 SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
     {"claim": "sample.svn", "equals": "1"}]}]})
@@ -238,6 +239,38 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path: Path) -> None:
         assert broker.process.wait(DEADLINE) == 0, broker.log()
         assert not any(alive(pid) for pid in pids)
         assert "all workers stopped" in broker.log()
+
+
+def test_verification_past_the_request_timeout_is_refused_and_logged(tmp_path: Path) -> None:
+    """KDS holds the chain longer than `request_timeout_seconds`: /attest is refused with the timeout named
+    (in the answer and in the refusal log), and the broker keeps serving."""
+    pki = SyntheticAmd("Milan")
+    release = threading.Event()
+
+    async def kds(request: web.Request) -> web.Response:
+        await asyncio.to_thread(release.wait, DEADLINE)
+        return web.Response(status=404)
+
+    (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
+    with fake_http.in_thread(lambda: fake_http.serve(kds, "GET")) as kds_url, \
+            run_broker(tmp_path, f'[verifiers.snp]\ntrust_roots = ["{tmp_path / "ark.pem"}"]\nkds_url = "{kds_url}"\n'
+                       f'cache_dir = "{tmp_path / "kds"}"\n[limits]\nrequest_timeout_seconds = 1\n') as broker:
+        async def go() -> tuple[int, dict[str, Any], float]:
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, broker.url, "snp")
+                started = time.monotonic()
+                status, body = await attest(http, broker.url, attestation(
+                    nonce, generate_tee_key("EC-P256"), "snp", HeldChainGuest(pki)))
+                return status, body, time.monotonic() - started
+        try:
+            status, body, took = asyncio.run(go())
+        finally:
+            release.set()
+        assert status == 401 and "verification took longer than 1.0s" in body["detail"], body
+        assert took < 10, took
+        assert logged(broker, body["reference"])["reason"] == "timeout"
+        with urllib.request.urlopen(f"{broker.url}/readyz", timeout=10) as ready:
+            assert ready.status == 200
 
 
 def refused(port: int) -> bool:
