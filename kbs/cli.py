@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a command that SIGPIPE ended
 
 
 class Usage(Exception):
@@ -42,6 +45,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     each command imports only what it uses: `kbs serve` runs the broker in this process (one worker) and must
     not import every verifier, the collateral tooling or sevsnpmeasure."""
     parser = argparse.ArgumentParser(prog="kbs", description="Key broker for confidential computing.")
+    parser.add_argument("--version", action="version", version=f"kbs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     wanted = _first_word(argv)
     built = [add for names, add in _COMMANDS if wanted in names] or [add for _, add in _COMMANDS]
@@ -69,6 +73,13 @@ def _verify_commands(tee: str | None) -> dict[str, VerifyCommand]:
         if command is not None:
             return {tee: command}
     return {kind.name: command for kind in verifier_types() if (command := kind.verify_command()) is not None}
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("kbs")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _first_word(argv: Sequence[str]) -> str | None:
@@ -221,6 +232,18 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, so that a reader that left is handled below
+    except BrokenPipeError:  # `kbs ... | head`: the reader left; no traceback, and no second error at exit
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser(argv).parse_args(argv)
     machine = getattr(args, "json", False)

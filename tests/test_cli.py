@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from kbs.cli import main
 from kbs.evidence.snp.certtable import GUID_ARK, GUID_ASK, GUID_CRL, GUID_VCEK, build_cert_table
 from tests.amd_synth import SyntheticAmd, build_report, sign_report
+from tests.broker import REPO
 from tests.conftest import load_snp_vector
 from tests.test_snp_verify import certs_of
 
@@ -128,3 +130,20 @@ def test_entry_point_runs_as_a_program(tmp_path: Path) -> None:
     claims = json.loads(proc.stdout)
     assert claims["product"] == "Turin" and claims["reported_tcb_fmc"] == 0
     assert claims["chip_id"].startswith("3b42092f69c656d3")
+
+
+def test_version_is_printed() -> None:
+    done = subprocess.run([sys.executable, "-m", "kbs.cli", "--version"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == f"kbs {importlib.metadata.version('kbs')}", done
+
+
+def test_a_reader_that_left_is_no_traceback(tmp_path: Path) -> None:
+    """`kbs verify ... | head`: stdout's reader is gone; the command ends quietly with the SIGPIPE status."""
+    v = load_snp_vector("milan-v2-gsg")
+    argv = ["verify", "snp", str(v.path / "report.bin"), "--certs", str(v.path / "vcek.der"), "--certs",
+            str(v.chain_file), "--at", AT, "--offline", "--cache-dir", str(tmp_path)]
+    code = ("import os, sys\nr, w = os.pipe()\nos.close(r)\nos.dup2(w, 1)\n"
+            f"from kbs.cli import main\nsys.exit(main({argv!r}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 141 and "Traceback" not in done.stderr and "Exception" not in done.stderr, done
