@@ -139,7 +139,8 @@ def _add_key_parsers(commands: SubParsers) -> None:
             create.add_argument("--size", type=_positive, metavar="N", help="generated size in bytes (default 32)")
         create.add_argument("--policy", metavar="ID", help="bind to this policy (default: the current binding, "
                             "else 'default')")
-    rotate = _verb(verbs, "rotate", "generate a new version; the previous one is disabled", _run_key_rotate)
+    rotate = _verb(verbs, "rotate", "generate a new version of an existing key; the previous one is disabled",
+                   _run_key_rotate)
     rotate.add_argument("resource", metavar="REPO/TYPE/TAG")
     rotate.add_argument("--size", type=_positive, metavar="N", help="size in bytes (default 32)")
     for name, enabled in (("disable", False), ("enable", True)):
@@ -222,7 +223,7 @@ def _run_key_create(args: argparse.Namespace) -> int:
 
 
 def _run_key_rotate(args: argparse.Namespace) -> int:
-    answer = _client(args).generate_key(args.resource, args.size)
+    answer = _client(args).rotate_key(args.resource, args.size)
     return _emit(args, answer, _stored(answer))
 
 

@@ -186,6 +186,11 @@ class AdminClient:
         params = {k: str(v) for k, v in (("size", size), ("policy", policy_id)) if v is not None}
         return dict(self.request("POST", f"/kbs/v0/admin/keys/{resource_path(resource)}/generate", params=params))
 
+    def rotate_key(self, resource: str, size: int | None = None) -> dict[str, Any]:
+        """A new random version of an existing key; AdminError (404) when there is no such key."""
+        params = {"size": str(size)} if size is not None else None
+        return dict(self.request("POST", f"/kbs/v0/admin/keys/{resource_path(resource)}/rotate", params=params))
+
     def set_key_state(self, resource: str, enabled: bool, version: int | None = None) -> dict[str, Any]:
         verb = "enable" if enabled else "disable"
         params = {"version": str(version)} if version is not None else None

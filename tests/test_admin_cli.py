@@ -102,6 +102,9 @@ def test_key_verbs_change_the_key_list(kbs: Kbs, tmp_path: Path) -> None:
     assert kbs("key", "create", "ops/key/gen", "--generate", "--size", "48")[0] == 0
     assert kbs("key", "rotate", "ops/key/gen")[0] == 0
     assert versions(kbs, "ops/key/gen") == [(1, "disabled", "default"), (2, "active", "default")]
+    code, _, err = kbs("key", "rotate", "ops/key/typo")  # a typo never creates a key
+    assert code == 1 and "no key ops/key/typo to rotate" in err, err
+    assert versions(kbs, "ops/key/typo") == []
     code, out, _ = kbs("key", "disable", "ops/key/gen")
     assert code == 0 and "latest version disabled" in out
     assert [s for _, s, _ in versions(kbs, "ops/key/gen")] == ["disabled", "disabled"]

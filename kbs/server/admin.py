@@ -290,6 +290,21 @@ async def list_keys(request: web.Request, st: BrokerState, who: AdminIdentity) -
 @admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/generate", write=True)
 async def generate_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     """A fresh random key (default 32 bytes) as a new version: create and rotate in one."""
+    return await _generate(request, st, who)
+
+
+@admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/rotate", write=True)
+async def rotate_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """A fresh random key as a new version of a key that exists (the previous version is disabled); a path
+    with no key is refused, so that a typo never creates one."""
+    path = _path(request)
+    if not await st.run(st.store.resource_versions, path):
+        raise ProtocolError("PluginInternalError", f"no key {path} to rotate; create it with `kbs key create "
+                            f"{path} --generate`", status=404, reason="not_found")
+    return await _generate(request, st, who)
+
+
+async def _generate(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     size = int(request.query.get("size", "32"))
     if not 16 <= size <= 1024:
         raise ProtocolError("PluginInternalError", "size must be 16..1024 bytes", status=400, reason="resource_size")
