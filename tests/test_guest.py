@@ -122,15 +122,16 @@ def test_sample_guest_fetches_exact_key(broker: Broker, kind: str, bearer: bool)
     assert key == SAMPLE_SECRET
 
 
-def test_default_policy_refuses_sample_with_detail_and_bounded_retries(
-        broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_policy_denial_is_final(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default policy refuses `sample`: the guest says so at once, without retrying (another attempt
+    with the same TEE gets the same decision)."""
     source = CountingSample()
     with pytest.raises(GuestError) as info:
-        asyncio.run(fetch_resource(broker.url, "kbs:///lab/key/default", source, retries=2, backoff=TINY))
-    assert info.value.check == "guest.refused" and info.value.status == 401
+        asyncio.run(fetch_resource(broker.url, "kbs:///lab/key/default", source, retries=5, backoff=5.0))
+    assert info.value.check == "guest.denied" and info.value.status == 401
     assert info.value.detail is not None and info.value.detail.startswith("the release policy denied this request")
     assert "default" not in info.value.detail  # the guest is not told which policy or condition
-    assert source.calls == 3  # one attempt and two retries, each a fresh handshake
+    assert source.calls == 1  # no second handshake
     started = time.monotonic()
     code = cli.main(["get-resource", "kbs:///lab/key/default", "--url", broker.url, "--tee", "sample",
                      "--retries", "1", "--backoff", "0.001"])

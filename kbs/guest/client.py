@@ -87,6 +87,8 @@ def _status_error(step: str, status: int, body: bytes) -> Exception:
     message = f"{step}: {label}: {detail}" if detail else f"{step}: {label}"
     if status == 404:
         return GuestError(message, check="guest.not_found", status=status, detail=detail)
+    if variant == "PolicyDeny":  # a decision on this TEE's evidence: another attempt gets the same answer
+        return GuestError(message, check="guest.denied", status=status, detail=detail)
     if status == 401:
         return _Transient(GuestError(message, check="guest.refused", status=status, detail=detail))
     if status >= 500 or status in _RETRY_STATUSES:
