@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kbs.errors import KbsError
+from kbs.resource_uri import ResourceNameError, split_resource
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -78,10 +79,11 @@ def _seg(text: str) -> str:
 
 
 def resource_path(text: str) -> str:
-    """'repo/type/tag' -> URL path part; the broker checks the characters."""
-    parts = text.strip("/").split("/")
-    if len(parts) != 3 or not all(parts):
-        raise UsageProblem(f"resource {text!r} is not REPO/TYPE/TAG")
+    """'repo/type/tag' or 'kbs:///repo/type/tag' (as kbs-guest takes it) -> URL path part."""
+    try:
+        parts = split_resource(text)
+    except ResourceNameError as exc:
+        raise UsageProblem(str(exc)) from None
     return "/".join(_seg(p) for p in parts)
 
 

@@ -105,11 +105,16 @@ def test_key_verbs_change_the_key_list(kbs: Kbs, tmp_path: Path) -> None:
     code, _, err = kbs("key", "rotate", "ops/key/typo")  # a typo never creates a key
     assert code == 1 and "no key ops/key/typo to rotate" in err, err
     assert versions(kbs, "ops/key/typo") == []
+    assert kbs("key", "rotate", "kbs:///ops/key/gen")[0] == 0  # the form kbs-guest and CoCo's CDH take
+    assert [v for v, _, _ in versions(kbs, "ops/key/gen")] == [1, 2, 3]
+    code, _, err = kbs("key", "rotate", "https://ops/key/gen")
+    assert code == 2 and "kbs:///<repo>/<type>/<tag>" in err, err
+    assert kbs("key", "rotate", "ops/key/gen", "--size", "32")[0] == 0
     code, out, _ = kbs("key", "disable", "ops/key/gen")
     assert code == 0 and "latest version disabled" in out
-    assert [s for _, s, _ in versions(kbs, "ops/key/gen")] == ["disabled", "disabled"]
+    assert {s for _, s, _ in versions(kbs, "ops/key/gen")} == {"disabled"}
     assert kbs("key", "enable", "ops/key/gen", "--version", "1")[0] == 0
-    assert [s for _, s, _ in versions(kbs, "ops/key/gen")] == ["active", "disabled"]
+    assert [s for _, s, _ in versions(kbs, "ops/key/gen")] == ["active", "disabled", "disabled", "disabled"]
 
     assert kbs("policy", "put", "ops-sample", write(tmp_path, "p.json", SAMPLE_POLICY))[0] == 0
     assert kbs("key", "bind", "ops/key/gen", "--policy", "ops-sample")[0] == 0
@@ -120,7 +125,7 @@ def test_key_verbs_change_the_key_list(kbs: Kbs, tmp_path: Path) -> None:
     code, _, err = kbs("key", "delete", "ops/key/gen")
     assert code == 2 and "--yes" in err and versions(kbs, "ops/key/gen")
     code, out, _ = kbs("key", "delete", "ops/key/gen", "--yes")
-    assert code == 0 and "deleted (2 versions)" in out and versions(kbs, "ops/key/gen") == []
+    assert code == 0 and "deleted (4 versions)" in out and versions(kbs, "ops/key/gen") == []
     code, _, err = kbs("key", "delete", "ops/key/gen", "--yes")
     assert code == 1 and "resource not found" in err
 

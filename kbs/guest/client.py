@@ -18,10 +18,8 @@ import asyncio
 import json
 import logging
 import random
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,13 +29,13 @@ from kbs.guest import GuestError
 from kbs.guest.evidence import EvidenceSource
 from kbs.guest.gpu import DEVICE_NONCE_SIZE, DeviceSource
 from kbs.keys import jwe
+from kbs.resource_uri import ResourceNameError, split_resource
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
 USER_AGENT = "kbs-guest/0.1"
 # primary_runtime_digest is SHA-384, so that is the only algorithm offered (Trustee's default too).
 HASH_ALGORITHMS = ("sha384",)
-SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # the broker's rule for repo, type and tag
 MAX_BODY_BYTES = 8 * 1024 * 1024  # a token with device evidence can be large; anything bigger is not a KBS
 MAX_BACKOFF = 30.0
 _RETRY_STATUSES = frozenset({401, 429})
@@ -54,18 +52,11 @@ class _Transient(Exception):
 
 
 def parse_resource(resource: str) -> tuple[str, str, str]:
-    """`kbs:///repo/type/tag` (CoCo's resource URI; a host part is ignored, as CoCo's CDH does) or `repo/type/tag`."""
-    path = resource
-    if "://" in resource:
-        parts = urlsplit(resource)
-        if parts.scheme != "kbs" or parts.query or parts.fragment:
-            raise GuestError(f"resource must be kbs:///<repo>/<type>/<tag>, got {resource!r}", check="guest.usage")
-        path = parts.path
-    segments = tuple(path.strip("/").split("/"))
-    if len(segments) != 3 or not all(SEGMENT.match(s) for s in segments):
-        raise GuestError(f"resource must be kbs:///<repo>/<type>/<tag> with segments of [A-Za-z0-9_.-], "
-                         f"got {resource!r}", check="guest.usage")
-    return segments[0], segments[1], segments[2]
+    """`kbs:///repo/type/tag` (CoCo's resource URI) or `repo/type/tag`."""
+    try:
+        return split_resource(resource)
+    except ResourceNameError as exc:
+        raise GuestError(str(exc), check="guest.usage") from None
 
 
 def _broker_detail(status: int, body: bytes) -> tuple[str, str | None]:
