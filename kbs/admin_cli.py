@@ -35,12 +35,15 @@ Run = Callable[[argparse.Namespace], int]
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    url = args.url or os.environ.get("KBS_URL") or DEFAULT_URL
-    key = args.admin_key or os.environ.get("KBS_ADMIN_KEY") or DEFAULT_ADMIN_KEY
-    return AdminClient(url, key, ca_cert=args.ca_cert or os.environ.get("KBS_CA_CERT") or None,
-                       client_cert=args.client_cert or os.environ.get("KBS_CLIENT_CERT") or None,
-                       client_key=args.client_key or os.environ.get("KBS_CLIENT_KEY") or None,
-                       audience=args.audience or os.environ.get("KBS_ADMIN_AUDIENCE") or DEFAULT_AUDIENCE)
+    def flag(name: str, env: str, default: str | None = None) -> str | None:
+        value: str | None = getattr(args, name, None)  # absent when given neither before nor after the verb
+        return value or os.environ.get(env) or default
+
+    return AdminClient(flag("url", "KBS_URL", DEFAULT_URL) or DEFAULT_URL,
+                       flag("admin_key", "KBS_ADMIN_KEY", DEFAULT_ADMIN_KEY) or DEFAULT_ADMIN_KEY,
+                       ca_cert=flag("ca_cert", "KBS_CA_CERT"), client_cert=flag("client_cert", "KBS_CLIENT_CERT"),
+                       client_key=flag("client_key", "KBS_CLIENT_KEY"),
+                       audience=flag("audience", "KBS_ADMIN_AUDIENCE", DEFAULT_AUDIENCE) or DEFAULT_AUDIENCE)
 
 
 def _guarded(run: Run) -> Run:
@@ -60,19 +63,26 @@ def _guarded(run: Run) -> Run:
     return func
 
 
+def add_connection_arguments(parser: argparse.ArgumentParser, *, after_verb: bool) -> None:
+    """--url, --admin-key and the TLS and audience flags, before the verb (`kbs --url U key list`) or after
+    it.  After the verb an absent flag sets nothing (SUPPRESS), so it does not undo one given before."""
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if after_verb else {}
+    parser.add_argument("--url", help=f"broker URL (default: $KBS_URL or {DEFAULT_URL})", **extra)
+    parser.add_argument("--admin-key", metavar="PEM",
+                        help=f"Ed25519 private key (default: $KBS_ADMIN_KEY or {DEFAULT_ADMIN_KEY})", **extra)
+    parser.add_argument("--ca-cert", metavar="PEM", help="verify the https:// broker against these CA certificates "
+                        "only (default: $KBS_CA_CERT, else the system trust store)", **extra)
+    parser.add_argument("--client-cert", metavar="PEM", help="TLS client certificate, for a broker whose admin API "
+                        "needs one ([tls] client_ca; default: $KBS_CLIENT_CERT)", **extra)
+    parser.add_argument("--client-key", metavar="PEM", help="its private key, if not in --client-cert's file "
+                        "(default: $KBS_CLIENT_KEY)", **extra)
+    parser.add_argument("--audience", metavar="AUD", help="the token's aud, the broker's [admin] audience "
+                        f"(default: $KBS_ADMIN_AUDIENCE or {DEFAULT_AUDIENCE})", **extra)
+
+
 def _verb(group: SubParsers, name: str, help_text: str, run: Run) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--url", help=f"broker URL (default: $KBS_URL or {DEFAULT_URL})")
-    parser.add_argument("--admin-key", metavar="PEM",
-                        help=f"Ed25519 private key (default: $KBS_ADMIN_KEY or {DEFAULT_ADMIN_KEY})")
-    parser.add_argument("--ca-cert", metavar="PEM", help="verify the https:// broker against these CA certificates "
-                        "only (default: $KBS_CA_CERT, else the system trust store)")
-    parser.add_argument("--client-cert", metavar="PEM", help="TLS client certificate, for a broker whose admin API "
-                        "needs one ([tls] client_ca; default: $KBS_CLIENT_CERT)")
-    parser.add_argument("--client-key", metavar="PEM", help="its private key, if not in --client-cert's file "
-                        "(default: $KBS_CLIENT_KEY)")
-    parser.add_argument("--audience", metavar="AUD", help="the token's aud, the broker's [admin] audience "
-                        f"(default: $KBS_ADMIN_AUDIENCE or {DEFAULT_AUDIENCE})")
+    add_connection_arguments(parser, after_verb=True)
     parser.add_argument("--json", action="store_true", help="machine output: the broker's JSON answer")
     parser.set_defaults(func=_guarded(run))
     return parser

@@ -51,6 +51,10 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     built = [add for names, add in _COMMANDS if wanted in names] or [add for _, add in _COMMANDS]
     for add in built:
         add(commands, argv)
+    if _add_admin_parsers in built or _add_policy_parser in built:
+        from kbs.admin_cli import add_connection_arguments
+
+        add_connection_arguments(parser, after_verb=False)  # `kbs --url U key list` as well as after the verb
     return parser
 
 

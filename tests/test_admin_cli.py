@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
 from kbs.admin_client import AdminClient, AdminError
 from kbs.cli import _parser as cli_parser
+from kbs.cli import main
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM
 from tests.broker import Broker, attest, attestation, auth, free_port, full_flow, jar, run_broker
@@ -336,3 +337,13 @@ def test_plain_http_to_a_remote_broker_warns(broker: Broker, capsys: pytest.Capt
     AdminClient("http://kbs.example.com:8080", broker.state_dir / "admin-key.pem")
     err = capsys.readouterr().err
     assert err.startswith("kbs: warning: http://kbs.example.com:8080 is plain HTTP") and "https://" in err
+
+
+def test_connection_flags_go_before_or_after_the_verb(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+    key = str(broker.state_dir / "admin-key.pem")
+    assert main(["--url", broker.url, "--admin-key", key, "key", "list", "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+    # After the verb wins; an absent flag after the verb leaves the one before it alone.
+    assert main(["--url", "http://127.0.0.1:9", "--admin-key", key, "key", "list", "--url", broker.url]) == 0
+    assert main(["--url", "http://127.0.0.1:9", "--admin-key", key, "key", "list"]) == 1
+    assert "127.0.0.1:9" in capsys.readouterr().err
