@@ -192,6 +192,9 @@ def add_remote_policy_verbs(verbs: SubParsers) -> None:
     put.add_argument("--immutable", action="store_true", help="no change after this version (one way)")
     show = _verb(verbs, "show", "show a policy's current text and its history", _run_policy_show)
     show.add_argument("policy_id", metavar="ID")
+    delete = _verb(verbs, "delete", "delete a policy and its history (not 'default', not an immutable one, not "
+                   "while a key is bound to it)", _run_policy_delete)
+    delete.add_argument("policy_id", metavar="ID")
     immutable = _verb(verbs, "immutable", "make a policy immutable (one way)", _run_policy_immutable)
     immutable.add_argument("policy_id", metavar="ID")
     dry = _verb(verbs, "dry-run", "evaluate a stored policy on a stored attestation; nothing is released",
@@ -278,6 +281,11 @@ def _run_policy_show(args: argparse.Namespace) -> int:
     human = [f"policy {args.policy_id!r} {_version_line(current)}", current["text"].rstrip(), "history:"]
     human += [f"  {_version_line(v)}" for v in answer["history"]]
     return _emit(args, answer, "\n".join(human))
+
+
+def _run_policy_delete(args: argparse.Namespace) -> int:
+    answer = _client(args).delete_policy(args.policy_id)
+    return _emit(args, answer, f"policy {args.policy_id!r}: deleted ({answer['versions']} versions)")
 
 
 def _run_policy_immutable(args: argparse.Namespace) -> int:

@@ -218,6 +218,9 @@ class AdminClient:
     def policy_history(self, policy_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/kbs/v0/admin/policies/{_seg(policy_id)}"))
 
+    def delete_policy(self, policy_id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/kbs/v0/admin/policies/{_seg(policy_id)}"))
+
     def make_immutable(self, policy_id: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/kbs/v0/admin/policies/{_seg(policy_id)}/immutable"))
 

@@ -200,6 +200,22 @@ def test_refs_put_list_delete(kbs: Kbs, tmp_path: Path) -> None:
     assert kbs("policy", "put", "uses-svns", write(tmp_path, "u.json", uses))[0] == 0
     code, _, err = kbs("refs", "delete", "svns")
     assert code == 1 and "used by policy 'uses-svns'" in err and "svns" in kbs.json("refs", "list")
+    # A policy in the way goes (with its history), unless a key is bound to it; then the set can go.
+    assert kbs("key", "create", "ops/key/svn", "--generate", "--policy", "uses-svns")[0] == 0
+    code, _, err = kbs("policy", "delete", "uses-svns")
+    assert code == 1 and "bound to 1 key(s) (ops/key/svn)" in err, err
+    assert kbs("key", "bind", "ops/key/svn", "--policy", "default")[0] == 0
+    code, out, _ = kbs("policy", "delete", "uses-svns")
+    assert code == 0 and "deleted (1 versions)" in out
+    assert "uses-svns" not in kbs.json("policy", "list")
+    assert kbs("refs", "delete", "svns")[0] == 0
+    code, _, err = kbs("policy", "delete", "uses-svns")
+    assert code == 1 and "no policy 'uses-svns'" in err
+    code, _, err = kbs("policy", "delete", "default")
+    assert code == 1 and "replace it" in err
+    assert kbs("policy", "put", "frozen-del", write(tmp_path, "f.json", SAMPLE_POLICY), "--immutable")[0] == 0
+    code, _, err = kbs("policy", "delete", "frozen-del")
+    assert code == 1 and "immutable" in err and "frozen-del" in kbs.json("policy", "list")
     assert kbs("refs", "delete", "mrtds")[0] == 0
     assert "mrtds" not in kbs.json("refs", "list")
 

@@ -495,3 +495,18 @@ def test_every_change_to_decision_inputs_bumps_the_generation(backend: Backend, 
     store.append_log(RELEASES, entry(1, "release"))
     store.append_log(REFUSALS, entry(2))
     assert store.decision_generation() == seen[-1]
+
+
+def test_a_policy_is_deleted_only_when_no_key_is_bound_to_it(store: OpenStore) -> None:
+    registry = PolicyRegistry(store)
+    registry.put("p", POLICY_TEXT, created_by="a", at=NOW)
+    registry.put("p", POLICY_TEXT, created_by="a", at=NOW)
+    store.put_resource("r/t/k", b"v1", "p", "a", NOW)
+    with pytest.raises(PolicyConflict, match=r"bound to 1 key\(s\) \(r/t/k\)"):
+        store.delete_policy("p")
+    assert len(store.versions("p")) == 2
+    store.bind_policy("r/t/k", "default")
+    before = store.decision_generation()
+    assert store.delete_policy("p") == 2 and store.versions("p") == [] and "p" not in store.policy_ids()
+    assert store.decision_generation() != before
+    assert store.delete_policy("p") == 0

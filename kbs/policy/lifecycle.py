@@ -66,6 +66,8 @@ class PolicyStore(Protocol):
     def reference_values(self) -> ReferenceValues: ...
     def put_reference_set(self, ref: ReferenceSet) -> None: ...
     def delete_reference_set(self, name: str) -> None: ...
+    def delete_policy(self, policy_id: str) -> int:
+        """Remove every version; PolicyConflict if a key is bound to it.  The number of versions removed."""
 
 
 class MemoryPolicyStore:
@@ -93,6 +95,9 @@ class MemoryPolicyStore:
 
     def delete_reference_set(self, name: str) -> None:
         self._refs = self._refs.without(name)
+
+    def delete_policy(self, policy_id: str) -> int:
+        return len(self._versions.pop(policy_id, []))
 
 
 class PolicyRegistry:
@@ -159,6 +164,18 @@ class PolicyRegistry:
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
         self._store.put_reference_set(ref)
+
+    def delete(self, policy_id: str, default: str) -> int:
+        """Remove a policy with its history (a mistaken one must not block its reference sets forever).
+        Refused for `default` (the policy of keys bound to none: replace it instead), for an immutable
+        policy (the flag is one way), and, by the store, while a key is bound to it."""
+        if policy_id == default:
+            raise PolicyConflict(f"policy {default!r} applies to keys bound to no other policy: replace it "
+                                 "(kbs policy put) rather than delete it")
+        current = self.current(policy_id)  # PolicyNotFound
+        if current.immutable:
+            raise PolicyConflict(f"policy {policy_id!r} is immutable since version {current.version}; it stays")
+        return self._store.delete_policy(policy_id)
 
     def delete_reference_set(self, name: str) -> None:
         """Refused while a current policy names the set: deleting it would break releases silently."""

@@ -363,6 +363,14 @@ async def make_immutable(request: web.Request, st: BrokerState, who: AdminIdenti
     return web.json_response(_version_json(version))
 
 
+@admin_route("DELETE", "/kbs/v0/admin/policies/{policy_id}", write=True)
+async def delete_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Every version of a policy; refused (409) for `default`, an immutable policy, or one a key is bound to."""
+    policy_id = request.match_info["policy_id"]
+    versions = await st.run(st.registry.delete, policy_id, DEFAULT_POLICY)
+    return web.json_response({"deleted": policy_id, "versions": versions})
+
+
 @admin_route("GET", "/kbs/v0/admin/policies/{policy_id}", write=False)
 async def policy_history(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     history = await st.run(st.registry.history, request.match_info["policy_id"])

@@ -44,7 +44,7 @@ from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
-from kbs.store.rows import Rows, check_binding_change, state_changes
+from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
 from kbs.store.schema import SCHEMA_VERSION
@@ -312,6 +312,15 @@ class PostgresStore:
 
     def delete_reference_set(self, name: str) -> None:
         self._tx(lambda cur: cur.execute("DELETE FROM reference_sets WHERE name=%s", (name,)), lock=_ADMIN_LOCK)
+
+    def delete_policy(self, policy_id: str) -> int:
+        def step(cur: Cursor) -> int:
+            bound = cur.execute("SELECT DISTINCT path FROM resources WHERE policy_id=%s ORDER BY path",
+                                (policy_id,)).fetchall()
+            if bound:
+                raise PolicyConflict(policy_in_use(policy_id, [r["path"] for r in bound]))
+            return int(cur.execute("DELETE FROM policies WHERE policy_id=%s", (policy_id,)).rowcount)
+        return self._tx(step, lock=_ADMIN_LOCK)
 
     # -- attestations ----------------------------------------------------------------------
 

@@ -39,6 +39,11 @@ def dt(stamp: float) -> datetime:
     return datetime.fromtimestamp(stamp, UTC)
 
 
+def policy_in_use(policy_id: str, paths: list[str]) -> str:
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"policy {policy_id!r} is bound to {len(paths)} key(s) ({shown}): bind them to another policy first"
+
+
 def log_table(chain: str) -> str:
     if chain not in LOG_TABLES:
         raise StoreError(f"no log {chain!r}; logs: {', '.join(LOG_TABLES)}")

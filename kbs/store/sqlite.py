@@ -32,7 +32,7 @@ from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
-from kbs.store.rows import Rows, check_binding_change, state_changes
+from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -441,6 +441,14 @@ class SqliteStore:
     def delete_reference_set(self, name: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM reference_sets WHERE name=?", (name,))
+
+    def delete_policy(self, policy_id: str) -> int:
+        with self._tx() as db:
+            bound = db.execute("SELECT DISTINCT path FROM resources WHERE policy_id=? ORDER BY path",
+                               (policy_id,)).fetchall()
+            if bound:
+                raise PolicyConflict(policy_in_use(policy_id, [r["path"] for r in bound]))
+            return int(db.execute("DELETE FROM policies WHERE policy_id=?", (policy_id,)).rowcount)
 
     # -- attestations ----------------------------------------------------------------------
 
