@@ -330,7 +330,7 @@ def _run_refs_put(args: argparse.Namespace) -> int:
         if args.values or args.expires or args.description:
             raise UsageProblem("--from-file replaces VALUEs, --expires and --description")
         try:
-            body = json.loads(read_input(args.from_file, "reference values"))
+            body = _set_body(json.loads(read_input(args.from_file, "reference values")), args.name, args.from_file)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UsageProblem(f"reference values {args.from_file} are not JSON: {exc}") from exc
     elif args.values:
@@ -341,6 +341,19 @@ def _run_refs_put(args: argparse.Namespace) -> int:
     answer = _client(args).put_refs(args.name, body)
     count = len(answer.get(args.name, {}).get("values", []))
     return _emit(args, answer, f"reference set {args.name!r}: {count} values stored")
+
+
+def _set_body(document: Any, name: str, path: str) -> Any:
+    """A set's body ({"values": [...], ...}) as it is, or from a reference-values document ({set: body, ...},
+    what `kbs measure snp --json` prints): its set NAME, else its only set."""
+    if not isinstance(document, dict) or "values" in document or not document \
+            or not all(isinstance(body, dict) for body in document.values()):
+        return document
+    if name in document:
+        return document[name]
+    if len(document) == 1:
+        return next(iter(document.values()))
+    raise UsageProblem(f"{path} holds the reference sets {', '.join(sorted(document))}; name one of them")
 
 
 def _run_refs_delete(args: argparse.Namespace) -> int:

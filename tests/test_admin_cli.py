@@ -22,6 +22,7 @@ from kbs.admin_cli import add_admin_parsers, add_remote_policy_verbs
 from kbs.admin_client import AdminClient, AdminError
 from kbs.cli import _parser as cli_parser
 from kbs.cli import main
+from kbs.evidence.snp.measure import REFERENCE_SET
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM
 from tests.broker import Broker, attest, attestation, auth, free_port, full_flow, jar, run_broker
@@ -219,6 +220,14 @@ def test_refs_put_list_delete(kbs: Kbs, tmp_path: Path) -> None:
     assert kbs("refs", "delete", "mrtds")[0] == 0
     assert "mrtds" not in kbs.json("refs", "list")
 
+    # What `kbs measure snp --json` prints (a reference-values document) goes in as it is.
+    measured = write(tmp_path, "measured.json", json.dumps({REFERENCE_SET: {"values": ["ab" * 48]}}))
+    assert kbs("refs", "put", "launch", "--from-file", measured)[0] == 0
+    assert kbs.json("refs", "list")["launch"]["values"] == ["ab" * 48]
+    two = write(tmp_path, "two.json", json.dumps({"a": {"values": ["1"]}, "b": {"values": ["2"]}}))
+    assert kbs("refs", "put", "b", "--from-file", two)[0] == 0 and kbs.json("refs", "list")["b"]["values"] == ["2"]
+    code, _, err = kbs("refs", "put", "c", "--from-file", two)
+    assert code == 2 and "holds the reference sets a, b" in err
     assert kbs("refs", "put", "x")[0] == 2  # no values
     assert kbs("refs", "put", "x", "--from-file", write(tmp_path, "nj", "{nope"))[0] == 2
     code, _, err = kbs("refs", "put", "x", "--from-file", write(tmp_path, "bad", '{"values": [{}]}'))
