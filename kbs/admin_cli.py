@@ -179,6 +179,11 @@ def _add_refs_parsers(commands: SubParsers) -> None:
                           '"description": ...}')
     put.add_argument("--expires", type=_rfc3339, metavar="RFC3339", help="the set is absent after this time")
     put.add_argument("--description", help="free text shown in listings")
+    for verb, what in (("add", "add values to a set (created if absent)"),
+                       ("remove", "remove values from a set (each must be in it; not the last ones)")):
+        edit = _verb(verbs, verb, what, _run_refs_edit)
+        edit.add_argument("name", metavar="NAME")
+        edit.add_argument("values", nargs="+", metavar="VALUE")
     delete = _verb(verbs, "delete", "delete a set (refused while a policy uses it)", _run_refs_delete)
     delete.add_argument("name", metavar="NAME")
 
@@ -354,6 +359,12 @@ def _set_body(document: Any, name: str, path: str) -> Any:
     if len(document) == 1:
         return next(iter(document.values()))
     raise UsageProblem(f"{path} holds the reference sets {', '.join(sorted(document))}; name one of them")
+
+
+def _run_refs_edit(args: argparse.Namespace) -> int:
+    answer = _client(args).edit_refs(args.name, args.verb, args.values)
+    count = len(answer.get(args.name, {}).get("values", []))
+    return _emit(args, answer, f"reference set {args.name!r}: {count} values")
 
 
 def _run_refs_delete(args: argparse.Namespace) -> int:

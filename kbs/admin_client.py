@@ -240,6 +240,10 @@ class AdminClient:
     def put_refs(self, name: str, body: Any) -> dict[str, Any]:
         return dict(self.request("PUT", f"/kbs/v0/admin/refs/{_seg(name)}", body=body))
 
+    def edit_refs(self, name: str, verb: str, values: list[Any]) -> dict[str, Any]:
+        """`verb` "add" or "remove" `values` in one step on the broker (no lost update between admins)."""
+        return dict(self.request("POST", f"/kbs/v0/admin/refs/{_seg(name)}/{verb}", body={"values": values}))
+
     def delete_refs(self, name: str) -> dict[str, Any]:
         return dict(self.request("DELETE", f"/kbs/v0/admin/refs/{_seg(name)}"))
 

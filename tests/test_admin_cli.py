@@ -228,6 +228,19 @@ def test_refs_put_list_delete(kbs: Kbs, tmp_path: Path) -> None:
     assert kbs("refs", "put", "b", "--from-file", two)[0] == 0 and kbs.json("refs", "list")["b"]["values"] == ["2"]
     code, _, err = kbs("refs", "put", "c", "--from-file", two)
     assert code == 2 and "holds the reference sets a, b" in err
+    # add/remove change a set in one step on the broker: no lost update, no typo passing for a removal.
+    code, out, _ = kbs("refs", "add", "tags", "aa", "bb")
+    assert code == 0 and "'tags': 2 values" in out
+    assert kbs("refs", "add", "tags", "bb", "cc")[0] == 0
+    assert kbs.json("refs", "list")["tags"]["values"] == ["aa", "bb", "cc"]
+    assert kbs("refs", "remove", "tags", "aa")[0] == 0
+    assert kbs.json("refs", "list")["tags"]["values"] == ["bb", "cc"]
+    code, _, err = kbs("refs", "remove", "tags", "zz")
+    assert code == 1 and "does not hold 'zz'" in err
+    code, _, err = kbs("refs", "remove", "tags", "bb", "cc")
+    assert code == 1 and "delete the set instead" in err
+    code, _, err = kbs("refs", "remove", "nosuch", "aa")
+    assert code == 1 and "no reference set 'nosuch'" in err
     assert kbs("refs", "put", "x")[0] == 2  # no values
     assert kbs("refs", "put", "x", "--from-file", write(tmp_path, "nj", "{nope"))[0] == 2
     code, _, err = kbs("refs", "put", "x", "--from-file", write(tmp_path, "bad", '{"values": [{}]}'))

@@ -510,3 +510,14 @@ def test_a_policy_is_deleted_only_when_no_key_is_bound_to_it(store: OpenStore) -
     assert store.delete_policy("p") == 2 and store.versions("p") == [] and "p" not in store.policy_ids()
     assert store.decision_generation() != before
     assert store.delete_policy("p") == 0
+
+
+def test_reference_set_edits_are_not_lost_across_replicas(backend: Backend) -> None:
+    """Sixteen admins on two replicas each add a value at once: every value is in the set afterwards."""
+    replicas = [PolicyRegistry(backend.open()) for _ in range(2)]
+    on_threads(16, lambda i: replicas[i % 2].add_reference_values("m", (f"v{i:02d}",)))
+    got = replicas[0].refs.get("m")
+    assert got is not None and sorted(got.values) == [f"v{i:02d}" for i in range(16)]
+    replicas[1].remove_reference_values("m", ("v03", "v07"))
+    got = replicas[0].refs.get("m")
+    assert got is not None and len(got.values) == 14 and "v03" not in got.values

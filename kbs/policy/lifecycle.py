@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kbs.errors import KbsError
 from kbs.policy.loader import dialect_of, parse_policy, validate_policy
@@ -66,6 +67,8 @@ class PolicyStore(Protocol):
     def reference_values(self) -> ReferenceValues: ...
     def put_reference_set(self, ref: ReferenceSet) -> None: ...
     def delete_reference_set(self, name: str) -> None: ...
+    def edit_reference_set(self, name: str, edit: Callable[[ReferenceSet | None], ReferenceSet]) -> ReferenceSet:
+        """Apply `edit` to the set (None if absent) and store the result, atomically."""
     def delete_policy(self, policy_id: str) -> int:
         """Remove every version; PolicyConflict if a key is bound to it.  The number of versions removed."""
 
@@ -98,6 +101,11 @@ class MemoryPolicyStore:
 
     def delete_policy(self, policy_id: str) -> int:
         return len(self._versions.pop(policy_id, []))
+
+    def edit_reference_set(self, name: str, edit: Callable[[ReferenceSet | None], ReferenceSet]) -> ReferenceSet:
+        ref = edit(self._refs.get(name))
+        self._refs = self._refs.with_set(ref)
+        return ref
 
 
 class PolicyRegistry:
@@ -164,6 +172,30 @@ class PolicyRegistry:
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
         self._store.put_reference_set(ref)
+
+    def add_reference_values(self, name: str, values: tuple[Any, ...]) -> ReferenceSet:
+        """Add values to a set (created if absent); values it has already are kept once."""
+        def edit(current: ReferenceSet | None) -> ReferenceSet:
+            if current is None:
+                return ReferenceSet(name, values)
+            return replace(current, values=(*current.values, *(v for v in values if v not in current.values)))
+        return self._store.edit_reference_set(name, edit)
+
+    def remove_reference_values(self, name: str, values: tuple[Any, ...]) -> ReferenceSet:
+        """Remove values from a set; refused for a set that does not exist, a value it does not hold (a typo
+        must not pass for a removal), and the last values (delete the set instead)."""
+        def edit(current: ReferenceSet | None) -> ReferenceSet:
+            if current is None:
+                raise PolicyNotFound(f"no reference set {name!r}")
+            missing = [v for v in values if v not in current.values]
+            if missing:
+                raise PolicyConflict(f"reference set {name!r} does not hold {', '.join(map(repr, missing[:5]))}")
+            kept = tuple(v for v in current.values if v not in values)
+            if not kept:
+                raise PolicyConflict(f"removing every value of reference set {name!r} would leave it empty; "
+                                     "delete the set instead")
+            return replace(current, values=kept)
+        return self._store.edit_reference_set(name, edit)
 
     def delete(self, policy_id: str, default: str) -> int:
         """Remove a policy with its history (a mistaken one must not block its reference sets forever).

@@ -438,6 +438,19 @@ async def put_refs(request: web.Request, st: BrokerState, who: AdminIdentity) ->
     return web.json_response({ref.name: ref.to_json()})
 
 
+@admin_route("POST", "/kbs/v0/admin/refs/{name}/{verb:add|remove}", write=True)
+async def edit_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Body {"values": [...]}: added to the set (created if absent) or removed from it, in one transaction."""
+    name = request.match_info["name"]
+    values = ReferenceValues.from_json({name: await request.json()}).get(name)  # the values checked as in PUT
+    assert values is not None
+    if request.match_info["verb"] == "add":
+        ref = await st.run(st.registry.add_reference_values, name, values.values)
+    else:
+        ref = await st.run(st.registry.remove_reference_values, name, values.values)
+    return web.json_response({ref.name: ref.to_json()})
+
+
 @admin_route("DELETE", "/kbs/v0/admin/refs/{name}", write=True)
 async def delete_refs(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     refs = await st.run(lambda: st.registry.refs)

@@ -304,11 +304,22 @@ class PostgresStore:
         return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
+        self._tx(lambda cur: self._write_reference_set(cur, ref), lock=_ADMIN_LOCK)
+
+    def edit_reference_set(self, name: str, edit: Callable[[ReferenceSet | None], ReferenceSet]) -> ReferenceSet:
+        """Read the set (None if there is none), apply `edit`, write the result, under the admin lock."""
+        def step(cur: Cursor) -> ReferenceSet:
+            rows = cur.execute("SELECT name, body, mac FROM reference_sets WHERE name=%s", (name,)).fetchall()
+            ref = edit(self._rows.reference_values(rows).get(name))
+            self._write_reference_set(cur, ref)
+            return ref
+        return self._tx(step, lock=_ADMIN_LOCK)
+
+    def _write_reference_set(self, cur: Cursor, ref: ReferenceSet) -> None:
         body = json.dumps(ref.to_json())
-        self._tx(lambda cur: cur.execute(
-            "INSERT INTO reference_sets VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
-            "SET body = EXCLUDED.body, mac = EXCLUDED.mac",
-            (ref.name, body, self._rows.reference_set_mac(ref.name, body))), lock=_ADMIN_LOCK)
+        cur.execute("INSERT INTO reference_sets VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE "
+                    "SET body = EXCLUDED.body, mac = EXCLUDED.mac",
+                    (ref.name, body, self._rows.reference_set_mac(ref.name, body)))
 
     def delete_reference_set(self, name: str) -> None:
         self._tx(lambda cur: cur.execute("DELETE FROM reference_sets WHERE name=%s", (name,)), lock=_ADMIN_LOCK)

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -433,10 +433,22 @@ class SqliteStore:
         return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
 
     def put_reference_set(self, ref: ReferenceSet) -> None:
-        body = json.dumps(ref.to_json())
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO reference_sets VALUES (?, ?, ?)",
-                       (ref.name, body, self._rows.reference_set_mac(ref.name, body)))
+            self._write_reference_set(db, ref)
+
+    def edit_reference_set(self, name: str, edit: Callable[[ReferenceSet | None], ReferenceSet]) -> ReferenceSet:
+        """Read the set (None if there is none), apply `edit`, write the result: one transaction, so edits
+        made together by several admins are applied one after the other, none lost."""
+        with self._tx() as db:
+            rows = db.execute("SELECT name, body, mac FROM reference_sets WHERE name=?", (name,)).fetchall()
+            ref = edit(self._rows.reference_values(rows).get(name))
+            self._write_reference_set(db, ref)
+            return ref
+
+    def _write_reference_set(self, db: sqlite3.Connection, ref: ReferenceSet) -> None:
+        body = json.dumps(ref.to_json())
+        db.execute("INSERT OR REPLACE INTO reference_sets VALUES (?, ?, ?)",
+                   (ref.name, body, self._rows.reference_set_mac(ref.name, body)))
 
     def delete_reference_set(self, name: str) -> None:
         with self._tx() as db:
