@@ -220,3 +220,16 @@ def test_default_policy_wants_every_submod_affirming() -> None:
     assert (alone["kbs.status"], with_gpus["kbs.status"], mixed["kbs.status"]) == ("affirming", "affirming", "warning")
     assert decide(DEFAULT_POLICY_TEXT, alone) and decide(DEFAULT_POLICY_TEXT, with_gpus)
     assert not decide(DEFAULT_POLICY_TEXT, mixed)
+
+
+def test_hex_reference_values_match_in_any_case() -> None:
+    """Verifiers emit lower-case hex: an upper-case digest pasted into a set is kept in lower case, so it
+    matches; values that are not (long, even-length) hex stay as written."""
+    measurement = SNP["measurement"]
+    assert measurement == measurement.lower()
+    text = policy({"claim": "snp.measurement", "in": {"ref": "prod"}})
+    refs = ReferenceValues.from_json({"prod": [measurement.upper()]})
+    assert refs.get("prod").values == (measurement,)  # type: ignore[union-attr]
+    assert decide(text, refs=refs)
+    kept = ["ABC", "Milan", "UpToDate", "8BE4DF61-93CA-11D2", "ABCDEF", "ABCDEF0", 7, True]
+    assert list(ReferenceValues.from_json({"x": kept}).get("x").values) == kept  # type: ignore[union-attr]

@@ -7,6 +7,7 @@ may expire: after its expiry it is treated as absent, so conditions on it fail c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -120,4 +121,13 @@ def _parse_set(name: str, body: Any) -> ReferenceSet:
     if not isinstance(values, list) or not all(isinstance(v, SCALAR_TYPES) for v in values):
         raise ReferenceValuesInvalid(
             f"reference set {name!r} must hold a list of strings, numbers or booleans")
-    return ReferenceSet(name=name, values=tuple(values), expires=expires, description=description)
+    return ReferenceSet(name=name, values=tuple(_normal(v) for v in values), expires=expires, description=description)
+
+
+# Digests, ids and keys: what verifiers emit as lower-case hex.  A value that is all hex digits (even length,
+# 4 bytes or more) is kept in lower case, so an upper-case measurement pasted from a tool still matches.
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2}){4,}")
+
+
+def _normal(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) and _HEX.fullmatch(value) else value
