@@ -433,3 +433,22 @@ def test_auditor_role_reads_but_cannot_write(tmp_path: Path, pki: SyntheticAmd) 
             return out
         assert asyncio.run(go()) == [200, 0, 403, 200, 200, 1]
         assert not (b.state_dir / "admin-key.pem").exists()  # configured keys: no dev admin key made
+
+
+def test_a_disabled_key_is_refused_as_disabled_not_by_policy(broker: Broker) -> None:
+    """The key's own policy allows the guest; its versions are disabled: the guest hears 404 and the log says
+    `disabled` (not a policy denial by some other policy); enabled again, it is released."""
+    async def go() -> tuple[int, dict[str, Any], int, dict[str, Any]]:
+        assert (await admin(broker, "POST", "/kbs/v0/resource/lab/key/switch?policy=sample-ok",
+                            data=b"switchable"))[0] == 200
+        assert (await admin(broker, "POST", "/kbs/v0/admin/keys/lab/key/switch/disable"))[0] == 200
+        status, out, _ = await full_flow(broker.url, "sample", "lab/key/switch")
+        assert (await admin(broker, "POST", "/kbs/v0/admin/keys/lab/key/switch/enable?version=1"))[0] == 200
+        again, released, _ = await full_flow(broker.url, "sample", "lab/key/switch")
+        return status, out, again, released
+    status, out, again, released = asyncio.run(go())
+    assert status == 404 and out["detail"].startswith("resource not found: lab/key/switch"), out
+    entry = logged(broker, out["reference"])
+    assert (entry["decision"], entry["reason"], entry["policy_id"]) == ("deny", "disabled", "sample-ok"), entry
+    assert "every version is disabled" in entry["detail"]
+    assert again == 200 and "ciphertext" in released

@@ -30,7 +30,9 @@ DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 ENTRY_OVERHEAD = 1024  # a ResourceVersion and the tuple around it, besides the sealed value
 
 Resolved: TypeAlias = tuple[PolicyVersion, Policy, ReferenceValues] | KbsError
-ReleaseInputs: TypeAlias = tuple[ResourceVersion | None, str, Resolved]
+# (the active version or None, its policy id, the policy resolved, whether the key exists with every version
+# disabled: then the policy is the one the key is bound to, and a release it allows is refused as "disabled")
+ReleaseInputs: TypeAlias = tuple[ResourceVersion | None, str, Resolved, bool]
 
 
 def _cost(inputs: ReleaseInputs) -> int:
@@ -71,12 +73,18 @@ class DecisionInputs:
 
     def _read(self, path: str, generation: int) -> ReleaseInputs:
         resource = self._store.active_resource(path)
-        policy_id = resource.policy_id if resource else DEFAULT_POLICY
+        disabled = False
+        if resource is not None:
+            policy_id = resource.policy_id
+        else:
+            versions = self._store.resource_versions(path)
+            disabled = bool(versions)
+            policy_id = versions[-1].policy_id if versions else DEFAULT_POLICY
         try:
             version, policy = self._registry.resolve(policy_id)
-            return resource, policy_id, (version, policy, self._reference_values(generation))
+            return resource, policy_id, (version, policy, self._reference_values(generation)), disabled
         except KbsError as exc:
-            return resource, policy_id, exc
+            return resource, policy_id, exc, disabled
 
     def _reference_values(self, generation: int) -> ReferenceValues:
         """The reference values, read once per generation.  Kept only if the cache is still on the

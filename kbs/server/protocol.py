@@ -347,7 +347,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     path = record.resource
     tee_pubkey = _tee_pubkey(claims)
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
-    resource, policy_id, resolved = await st.read(st.decisions.get, path)
+    resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
     record = replace(record, policy_id=policy_id)
     try:
         if isinstance(resolved, KbsError):
@@ -372,8 +372,15 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
                                 public="the release policy denied this request")
         await _log_refusal(st, RELEASES, record, failure)
         raise failure
-    if resource is None:
-        raise ProtocolError("PluginInternalError", f"resource not found: {path}", status=404, reason="not_found")
+    if resource is None:  # logged here, with the policy that allowed the guest
+        if disabled:  # the operator's doing, not the guest's: named so in the log
+            missing = ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
+                                    reason="disabled", public=f"resource not found: {path}")
+        else:
+            missing = ProtocolError("PluginInternalError", f"resource not found: {path}", status=404,
+                                    reason="not_found")
+        await _log_refusal(st, RELEASES, record, missing)
+        raise missing
     try:
         plaintext = st.kek.unseal(resource.sealed, f"resource:{path}")
         body = jwe.encrypt(plaintext, tee_pubkey)
