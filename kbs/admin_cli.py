@@ -29,6 +29,7 @@ from kbs.admin_client import (
 from kbs.errors import UsageError
 from kbs.files import read_input
 from kbs.policy.model import Explanation
+from kbs.resource_uri import ResourceNameError, split_resource
 from kbs.timearg import rfc3339
 
 Run = Callable[[argparse.Namespace], int]
@@ -126,6 +127,12 @@ def add_admin_parsers(commands: SubParsers) -> None:
                      help="the refusal log (auth/attest refusals, bad tokens; kept refusal_retention_days)")
     log.add_argument("--after", type=int, default=0, metavar="N", help="entries after sequence number N")
     log.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N entries (max 1000)")
+    for name, what in (("resource", "REPO/TYPE/TAG, or (auth), (attest) in the refusal log"),
+                       ("decision", "release, deny, error or admin"), ("reason", "e.g. policy, disabled, not_found"),
+                       ("tee", "e.g. snp, tdx")):
+        log.add_argument(f"--{name}", help=f"only entries with this {name} ({what})")
+    log.add_argument("--since", type=_rfc3339, metavar="RFC3339", help="only entries at or after this time")
+    log.add_argument("--until", type=_rfc3339, metavar="RFC3339", help="only entries at or before this time")
     log.add_argument("--expect", metavar="SEQ:HASH", type=_head,
                      help="with verify: fail unless release-log entry SEQ still has HASH (a head you kept elsewhere)")
     attestation = commands.add_parser("attestation", help="inspect stored attestations on the broker")
@@ -391,7 +398,14 @@ def _run_log(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return _run_log_verify(args)
     chain = "refusal" if args.refusals else "release"
-    records = _client(args).release_log(args.after, min(args.limit, 1000), chain=chain)
+    filters = {name: value for name in ("resource", "decision", "reason", "tee", "since", "until")
+               if (value := getattr(args, name)) is not None}
+    if filters.get("resource", "").startswith("kbs://"):
+        try:
+            filters["resource"] = "/".join(split_resource(filters["resource"]))
+        except ResourceNameError as exc:
+            raise UsageProblem(str(exc)) from None
+    records = _client(args).release_log(args.after, min(args.limit, 1000), chain=chain, filters=filters)
     human = "\n".join(_log_line(r) for r in records) or f"no entries after #{args.after}"
     return _emit(args, records, human)
 

@@ -247,9 +247,11 @@ class AdminClient:
     def delete_refs(self, name: str) -> dict[str, Any]:
         return dict(self.request("DELETE", f"/kbs/v0/admin/refs/{_seg(name)}"))
 
-    def release_log(self, after: int = 0, limit: int = 100, chain: str = "release") -> list[dict[str, Any]]:
-        return list(self.request("GET", "/kbs/v0/admin/release-log",
-                                 params={"after": str(after), "limit": str(limit), "chain": chain}))
+    def release_log(self, after: int = 0, limit: int = 100, chain: str = "release",
+                    filters: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """`filters`: resource, decision, reason, tee (exact), since, until (RFC 3339, inclusive)."""
+        params = {"after": str(after), "limit": str(limit), "chain": chain, **(filters or {})}
+        return list(self.request("GET", "/kbs/v0/admin/release-log", params=params))
 
     def verify_log(self) -> dict[str, Any]:
         return dict(self.request("GET", "/kbs/v0/admin/release-log/verify"))

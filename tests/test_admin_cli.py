@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from kbs.evidence.snp.measure import REFERENCE_SET
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM
 from tests.broker import Broker, attest, attestation, auth, free_port, full_flow, jar, run_broker
+from tests.test_server_e2e import admin
 
 SECRET = b"operator-secret:" + bytes(range(40))
 SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
@@ -291,6 +293,27 @@ def test_release_log(kbs: Kbs, broker: Broker, tmp_path: Path) -> None:
                and e["resource"].endswith("lab/key/logged/generate") for e in entries)
     refusals = kbs.json("log", "--refusals")
     assert all(e["decision"] in ("deny", "error") for e in refusals)
+
+
+def test_log_filters(kbs: Kbs, broker: Broker) -> None:
+    """`kbs log` answers "why was my VM refused?" by resource, decision, reason, TEE and time, on the broker."""
+    started = dt.datetime.now(dt.UTC)
+    assert kbs("key", "create", "lab/key/filtered", "--generate")[0] == 0
+    for _ in range(2):
+        assert asyncio.run(full_flow(broker.url, "sample", "lab/key/filtered"))[0] == 401  # default policy: deny
+    mine = kbs.json("log", "--resource", "kbs:///lab/key/filtered", "--decision", "deny", "--limit", "1000")
+    assert len(mine) == 2 and {(e["reason"], e["tee"]) for e in mine} == {("policy", "sample")}
+    assert kbs.json("log", "--resource", "lab/key/filtered", "--reason", "disabled") == []
+    assert kbs.json("log", "--resource", "lab/key/filtered", "--tee", "snp") == []
+    since = kbs.json("log", "--resource", "lab/key/filtered", "--since", started.isoformat(), "--limit", "1000")
+    assert [e["decision"] for e in since] == ["deny", "deny"]  # the admin change is under its URL path
+    assert kbs.json("log", "--resource", "lab/key/filtered", "--until", started.isoformat()) == []
+    with pytest.raises(SystemExit):
+        kbs("log", "--since", "yesterday")
+    status, body = asyncio.run(admin(broker, "GET", "/kbs/v0/admin/release-log?since=yesterday"))
+    assert status == 400 and "RFC 3339" in body["detail"]
+    status, body = asyncio.run(admin(broker, "GET", "/kbs/v0/admin/release-log?resource=" + "x" * 600))
+    assert status == 400 and "at most 512 characters" in body["detail"]
 
 
 def test_log_verify_reports_heads_and_checks_a_kept_head(kbs: Kbs, broker: Broker) -> None:

@@ -26,7 +26,7 @@ from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import OpenStore, open_store
-from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoreError
 from kbs.store.integrity import StoreIntegrityError
 from tests.postgres import PostgresServer
 
@@ -521,3 +521,20 @@ def test_reference_set_edits_are_not_lost_across_replicas(backend: Backend) -> N
     replicas[1].remove_reference_values("m", ("v03", "v07"))
     got = replicas[0].refs.get("m")
     assert got is not None and len(got.values) == 14 and "v03" not in got.values
+
+
+def test_log_entries_filtered(store: OpenStore) -> None:
+    later = NOW + dt.timedelta(hours=1)
+    store.append_log(RELEASES, ReleaseRecord(NOW, "release", "policy", "r/t/a", 1, "s", "snp", "p", "h", None))
+    store.append_log(RELEASES, ReleaseRecord(NOW, "deny", "disabled", "r/t/a", None, "s", "tdx", "p", "h", None))
+    store.append_log(RELEASES, ReleaseRecord(later, "deny", "policy", "r/t/b", None, "s", "snp", "p", "h", None))
+
+    def reasons(**query: Any) -> list[str]:
+        return [e.reason for e in store.log_entries(RELEASES, 0, 100, LogQuery(**query))]
+    assert reasons() == ["policy", "disabled", "policy"]
+    assert reasons(resource="r/t/a") == ["policy", "disabled"]
+    assert reasons(decision="deny", tee="snp") == ["policy"]
+    assert reasons(reason="disabled") == ["disabled"]
+    assert reasons(since=later) == ["policy"] and reasons(until=NOW) == ["policy", "disabled"]
+    assert reasons(resource="r/t/a'; DROP TABLE release_log; --") == []  # values are bound, never spliced
+    assert len(store.log_entries(RELEASES, 0, 100)) == 3

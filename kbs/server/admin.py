@@ -14,6 +14,7 @@ import binascii
 import json
 import logging
 import secrets
+from argparse import ArgumentTypeError
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -33,13 +34,15 @@ from kbs.server.errors import ProtocolError
 from kbs.server.protocol import SEGMENT, STATE
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import require_admin_client_certificate
-from kbs.store.base import ReleaseRecord, StoreError
+from kbs.store.base import LogQuery, ReleaseRecord, StoreError
 from kbs.store.integrity import StoreIntegrityError
+from kbs.timearg import rfc3339
 
 log = logging.getLogger("kbs.admin")
 routes = web.RouteTableDef()
 MAX_KEY_BYTES = 64 * 1024
 MAX_CHANGE_DETAIL = 2000
+MAX_QUERY_VALUE = 512
 Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
 
 
@@ -415,8 +418,26 @@ async def release_log(request: web.Request, st: BrokerState, who: AdminIdentity)
                             reason="format")
     after = max(int(request.query.get("after", "0")), 0)
     limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
-    records = await st.run(st.store.log_entries, chain, after, limit)
+    records = await st.run(st.store.log_entries, chain, after, limit, _log_query(request))
     return web.json_response([{**asdict(r), "at": r.at.isoformat()} for r in records])
+
+
+def _log_query(request: web.Request) -> LogQuery:
+    """?resource=&decision=&reason=&tee= (exact) and ?since=&until= (RFC 3339, inclusive)."""
+    text = {name: request.query.get(name) for name in ("resource", "decision", "reason", "tee", "since", "until")}
+    if any(value is not None and len(value) > MAX_QUERY_VALUE for value in text.values()):
+        raise ProtocolError("PluginInternalError", f"log filters are at most {MAX_QUERY_VALUE} characters",
+                            status=400, reason="format")
+    times: dict[str, datetime | None] = {}
+    for name in ("since", "until"):
+        value = text[name]
+        try:
+            times[name] = rfc3339(value) if value is not None else None
+        except ArgumentTypeError as exc:  # kbs.timearg's error, naming the problem
+            raise ProtocolError("PluginInternalError", f"{name} must be an RFC 3339 time: {exc}", status=400,
+                                reason="format") from exc
+    return LogQuery(resource=text["resource"], decision=text["decision"], reason=text["reason"], tee=text["tee"],
+                    since=times["since"], until=times["until"])
 
 
 @admin_route("GET", "/kbs/v0/admin/release-log/verify", write=False)

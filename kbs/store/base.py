@@ -95,6 +95,35 @@ class ReleaseRecord:
 
 
 @dataclass(frozen=True)
+class LogQuery:
+    """Which log entries to list: each field that is set must match (`since` and `until` inclusive)."""
+
+    resource: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    tee: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def sql(self) -> tuple[str, tuple[object, ...]]:
+        """' AND ...' conditions over the log columns with '?' placeholders, and their arguments."""
+        parts: list[str] = []
+        args: list[object] = []
+        for column in ("resource", "decision", "reason", "tee"):
+            value = getattr(self, column)
+            if value is not None:
+                parts.append(f" AND {column} = ?")
+                args.append(value)
+        if self.since is not None:
+            parts.append(" AND at >= ?")
+            args.append(self.since.timestamp())
+        if self.until is not None:
+            parts.append(" AND at <= ?")
+            args.append(self.until.timestamp())
+        return "".join(parts), tuple(args)
+
+
+@dataclass(frozen=True)
 class AttestationRecord:
     attestation_id: str
     at: datetime
@@ -134,7 +163,8 @@ class Store(PolicyStore, Protocol):
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None: ...
     def purge_attestations(self, before: datetime) -> int: ...
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord: ...
-    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]: ...
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
+                    query: LogQuery | None = None) -> list[ReleaseRecord]: ...
     def verify_logs(self) -> list[Head]: ...
     def purge_refusals(self, before: datetime) -> int: ...
 

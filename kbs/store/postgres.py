@@ -42,7 +42,7 @@ from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
-from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
@@ -393,8 +393,11 @@ class PostgresStore:
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)
 
-    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
-        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit))
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
+                    query: LogQuery | None = None) -> list[ReleaseRecord]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > %s{where.replace('?', '%s')} ORDER BY seq "
+                          "LIMIT %s", (after_seq, *args, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
 
     def verify_logs(self) -> list[Head]:

@@ -30,7 +30,7 @@ from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues
 from kbs.store import schema
-from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
@@ -520,8 +520,11 @@ class SqliteStore:
         """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
         return int(self._read("SELECT value FROM decision_generation WHERE id = 1")[0][0])
 
-    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100) -> list[ReleaseRecord]:
-        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
+                    query: LogQuery | None = None) -> list[ReleaseRecord]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ?{where} ORDER BY seq LIMIT ?",
+                          (after_seq, *args, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
 
     def verify_logs(self) -> list[Head]:
