@@ -35,6 +35,11 @@ from kbs.timearg import rfc3339
 Run = Callable[[argparse.Namespace], int]
 
 
+def broker_client(args: argparse.Namespace) -> AdminClient:
+    """The admin-API client the connection flags (or their environment variables) describe."""
+    return _client(args)
+
+
 def _client(args: argparse.Namespace) -> AdminClient:
     def flag(name: str, env: str, default: str | None = None) -> str | None:
         value: str | None = getattr(args, name, None)  # absent when given neither before nor after the verb

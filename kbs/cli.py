@@ -120,13 +120,15 @@ def _add_serve_parser(commands: SubParsers, argv: Sequence[str]) -> None:
 
 
 def _add_policy_parser(commands: SubParsers, argv: Sequence[str]) -> None:
-    from kbs.admin_cli import add_remote_policy_verbs
+    from kbs.admin_cli import add_connection_arguments, add_remote_policy_verbs
 
     policy = commands.add_parser("policy", help="check and evaluate policies on files; manage them on a broker")
     verbs = policy.add_subparsers(dest="verb", required=True)
     check = verbs.add_parser("check", help="validate a policy (JSON or Rego, recognised from the file)")
     check.add_argument("policy", help="policy file")
-    check.add_argument("--refs", metavar="FILE", help="reference values (JSON) the policy may name")
+    check.add_argument("--refs", metavar="FILE", help="reference values (JSON) the policy may name (default: with "
+                       "--url, the broker's sets)")
+    add_connection_arguments(check, after_verb=True)
     check.set_defaults(func=_run_policy_check)
     ev = verbs.add_parser("eval", help="evaluate a policy on a claims document and explain the decision")
     ev.add_argument("policy", help="policy file")
@@ -153,12 +155,21 @@ def _rego_pool(text: str) -> contextlib.AbstractContextManager[RegoWorkerPool | 
 
 
 def _run_policy_check(args: argparse.Namespace) -> int:
+    from kbs.admin_cli import broker_client
     from kbs.policy.loader import validate_policy
 
     text = _text(args.policy, "policy")
-    refs = _load_refs(args.refs)
+    if args.refs is None and getattr(args, "url", None):  # the sets the policy would meet on that broker
+        refs = ReferenceValues.from_json(broker_client(args).list_refs())
+    else:
+        refs = _load_refs(args.refs)
     with _rego_pool(text) as rego:
-        policy = validate_policy(text, refs, rego)
+        try:
+            policy = validate_policy(text, refs, rego)
+        except PolicyInvalid as exc:
+            if "unknown reference-value set" in str(exc) and args.refs is None and not getattr(args, "url", None):
+                raise PolicyInvalid(f"{exc} (give --refs FILE, or --url to check against a broker's sets)") from None
+            raise
     names = ", ".join(sorted(policy.referenced_sets())) or "none"
     print(f"kbs: policy {args.policy} is valid ({policy.dialect}; reference sets used: {names})")
     return EXIT_OK

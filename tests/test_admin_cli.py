@@ -408,3 +408,20 @@ def test_connection_flags_go_before_or_after_the_verb(broker: Broker, capsys: py
     assert main(["--url", "http://127.0.0.1:9", "--admin-key", key, "key", "list", "--url", broker.url]) == 0
     assert main(["--url", "http://127.0.0.1:9", "--admin-key", key, "key", "list"]) == 1
     assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_policy_check_against_the_brokers_sets(kbs: Kbs, broker: Broker, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A policy naming a set: offline, the check says which flag to add; with --url it uses the broker's sets."""
+    text = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
+        {"claim": "sample.svn", "in": {"ref": "checked-svns"}}]}]})
+    path = write(tmp_path, "checked.json", text)
+    key = str(broker.state_dir / "admin-key.pem")
+    assert main(["policy", "check", path]) == 1
+    assert "give --refs FILE, or --url to check against a broker's sets" in capsys.readouterr().err
+    assert main(["policy", "check", path, "--url", broker.url, "--admin-key", key]) == 1  # not there yet
+    assert "unknown reference-value set 'checked-svns'" in capsys.readouterr().err
+    assert kbs("refs", "put", "checked-svns", "1", "2")[0] == 0
+    capsys.readouterr()
+    assert main(["--url", broker.url, "--admin-key", key, "policy", "check", path]) == 0
+    assert "reference sets used: checked-svns" in capsys.readouterr().out
