@@ -116,6 +116,9 @@ def _add_serve_parser(commands: SubParsers, argv: Sequence[str]) -> None:
     serve.add_argument("--state-dir", type=Path, help="override `state_dir`")
     serve.add_argument("--workers", type=int, metavar="N",
                        help="override [server] workers: worker processes on one port (0: one per core)")
+    serve.add_argument("--check-config", action="store_true",
+                       help="load everything the configuration names (TLS files, KEK, admin keys, store, verifiers' "
+                            "trust roots), probe the port, print a summary and exit")
     serve.set_defaults(func=_run_serve)
 
 
@@ -209,7 +212,7 @@ def _text(path: str, what: str) -> str:
 def _run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from kbs.server.app import serve
+    from kbs.server.app import check_config, serve
     from kbs.server.config import load_config
 
     config = load_config(args.config)
@@ -222,6 +225,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         if args.workers < 0:
             raise Usage("--workers must be 0 (one per core) or more")
         config = replace(config, workers=args.workers)
+    if args.check_config:
+        print(f"kbs: {check_config(config)}")
+        return EXIT_OK
     return serve(config)
 
 

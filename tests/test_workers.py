@@ -273,6 +273,33 @@ def test_verification_past_the_request_timeout_is_refused_and_logged(tmp_path: P
             assert ready.status == 200
 
 
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kbs.cli", "serve", "--config", str(config), "--check-config"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_check_config_loads_everything_and_serves_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    done = _check(write_config(tmp_path / "kbs.toml", port, tmp_path / "state", workers=2))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"kbs: configuration OK: http://127.0.0.1:{port}, store sqlite, verifiers snp, tdx, "
+                                   "sample, 2 worker(s), 1 admin key(s), dev mode")
+    assert refused(port)  # nothing listens afterwards
+    assert (tmp_path / "state" / "kbs.sqlite3").exists()  # the store was opened (and its schema made)
+    (tmp_path / "state" / "kek").unlink()
+    missing = write_config(tmp_path / "nokek.toml", port, tmp_path / "state",
+                           f'dev_mode = false\nkek_file = "{tmp_path / "state" / "kek"}"\n')
+    done = _check(missing)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        f"kbs: error: kek: cannot read the key encryption key {tmp_path / 'state' / 'kek'}: No such file or directory"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        done = _check(write_config(tmp_path / "busy.toml", busy, tmp_path / "state"))
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{busy}: Address already in use" in done.stderr
+
+
 def refused(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)

@@ -301,6 +301,24 @@ def serve(config: Config) -> int:
     return 0
 
 
+def check_config(config: Config) -> str:
+    """`kbs serve --check-config`: what `serve` loads before serving, loaded (TLS files, the KEK, admin keys,
+    the store, reachable and at this schema, the enabled verifiers and their trust roots) and the port
+    probed, then stop.  A one-line summary, or the error `serve` would stop with."""
+    from kbs.server import workers
+
+    check_listen(config)
+    tls = server_ssl_context(config)
+    config = bootstrap_dev(config)
+    workers.probe_port(*config.host_port, config.listen)
+    asyncio.run(workers.first_start(config))
+    scheme = "https" if tls else "http"
+    return (f"configuration OK: {scheme}://{config.listen}, store {config.database_kind}, "
+            f"verifiers {', '.join(config.enabled_tees)}, "
+            f"{workers.worker_count(config.workers)} worker(s), {len(config.admin_keys)} admin key(s)"
+            f"{', dev mode' if config.dev_mode else ''}")
+
+
 # Young-generation collections at this many net allocations instead of CPython's 700: a request allocates
 # hundreds of objects, nearly all freed by reference counting; collecting every few requests cost ~14% of
 # a worker's CPU in a storm (measured with py-spy --native).  Cycles are still collected, a little later.

@@ -76,7 +76,7 @@ def worker_count(configured: int) -> int:
 def supervise(config: Config, count: int) -> NoReturn:
     """Prepare `count` workers, then become the lean supervisor (exec, same PID); ServeError when they cannot
     serve.  What the supervisor prints and returns from then on is kbs.server.supervisor's."""
-    asyncio.run(_first_start(config))
+    asyncio.run(first_start(config))
     host, port = config.host_port
     port = probe_port(host, port, config.listen)
     config = replace(config, listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
@@ -114,8 +114,9 @@ def _write_private(path: Path, data: bytes) -> None:
         out.write(data)
 
 
-async def _first_start(config: Config) -> None:
-    """The app's start-up and clean-up once: the schema, secrets and default policy exist afterwards."""
+async def first_start(config: Config) -> None:
+    """The app's start-up and clean-up once: the schema, secrets and default policy exist afterwards (and
+    everything the configuration names has been loaded: `kbs serve --check-config` stops here)."""
     runner = web.AppRunner(make_app(config), handle_signals=False)
     await runner.setup()
     await runner.cleanup()
