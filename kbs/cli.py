@@ -29,6 +29,7 @@ from kbs.timearg import rfc3339
 
 if TYPE_CHECKING:
     from kbs.policy.rego_pool import RegoWorkerPool
+    from kbs.server.config import Config
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -209,6 +210,58 @@ def _text(path: str, what: str) -> str:
         raise Usage(f"{what} {path} is not UTF-8 text") from exc
 
 
+def _add_backup_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
+    for name, what, arg in (("backup", "copy the broker's SQLite database while it serves (not the KEK)", "OUT"),
+                            ("restore", "restore a backup into a fresh state directory, checked against the KEK",
+                             "IN")):
+        parser = commands.add_parser(name, help=what, description=what)
+        parser.add_argument("file", metavar=arg, type=Path)
+        parser.add_argument("--config", type=Path, help="the broker's TOML configuration (default: dev mode)")
+        parser.add_argument("--state-dir", type=Path, help="override `state_dir`")
+        parser.set_defaults(func=_run_backup if name == "backup" else _run_restore)
+
+
+def _store_config(args: argparse.Namespace) -> Config:
+    from dataclasses import replace
+
+    from kbs.server.config import load_config
+
+    config = load_config(args.config)
+    return replace(config, state_dir=args.state_dir) if args.state_dir else config
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    from kbs.store.backup import backup_sqlite
+
+    config = _store_config(args)
+    pages = backup_sqlite(config.database_path, args.file)
+    print(f"kbs: {config.database_path} copied to {args.file} ({pages} pages); the KEK is not in it: keep "
+          f"{config.kek_file or 'the KEK'} safe separately")
+    return EXIT_OK
+
+
+def _run_restore(args: argparse.Namespace) -> int:
+    from kbs.keys.kek import load_kek
+    from kbs.store import open_store
+    from kbs.store.backup import restore_sqlite
+    from kbs.store.integrity import ROW_MAC_PURPOSE
+
+    config = _store_config(args)
+    kek = load_kek(config.kek_file or (config.kek_path if config.dev_mode else None), config.kek_credential)
+    restore_sqlite(args.file, config.database_path)
+    try:  # the restored rows must authenticate under the KEK this broker will use
+        store = open_store(config.database_path, kek.derive(ROW_MAC_PURPOSE))
+        heads = store.verify_logs()
+        store.close()
+    except KbsError as exc:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{config.database_path}{suffix}").unlink(missing_ok=True)
+        raise KbsError(f"the backup does not verify under this broker's KEK (made under another?): {exc}") from exc
+    entries = ", ".join(f"{h.chain} log {h.head_seq - h.first_seq + 1} entries" for h in heads)
+    print(f"kbs: {args.file} restored to {config.database_path}; {entries} verify under the KEK")
+    return EXIT_OK
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -249,6 +302,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
     (("measure",), _add_measure_parser),
     (("collateral",), _add_collateral_parser),
     (("serve",), _add_serve_parser),
+    (("backup", "restore"), _add_backup_parsers),
 )
 
 
