@@ -140,6 +140,8 @@ def add_admin_parsers(commands: SubParsers) -> None:
     log.add_argument("--until", type=_rfc3339, metavar="RFC3339", help="only entries at or before this time")
     log.add_argument("--expect", metavar="SEQ:HASH", type=_head,
                      help="with verify: fail unless release-log entry SEQ still has HASH (a head you kept elsewhere)")
+    _verb(commands, "status", "the broker at a glance: version, uptime, store, verifiers, counts, the last hour",
+          _run_status)
     attestation = commands.add_parser("attestation", help="inspect stored attestations on the broker")
     verbs = attestation.add_subparsers(dest="verb", required=True)
     show = _verb(verbs, "show", "show a stored attestation and its claims", _run_attestation_show)
@@ -430,6 +432,17 @@ def _run_log_verify(args: argparse.Namespace) -> int:
                              "or truncated", status=409)
         lines.append(f"release-log entry {seq} still has the hash you kept")
     return _emit(args, answer, "\n".join(lines))
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    s = _client(args).status()
+    hour = s["last_hour"]
+    lines = [f"kbs {s['version']}, up {s['uptime_seconds']} s, store {s['store']}, "
+             f"verifiers {', '.join(s['verifiers'])}",
+             f"{s['keys']} keys, {s['policies']} policies, {s['reference_sets']} reference sets",
+             f"last hour: {hour['releases']} releases, {hour['denials']} denials, {hour['errors']} errors, "
+             f"{hour['refusals']} refusals, {hour['admin_changes']} admin changes"]
+    return _emit(args, s, "\n".join(lines))
 
 
 def _run_attestation_show(args: argparse.Namespace) -> int:

@@ -253,6 +253,9 @@ class AdminClient:
         params = {"after": str(after), "limit": str(limit), "chain": chain, **(filters or {})}
         return list(self.request("GET", "/kbs/v0/admin/release-log", params=params))
 
+    def status(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/kbs/v0/admin/status"))
+
     def verify_log(self) -> dict[str, Any]:
         return dict(self.request("GET", "/kbs/v0/admin/release-log/verify"))
 

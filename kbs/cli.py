@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
-import importlib.metadata
 import json
 import os
 import sys
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
+from kbs import __version__
 from kbs.errors import EvidenceError, KbsError, UsageError
 from kbs.evidence.base import VerifyCommand
 from kbs.evidence.registry import KNOWN, verifier_types
@@ -46,7 +46,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     each command imports only what it uses: `kbs serve` runs the broker in this process (one worker) and must
     not import every verifier, the collateral tooling or sevsnpmeasure."""
     parser = argparse.ArgumentParser(prog="kbs", description="Key broker for confidential computing.")
-    parser.add_argument("--version", action="version", version=f"kbs {_version()}")
+    parser.add_argument("--version", action="version", version=f"kbs {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     wanted = _first_word(argv)
     built = [add for names, add in _COMMANDS if wanted in names] or [add for _, add in _COMMANDS]
@@ -78,13 +78,6 @@ def _verify_commands(tee: str | None) -> dict[str, VerifyCommand]:
         if command is not None:
             return {tee: command}
     return {kind.name: command for kind in verifier_types() if (command := kind.verify_command()) is not None}
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("kbs")
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
 
 
 def _first_word(argv: Sequence[str]) -> str | None:
@@ -298,7 +291,7 @@ def _run_verify(command: VerifyCommand, args: argparse.Namespace) -> int:
 _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], None]], ...] = (
     (("verify",), _add_verify_parser),
     (("policy",), _add_policy_parser),
-    (("key", "refs", "log", "attestation"), _add_admin_parsers),
+    (("key", "refs", "log", "status", "attestation"), _add_admin_parsers),
     (("measure",), _add_measure_parser),
     (("collateral",), _add_collateral_parser),
     (("serve",), _add_serve_parser),

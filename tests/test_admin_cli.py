@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import base64
 import datetime as dt
+import importlib.metadata
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -425,3 +426,17 @@ def test_policy_check_against_the_brokers_sets(kbs: Kbs, broker: Broker, tmp_pat
     capsys.readouterr()
     assert main(["--url", broker.url, "--admin-key", key, "policy", "check", path]) == 0
     assert "reference sets used: checked-svns" in capsys.readouterr().out
+
+
+def test_status_at_a_glance(kbs: Kbs, broker: Broker) -> None:
+    before = kbs.json("status")
+    assert before["version"] == importlib.metadata.version("kbs") and before["store"] == "sqlite"
+    assert "sample" in before["verifiers"] and before["uptime_seconds"] >= 0
+    assert kbs("key", "create", "lab/key/status", "--generate")[0] == 0
+    assert asyncio.run(full_flow(broker.url, "sample", "lab/key/status"))[0] == 401  # default policy: denied
+    after = kbs.json("status")
+    assert after["keys"] == before["keys"] + 1
+    assert after["last_hour"]["denials"] == before["last_hour"]["denials"] + 1
+    assert after["last_hour"]["admin_changes"] == before["last_hour"]["admin_changes"] + 1
+    code, out, _ = kbs("status")
+    assert code == 0 and out.startswith(f"kbs {after['version']}, up ") and "last hour: " in out

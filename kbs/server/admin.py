@@ -14,16 +14,18 @@ import binascii
 import json
 import logging
 import secrets
+import time
 from argparse import ArgumentTypeError
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
 from aiohttp import web
 
-from kbs.audit.chain import CHAINS, RELEASES
+from kbs import __version__
+from kbs.audit.chain import CHAINS, REFUSALS, RELEASES
 from kbs.errors import KbsError
 from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
@@ -43,6 +45,7 @@ routes = web.RouteTableDef()
 MAX_KEY_BYTES = 64 * 1024
 MAX_CHANGE_DETAIL = 2000
 MAX_QUERY_VALUE = 512
+STARTED = time.monotonic()  # this process's start, for the uptime in `kbs status`
 Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
 
 
@@ -438,6 +441,25 @@ def _log_query(request: web.Request) -> LogQuery:
                                 reason="format") from exc
     return LogQuery(resource=text["resource"], decision=text["decision"], reason=text["reason"], tee=text["tee"],
                     since=times["since"], until=times["until"])
+
+
+@admin_route("GET", "/kbs/v0/admin/status", write=False)
+async def status(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
+    """Status at a glance: version, uptime, store, verifiers, what is stored, and the last hour's decisions
+    (from this worker's view; counts come from the shared store)."""
+    now = st.clock()
+    paths, policies = await st.run(st.store.resource_paths), await st.run(st.store.policy_ids)
+    refs = await st.run(lambda: st.registry.refs)
+    hour = LogQuery(since=now - timedelta(hours=1))
+    decisions = await st.run(st.store.log_counts, RELEASES, hour)
+    refusals = await st.run(st.store.log_counts, REFUSALS, hour)
+    return web.json_response({
+        "version": __version__, "uptime_seconds": int(time.monotonic() - STARTED),
+        "store": st.config.database_kind, "verifiers": list(st.attestor.tees),
+        "keys": len(paths), "policies": len(policies), "reference_sets": len(refs.names()),
+        "last_hour": {"releases": decisions.get("release", 0), "denials": decisions.get("deny", 0),
+                      "errors": decisions.get("error", 0), "admin_changes": decisions.get("admin", 0),
+                      "refusals": sum(refusals.values())}})
 
 
 @admin_route("GET", "/kbs/v0/admin/release-log/verify", write=False)

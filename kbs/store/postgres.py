@@ -400,6 +400,12 @@ class PostgresStore:
                           "LIMIT %s", (after_seq, *args, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
 
+    def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._read(f"SELECT decision, count(*) AS n FROM {_table(chain)} WHERE true{where.replace('?', '%s')} "
+                          "GROUP BY decision", args)
+        return {r["decision"]: int(r["n"]) for r in rows}
+
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head, read in one snapshot so appends in
         flight on other replicas cannot make the rows and the head disagree."""

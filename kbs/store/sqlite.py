@@ -527,6 +527,11 @@ class SqliteStore:
                           (after_seq, *args, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
 
+    def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._read(f"SELECT decision, count(*) FROM {_table(chain)} WHERE 1=1{where} GROUP BY decision", args)
+        return {r[0]: int(r[1]) for r in rows}
+
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end.
 
