@@ -347,6 +347,7 @@ def test_metrics_and_health(broker: Broker, guest: SnpGuest) -> None:
     text = asyncio.run(_metrics(broker))
     assert "kbs_attestations_total{result=\"ok\",tee=\"snp\"}" in text
     assert "kbs_verification_seconds_bucket" in text and "kbs_build_info" in text
+    assert "_created" not in text  # no creation-timestamp series (issue 13: they double a scrape for nothing)
 
 
 def test_two_replicas_share_sessions(tmp_path: Path, pki: SyntheticAmd, guest: SnpGuest,

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kbs import __version__
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# No `_created` series: a timestamp per counter and histogram that dashboards do not use and that doubles
+# what a scrape carries (the multiprocess collector never renders them either).
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def multiprocess_dir() -> str | None:
