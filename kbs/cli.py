@@ -203,6 +203,12 @@ def _text(path: str, what: str) -> str:
         raise Usage(f"{what} {path} is not UTF-8 text") from exc
 
 
+def _add_init_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.init_cli import add_init_parser
+
+    add_init_parser(commands)
+
+
 def _add_backup_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
     for name, what, arg in (("backup", "copy the broker's SQLite database while it serves (not the KEK)", "OUT"),
                             ("restore", "restore a backup into a fresh state directory, checked against the KEK",
@@ -296,6 +302,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
     (("collateral",), _add_collateral_parser),
     (("serve",), _add_serve_parser),
     (("backup", "restore"), _add_backup_parsers),
+    (("init",), _add_init_parser),
 )
 
 
