@@ -40,10 +40,11 @@ from psycopg_pool import ConnectionPool
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
-from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from kbs.policy.refvalues import ReferenceSet
 from kbs.store import schema
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -73,7 +74,7 @@ def describe(url: str) -> str:
     return f"postgresql database {params.get('dbname') or params.get('user') or '?'} on {host}{port}"
 
 
-class PostgresStore:
+class PostgresStore(StoreReads):
     def __init__(self, url: str, row_key: bytes, *, pool_size: int = 8, pool_timeout: float = 30.0) -> None:
         """`url`: a libpq URL or conninfo (postgresql://user@host/db); libpq's PG* variables and
         ~/.pgpass fill what it leaves out, so passwords need not sit in the configuration."""
@@ -137,16 +138,13 @@ class PostgresStore:
                 raise StoreError(f"{self.name} failed: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[DictRow]:
+    def _select(self, sql: str, args: tuple[object, ...] = ()) -> list[DictRow]:
         """One statement, which is its own transaction (autocommit: one round trip, no BEGIN and COMMIT)."""
         try:
             with self._pool.connection() as conn:
-                return conn.execute(sql, args).fetchall()
+                return conn.execute(sql.replace("?", "%s"), args).fetchall()
         except psycopg.Error as exc:
             raise StoreError(f"{self.name} failed: {exc}") from exc
-
-    def ping(self) -> None:
-        self._read("SELECT 1")
 
     def probe_write(self, now: datetime) -> None:
         """A real write transaction: readiness fails when the database refuses writes (read-only, full)."""
@@ -157,10 +155,6 @@ class PostgresStore:
         self._pool.close()
 
     # -- sessions --------------------------------------------------------------------------
-
-    def get_session(self, session_id: str) -> Session | None:
-        rows = self._read("SELECT * FROM sessions WHERE session_id = %s", (session_id,))
-        return self._rows.session(rows[0]) if rows else None
 
     def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool:
@@ -239,18 +233,6 @@ class PostgresStore:
             return version
         return self._tx(step, lock=_ADMIN_LOCK)
 
-    def active_resource(self, path: str) -> ResourceVersion | None:
-        rows = self._read("SELECT * FROM resources WHERE path=%s AND state='active' ORDER BY version DESC LIMIT 1",
-                          (path,))
-        return self._rows.resource(rows[0]) if rows else None
-
-    def resource_versions(self, path: str) -> list[ResourceVersion]:
-        return [self._rows.resource(r) for r in self._read("SELECT * FROM resources WHERE path=%s ORDER BY version",
-                                                      (path,))]
-
-    def resource_paths(self) -> list[str]:
-        return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
-
     def set_resource_state(self, path: str, version: int | None, state: str) -> int:
         """Enable or disable one version (`rows.state_changes`)."""
         def step(cur: Cursor) -> int:
@@ -293,16 +275,6 @@ class PostgresStore:
                                      "(changed concurrently); retry") from exc
             raise
 
-    def policy_ids(self) -> list[str]:
-        return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
-
-    def decision_generation(self) -> int:
-        """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
-        return int(self._read("SELECT value FROM decision_generation WHERE id = 1")[0]["value"])
-
-    def reference_values(self) -> ReferenceValues:
-        return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
-
     def put_reference_set(self, ref: ReferenceSet) -> None:
         self._tx(lambda cur: self._write_reference_set(cur, ref), lock=_ADMIN_LOCK)
 
@@ -340,10 +312,6 @@ class PostgresStore:
 
     def _insert_attestation(self, cur: Cursor, record: AttestationRecord) -> None:
         cur.execute("INSERT INTO attestations VALUES (%s,%s,%s,%s,%s,%s)", self._rows.attestation_values(record))
-
-    def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
-        rows = self._read("SELECT * FROM attestations WHERE attestation_id=%s", (attestation_id,))
-        return self._rows.attestation(rows[0]) if rows else None
 
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
@@ -392,19 +360,6 @@ class PostgresStore:
             self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)
-
-    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
-                    query: LogQuery | None = None) -> list[ReleaseRecord]:
-        where, args = (query or LogQuery()).sql()
-        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > %s{where.replace('?', '%s')} ORDER BY seq "
-                          "LIMIT %s", (after_seq, *args, limit))
-        return [self._rows.checked_record(chain, r) for r in rows]
-
-    def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
-        where, args = (query or LogQuery()).sql()
-        rows = self._read(f"SELECT decision, count(*) AS n FROM {_table(chain)} WHERE true{where.replace('?', '%s')} "
-                          "GROUP BY decision", args)
-        return {r["decision"]: int(r["n"]) for r in rows}
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head, read in one snapshot so appends in

@@ -28,10 +28,11 @@ from pathlib import Path
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
-from kbs.policy.refvalues import ReferenceSet, ReferenceValues
+from kbs.policy.refvalues import ReferenceSet
 from kbs.store import schema
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
 from kbs.store.rows import log_table as _table
@@ -62,7 +63,7 @@ def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
 
 
 
-class SqliteStore:
+class SqliteStore(StoreReads):
     # WAL readers never wait for writers and read a local file: callers may read on their event loop.
     reads_inline = True
 
@@ -265,14 +266,11 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"database {self.path} could not commit: {exc}") from exc
 
-    def _read(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    def _select(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         try:
             return self._connection().execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"database {self.path} read failed: {exc}") from exc
-
-    def ping(self) -> None:
-        self._read("SELECT 1")
 
     def probe_write(self, now: datetime) -> None:
         """A real write transaction: readiness fails when the disk is full or the file read-only."""
@@ -296,14 +294,6 @@ class SqliteStore:
             self._batch_db = None
 
     # -- sessions --------------------------------------------------------------------------
-
-    def get_session(self, session_id: str) -> Session | None:
-        rows = self._read("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return Session(r["session_id"], r["tee"], r["nonce"], _dt(r["created_at"]), _dt(r["expires_at"]),
-                       r["state"], r["evidence_digest"], r["token"])
 
     def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
                       record: AttestationRecord | None = None) -> bool:
@@ -371,18 +361,6 @@ class SqliteStore:
                         self._rows.resource_mac(path, version, "active", sealed, policy_id, created_by, _ts(at))))
             return version
 
-    def active_resource(self, path: str) -> ResourceVersion | None:
-        rows = self._read("SELECT * FROM resources WHERE path=? AND state='active' ORDER BY version DESC LIMIT 1",
-                          (path,))
-        return self._rows.resource(rows[0]) if rows else None
-
-    def resource_versions(self, path: str) -> list[ResourceVersion]:
-        return [self._rows.resource(r) for r in self._read("SELECT * FROM resources WHERE path=? ORDER BY version",
-                                                      (path,))]
-
-    def resource_paths(self) -> list[str]:
-        return [r["path"] for r in self._read("SELECT DISTINCT path FROM resources ORDER BY path")]
-
     def set_resource_state(self, path: str, version: int | None, state: str) -> int:
         """Enable or disable one version (`rows.state_changes`)."""
         with self._tx() as db:
@@ -426,12 +404,6 @@ class SqliteStore:
                                      "(changed concurrently); retry") from exc
             raise
 
-    def policy_ids(self) -> list[str]:
-        return [r["policy_id"] for r in self._read("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
-
-    def reference_values(self) -> ReferenceValues:
-        return self._rows.reference_values(self._read("SELECT name, body, mac FROM reference_sets"))
-
     def put_reference_set(self, ref: ReferenceSet) -> None:
         with self._tx() as db:
             self._write_reference_set(db, ref)
@@ -470,10 +442,6 @@ class SqliteStore:
 
     def _insert_attestation(self, db: sqlite3.Connection, record: AttestationRecord) -> None:
         db.execute("INSERT INTO attestations VALUES (?,?,?,?,?,?)", self._rows.attestation_values(record))
-
-    def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
-        rows = self._read("SELECT * FROM attestations WHERE attestation_id=?", (attestation_id,))
-        return self._rows.attestation(rows[0]) if rows else None
 
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
@@ -515,22 +483,6 @@ class SqliteStore:
                         self._rows.log_mac(chain, seq, head.head_hash, hashed)))
             self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
         return replace(record, seq=seq, entry_hash=hashed)
-
-    def decision_generation(self) -> int:
-        """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
-        return int(self._read("SELECT value FROM decision_generation WHERE id = 1")[0][0])
-
-    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
-                    query: LogQuery | None = None) -> list[ReleaseRecord]:
-        where, args = (query or LogQuery()).sql()
-        rows = self._read(f"SELECT * FROM {_table(chain)} WHERE seq > ?{where} ORDER BY seq LIMIT ?",
-                          (after_seq, *args, limit))
-        return [self._rows.checked_record(chain, r) for r in rows]
-
-    def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
-        where, args = (query or LogQuery()).sql()
-        rows = self._read(f"SELECT decision, count(*) FROM {_table(chain)} WHERE 1=1{where} GROUP BY decision", args)
-        return {r[0]: int(r[1]) for r in rows}
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end.

@@ -1,0 +1,69 @@
+"""The store's plain reads, written once for both backends.
+
+Each is one SELECT whose rows `kbs.store.rows.Rows` turns into records (checking their MACs); the
+backends differ only in how a statement is run and in the placeholder (`?` here; PostgreSQL's `_select`
+rewrites it to `%s`).  Writes stay per backend: their transactions and locking differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kbs.policy.refvalues import ReferenceValues
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session
+from kbs.store.rows import Row, Rows
+from kbs.store.rows import log_table as _table
+
+
+class StoreReads:
+    _rows: Rows
+
+    def _select(self, sql: str, args: tuple[object, ...] = ()) -> Sequence[Row]:
+        """Run one SELECT (`?` placeholders) as its own read; StoreError if the database fails."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        self._select("SELECT 1")
+
+    def get_session(self, session_id: str) -> Session | None:
+        rows = self._select("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
+        return self._rows.session(rows[0]) if rows else None
+
+    def active_resource(self, path: str) -> ResourceVersion | None:
+        rows = self._select("SELECT * FROM resources WHERE path=? AND state='active' ORDER BY version DESC LIMIT 1",
+                            (path,))
+        return self._rows.resource(rows[0]) if rows else None
+
+    def resource_versions(self, path: str) -> list[ResourceVersion]:
+        return [self._rows.resource(r) for r in self._select("SELECT * FROM resources WHERE path=? ORDER BY version",
+                                                             (path,))]
+
+    def resource_paths(self) -> list[str]:
+        return [r["path"] for r in self._select("SELECT DISTINCT path FROM resources ORDER BY path")]
+
+    def policy_ids(self) -> list[str]:
+        return [r["policy_id"] for r in self._select("SELECT DISTINCT policy_id FROM policies ORDER BY policy_id")]
+
+    def reference_values(self) -> ReferenceValues:
+        return self._rows.reference_values(self._select("SELECT name, body, mac FROM reference_sets"))
+
+    def get_attestation(self, attestation_id: str) -> AttestationRecord | None:
+        rows = self._select("SELECT * FROM attestations WHERE attestation_id=?", (attestation_id,))
+        return self._rows.attestation(rows[0]) if rows else None
+
+    def decision_generation(self) -> int:
+        """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
+        return int(self._select("SELECT value FROM decision_generation WHERE id = 1")[0]["value"])
+
+    def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
+                    query: LogQuery | None = None) -> list[ReleaseRecord]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._select(f"SELECT * FROM {_table(chain)} WHERE seq > ?{where} ORDER BY seq LIMIT ?",
+                            (after_seq, *args, limit))
+        return [self._rows.checked_record(chain, r) for r in rows]
+
+    def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
+        where, args = (query or LogQuery()).sql()
+        rows = self._select(f"SELECT decision, count(*) AS n FROM {_table(chain)} WHERE 1=1{where} GROUP BY decision",
+                            args)
+        return {r["decision"]: int(r["n"]) for r in rows}
