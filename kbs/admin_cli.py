@@ -37,10 +37,6 @@ Run = Callable[[argparse.Namespace], int]
 
 def broker_client(args: argparse.Namespace) -> AdminClient:
     """The admin-API client the connection flags (or their environment variables) describe."""
-    return _client(args)
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
     def flag(name: str, env: str, default: str | None = None) -> str | None:
         value: str | None = getattr(args, name, None)  # absent when given neither before nor after the verb
         return value or os.environ.get(env) or default
@@ -229,7 +225,7 @@ def add_remote_policy_verbs(verbs: SubParsers) -> None:
 # -- verbs -----------------------------------------------------------------------------------
 
 def _run_key_list(args: argparse.Namespace) -> int:
-    keys = _client(args).list_keys()
+    keys = broker_client(args).list_keys()
     lines = []
     for key in keys:
         lines.append(key["path"])
@@ -245,22 +241,22 @@ def _stored(answer: Mapping[str, Any]) -> str:
 def _run_key_create(args: argparse.Namespace) -> int:
     resource_path(args.resource)  # a usage error before anything else
     if getattr(args, "generate", False):
-        answer = _client(args).generate_key(args.resource, args.size, args.policy)
+        answer = broker_client(args).generate_key(args.resource, args.size, args.policy)
     else:
         if getattr(args, "size", None) is not None:
             raise UsageProblem("--size goes with --generate")
         value = read_input(args.from_file, "key file")
-        answer = _client(args).put_key(args.resource, value, args.policy)
+        answer = broker_client(args).put_key(args.resource, value, args.policy)
     return _emit(args, answer, _stored(answer))
 
 
 def _run_key_rotate(args: argparse.Namespace) -> int:
-    answer = _client(args).rotate_key(args.resource, args.size)
+    answer = broker_client(args).rotate_key(args.resource, args.size)
     return _emit(args, answer, _stored(answer))
 
 
 def _run_key_state(args: argparse.Namespace) -> int:
-    answer = _client(args).set_key_state(args.resource, args.enabled, args.version)
+    answer = broker_client(args).set_key_state(args.resource, args.enabled, args.version)
     which = f"version {args.version}" if args.version else "latest version"
     return _emit(args, answer, f"{args.resource}: {which} {'enabled' if args.enabled else 'disabled'}")
 
@@ -269,12 +265,12 @@ def _run_key_delete(args: argparse.Namespace) -> int:
     resource_path(args.resource)
     if not args.yes:
         raise UsageProblem(f"deleting {args.resource} removes every version for good; add --yes")
-    answer = _client(args).delete_key(args.resource)
+    answer = broker_client(args).delete_key(args.resource)
     return _emit(args, answer, f"{args.resource}: deleted ({answer['deleted_versions']} versions)")
 
 
 def _run_key_bind(args: argparse.Namespace) -> int:
-    answer = _client(args).bind_key(args.resource, args.policy)
+    answer = broker_client(args).bind_key(args.resource, args.policy)
     return _emit(args, answer, f"{args.resource}: bound to policy {args.policy!r}")
 
 
@@ -284,18 +280,18 @@ def _version_line(v: Mapping[str, Any]) -> str:
 
 
 def _run_policy_list(args: argparse.Namespace) -> int:
-    ids = _client(args).list_policies()
+    ids = broker_client(args).list_policies()
     return _emit(args, ids, "\n".join(ids) or "no policies")
 
 
 def _run_policy_put(args: argparse.Namespace) -> int:
     text = _text(args.file, "policy")
-    answer = _client(args).put_policy(args.policy_id, text, args.immutable)
+    answer = broker_client(args).put_policy(args.policy_id, text, args.immutable)
     return _emit(args, answer, f"policy {args.policy_id!r}: stored {_version_line(answer)}")
 
 
 def _run_policy_show(args: argparse.Namespace) -> int:
-    answer = _client(args).policy_history(args.policy_id)
+    answer = broker_client(args).policy_history(args.policy_id)
     current = answer["current"]
     human = [f"policy {args.policy_id!r} {_version_line(current)}", current["text"].rstrip(), "history:"]
     human += [f"  {_version_line(v)}" for v in answer["history"]]
@@ -303,12 +299,12 @@ def _run_policy_show(args: argparse.Namespace) -> int:
 
 
 def _run_policy_delete(args: argparse.Namespace) -> int:
-    answer = _client(args).delete_policy(args.policy_id)
+    answer = broker_client(args).delete_policy(args.policy_id)
     return _emit(args, answer, f"policy {args.policy_id!r}: deleted ({answer['versions']} versions)")
 
 
 def _run_policy_immutable(args: argparse.Namespace) -> int:
-    answer = _client(args).make_immutable(args.policy_id)
+    answer = broker_client(args).make_immutable(args.policy_id)
     return _emit(args, answer, f"policy {args.policy_id!r}: immutable from version {answer['version']}")
 
 
@@ -323,7 +319,7 @@ def explanation_from_json(doc: Mapping[str, Any]) -> Explanation:
 def _run_policy_dry_run(args: argparse.Namespace) -> int:
     if args.resource:
         resource_path(args.resource)
-    decision = _client(args).dry_run(args.policy_id, args.attestation, args.resource)
+    decision = broker_client(args).dry_run(args.policy_id, args.attestation, args.resource)
     allow = decision.get("allow") is True
     _emit(args, decision, explanation_from_json(decision.get("explanation", {})).render())
     print(f"kbs: {'allow' if allow else 'deny'}", file=sys.stderr)
@@ -331,12 +327,12 @@ def _run_policy_dry_run(args: argparse.Namespace) -> int:
 
 
 def _run_set_resource_policy(args: argparse.Namespace) -> int:
-    answer = _client(args).set_resource_policy(_text(args.file, "policy"))
+    answer = broker_client(args).set_resource_policy(_text(args.file, "policy"))
     return _emit(args, answer, f"policy 'default': stored {_version_line(answer)}")
 
 
 def _run_refs_list(args: argparse.Namespace) -> int:
-    refs = _client(args).list_refs()
+    refs = broker_client(args).list_refs()
     human = []
     for name, ref in refs.items():
         extra = "".join(f" ({k} {ref[k]})" for k in ("expires", "description") if ref.get(k))
@@ -357,7 +353,7 @@ def _run_refs_put(args: argparse.Namespace) -> int:
         body.update({k: v for k, v in (("expires", args.expires), ("description", args.description)) if v})
     else:
         raise UsageProblem("give the VALUEs or --from-file")
-    answer = _client(args).put_refs(args.name, body)
+    answer = broker_client(args).put_refs(args.name, body)
     count = len(answer.get(args.name, {}).get("values", []))
     return _emit(args, answer, f"reference set {args.name!r}: {count} values stored")
 
@@ -376,13 +372,13 @@ def _set_body(document: Any, name: str, path: str) -> Any:
 
 
 def _run_refs_edit(args: argparse.Namespace) -> int:
-    answer = _client(args).edit_refs(args.name, args.verb, args.values)
+    answer = broker_client(args).edit_refs(args.name, args.verb, args.values)
     count = len(answer.get(args.name, {}).get("values", []))
     return _emit(args, answer, f"reference set {args.name!r}: {count} values")
 
 
 def _run_refs_delete(args: argparse.Namespace) -> int:
-    answer = _client(args).delete_refs(args.name)
+    answer = broker_client(args).delete_refs(args.name)
     return _emit(args, answer, f"reference set {args.name!r} deleted")
 
 
@@ -412,14 +408,14 @@ def _run_log(args: argparse.Namespace) -> int:
             filters["resource"] = "/".join(split_resource(filters["resource"]))
         except ResourceNameError as exc:
             raise UsageProblem(str(exc)) from None
-    records = _client(args).release_log(args.after, min(args.limit, 1000), chain=chain, filters=filters)
+    records = broker_client(args).release_log(args.after, min(args.limit, 1000), chain=chain, filters=filters)
     human = "\n".join(_log_line(r) for r in records) or f"no entries after #{args.after}"
     return _emit(args, records, human)
 
 
 def _run_log_verify(args: argparse.Namespace) -> int:
     """Both chains verify on the broker; with --expect, an old head must still be in the release log."""
-    client = _client(args)
+    client = broker_client(args)
     answer = client.verify_log()
     lines = [f"{h['chain']} log: entries {h['first_seq']}..{h['head_seq']} verify; head {h['head_seq']}:"
              f"{h['head_hash']}" for h in answer["heads"]]
@@ -435,7 +431,7 @@ def _run_log_verify(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    s = _client(args).status()
+    s = broker_client(args).status()
     hour = s["last_hour"]
     lines = [f"kbs {s['version']}, up {s['uptime_seconds']} s, store {s['store']}, "
              f"verifiers {', '.join(s['verifiers'])}",
@@ -446,7 +442,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_attestation_show(args: argparse.Namespace) -> int:
-    record = _client(args).attestation(args.attestation_id)
+    record = broker_client(args).attestation(args.attestation_id)
     human = f"attestation {record['attestation_id']}: tee {record['tee']} at {record['at']}\n" + json.dumps(
         record["claims"], indent=2)
     return _emit(args, record, human)
