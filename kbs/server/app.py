@@ -31,7 +31,7 @@ from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
-from kbs.server import admin, health, protocol
+from kbs.server import admin, health, openapi, protocol
 from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
@@ -270,6 +270,7 @@ def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    openapi.add_route(app, config)  # GET /openapi.json
     return app
 
 
