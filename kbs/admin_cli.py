@@ -32,6 +32,9 @@ from kbs.policy.model import Explanation
 from kbs.resource_uri import ResourceNameError, split_resource
 from kbs.timearg import rfc3339
 
+STRICT_HELP = ("refuse the policy if it names a claim no enabled verifier emits, or compares a claim with a value "
+               "of another type (default: store it and warn)")
+
 Run = Callable[[argparse.Namespace], int]
 
 
@@ -205,6 +208,7 @@ def add_remote_policy_verbs(verbs: SubParsers) -> None:
     put.add_argument("policy_id", metavar="ID")
     put.add_argument("file", metavar="FILE")
     put.add_argument("--immutable", action="store_true", help="no change after this version (one way)")
+    put.add_argument("--strict", action="store_true", help=STRICT_HELP)
     show = _verb(verbs, "show", "show a policy's current text and its history", _run_policy_show)
     show.add_argument("policy_id", metavar="ID")
     delete = _verb(verbs, "delete", "delete a policy and its history (not 'default', not an immutable one, not "
@@ -220,6 +224,7 @@ def add_remote_policy_verbs(verbs: SubParsers) -> None:
     trustee = _verb(verbs, "set-resource-policy", "Trustee's POST /kbs/v0/resource-policy: replaces policy "
                     "'default'", _run_set_resource_policy)
     trustee.add_argument("file", metavar="FILE")
+    trustee.add_argument("--strict", action="store_true", help=STRICT_HELP)
 
 
 # -- verbs -----------------------------------------------------------------------------------
@@ -286,8 +291,16 @@ def _run_policy_list(args: argparse.Namespace) -> int:
 
 def _run_policy_put(args: argparse.Namespace) -> int:
     text = _text(args.file, "policy")
-    answer = broker_client(args).put_policy(args.policy_id, text, args.immutable)
+    answer = broker_client(args).put_policy(args.policy_id, text, args.immutable, args.strict)
+    _warn_claims(answer)
     return _emit(args, answer, f"policy {args.policy_id!r}: stored {_version_line(answer)}")
+
+
+def _warn_claims(answer: Mapping[str, Any]) -> None:
+    """The broker's claim-path warnings (kbs.policy.claimcheck), one line each on stderr."""
+    for warning in answer.get("warnings") or ():
+        where = f"line {warning['line']}: " if warning.get("line") is not None else ""
+        print(f"kbs: warning: {where}{warning['message']}", file=sys.stderr)
 
 
 def _run_policy_show(args: argparse.Namespace) -> int:
@@ -327,7 +340,8 @@ def _run_policy_dry_run(args: argparse.Namespace) -> int:
 
 
 def _run_set_resource_policy(args: argparse.Namespace) -> int:
-    answer = broker_client(args).set_resource_policy(_text(args.file, "policy"))
+    answer = broker_client(args).set_resource_policy(_text(args.file, "policy"), args.strict)
+    _warn_claims(answer)
     return _emit(args, answer, f"policy 'default': stored {_version_line(answer)}")
 
 

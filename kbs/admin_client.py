@@ -210,8 +210,8 @@ class AdminClient:
     def list_policies(self) -> list[str]:
         return list(self.request("GET", "/kbs/v0/resource-policy"))
 
-    def put_policy(self, policy_id: str, text: str, immutable: bool = False) -> dict[str, Any]:
-        params = {"immutable": "true"} if immutable else None
+    def put_policy(self, policy_id: str, text: str, immutable: bool = False, strict: bool = False) -> dict[str, Any]:
+        params = {name: "true" for name, on in (("immutable", immutable), ("strict", strict)) if on} or None
         return dict(self.request("PUT", f"/kbs/v0/admin/policies/{_seg(policy_id)}", data=text.encode(),
                                  params=params, content_type="text/plain; charset=utf-8"))
 
@@ -228,9 +228,10 @@ class AdminClient:
         body = {"attestation_id": attestation_id, **({"resource": resource} if resource else {})}
         return dict(self.request("POST", f"/kbs/v0/admin/policies/{_seg(policy_id)}/dry-run", body=body))
 
-    def set_resource_policy(self, text: str) -> dict[str, Any]:
+    def set_resource_policy(self, text: str, strict: bool = False) -> dict[str, Any]:
         encoded = base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode()
-        return dict(self.request("POST", "/kbs/v0/resource-policy", body={"policy": encoded}))
+        return dict(self.request("POST", "/kbs/v0/resource-policy", body={"policy": encoded},
+                                 params={"strict": "true"} if strict else None))
 
     # -- reference values, audit -----------------------------------------------------------
 

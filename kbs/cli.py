@@ -117,7 +117,7 @@ def _add_serve_parser(commands: SubParsers, argv: Sequence[str]) -> None:
 
 
 def _add_policy_parser(commands: SubParsers, argv: Sequence[str]) -> None:
-    from kbs.admin_cli import add_connection_arguments, add_remote_policy_verbs
+    from kbs.admin_cli import STRICT_HELP, add_connection_arguments, add_remote_policy_verbs
 
     policy = commands.add_parser("policy", help="check and evaluate policies on files; manage them on a broker")
     verbs = policy.add_subparsers(dest="verb", required=True)
@@ -125,6 +125,7 @@ def _add_policy_parser(commands: SubParsers, argv: Sequence[str]) -> None:
     check.add_argument("policy", help="policy file")
     check.add_argument("--refs", metavar="FILE", help="reference values (JSON) the policy may name (default: with "
                        "--url, the broker's sets)")
+    check.add_argument("--strict", action="store_true", help=STRICT_HELP)
     add_connection_arguments(check, after_verb=True)
     check.set_defaults(func=_run_policy_check)
     ev = verbs.add_parser("eval", help="evaluate a policy on a claims document and explain the decision")
@@ -153,11 +154,15 @@ def _rego_pool(text: str) -> contextlib.AbstractContextManager[RegoWorkerPool | 
 
 def _run_policy_check(args: argparse.Namespace) -> int:
     from kbs.admin_cli import broker_client
+    from kbs.policy.claimcheck import check_policy_claims, enforce
     from kbs.policy.loader import validate_policy
 
     text = _text(args.policy, "policy")
-    if args.refs is None and getattr(args, "url", None):  # the sets the policy would meet on that broker
-        refs = ReferenceValues.from_json(broker_client(args).list_refs())
+    enabled = None  # offline: every verifier this version knows
+    if getattr(args, "url", None):  # the sets and the verifiers the policy would meet on that broker
+        client = broker_client(args)
+        enabled = client.status()["verifiers"]
+        refs = _load_refs(args.refs) if args.refs else ReferenceValues.from_json(client.list_refs())
     else:
         refs = _load_refs(args.refs)
     with _rego_pool(text) as rego:
@@ -167,6 +172,10 @@ def _run_policy_check(args: argparse.Namespace) -> int:
             if "unknown reference-value set" in str(exc) and args.refs is None and not getattr(args, "url", None):
                 raise PolicyInvalid(f"{exc} (give --refs FILE, or --url to check against a broker's sets)") from None
             raise
+    warnings = check_policy_claims(text, enabled)
+    for warning in warnings:
+        print(f"kbs: warning: {warning.render()}", file=sys.stderr)
+    enforce(warnings, args.strict)
     names = ", ".join(sorted(policy.referenced_sets())) or "none"
     print(f"kbs: policy {args.policy} is valid ({policy.dialect}; reference sets used: {names})")
     return EXIT_OK

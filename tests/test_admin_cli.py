@@ -428,6 +428,36 @@ def test_policy_check_against_the_brokers_sets(kbs: Kbs, broker: Broker, tmp_pat
     assert "reference sets used: checked-svns" in capsys.readouterr().out
 
 
+def test_policy_upload_warns_about_claims_and_strict_refuses(kbs: Kbs, broker: Broker, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`sample.svnn` and a block for a verifier this broker does not enable: stored with warnings, or refused."""
+    text = json.dumps({"version": "1.0.0", "anyOf": [
+        {"authority": "local:sample", "allOf": [{"claim": "sample.svnn", "equals": "1"}]},
+        {"authority": "local:nvgpu", "allOf": [{"claim": "nvidia.measres", "equals": "success"}]}]}, indent=1)
+    path = write(tmp_path, "typo.json", text)
+    code, out, err = kbs("policy", "put", "typo", path)
+    assert code == 0 and "stored v1" in out
+    assert err.splitlines() == [
+        "kbs: warning: line 7: sample.svnn: no such claim in a local:sample block, so this condition never holds "
+        "(did you mean sample.svn?)",
+        "kbs: warning: line 13: local:nvgpu: this broker does not enable the nvgpu verifier ([verifiers] enabled), "
+        "so this block never holds"]
+    assert [w["claim"] for w in kbs.json("policy", "put", "typo", path)["warnings"]] == ["sample.svnn", "local:nvgpu"]
+    for argv in (("policy", "put", "typo-strict", path, "--strict"),
+                 ("policy", "set-resource-policy", path, "--strict")):
+        code, out, err = kbs(*argv, "--json")
+        assert code == 1 and json.loads(out)["error"]["check"] == "admin.400", argv
+        assert "(strict): line 7: sample.svnn" in json.loads(out)["error"]["message"]
+    assert kbs("policy", "show", "typo-strict")[0] == 1  # nothing stored
+    assert "svnn" not in kbs.json("policy", "show", "default")["current"]["text"]
+    key = str(broker.state_dir / "admin-key.pem")
+    capsys.readouterr()
+    assert main(["policy", "check", path]) == 0  # offline: every verifier this version knows
+    assert capsys.readouterr().err.count("kbs: warning:") == 1
+    assert main(["policy", "check", path, "--strict", "--url", broker.url, "--admin-key", key]) == 1
+    assert "does not enable the nvgpu verifier" in capsys.readouterr().err
+
+
 def test_status_at_a_glance(kbs: Kbs, broker: Broker) -> None:
     before = kbs.json("status")
     assert before["version"] == importlib.metadata.version("kbs") and before["store"] == "sqlite"

@@ -122,7 +122,8 @@ def test_known_verifiers_are_declared_as_their_classes_say() -> None:
     assert ALIASES == {EVIDENCE_KEY: "nvgpu"}
     assert set(DEFAULT_ENABLED) < set(DEV_ENABLED) <= set(KNOWN)
     with pytest.raises(RuntimeError, match="the class says 'snp' \\(cpu\\)"):
-        KnownVerifier("snp", GPU, "kbs.evidence.snp.verifier:SnpVerifier").load()
+        KnownVerifier("snp", GPU, "kbs.evidence.snp.verifier:SnpVerifier",
+                      "kbs.evidence.snp.claim_schema:CLAIMS").load()
     assert KNOWN["snp"].device_class == CPU
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from kbs.errors import KbsError
 from kbs.evidence.base import CPU, GPU, Appraisal, Verifier, VerifierConfigError, VerifierContext, VerifierType
+from kbs.evidence.claimschema import Schema
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,15 @@ class KnownVerifier:
     name: str  # `[verifiers] enabled`, `local:<name>` in policies, the TEE a guest names
     device_class: str  # CPU (a guest's primary evidence) or GPU (additional evidence)
     target: str  # "package.module:Class", imported by `load`
+    claims: str  # "package.module:CLAIMS": its claim schema, in a module that imports nothing heavy
     aliases: tuple[str, ...] = ()  # evidence keys guests send for it that are not its name
+    annotation: str = ""  # the key its claims sit under in the annotated evidence, when not its name
+
+    def claim_schema(self) -> Schema:
+        """The names and types of the claims it emits (kbs.evidence.claimschema), without importing it."""
+        module, _, attribute = self.claims.partition(":")
+        schema: Schema = getattr(importlib.import_module(module), attribute)
+        return schema
 
     def load(self) -> VerifierType:
         """Import the verifier's module and return its class (the facts above are checked against it)."""
@@ -50,11 +59,12 @@ class KnownVerifier:
 
 
 KNOWN: Mapping[str, KnownVerifier] = {known.name: known for known in (
-    KnownVerifier("snp", CPU, "kbs.evidence.snp.verifier:SnpVerifier"),
-    KnownVerifier("tdx", CPU, "kbs.evidence.tdx.verifier:TdxVerifier"),
+    KnownVerifier("snp", CPU, "kbs.evidence.snp.verifier:SnpVerifier", "kbs.evidence.snp.claim_schema:CLAIMS"),
+    KnownVerifier("tdx", CPU, "kbs.evidence.tdx.verifier:TdxVerifier", "kbs.evidence.tdx.claim_schema:CLAIMS"),
     # CoCo guests send GPUs as `nvidia` (Trustee's name; kbs.evidence.nvgpu.verifier.EVIDENCE_KEY).
-    KnownVerifier("nvgpu", GPU, "kbs.evidence.nvgpu.verifier:NvgpuVerifier", aliases=("nvidia",)),
-    KnownVerifier("sample", CPU, "kbs.evidence.sample:SampleVerifier"),
+    KnownVerifier("nvgpu", GPU, "kbs.evidence.nvgpu.verifier:NvgpuVerifier", "kbs.evidence.nvgpu.claim_schema:CLAIMS",
+                  aliases=("nvidia",), annotation="nvidia"),
+    KnownVerifier("sample", CPU, "kbs.evidence.sample:SampleVerifier", "kbs.evidence.sample:CLAIMS"),
 )}
 # Evidence keys guests use that are not a verifier's name.
 ALIASES: Mapping[str, str] = {alias: known.name for known in KNOWN.values() for alias in known.aliases}

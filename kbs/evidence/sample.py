@@ -13,7 +13,10 @@ from typing import Any, ClassVar
 from kbs.errors import MalformedEvidence
 from kbs.evidence.base import CPU, Appraisal, Binding, Offload, VerifierContext, read_table, trust_vector
 from kbs.evidence.binding import check_report_data
+from kbs.evidence.claimschema import Schema
 
+CLAIMS: Schema = {"svn": "string", "report_data": "string", "launch_digest": "string",
+                  "platform_version": {"major": "number", "minor": "number"}, "debug": "boolean"}
 # Trustee's values for its sample TEE: contraindicated, never trusted by default.
 SAMPLE_VECTOR = trust_vector(hardware=97, executables=33, configuration=2)
 

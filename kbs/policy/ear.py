@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from kbs.evidence.base import Appraisal
+from kbs.evidence.base import AR4SI_CLAIMS, Appraisal
+from kbs.evidence.claimschema import Schema
 
 EAT_PROFILE = "tag:github.com,2024:confidential-containers/Trustee"
 ISSUER = "kbs"
@@ -33,6 +34,7 @@ ANNOTATION_KEYS = frozenset({"report_data", "init_data", "runtime_data_claims", 
 # evidence is keyed by Trustee's TEE name, which is not always ours (`nvidia` from `nvgpu`).
 VERIFIER_KEY = "kbs.verifier"
 OVERALL_STATUS = "kbs.status"  # the worst ear.status of all submods
+ANNOTATED_EVIDENCE = "ear.veraison.annotated-evidence"
 
 
 def tier(value: int) -> str:
@@ -74,7 +76,7 @@ class Submod:
         evidence["runtime_data_claims"] = dict(self.runtime_data_claims or {})
         evidence["init_data_claims"] = dict(self.init_data_claims) if self.init_data_claims else None
         return {"ear.status": status_of(vector), "ear.trustworthiness-vector": vector,
-                "ear.appraisal-policy-id": "default", VERIFIER_KEY: a.tee, "ear.veraison.annotated-evidence": evidence}
+                "ear.appraisal-policy-id": "default", VERIFIER_KEY: a.tee, ANNOTATED_EVIDENCE: evidence}
 
 
 def ear_document(submods: Iterable[Submod], issued_at: datetime,
@@ -91,6 +93,24 @@ def ear_document(submods: Iterable[Submod], issued_at: datetime,
     overall = max((sub["ear.status"] for sub in out.values()), key=_TIER_ORDER.index, default="none")
     return {"eat_profile": EAT_PROFILE, "iat": iat, "exp": iat + int(lifetime.total_seconds()), "iss": ISSUER,
             "ear.verifier-id": {"developer": "kbs", "build": "kbs"}, OVERALL_STATUS: overall, "submods": out}
+
+
+def evidence_schema(verifiers: Mapping[str, Schema]) -> dict[str, Schema]:
+    """The schema of a submod's annotated evidence, given the claim schemas by annotation key."""
+    return {**verifiers, "report_data": "string", "init_data": "string", "runtime_data_claims": "any",
+            "init_data_claims": "any"}  # the last two are the guest's own documents
+
+
+def submod_schema(verifiers: Mapping[str, Schema]) -> dict[str, Schema]:
+    return {"ear.status": "string", "ear.trustworthiness-vector": dict.fromkeys(AR4SI_CLAIMS, "number"),
+            "ear.appraisal-policy-id": "string", VERIFIER_KEY: "string", ANNOTATED_EVIDENCE: evidence_schema(verifiers)}
+
+
+def document_schema(verifiers: Mapping[str, Schema]) -> dict[str, Schema]:
+    """The schema of what `ear_document` builds (kbs.evidence.claimschema), for checking policies' paths."""
+    return {"eat_profile": "string", "iat": "number", "exp": "number", "iss": "string",
+            "ear.verifier-id": {"developer": "string", "build": "string"}, OVERALL_STATUS: "string",
+            "submods": {"*": submod_schema(verifiers)}}
 
 
 def submods_by_tee(document: Mapping[str, Any]) -> dict[str, list[Mapping[str, Any]]]:

@@ -27,6 +27,7 @@ from aiohttp import web
 from kbs import __version__
 from kbs.audit.chain import CHAINS, REFUSALS, RELEASES
 from kbs.errors import KbsError
+from kbs.policy.claimcheck import check_policy_claims, enforce
 from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
@@ -45,6 +46,7 @@ routes = web.RouteTableDef()
 MAX_KEY_BYTES = 64 * 1024
 MAX_CHANGE_DETAIL = 2000
 MAX_QUERY_VALUE = 512
+MAX_SEQ = 2**63 - 1  # the largest log sequence number a store holds (SQLite INTEGER, PostgreSQL bigint)
 STARTED = time.monotonic()  # this process's start, for the uptime in `kbs status`
 Handler = Callable[[web.Request, BrokerState, AdminIdentity], Awaitable[web.StreamResponse]]
 
@@ -227,12 +229,20 @@ def _version_json(v: PolicyVersion, with_text: bool = False) -> dict[str, Any]:
     return out
 
 
+def _claim_warnings(request: web.Request, st: BrokerState, text: str) -> list[dict[str, Any]]:
+    """Claim paths no enabled verifier emits (kbs.policy.claimcheck); with ?strict=true, a refusal instead."""
+    warnings = check_policy_claims(text, st.attestor.registry.names)
+    enforce(warnings, strict=request.query.get("strict") == "true")
+    return [w.to_json() for w in warnings]
+
+
 @admin_route("POST", "/kbs/v0/resource-policy", write=True)
 async def set_resource_policy(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     """Trustee's single resource policy is this broker's policy `default` (bound to new resources)."""
     text = _b64_policy(await request.json())
+    warnings = _claim_warnings(request, st, text)
     version = await st.run(lambda: st.registry.put(DEFAULT_POLICY, text, created_by=who.name, at=st.clock()))
-    return web.json_response(_version_json(version))
+    return web.json_response({**_version_json(version), "warnings": warnings})
 
 
 @admin_route("GET", "/kbs/v0/resource-policy", write=False)
@@ -357,9 +367,10 @@ async def put_policy(request: web.Request, st: BrokerState, who: AdminIdentity) 
     """Body: the policy text (JSON or Rego, recognised from the text).  ?immutable=true sets the one-way flag."""
     text = (await request.read()).decode(errors="replace")
     immutable = request.query.get("immutable") == "true"
+    warnings = _claim_warnings(request, st, text)
     version = await st.run(lambda: st.registry.put(request.match_info["policy_id"], text, created_by=who.name,
                                                    at=st.clock(), immutable=immutable))
-    return web.json_response(_version_json(version))
+    return web.json_response({**_version_json(version), "warnings": warnings})
 
 
 @admin_route("POST", "/kbs/v0/admin/policies/{policy_id}/immutable", write=True)
@@ -419,7 +430,7 @@ async def release_log(request: web.Request, st: BrokerState, who: AdminIdentity)
     if chain not in CHAINS:
         raise ProtocolError("PluginInternalError", f"chain must be one of {', '.join(CHAINS)}", status=400,
                             reason="format")
-    after = max(int(request.query.get("after", "0")), 0)
+    after = min(max(int(request.query.get("after", "0")), 0), MAX_SEQ)
     limit = min(max(int(request.query.get("limit", "100")), 1), 1000)
     records = await st.run(st.store.log_entries, chain, after, limit, _log_query(request))
     return web.json_response([{**asdict(r), "at": r.at.isoformat()} for r in records])
@@ -455,7 +466,7 @@ async def status(request: web.Request, st: BrokerState, who: AdminIdentity) -> w
     refusals = await st.run(st.store.log_counts, REFUSALS, hour)
     return web.json_response({
         "version": __version__, "uptime_seconds": int(time.monotonic() - STARTED),
-        "store": st.config.database_kind, "verifiers": list(st.attestor.tees),
+        "store": st.config.database_kind, "verifiers": list(st.attestor.registry.names),
         "keys": len(paths), "policies": len(policies), "reference_sets": len(refs.names()),
         "last_hour": {"releases": decisions.get("release", 0), "denials": decisions.get("deny", 0),
                       "errors": decisions.get("error", 0), "admin_changes": decisions.get("admin", 0),
