@@ -229,6 +229,12 @@ def _add_backup_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
         parser.set_defaults(func=_run_backup if name == "backup" else _run_restore)
 
 
+def _add_kek_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.kek_cli import add_kek_parser
+
+    add_kek_parser(commands)
+
+
 def _store_config(args: argparse.Namespace) -> Config:
     from dataclasses import replace
 
@@ -311,6 +317,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
     (("collateral",), _add_collateral_parser),
     (("serve",), _add_serve_parser),
     (("backup", "restore"), _add_backup_parsers),
+    (("kek",), _add_kek_parser),
     (("init",), _add_init_parser),
 )
 

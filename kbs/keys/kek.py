@@ -45,6 +45,10 @@ class Kek:
         nonce = secrets.token_bytes(12)
         return FORMAT + nonce + self._aead.encrypt(nonce, plaintext, context.encode())
 
+    def reseal(self, sealed: bytes, context: str, new: Kek) -> bytes:
+        """A value sealed under this KEK, sealed under `new` instead (same context); KekError if it does not open."""
+        return new.seal(self.unseal(sealed, context), context)
+
     def unseal(self, sealed: bytes, context: str) -> bytes:
         if not sealed.startswith(FORMAT) or len(sealed) < len(FORMAT) + 12 + 16:
             raise KekError(f"sealed value for {context} is not in a known format")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
@@ -41,9 +41,10 @@ from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
-from kbs.store import schema
+from kbs.store import kek_state, schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
@@ -60,6 +61,25 @@ _SCHEMA_LOCK = 0x6B6273_00000001
 _ADMIN_LOCK = 0x6B6273_00000002
 _RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled back whole, so retrying is safe
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
+# What a KEK rotation locks: every table holding sealed values or MACs, so no connection reads a half-rotated state.
+_KEK_TABLES = ("secrets, resources, policies, reference_sets, attestations, release_log, refusal_log, log_heads, "
+               "kek_state")
+
+
+class _Sql:
+    """A transaction's cursor as kbs.store.kek_state runs SQL on it (`?` placeholders become `%s`)."""
+
+    def __init__(self, cur: Cursor) -> None:
+        self._cur = cur
+
+    def rows(self, sql: str, args: tuple[object, ...] = ()) -> list[DictRow]:
+        return self._cur.execute(sql.replace("?", "%s"), args).fetchall()
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
+        self._cur.execute(sql.replace("?", "%s"), args)
+
+    def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None:
+        self._cur.executemany(sql.replace("?", "%s"), args)
 
 
 
@@ -113,6 +133,7 @@ class PostgresStore(StoreReads):
                 conn.execute("INSERT INTO kbs_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET version = %s",
                              (SCHEMA_VERSION, SCHEMA_VERSION))
             cur = conn.cursor()
+            kek_state.check_at_open(_Sql(cur), self._rows, time.time())
             for chain in CHAINS:
                 if not cur.execute("SELECT 1 FROM log_heads WHERE chain=%s", (chain,)).fetchone():
                     self._write_head(cur, Head(chain, 1, GENESIS, 0, GENESIS))
@@ -316,6 +337,53 @@ class PostgresStore(StoreReads):
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
         return self._tx(lambda cur: cur.execute("DELETE FROM attestations WHERE at < %s", (_ts(before),)).rowcount)
+
+    # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
+
+    def kek_state(self) -> KekState | None:
+        """The kek_state row as stored (unchecked: for status and messages)."""
+        found = self._tx(lambda cur: kek_state.peek_state(_Sql(cur)))
+        return found[0] if found else None
+
+    def other_users(self) -> list[str]:
+        """Other client connections to this database (broker replicas on any host), as pg_stat_activity shows
+        them.  Open this store with pool_size=1 when asking: the pool's own idle connections count too."""
+        return self._tx(self._other_users)
+
+    @staticmethod
+    def _other_users(cur: Cursor) -> list[str]:
+        rows = cur.execute("SELECT pid, application_name, host(client_addr) AS addr FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                           "AND backend_type = 'client backend' ORDER BY pid").fetchall()
+        return [f"connection {r['pid']} ({r['application_name'] or 'no name'} from {r['addr'] or 'local'})"
+                for r in rows]
+
+    def _refuse_if_in_use(self, cur: Cursor) -> None:
+        users = self._other_users(cur)
+        if users:
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            raise StoreError(f"{self.name} has {len(users)} other connection(s): {shown} (running brokers?): stop "
+                             "every broker replica before rotating the KEK")
+
+    def begin_kek_rotation(self, new_id: str, now: datetime) -> None:
+        """Record the rotation's target, committed on its own (kbs.store.kek_state)."""
+        def step(cur: Cursor) -> None:
+            self._refuse_if_in_use(cur)
+            kek_state.begin_rotation(_Sql(cur), self._auth, new_id, _ts(now))
+        self._tx(step)
+
+    def rotate_kek(self, new_row_key: bytes, reseal: Reseal, unseal_new: Unseal, now: datetime,
+                   tick: Callable[[], None] = lambda: None) -> dict[str, int]:
+        """Everything re-sealed and re-MAC'd under the new KEK in one transaction (kbs.store.kek_state), with
+        every table locked: a replica connecting meanwhile waits, then meets the new id.  This store keeps the
+        old key: open a new one with the new key to use the database after."""
+        def step(cur: Cursor) -> dict[str, int]:
+            self._refuse_if_in_use(cur)
+            cur.execute("SET LOCAL lock_timeout = '10s'")
+            cur.execute(f"LOCK TABLE {_KEK_TABLES} IN ACCESS EXCLUSIVE MODE")
+            return kek_state.rotate(_Sql(cur), self._rows, Rows(RowAuthenticator(new_row_key)), reseal, unseal_new,
+                                    _ts(now), tick)
+        return self._tx(step, lock=_ADMIN_LOCK)
 
     # -- the logs --------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 3  # 3: the decision generation and its triggers
+SCHEMA_VERSION = 4  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state)
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -77,6 +77,9 @@ TABLES = (
           ("chain",)),
     Table("admin_token_ids", (("jti", "text not null"), ("expires_at", "real not null")), ("jti",)),
     Table("health", (("id", "int not null"), ("at", "real not null")), ("id",)),
+    # One row: which KEK the database is sealed under and any rotation begun (public ids, never keys).
+    Table("kek_state", (("id", "int not null"), ("kek_id", "text not null"), ("rotating_to", "text"),
+                        ("changed_at", "real not null"), ("mac", "text not null")), ("id",)),
 )
 
 

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -29,9 +30,10 @@ from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
-from kbs.store import schema
+from kbs.store import kek_state, schema
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
@@ -45,6 +47,27 @@ log = logging.getLogger("kbs.store")
 _V1_COLUMNS = (("resources", "mac TEXT"), ("policies", "mac TEXT"), ("reference_sets", "mac TEXT"),
                ("attestations", "mac TEXT"), ("release_log", "ref TEXT"), ("release_log", "actor TEXT"),
                ("release_log", "detail TEXT"), ("release_log", "mac TEXT"))
+
+# SQLite's wal-index "dead man switch" byte (in <db>-shm): every process with the database open in WAL mode
+# holds a read lock on it (https://sqlite.org/walformat.html), so a write-lock query there names another user.
+_SHM_DMS = 128
+_FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid
+
+
+class _Sql:
+    """A transaction's connection as kbs.store.kek_state runs SQL on it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def rows(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        return self._db.execute(sql, args).fetchall()
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
+        self._db.execute(sql, args)
+
+    def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None:
+        self._db.executemany(sql, args)
 
 
 def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
@@ -78,6 +101,7 @@ class SqliteStore(StoreReads):
         self._thread_writer = threading.Lock()
         self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._shm_fd: int | None = None  # other_users' probe, kept open (see there)
         db = self._connection()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -95,6 +119,7 @@ class SqliteStore(StoreReads):
                 if version == 1 and not fresh:
                     self._migrate_v1(tx)
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            kek_state.check_at_open(_Sql(tx), self._rows, time.time())
             for chain in CHAINS:
                 if not tx.execute("SELECT 1 FROM log_heads WHERE chain=?", (chain,)).fetchone():
                     self._write_head(tx, Head(chain, 1, GENESIS, 0, GENESIS))
@@ -278,9 +303,10 @@ class SqliteStore(StoreReads):
             db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", (_ts(now),))
 
     def __del__(self) -> None:
-        fd = getattr(self, "_lock_fd", None)
-        if fd is not None:
-            os.close(fd)
+        for name in ("_lock_fd", "_shm_fd"):
+            fd = getattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
 
     def close(self) -> None:
         """Close this thread's connection (each I/O thread has its own; the writer lock file stays open), and
@@ -513,6 +539,51 @@ class SqliteStore(StoreReads):
             count = db.execute("DELETE FROM refusal_log WHERE seq <= ?", (last["seq"],)).rowcount
             self._write_head(db, Head(REFUSALS, last["seq"] + 1, last["entry_hash"], head.head_seq, head.head_hash))
             return count
+
+    # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
+
+    def kek_state(self) -> KekState | None:
+        """The kek_state row as stored (unchecked: for status and messages)."""
+        found = kek_state.peek_state(_Sql(self._connection()))
+        return found[0] if found else None
+
+    def other_users(self) -> list[str]:
+        """Other processes that have the database open (a running broker, a backup), by pid.
+
+        Asks the kernel who holds SQLite's per-process read lock on the wal-index (F_GETLK: asking takes no
+        lock, and never reports this process's own).  The probe's descriptor stays open for the store's life:
+        closing any descriptor of a file drops all of this process's POSIX locks on it, SQLite's included.
+        """
+        if self._shm_fd is None:
+            try:
+                self._shm_fd = os.open(f"{self.path}-shm", os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return []
+        answer = fcntl.fcntl(self._shm_fd, fcntl.F_GETLK, struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET,
+                                                                       _SHM_DMS, 1, 0))
+        kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+        return [] if kind == fcntl.F_UNLCK else [f"process {pid}"]
+
+    def _refuse_if_in_use(self) -> None:
+        users = self.other_users()
+        if users:
+            raise StoreError(f"database {self.path} is open in {', '.join(users)} (a running broker?): stop every "
+                             "broker using it before rotating the KEK")
+
+    def begin_kek_rotation(self, new_id: str, now: datetime) -> None:
+        """Record the rotation's target, committed on its own (kbs.store.kek_state)."""
+        with self._tx() as db:
+            self._refuse_if_in_use()
+            kek_state.begin_rotation(_Sql(db), self._auth, new_id, _ts(now))
+
+    def rotate_kek(self, new_row_key: bytes, reseal: Reseal, unseal_new: Unseal, now: datetime,
+                   tick: Callable[[], None] = lambda: None) -> dict[str, int]:
+        """Everything re-sealed and re-MAC'd under the new KEK in one write transaction (kbs.store.kek_state).
+        This store keeps the old key: open a new one with the new key to use the database after."""
+        with self._tx() as db:
+            self._refuse_if_in_use()  # again: a broker opening from now on waits for this lock, then meets the new id
+            return kek_state.rotate(_Sql(db), self._rows, Rows(RowAuthenticator(new_row_key)), reseal, unseal_new,
+                                    _ts(now), tick)
 
     # -- migration -------------------------------------------------------------------------
 
