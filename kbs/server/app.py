@@ -38,20 +38,24 @@ from kbs.server.config import AdminKey, Config, ConfigError
 from kbs.server.decisions import DEFAULT_POLICY, DecisionInputs
 from kbs.server.errors import ProtocolError, ServeError
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
-from kbs.server.metrics import Metrics
+from kbs.server.metrics import REFRESH_SECONDS, Metrics
+from kbs.server.metrics_access import MetricsAccess
 from kbs.server.protocol import STATE
 from kbs.server.sessions import SessionCookies
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
 from kbs.store import open_store
+from kbs.store.base import StoreError
 from kbs.store.group_commit import GroupCommitWriter, can_batch
 from kbs.store.integrity import ROW_MAC_PURPOSE
+from kbs.trust import observe
 
 log = logging.getLogger("kbs.server")
 T = TypeVar("T")
 CONFIG: web.AppKey[Config] = web.AppKey("config", Config)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+METRICS_ACCESS: web.AppKey[MetricsAccess] = web.AppKey("metrics_access", MetricsAccess)
 LIMITS: web.AppKey[dict[str, RateLimiter]] = web.AppKey("limits", dict)
 VERIFIER_TYPES: web.AppKey[tuple[VerifierType, ...]] = web.AppKey("verifier_types", tuple)
 
@@ -118,10 +122,6 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     metrics.requests.labels(route=route, method=request.method, status=str(response.status)).inc()
     metrics.request_seconds.labels(route=route).observe(time.perf_counter() - started)
     return response
-
-
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -254,6 +254,33 @@ async def _purge(state: BrokerState) -> None:
             log.warning("purge failed", extra={"error": str(exc)})
 
 
+async def _metrics_upkeep(app: web.Application) -> AsyncIterator[None]:
+    """Collateral events into this app's metrics (kbs.trust.observe), and every REFRESH_SECONDS this process's
+    readings and the collateral expiries (kbs.server.metrics); the session count just before each scrape."""
+    metrics = app[METRICS]
+    unwatch = observe.watch(metrics)
+
+    async def count_sessions() -> None:
+        st = app.get(STATE)
+        if st is None:
+            return
+        with contextlib.suppress(StoreError):  # counted as a store error; the scrape still answers
+            metrics.sessions.set(await st.run(st.store.count_live_sessions, st.clock()))
+
+    async def refresh() -> None:
+        while True:
+            metrics.refresh()
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    app[METRICS_ACCESS].before_render = count_sessions
+    task = asyncio.create_task(refresh())
+    try:
+        yield
+    finally:
+        task.cancel()
+        unwatch()
+
+
 def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web.Application:
     """The broker's application; `verifier_types` adds TEEs beyond kbs.evidence.registry.KNOWN."""
     metrics = Metrics()
@@ -264,10 +291,12 @@ def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web
     app[VERIFIER_TYPES] = tuple(verifier_types)
     app[METRICS] = metrics
     app[LIMITS] = _rate_limiters(config)
+    app[METRICS_ACCESS] = MetricsAccess(config, metrics)  # [metrics]: open, behind a token, or elsewhere
     app.cleanup_ctx.append(_broker)
+    app.cleanup_ctx.append(_metrics_upkeep)
     app.add_routes(protocol.routes)
     app.add_routes(admin.routes)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app[METRICS_ACCESS].add_main_route(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     openapi.add_route(app, config)  # GET /openapi.json
@@ -393,6 +422,7 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
     which = f" (worker {worker.index + 1} of {worker.count})" if worker is not None else ""
     for url in urls:
         print(f"kbs: listening on {url}{which}", file=sys.stderr, flush=True)
+    metrics_runner = await _metrics_listener(app, ssl_context, worker)
     if on_listening is not None:
         on_listening(urls)
     stop = asyncio.Event()
@@ -407,7 +437,36 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
     await stop.wait()
     log.info("shutting down: draining requests")
     server.close()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await runner.cleanup()
+
+
+async def _metrics_listener(app: web.Application, ssl_context: ssl.SSLContext | None,
+                            worker: health.WorkerIdentity | None) -> web.AppRunner | None:
+    """[metrics] listen: /metrics on a socket of its own (shared by the workers like the main one)."""
+    where = app[CONFIG].metrics_host_port
+    if where is None:
+        return None
+    runner = web.AppRunner(app[METRICS_ACCESS].listener_app(), access_log=None, handle_signals=False,
+                           shutdown_timeout=2)
+    await runner.setup()
+    assert runner.server is not None
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            runner.server, *where, ssl=ssl_context, reuse_address=True, reuse_port=worker is not None)
+    except OSError as exc:
+        await runner.cleanup()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ServeError(f"cannot listen on [metrics] listen {app[CONFIG].metrics_listen}: {reason}") from exc
+    scheme = "https" if ssl_context is not None else "http"
+    for sock in server.sockets:
+        bound_host, bound_port = sock.getsockname()[:2]
+        url = f"{scheme}://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/metrics"
+        log.info("metrics listening", extra={"url": url, "worker": worker.index if worker else 0})
+        if worker is None or worker.index == 0:
+            print(f"kbs: metrics on {url}", file=sys.stderr, flush=True)
+    return runner
 
 
 MAX_HEADERS = 24

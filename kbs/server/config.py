@@ -19,6 +19,12 @@
                header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst,
                max_in_flight = 128 (requests in flight per worker; beyond it 503 with Retry-After)
     [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
+    [metrics]  listen = ""              # HOST:PORT (or a bare PORT: loopback) of a listener serving /metrics alone;
+                                        # the main listener then has no /metrics.  Same TLS as the main one.
+               token_file = ""          # a file holding a bearer token (16-4096 printable characters, mode 0600):
+                                        # /metrics answers 401 without `Authorization: Bearer <token>`
+               public = <dev_mode>      # /metrics without a token on the main listener (default only in dev mode;
+                                        # in production it answers 403 until listen or token_file is set)
 
     [[admin.keys]]                      # who may use the admin API
     name = "ops"; public_key = "/etc/kbs/ops.pub.pem"; role = "admin"   # role: admin or auditor
@@ -106,6 +112,9 @@ class Config:
     admin_max_token_lifetime: int = 900
     admin_audience: str = "KBS"
     admin_require_jti: bool = True
+    metrics_listen: str = ""  # [metrics]: kbs.server.metrics_access
+    metrics_token_file: Path | None = None
+    metrics_public: bool | None = None  # None: as dev_mode
     warnings: tuple[str, ...] = ()  # deprecated keys seen; logged at start
 
     @property
@@ -114,6 +123,24 @@ class Config:
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"listen must be HOST:PORT, got {self.listen!r}")
         return host.strip("[]"), int(port)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """[metrics] listen as (host, port); a bare port is loopback.  None: no separate listener."""
+        if not self.metrics_listen:
+            return None
+        if self.metrics_listen.isdigit():
+            host, port = "127.0.0.1", self.metrics_listen
+        else:
+            host, _, port = self.metrics_listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"[metrics] listen must be HOST:PORT or PORT, got {self.metrics_listen!r}")
+        return host.strip("[]"), int(port)
+
+    @property
+    def metrics_open(self) -> bool:
+        """/metrics answers without a token on the main listener ([metrics] public; by default in dev mode only)."""
+        return self.dev_mode if self.metrics_public is None else self.metrics_public
 
     @property
     def database_kind(self) -> str:
@@ -175,6 +202,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "verifiers": {"enabled": "verifiers_enabled"},
     "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
                "rego_memory_mb": "rego_memory_mb"},
+    "metrics": {"listen": "metrics_listen", "token_file": "metrics_token_file", "public": "metrics_public"},
     "tls": {"certificate": "tls_certificate", "private_key": "tls_private_key",
             "private_key_credential": "tls_private_key_credential", "client_ca": "tls_client_ca"},
 }
@@ -189,6 +217,8 @@ def _convert(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of TEE names")  # checked against the verifiers at start
         return tuple(dict.fromkeys(value))
+    if name == "metrics_public" and isinstance(value, bool):
+        return value
     if "Path" in kind and "tuple" in kind:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of paths")
@@ -255,7 +285,7 @@ def parse_config(document: dict[str, Any], base: Config | None = None) -> Config
     config.database_kind  # noqa: B018 - an unknown database_url scheme is refused at load
     _check_tls_and_admin(config)
     _check_serving(config)
-    return config
+    return _check_metrics(config)
 
 
 def _check_serving(config: Config) -> None:
@@ -263,6 +293,27 @@ def _check_serving(config: Config) -> None:
         raise ConfigError("[server] workers must be 0 (one per core) or more")
     if config.max_in_flight < 1:
         raise ConfigError("[limits] max_in_flight must be 1 or more")
+
+
+def _check_metrics(config: Config) -> Config:
+    """[metrics]: a listener apart from the main one, and not both a token and `public`; a warning when metrics
+    (or their token) would cross the network in clear or unauthenticated."""
+    where = config.metrics_host_port
+    if config.metrics_token_file is not None and config.metrics_public:
+        raise ConfigError("[metrics] public = true and [metrics] token_file are both set: with a token, /metrics "
+                          "is not public; remove one")
+    if where is None:
+        return config
+    if where[1] != 0 and where == config.host_port:
+        raise ConfigError(f"[metrics] listen {config.metrics_listen!r} is the main listen address; give another "
+                          "port, or leave it empty to serve /metrics on the main listener")
+    from kbs.server.tls import is_loopback  # tls imports this module
+
+    if is_loopback(where[0]) or (config.metrics_token_file is not None and config.tls_certificate is not None):
+        return config
+    return replace(config, warnings=(*config.warnings, f"[metrics] listen {config.metrics_listen!r} is not loopback "
+                                     "and has no token or no TLS: anyone who reaches it reads the metrics (set "
+                                     "[metrics] token_file and [tls], or firewall the port)"))
 
 
 def _check_tls_and_admin(config: Config) -> None:

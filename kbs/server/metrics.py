@@ -7,13 +7,47 @@ before any worker imports prometheus_client: every worker then keeps its values 
 and a scrape of any worker renders the sum over all of them (the client's multiprocess mode).
 Gauges say how they combine across processes; none is computed at scrape time (`set_function`
 sees only the scraped process), so the open-connection count is set as it changes.
+
+Beyond the request path (issue 13, item 7):
+
+- `process_*`: with one process, prometheus_client's ProcessCollector, read at scrape time.  With
+  several workers that collector would show only the worker that happens to answer the scrape, so each
+  worker copies its own readings (the same collector's, from /proc/self) into multiprocess metrics of the
+  same names every REFRESH_SECONDS and just before it renders a scrape: resident and virtual memory and
+  open descriptors are summed over live workers (`livesum`: what the broker holds now), CPU seconds are a
+  counter (a dead worker's seconds stay in the total, so it never goes backwards), the start time and the
+  descriptor limit are the live workers' minimum.  No label per worker or pid: restarts would mint new
+  series.  Not counted: the lean supervisor (about 15 MB) and the Rego worker processes.
+- collateral: every fetcher reports through `kbs.trust.observe` (a hook: `kbs.trust` never imports the
+  server); fetches and cache lookups are counted by source and result, and the earliest `nextUpdate` of the
+  collateral each worker holds that is still current is a timestamp gauge by source and `offline` (the live
+  workers' minimum; +Inf when a source holds none that expires).  In offline mode nothing renews it: an
+  alert on that gauge is the operator's cue to import fresh collateral.  Online, the broker refetches
+  collateral when it expires, so what needs watching there is failed fetches.
+- `kbs_policy_evaluation_seconds{dialect}`: the time a guest's resource request spends in its policy.
+- `kbs_attested_sessions`: attested sessions whose lifetime has not ended, counted in the store by the
+  worker answering the scrape (`livemostrecent`: the freshest count).  /auth stores nothing (its session
+  lives in a signed cookie), so sessions that never attested are not counted; replicas sharing one
+  database each report the same number (take the max, not the sum).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from collections.abc import Hashable
+from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from kbs import __version__
@@ -22,6 +56,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # No `_created` series: a timestamp per counter and histogram that dashboards do not use and that doubles
 # what a scrape carries (the multiprocess collector never renders them either).
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+REFRESH_SECONDS = 10.0  # how often each worker copies its process readings and collateral expiries
+MAX_EXPIRIES = 4096  # expiring artefacts remembered per source (CRLs, TCB infos, OCSP responses)
+POLICY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
 
 
 def multiprocess_dir() -> str | None:
@@ -61,14 +100,112 @@ class Metrics:
         self.rego_events = Counter("kbs_rego_events_total", "Rego worker pool events: evaluations, checks, restarts "
                                    "and failures (rego.crash, rego.timeout, rego.memory, rego.busy, ...)", ["event"],
                                    registry=self.registry)
+        self.collateral_fetch_counts = Counter(
+            "kbs_collateral_fetches_total", "Collateral fetches from vendor services (AMD KDS, Intel PCS, NVIDIA RIM "
+            "and OCSP) by source and result: ok or why not (kbs.trust.observe)", ["source", "result"],
+            registry=self.registry)
+        self.collateral_cache_counts = Counter(
+            "kbs_collateral_cache_total", "Collateral cache lookups by source and result (hit, miss, negative: a "
+            "remembered failure)", ["source", "result"], registry=self.registry)
+        self.collateral_expiry_at = Gauge(
+            "kbs_collateral_next_expiry_timestamp_seconds", "When the first of the expiring collateral held (CRLs, TCB "
+            "info, QE identity, OCSP responses) stops being current, by source; +Inf when none",
+            ["source", "offline"], registry=self.registry, multiprocess_mode="livemin")
+        self.policy_seconds = Histogram("kbs_policy_evaluation_seconds", "Release policy evaluation time by dialect",
+                                        ["dialect"], buckets=POLICY_BUCKETS, registry=self.registry)
+        self.store_errors = Counter("kbs_store_errors_total", "Store operations that failed (unavailable, conflict, "
+                                    "integrity)", ["check"], registry=self.registry)
+        self.sessions = Gauge("kbs_attested_sessions", "Attested sessions not yet expired (counted in the store at "
+                              "scrape time)", registry=self.registry, multiprocess_mode="livemostrecent")
+        self._expiries: dict[str, dict[Hashable, tuple[datetime, bool]]] = {}
+        self._expiry_labels: set[tuple[str, str]] = set()
+        self._process = _ProcessMetrics(self.registry)
         build = Gauge("kbs_build_info", "Build information", ["version"], registry=self.registry,
                       multiprocess_mode="max")
         build.labels(version=__version__).set(1)
 
+    # -- kbs.trust.observe.CollateralObserver ----------------------------------------------------------
+
+    def collateral_cache(self, source: str, result: str) -> None:
+        self.collateral_cache_counts.labels(source=source, result=result).inc()
+
+    def collateral_fetch(self, source: str, result: str) -> None:
+        self.collateral_fetch_counts.labels(source=source, result=result).inc()
+
+    def collateral_expiry(self, source: str, key: Hashable, valid_until: datetime, offline: bool) -> None:
+        held = self._expiries.setdefault(source, {})
+        held.pop(key, None)  # the newest copy of an artefact replaces the older one, and goes last
+        held[key] = (valid_until, offline)
+        if len(held) > MAX_EXPIRIES:
+            del held[next(iter(held))]  # the artefact not seen for longest
+        self._set_expiry(source, time.time())
+
+    # -- refreshed values ----------------------------------------------------------------------------
+
+    def _set_expiry(self, source: str, now: float) -> None:
+        held = self._expiries.get(source, {})
+        for key in [k for k, (until, _) in held.items() if until.timestamp() <= now]:
+            del held[key]  # expired: from now on the broker refetches it, or (offline) fetches fail
+        by_mode: dict[str, float] = {}
+        for until, offline in held.values():
+            mode = "true" if offline else "false"
+            by_mode[mode] = min(by_mode.get(mode, math.inf), until.timestamp())
+        for mode in {m for s, m in self._expiry_labels if s == source} | set(by_mode):
+            self._expiry_labels.add((source, mode))
+            self.collateral_expiry_at.labels(source=source, offline=mode).set(by_mode.get(mode, math.inf))
+
+    def refresh(self) -> None:
+        """Values that change without an event: this process's readings, and collateral that expired."""
+        self._process.update()
+        now = time.time()
+        for source in list(self._expiries):
+            self._set_expiry(source, now)
+
     def render(self) -> bytes:
+        self.refresh()  # the answering process's values are current; the others' are REFRESH_SECONDS old at most
         path = multiprocess_dir()
         if path is None:
             return generate_latest(self.registry)
         merged = CollectorRegistry()  # read at each scrape: every worker's files, live and dead
         MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
         return generate_latest(merged)
+
+
+class _ProcessMetrics:
+    """`process_*`: the library's collector with one process; with several, each worker's readings copied
+    into multiprocess metrics of the same names (module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._reader = ProcessCollector(registry=None if multiprocess_dir() else registry)
+        self._shared = multiprocess_dir() is not None
+        if not self._shared:
+            return
+        self._cpu_reported = 0.0
+        self._cpu = Counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds (all "
+                            "worker processes, dead ones included)", registry=registry)
+        self._gauges = {
+            "process_resident_memory_bytes": Gauge("process_resident_memory_bytes", "Resident memory size in bytes "
+                                                   "(sum over live workers)", registry=registry,
+                                                   multiprocess_mode="livesum"),
+            "process_virtual_memory_bytes": Gauge("process_virtual_memory_bytes", "Virtual memory size in bytes (sum "
+                                                  "over live workers)", registry=registry, multiprocess_mode="livesum"),
+            "process_open_fds": Gauge("process_open_fds", "Number of open file descriptors (sum over live workers)",
+                                      registry=registry, multiprocess_mode="livesum"),
+            "process_max_fds": Gauge("process_max_fds", "Maximum number of open file descriptors (per worker)",
+                                     registry=registry, multiprocess_mode="livemin"),
+            "process_start_time_seconds": Gauge("process_start_time_seconds", "Start time of the oldest live worker "
+                                                "since unix epoch in seconds", registry=registry,
+                                                multiprocess_mode="livemin"),
+        }
+
+    def update(self) -> None:
+        if not self._shared:
+            return  # the collector reads /proc at scrape time
+        for family in self._reader.collect():
+            for sample in family.samples:
+                if sample.name == "process_cpu_seconds_total":
+                    if sample.value > self._cpu_reported:
+                        self._cpu.inc(sample.value - self._cpu_reported)
+                        self._cpu_reported = sample.value
+                elif sample.name in self._gauges:
+                    self._gauges[sample.name].set(sample.value)

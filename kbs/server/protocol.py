@@ -355,10 +355,14 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
         policy_version, policy, refs = resolved
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
         decision: Decision
-        if isinstance(policy, JsonPolicy) and len(policy_version.text) <= INLINE_POLICY_CHARS:
-            decision = policy.evaluate(claims, refs, req, now)  # tens of microseconds: on the loop
-        else:  # Rego: to its worker pool, off the loop
-            decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
+        started = time.perf_counter()
+        try:
+            if isinstance(policy, JsonPolicy) and len(policy_version.text) <= INLINE_POLICY_CHARS:
+                decision = policy.evaluate(claims, refs, req, now)  # tens of microseconds: on the loop
+            else:  # Rego: to its worker pool, off the loop
+                decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
+        finally:
+            st.metrics.policy_seconds.labels(dialect=policy.dialect).observe(time.perf_counter() - started)
     except KbsError as exc:
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason=exc.check, decision="error", public="the release policy could not be evaluated"

@@ -19,7 +19,7 @@ from kbs.server.decisions import DecisionInputs
 from kbs.server.metrics import Metrics
 from kbs.server.sessions import SessionCookies
 from kbs.server.tokens import TokenSigner
-from kbs.store.base import Store
+from kbs.store.base import Store, StoreError
 from kbs.store.group_commit import GroupCommitWriter
 
 T = TypeVar("T")
@@ -51,20 +51,36 @@ class BrokerState:
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking store call on the I/O pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+        except StoreError as exc:
+            self._store_failed(exc)
+            raise
 
     async def write(self, fn: Callable[..., T], *args: object) -> T:
         """Run a store write of the guest protocol: through the group-commit writer (answered once durable)."""
         if self.writer is None:
             return await self.run(fn, *args)
-        return await self.writer.write(fn, *args)
+        try:
+            return await self.writer.write(fn, *args)
+        except StoreError as exc:
+            self._store_failed(exc)
+            raise
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Every store failure of the broker's calls, counted (kbs_store_errors_total) by its check label."""
+        self.metrics.store_errors.labels(check=exc.check if exc.check.startswith("store") else "store").inc()
 
     async def read(self, fn: Callable[..., T], *args: object) -> T:
         """Run a store read: on the loop when the store says its reads never wait (SQLite in WAL mode reads
         a local file and is never blocked by writers: a thread hop would cost more than the read), else
         on the I/O pool like any store call (a network database)."""
         if getattr(self.store, "reads_inline", False):
-            return fn(*args)
+            try:
+                return fn(*args)
+            except StoreError as exc:
+                self._store_failed(exc)
+                raise
         return await self.run(fn, *args)
 
     async def evaluate(self, fn: Callable[..., T], *args: object) -> T:

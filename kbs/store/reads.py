@@ -8,10 +8,11 @@ rewrites it to `%s`).  Writes stay per backend: their transactions and locking d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from kbs.policy.refvalues import ReferenceValues
 from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session
-from kbs.store.rows import Row, Rows
+from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
 
 
@@ -28,6 +29,10 @@ class StoreReads:
     def get_session(self, session_id: str) -> Session | None:
         rows = self._select("SELECT * FROM sessions WHERE session_id = ?", (session_id,))
         return self._rows.session(rows[0]) if rows else None
+
+    def count_live_sessions(self, now: datetime) -> int:
+        """Attested sessions not yet expired (the sessions_expiry index answers it)."""
+        return int(self._select("SELECT count(*) AS n FROM sessions WHERE expires_at > ?", (ts(now),))[0]["n"])
 
     def active_resource(self, path: str) -> ResourceVersion | None:
         rows = self._select("SELECT * FROM resources WHERE path=? AND state='active' ORDER BY version DESC LIMIT 1",

@@ -57,6 +57,7 @@ from yarl import URL
 
 from kbs.cache import ByteBoundedCache
 from kbs.errors import ChainInvalid, CollateralUnavailable, MalformedEvidence, UsageError
+from kbs.trust import observe
 from kbs.trust.cachedir import CacheDir, CacheKey, DamagedEntry, Entry, check_service
 
 # Raises MalformedEvidence (or ChainInvalid) if (body, kept headers) from `where` is not the artefact asked for.
@@ -274,8 +275,13 @@ class Fetcher:
         key = request.key
         hit = self._memory_hit(key)
         if hit is not None:
+            observe.cache(self.service, "hit")
             return hit
-        self._raise_if_remembered(key, request.what)
+        try:
+            self._raise_if_remembered(key, request.what)
+        except (CollateralUnavailable, MalformedEvidence):
+            observe.cache(self.service, "negative")
+            raise
         flight = self._flights.get(key)
         if flight is None:
             flight = asyncio.ensure_future(self._fetch_uncached(request))
@@ -289,8 +295,10 @@ class Fetcher:
         Never sends a request and never raises for a miss (a caller that must not fetch)."""
         hit = self._memory_hit(request.key)
         if hit is not None:
+            observe.cache(self.service, "hit")
             return hit
         fetched, _ = await self._from_disk(request)
+        observe.cache(self.service, "miss" if fetched is None else "hit")
         return fetched
 
     @property
@@ -356,9 +364,11 @@ class Fetcher:
 
     async def _fetch_uncached(self, request: Request) -> Fetched:
         fetched, stale = await self._from_disk(request)
+        observe.cache(self.service, "miss" if fetched is None else "hit")
         if fetched is not None:
             return fetched
         if self.offline:
+            observe.fetched(self.service, "offline")
             where = f"cache directory: {self.cache_dir}" if self.cache_dir is not None else \
                 "no cache directory is configured"
             raise CollateralUnavailable(
@@ -374,8 +384,15 @@ class Fetcher:
                 request.check_network(body, headers, url)
         except (CollateralUnavailable, MalformedEvidence) as exc:
             self._remember_failure(request.key, exc)
+            observe.fetched(self.service, "invalid" if isinstance(exc, MalformedEvidence)
+                            else exc.check.removeprefix(f"{self.service}."))
             raise
+        except Exception:
+            observe.fetched(self.service, "error")
+            raise
+        observe.fetched(self.service, "ok")
         fetched = self._fetched(request, body, headers, url, self._now(), "network")
+        observe.expiry(self.service, request.key, fetched.valid_until, self.offline)
         if fetched.fresh(self._now()):
             self._memory.put(request.key, fetched)
             if self._disk is not None:
@@ -422,6 +439,7 @@ class Fetcher:
             return None, f"the cached copy expired at {_wall(fetched.valid_until)}"
         self.log.debug("%s disk cache hit for %s", self.label, key)
         self._memory.put(key, fetched)
+        observe.expiry(self.service, key, fetched.valid_until, self.offline)
         return fetched, ""
 
     async def _from_legacy(self, request: Request) -> Fetched | None:
@@ -442,6 +460,7 @@ class Fetcher:
         if not fetched.fresh(self._now()):
             return None
         self._memory.put(request.key, fetched)
+        observe.expiry(self.service, request.key, fetched.valid_until, self.offline)
         await asyncio.to_thread(self._write, request, fetched)
         return fetched
 
