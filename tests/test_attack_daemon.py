@@ -189,7 +189,8 @@ def _production_config(tmp: Path, extra: str = "") -> str:
 
 
 def test_sample_is_off_in_production_and_unknown_tees_never_become_labels(tmp_path: Path) -> None:
-    with run_broker(tmp_path, _production_config(tmp_path)) as b:
+    # /metrics is not public in production by default ([metrics]): opened here to measure its size.
+    with run_broker(tmp_path, _production_config(tmp_path, "[metrics]\npublic = true\n")) as b:
         async def go() -> tuple[list[tuple[int, str]], int]:
             out = []
             async with aiohttp.ClientSession() as http:
@@ -204,6 +205,7 @@ def test_sample_is_off_in_production_and_unknown_tees_never_become_labels(tmp_pa
                     except aiohttp.ClientError:
                         pass  # refused before the upload finished: the connection is closed under it
                 async with http.get(f"{b.url}/metrics") as r:
+                    assert r.status == 200
                     size = len(await r.read())
             return out, size
         (sample, long_name, snp), metrics_size = asyncio.run(go())
