@@ -218,6 +218,24 @@ def _add_init_parser(commands: SubParsers, argv: Sequence[str]) -> None:
     add_init_parser(commands)
 
 
+def _add_completion_parser(commands: SubParsers, argv: Sequence[str]) -> None:
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for every kbs command, verb and flag.  bash: "
+                    "kbs completion bash > /etc/bash_completion.d/kbs (or ~/.local/share/bash-completion/completions/"
+                    "kbs); zsh: kbs completion zsh > \"${fpath[1]}/_kbs\"")
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    completion.set_defaults(func=_run_completion)
+
+
+def _run_completion(args: argparse.Namespace) -> int:
+    """A static script (shtab) from the full parser: a TAB costs the shell nothing, no Python starts."""
+    import shtab
+
+    print(shtab.complete(_parser([]), shell=args.shell))
+    return EXIT_OK
+
+
 def _add_backup_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
     for name, what, arg in (("backup", "copy the broker's SQLite database while it serves (not the KEK)", "OUT"),
                             ("restore", "restore a backup into a fresh state directory, checked against the KEK",
@@ -319,6 +337,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
     (("backup", "restore"), _add_backup_parsers),
     (("kek",), _add_kek_parser),
     (("init",), _add_init_parser),
+    (("completion",), _add_completion_parser),
 )
 
 

@@ -25,7 +25,8 @@ def test_a_misspelt_claim_is_named_with_its_line_and_the_right_name() -> None:
     assert warning.claim == "snp.measurment"
     lines = text.splitlines()  # the warning names the line the condition's object opens on
     assert warning.line is not None and lines[warning.line - 1].strip() == "{" and "measurment" in lines[warning.line]
-    assert "no such claim in a local:snp block, so this condition never holds (did you mean snp.measurement?)" in warning.message
+    assert warning.message.endswith("no such claim in a local:snp block, so this condition never holds "
+                                    "(did you mean snp.measurement?)")
 
 
 @pytest.mark.parametrize(("condition", "expected"), [
