@@ -449,10 +449,17 @@ def _run_status(args: argparse.Namespace) -> int:
     hour = s["last_hour"]
     lines = [f"kbs {s['version']}, up {s['uptime_seconds']} s, store {s['store']}, "
              f"verifiers {', '.join(s['verifiers'])}",
+             *(f"  {tee} trusts {_roots_line(roots)}" for tee, roots in s.get("trust_roots", {}).items()),
              f"{s['keys']} keys, {s['policies']} policies, {s['reference_sets']} reference sets",
              f"last hour: {hour['releases']} releases, {hour['denials']} denials, {hour['errors']} errors, "
              f"{hour['refusals']} refusals, {hour['admin_changes']} admin changes"]
     return _emit(args, s, "\n".join(lines))
+
+
+def _roots_line(roots: list[dict[str, str]]) -> str:
+    if not roots:
+        return "no root (unsigned evidence)"
+    return "; ".join(f"{r['name']} sha256:{r['sha256'][:16]}… ({r['source']}, {r['anchors']})" for r in roots)
 
 
 def _run_attestation_show(args: argparse.Namespace) -> int:

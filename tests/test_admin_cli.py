@@ -27,6 +27,8 @@ from kbs.cli import main
 from kbs.evidence.snp.measure import REFERENCE_SET
 from kbs.keys.jwe import generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM
+from kbs.trust.amd.certs import PINNED_ARKS
+from kbs.trust.intel.certs import ROOT_CA_SHA256
 from tests.broker import Broker, attest, attestation, auth, free_port, full_flow, jar, run_broker
 from tests.test_server_e2e import admin
 
@@ -462,6 +464,11 @@ def test_status_at_a_glance(kbs: Kbs, broker: Broker) -> None:
     before = kbs.json("status")
     assert before["version"] == importlib.metadata.version("kbs") and before["store"] == "sqlite"
     assert "sample" in before["verifiers"] and before["uptime_seconds"] >= 0
+    roots = before["trust_roots"]  # dev mode: the vendors' pinned roots
+    assert [(r["name"], r["sha256"], r["source"]) for r in roots["snp"]] == [
+        (f"ARK-{product}", PINNED_ARKS[product], "pinned") for product in ("Milan", "Genoa", "Turin")]
+    assert [(r["name"], r["sha256"]) for r in roots["tdx"]] == [("Intel SGX Root CA", ROOT_CA_SHA256)]
+    assert roots["sample"] == []
     assert kbs("key", "create", "lab/key/status", "--generate")[0] == 0
     assert asyncio.run(full_flow(broker.url, "sample", "lab/key/status"))[0] == 401  # default policy: denied
     after = kbs.json("status")
@@ -470,3 +477,4 @@ def test_status_at_a_glance(kbs: Kbs, broker: Broker) -> None:
     assert after["last_hour"]["admin_changes"] == before["last_hour"]["admin_changes"] + 1
     code, out, _ = kbs("status")
     assert code == 0 and out.startswith(f"kbs {after['version']}, up ") and "last hour: " in out
+    assert f"  tdx trusts Intel SGX Root CA sha256:{ROOT_CA_SHA256[:16]}… (pinned, evidence)" in out.splitlines()

@@ -8,6 +8,7 @@ fresh state directory -> a broker on the restored state serves the same key agai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -17,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from kbs.guest import cli as guest_cli
 from tests.amd_synth import SyntheticAmd
@@ -97,6 +100,10 @@ def test_day_one(tmp_path: Path, synth_milan: SyntheticAmd, monkeypatch: pytest.
         def admin_kbs(*argv: str) -> subprocess.CompletedProcess[str]:
             return kbs(*argv, admin=admin, url=broker.url)
 
+        status = json.loads(ok(admin_kbs("status", "--json")))
+        assert status["verifiers"] == ["snp", "tdx"] and status["store"] == "sqlite"
+        ark = hashlib.sha256(x509.load_pem_x509_certificate(synth_milan.ark_pem).public_bytes(Encoding.DER))
+        assert [(r["sha256"], r["source"]) for r in status["trust_roots"]["snp"]] == [(ark.hexdigest(), "configured")]
         ok(admin_kbs("refs", "put", "snp_launch_measurement", "--from-file", str(tmp_path / "measure.json")))
         ok(admin_kbs("key", "create", "kbs:///prod/key/disk", "--from-file", str(tmp_path / "secret.bin")))
         stored = admin_kbs("policy", "put", "disk", str(tmp_path / "disk.json"))

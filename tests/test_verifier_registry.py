@@ -58,6 +58,9 @@ class FakeCpu:
     async def close(self) -> None:
         return None
 
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        return []
+
 
 class FakeGpu(FakeCpu):
     """A device verifier: one piece of evidence covers several GPUs, one appraisal each."""

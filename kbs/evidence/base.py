@@ -12,6 +12,7 @@ EvidenceError naming the failed check.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from kbs.errors import KbsError
 from kbs.evidence.binding import InitData
+from kbs.trust.chain import Pin
 from kbs.trust.x509 import Certificate, load_certificates
 
 T = TypeVar("T")
@@ -113,6 +115,10 @@ class Verifier(Protocol):
         """Release what the verifier holds (HTTP sessions)."""
         ...
 
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        """The roots its chains must end at (`kbs status`): see `describe_roots`."""
+        ...
+
 
 class VerifyCommand(Protocol):
     """`kbs verify <tee>`: the verifier's own arguments and a run that returns the claims."""
@@ -179,6 +185,16 @@ def read_table(table: Mapping[str, Any], defaults: Mapping[str, Any], where: str
             raise VerifierConfigError(f"[{where}] {key} must be at least {least}, got {value!r}")
         values[key] = value
     return values
+
+
+def describe_roots(pins: Sequence[Pin], configured: Sequence[Certificate] | None,
+                   role: str = "evidence") -> list[dict[str, str]]:
+    """Roots as `kbs status` shows them: the operator's `trust_roots` when configured, else the vendor's pins;
+    each by name and SHA-256 of its DER (what the vendor publishes), and what it anchors."""
+    if configured:
+        return [{"name": cert.subject_cn, "sha256": hashlib.sha256(cert.der).hexdigest(), "source": "configured",
+                 "anchors": role} for cert in configured]
+    return [{"name": pin.name, "sha256": pin.fingerprint, "source": "pinned", "anchors": role} for pin in pins]
 
 
 def load_trust_roots(paths: Sequence[str], where: str) -> list[Certificate]:

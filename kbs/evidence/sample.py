@@ -59,5 +59,8 @@ class SampleVerifier:
         return [Appraisal(tee=self.name, device_class=CPU, claims=claims, vector=SAMPLE_VECTOR,
                           report_data=claims["report_data"])]
 
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        return []  # nothing signs sample evidence
+
     async def close(self) -> None:
         return None

@@ -467,6 +467,8 @@ async def status(request: web.Request, st: BrokerState, who: AdminIdentity) -> w
     return web.json_response({
         "version": __version__, "uptime_seconds": int(time.monotonic() - STARTED),
         "store": st.config.database_kind, "verifiers": list(st.attestor.registry.names),
+        "trust_roots": {name: st.attestor.registry.get(name).describe_trust_roots()
+                        for name in st.attestor.registry.names},
         "keys": len(paths), "policies": len(policies), "reference_sets": len(refs.names()),
         "last_hour": {"releases": decisions.get("release", 0), "denials": decisions.get("deny", 0),
                       "errors": decisions.get("error", 0), "admin_changes": decisions.get("admin", 0),

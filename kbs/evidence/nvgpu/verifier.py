@@ -43,6 +43,7 @@ from kbs.evidence.base import (
     Offload,
     VerifierConfigError,
     VerifierContext,
+    describe_roots,
     load_trust_roots,
     read_table,
 )
@@ -50,11 +51,12 @@ from kbs.evidence.nvgpu.claims import RimOutcome, gpu_claims, nvgpu_trust_vector
 from kbs.evidence.nvgpu.cli import NvgpuVerifyCommand
 from kbs.evidence.nvgpu.evidence import GpuEvidence, decode_evidence
 from kbs.trust.nvidia import ocsp_service, rim_store
-from kbs.trust.nvidia.certs import DeviceChain, check_fwid, verify_device_chain
+from kbs.trust.nvidia.certs import DEVICE_PIN, DeviceChain, check_fwid, verify_device_chain
 from kbs.trust.nvidia.golden import FAIL, GoldenResult, compare
 from kbs.trust.nvidia.ocsp import DEVICE_OCSP_INDICES, RIM_OCSP_INDICES, STANCES, OcspChecker, OcspStatus, Stance
 from kbs.trust.nvidia.rim import VerifiedRim
 from kbs.trust.nvidia.rim_ids import BLACKWELL, HOPPER, driver_rim_id, vbios_rim_id
+from kbs.trust.nvidia.rim_roots import CORIM_ROOT_PIN
 from kbs.trust.x509 import Certificate
 
 NONCE_SIZE = 32  # the SPDM requester nonce
@@ -199,12 +201,13 @@ class NvgpuVerifier:
 
     def __init__(self, *, rims: rim_store.RimStore | None, ocsp: OcspChecker, ocsp_stance: Stance = "require",
                  rim_ocsp_stance: Stance | None = None, trust_roots: Sequence[Certificate] | None = None,
-                 key_tables: int = 64) -> None:
+                 key_tables: int = 64, rim_roots: Sequence[Certificate] | None = None) -> None:
         self.rims = rims
         self.ocsp = ocsp
         self.ocsp_stance: Stance = ocsp_stance
         self.rim_ocsp_stance: Stance = rim_ocsp_stance or ocsp_stance
         self.trust_roots = list(trust_roots) if trust_roots else None
+        self.rim_roots = list(rim_roots) if rim_roots else None  # held by `rims`; kept here to report them
         self.key_tables = native.P384KeyCache(max_tables=key_tables)
         self._rim_memo = _Memo(256)
         self._ocsp_memo = _Memo()
@@ -232,7 +235,7 @@ class NvgpuVerifier:
         client = ocsp_service.OcspClient(values["ocsp_url"], cache_dir=cache_dir, offline=values["offline"])
         ocsp = OcspChecker(client, Path(values["ocsp_dir"]) if values["ocsp_dir"] else None)
         return cls(rims=rims, ocsp=ocsp, ocsp_stance=values["ocsp"], rim_ocsp_stance=values["rim_ocsp"] or None,
-                   trust_roots=roots, key_tables=values["key_tables"])
+                   trust_roots=roots, key_tables=values["key_tables"], rim_roots=rim_roots)
 
     @classmethod
     def offline_appraisal(cls, claims: Mapping[str, Any]) -> Appraisal | None:
@@ -286,6 +289,10 @@ class NvgpuVerifier:
         prepared = await offload(prepare_all, evidence, device_nonce(binding.report_data), at, self.trust_roots,
                                  self.key_tables)
         return [nvgpu_appraisal(await self.appraise_gpu(p, at)) for p in prepared]
+
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        return (describe_roots([DEVICE_PIN], self.trust_roots, "evidence")
+                + describe_roots([CORIM_ROOT_PIN], self.rim_roots, "reference values (RIMs)"))
 
     async def close(self) -> None:
         if self.rims is not None:

@@ -25,6 +25,7 @@ from kbs.evidence.base import (
     Offload,
     VerifierConfigError,
     VerifierContext,
+    describe_roots,
     load_trust_roots,
     read_table,
     trust_vector,
@@ -36,6 +37,8 @@ from kbs.evidence.snp.collateral import gather_snp_collateral
 from kbs.evidence.snp.report import SnpReport, parse_report
 from kbs.evidence.snp.verify import DEFAULT_VMPLS, check_vmpl, verify_snp
 from kbs.trust.amd import kds
+from kbs.trust.amd.certs import PINNED_ARKS, PRODUCTS
+from kbs.trust.chain import Pin
 from kbs.trust.x509 import Certificate
 
 DEFAULTS: dict[str, Any] = {
@@ -95,6 +98,9 @@ class SnpVerifier:
                                offline=values["offline"], rate_per_second=values["rate_per_second"],
                                burst=values["burst"], negative_ttl=values["negative_ttl_seconds"])
         return cls(client, roots, frozenset(vmpls), values["key_tables"])
+
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        return describe_roots([Pin(PINNED_ARKS[product], f"ARK-{product}") for product in PRODUCTS], self.trust_roots)
 
     @classmethod
     def offline_appraisal(cls, claims: Mapping[str, Any]) -> Appraisal | None:

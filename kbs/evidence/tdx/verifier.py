@@ -29,6 +29,7 @@ from kbs.evidence.base import (
     Offload,
     VerifierConfigError,
     VerifierContext,
+    describe_roots,
     load_trust_roots,
     read_table,
 )
@@ -36,8 +37,9 @@ from kbs.evidence.binding import check_init_data, check_report_data
 from kbs.evidence.tdx.claims import tdx_claims, tdx_trust_vector
 from kbs.evidence.tdx.cli import TdxVerifyCommand
 from kbs.evidence.tdx.eventlog import EventLog, check_rtmrs, decode_cc_eventlog, parse_eventlog
+from kbs.trust.chain import Pin
 from kbs.trust.intel import pcs
-from kbs.trust.intel.certs import PckChain, verify_pck_chain
+from kbs.trust.intel.certs import ROOT_CA_NAME, ROOT_CA_SHA256, PckChain, verify_pck_chain
 from kbs.trust.intel.collateral import IntelCollateral, VerifiedCollateral, verify_collateral
 from kbs.trust.intel.offline import load_collateral_dir
 from kbs.trust.intel.tcb import QeReportValues, TcbEvaluation, evaluate_tcb_cached
@@ -211,6 +213,9 @@ class TdxVerifier:
         collateral = await self.collateral_for(prepared.pck)
         claims = await offload(appraise, prepared, collateral, at, self.trust_roots, self.key_tables)
         return [tdx_appraisal(claims)]
+
+    def describe_trust_roots(self) -> list[dict[str, str]]:
+        return describe_roots([Pin(ROOT_CA_SHA256, ROOT_CA_NAME)], self.trust_roots)
 
     async def close(self) -> None:
         if isinstance(self.collateral, pcs.PcsClient):
