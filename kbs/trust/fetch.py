@@ -21,6 +21,8 @@ to a further check that cached copies are not held to (the nonce an OCSP respons
 Concurrent requests for one key share one fetch, shielded so that a caller who goes away does not
 cancel it for the others.  In offline mode nothing is sent, and a miss names the cache directory;
 `lookup` serves what the caches hold without ever asking the service.
+Cache lookups, fetches and the expiry of what is served are reported through `kbs.trust.observe` (the
+server's metrics watch them).
 
 Protecting the service.  Requests may be caused by unauthenticated clients (a report's CHIP_ID
 is chosen by whoever sends it), so per service:
