@@ -71,7 +71,10 @@ def load_kek(path: Path | None, credential: str | None) -> Kek:
         source = candidate if candidate.exists() else None
     source = source or path
     if source is None:
-        raise KekError("no key encryption key configured: set kek_file or a systemd credential")
+        where = (f"the systemd credential {credential!r} is not in $CREDENTIALS_DIRECTORY "
+                 f"({os.environ['CREDENTIALS_DIRECTORY']})" if credential and os.environ.get("CREDENTIALS_DIRECTORY")
+                 else "no systemd credential ($CREDENTIALS_DIRECTORY is not set)")
+        raise KekError(f"no key encryption key: {where} and kek_file is not set")
     try:
         mode = source.stat().st_mode
         raw = source.read_bytes()
