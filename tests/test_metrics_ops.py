@@ -103,6 +103,31 @@ def test_a_listener_of_its_own_takes_metrics_off_the_main_port(tmp_path: Path) -
         assert f"kbs: metrics on http://127.0.0.1:{port}/metrics" in b.log()
 
 
+def test_workers_share_a_metrics_port_chosen_once(tmp_path: Path) -> None:
+    """[metrics] listen with port 0 and two workers: the supervisor picks one port for both."""
+    with run_broker(tmp_path, '[metrics]\nlisten = "127.0.0.1:0"\n', workers=2) as b:
+        wait_for_workers(b, 2)
+        lines = [line for line in b.log().splitlines() if line.startswith("kbs: metrics on")]
+        assert len(lines) == 1, b.log()  # said once, by the first worker
+        url = lines[0].removeprefix("kbs: metrics on ").removesuffix("/metrics")
+        assert value(scrape(url), "kbs_worker_starts_total") == 2  # both workers': any scrape is the broker's
+
+
+def test_a_metrics_port_in_use_is_one_error(tmp_path: Path) -> None:
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        config = tmp_path / "kbs.toml"
+        config.write_text(f'listen = "127.0.0.1:{free_port()}"\nstate_dir = "{tmp_path / "state"}"\n'
+                          f'dev_mode = true\n[metrics]\nlisten = "{busy}"\n')
+        done = subprocess.run([sys.executable, "-m", "kbs.cli", "serve", "--check-config", "--config", str(config)],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1
+    assert f"cannot listen on [metrics] listen {busy}: Address already in use" in done.stderr
+
+
 def test_production_default_refuses_metrics_until_configured(tmp_path: Path) -> None:
     with run_broker(tmp_path, production(tmp_path)) as b:
         status, text, _ = get(f"{b.url}/metrics")
@@ -158,6 +183,14 @@ def test_process_metrics_of_one_process(tmp_path: Path) -> None:
         assert value(text, "process_cpu_seconds_total") > 0 and value(text, "process_open_fds") > 3
 
 
+def wait_for_workers(b: Broker, count: int) -> None:
+    """Until every worker says it listens (run_broker returns once any one answers)."""
+    deadline = time.monotonic() + 30
+    while not all(f"(worker {i} of {count})" in b.log() for i in range(1, count + 1)):
+        assert time.monotonic() < deadline, b.log()
+        time.sleep(0.05)
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -176,6 +209,7 @@ def test_two_workers_sum_their_process_metrics_and_count_sessions_once(tmp_path:
     """Each worker copies its own readings; any scrape sums the live workers (the supervisor is not one)."""
     port = free_port()
     with run_broker(tmp_path, f'[metrics]\nlisten = "127.0.0.1:{port}"\n', workers=2) as b:
+        wait_for_workers(b, 2)
         for _ in range(3):
             assert asyncio.run(full_flow(b.url, "sample", "nothing/here/x"))[0] == 401  # the default policy
         workers = [p for p in _children(b.process.pid) if "kbs.server.workers" in Path(f"/proc/{p}/cmdline")

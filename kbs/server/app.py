@@ -341,6 +341,8 @@ def check_config(config: Config) -> str:
     tls = server_ssl_context(config)
     config = bootstrap_dev(config)
     workers.probe_port(*config.host_port, config.listen)
+    if config.metrics_host_port is not None:
+        workers.probe_port(*config.metrics_host_port, f"[metrics] listen {config.metrics_listen}")
     asyncio.run(workers.first_start(config))
     scheme = "https" if tls else "http"
     return (f"configuration OK: {scheme}://{config.listen}, store {config.database_kind}, "

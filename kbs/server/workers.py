@@ -79,7 +79,11 @@ def supervise(config: Config, count: int) -> NoReturn:
     asyncio.run(first_start(config))
     host, port = config.host_port
     port = probe_port(host, port, config.listen)
-    config = replace(config, listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    config = replace(config, listen=_host_port(host, port))
+    if config.metrics_host_port is not None:  # [metrics] listen: checked free, and port 0 fixed, likewise
+        metrics_host, metrics_port = config.metrics_host_port
+        metrics_port = probe_port(metrics_host, metrics_port, f"[metrics] listen {config.metrics_listen}")
+        config = replace(config, metrics_listen=_host_port(metrics_host, metrics_port))
     runtime = Path(tempfile.mkdtemp(prefix="kbs-workers-"))  # 0700: configuration, metrics, status
     try:
         (runtime / METRICS_DIR).mkdir()
@@ -94,6 +98,10 @@ def supervise(config: Config, count: int) -> NoReturn:
     except BaseException:
         shutil.rmtree(runtime, ignore_errors=True)
         raise
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _exec_supervisor(command: list[str], env: dict[str, str]) -> NoReturn:
