@@ -1,4 +1,4 @@
-"""`kbs kek generate|status|rotate`: make a KEK, see which KEK a database is sealed under, move it to another.
+"""`kbs kek generate|id|status|rotate`: make a KEK, name one, see which one a database is under, move it to another.
 
 Rotation runs with every broker stopped (it refuses while another process or connection has the database
 open): a running broker holds the old KEK in memory and would go on writing rows under it.  It is one
@@ -10,6 +10,7 @@ new one.  Nothing here prints key material: KEKs are named by their ids.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import time
@@ -32,11 +33,15 @@ class RotationFailed(KbsError):
 
 def add_kek_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kek = commands.add_parser("kek", help="the key encryption key: generate one, show, rotate",
-                              description=__doc__.split("\n\n")[0] if __doc__ else None)
+                              description="The key encryption key: write a new one, name one by its id, see which "
+                                          "one a database is sealed under, rotate a database to another.")
     verbs = kek.add_subparsers(dest="verb", required=True)
     generate = verbs.add_parser("generate", help="write a fresh KEK (32 random bytes, 0600; never overwrites)")
     generate.add_argument("out", metavar="OUT", type=Path)
     generate.set_defaults(func=run_generate)
+    show = verbs.add_parser("id", help="the id of a KEK file (what the database and the messages name it by)")
+    show.add_argument("file", metavar="FILE", type=Path)
+    show.set_defaults(func=run_id)
     for name, what in (("status", "which KEK the database is sealed under, and any rotation left unfinished"),
                        ("rotate", "re-seal every secret and re-authenticate every row under a new KEK (brokers "
                                   "stopped; one transaction: crash-safe)")):
@@ -63,6 +68,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if not create_exclusive(out, key):
         raise UsageError(f"{out} exists: kbs kek generate never overwrites; give a new file")
     print(f"kbs: wrote a new KEK to {out} (0600), KEK id {fingerprint(Kek(key))}")
+    return 0
+
+
+def run_id(args: argparse.Namespace) -> int:
+    print(f"kbs: {args.file} is KEK {fingerprint(load_kek(args.file, None))}")
     return 0
 
 
@@ -115,6 +125,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_rotate(args: argparse.Namespace) -> int:
+    logging.getLogger("kbs.store").setLevel(logging.ERROR)  # not "a rotation did not finish: rotate again" here
     database, name, old = _config(args)
     new = load_kek(args.new_kek, None)
     old_id, new_id = fingerprint(old), fingerprint(new)
@@ -122,8 +133,11 @@ def run_rotate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.new_kek} is the configured KEK ({old_id}): give a new one (kbs kek generate OUT)")
     try:
         store = _open(database, old)
-    except KekMismatch:
-        _open(database, new).close()  # already under the new KEK (a rotation finished)?  Else the first error.
+    except KekMismatch as mismatch:
+        try:  # already under the new KEK (a rotation that finished)?  Else the configured KEK is wrong.
+            _open(database, new).close()
+        except KekMismatch:
+            raise mismatch from None
         print(f"kbs: {name} is already sealed under KEK {new_id}: nothing to do; install {args.new_kek} as the "
               "KEK and start the broker")
         return 0

@@ -102,6 +102,15 @@ class SqliteStore(StoreReads):
         self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._shm_fd: int | None = None  # other_users' probe, kept open (see there)
+        try:
+            self._prepare()
+        except BaseException:
+            self.close()  # a store that failed to open (another KEK, a newer schema) keeps no connection open
+            raise
+
+    def _prepare(self) -> None:
+        """Create or upgrade the tables, check the KEK, write the log heads a new database lacks."""
+        path = self.path
         db = self._connection()
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
