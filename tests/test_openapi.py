@@ -41,10 +41,30 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert doc["openapi"].startswith("3.1")
 
 
-def test_every_route_is_documented_and_every_operation_is_routed() -> None:
-    routes, operations = _routes(make_app(Config())), _operations(document(Config()))
+def _configs(tmp: Path) -> dict[str, Config]:
+    token = tmp / "metrics-token"
+    token.write_text("0123456789abcdef0123\n")
+    token.chmod(0o600)
+    return {"dev": Config(), "production": Config(dev_mode=False), "metrics listener": Config(metrics_listen="9100"),
+            "metrics token": Config(dev_mode=False, metrics_token_file=token)}
+
+
+@pytest.mark.parametrize("name", ["dev", "production", "metrics listener", "metrics token"])
+def test_every_route_is_documented_and_every_operation_is_routed(name: str, tmp_path: Path) -> None:
+    config = _configs(tmp_path)[name]
+    routes, operations = _routes(make_app(config)), _operations(document(config))
     assert routes - operations == set(), "routes missing from the document"
     assert operations - routes == set(), "documented operations with no route"
+
+
+def test_metrics_is_described_as_configured(tmp_path: Path) -> None:
+    configs = _configs(tmp_path)
+    described = {name: document(config)["paths"].get("/metrics", {}).get("get") for name, config in configs.items()}
+    assert described["metrics listener"] is None
+    assert set(described["dev"]["responses"]) == {"200", "408"} and described["dev"]["security"] == []
+    assert "403" in described["production"]["responses"] and "200" not in described["production"]["responses"]
+    assert described["metrics token"]["security"] == [{"metricsToken": []}]
+    assert {"200", "401"} <= set(described["metrics token"]["responses"])
 
 
 def _example(parameter: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
 from kbs.server.decisions import DEFAULT_POLICY, DecisionInputs
-from kbs.server.errors import ProtocolError, ServeError
+from kbs.server.errors import ProtocolError, ServeError, http_error
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
 from kbs.server.metrics import REFRESH_SECONDS, Metrics
 from kbs.server.metrics_access import MetricsAccess
@@ -109,7 +109,7 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except ProtocolError as exc:
         response = exc.response()
     except web.HTTPException as exc:
-        response = exc  # 404/405/413 from aiohttp itself
+        response = http_error(exc)  # 404/405/413 from aiohttp itself, as JSON like every other error
     except (json.JSONDecodeError, ValueError) as exc:
         response = ProtocolError("SerdeError", f"bad request: {exc}", status=400).response()
     except RecursionError:

@@ -40,6 +40,19 @@ class ProtocolError(Exception):
         return web.Response(status=self.status, text=json.dumps(body), content_type="application/json")
 
 
+def http_error(exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own refusals (no such route, a method the path does not take, a body past the app's limit)
+    in the same JSON error body as every other; `Allow` is kept.  Redirects and successes pass unchanged."""
+    if exc.status < 400:
+        return exc
+    variant = "".join(word.capitalize() for word in exc.reason.split()) or "HttpError"
+    detail = exc.text if exc.status == 413 and exc.text else f"{exc.reason.lower()}: GET /openapi.json lists the routes"
+    response = ProtocolError(variant, detail, status=exc.status).response()
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
 class ServeError(KbsError):
     """The daemon cannot serve at all (the port is taken, workers keep failing at start): `kbs: error: serve: …`."""
 

@@ -12,6 +12,7 @@ schemathesis against a live broker with it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -22,11 +23,12 @@ from kbs.audit.chain import CHAINS, RELEASES
 from kbs.server import admin, protocol
 from kbs.server.config import Config
 from kbs.server.errors import ERROR_TYPE
+from kbs.store.base import ReleaseRecord
 
 Schema = dict[str, Any]
 PATH = "/openapi.json"
 SEGMENT_PATTERN = f"^(?:{protocol.SEGMENT.pattern})$"
-ANY_SEGMENT = "^[^/{}]+$"  # what aiohttp's {name} matches (the handler may refuse more)
+ANY_SEGMENT = "^[^/{}]+$"  # what aiohttp's {name} matches; the request line is at most 8190 bytes
 POLICY_DIALECTS = ["json", "rego"]
 MAX_BYTES = "x-max-bytes"  # on a request body: the most bytes the route reads (more: 400 or 413)
 
@@ -101,7 +103,7 @@ def _segment(name: str, description: str) -> Schema:
 
 def _name(name: str, description: str) -> Schema:
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string", "pattern": ANY_SEGMENT, "minLength": 1, "maxLength": 256}}
+            "schema": {"type": "string", "pattern": ANY_SEGMENT}}
 
 
 def _query(name: str, schema: Schema, description: str) -> Schema:
@@ -111,28 +113,36 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 RESOURCE_PARAMS = [_segment("repo", "Repository: the first segment of the resource name."),
                    _segment("type", "Type: the second segment."),
                    _segment("tag", "Tag: the third segment.")]
-POLICY_QUERY = _query("policy", {"type": "string", "minLength": 1, "maxLength": 256},
-                      "Bind the new version to this policy (which must exist); default: the key's current "
-                      "policy, else `default`.")
+POLICY_QUERY = _query("policy", {"type": "string"},
+                      "Bind the new version to this policy (which must exist); absent or empty: the key's "
+                      "current policy, else `default`.")
+
+
+_FIELD_TYPES: dict[str, Schema] = {"datetime": {"type": "string", "format": "date-time"}, "str": {"type": "string"},
+                                   "int": {"type": "integer"}, "str | None": _nullable("string"),
+                                   "int | None": _nullable("integer")}
+
+
+def _record_fields() -> tuple[dict[str, Schema], list[str]]:
+    """A log entry as the release-log route writes it (dataclasses.asdict of ReleaseRecord), from its fields."""
+    fields = dataclasses.fields(ReleaseRecord)
+    return ({f.name: _FIELD_TYPES[str(f.type)] for f in fields},
+            [f.name for f in fields if f.default is dataclasses.MISSING])
 
 
 def _schemas(config: Config) -> dict[str, Schema]:
     value = {"type": ["string", "number", "boolean"]}
     ref_set = _obj({"values": {"type": "array", "items": value},
                     "expires": {"type": "string", "format": "date-time"},
-                    "description": {"type": "string"}}, ["values"])
+                    "description": {"description": "Text; another JSON value is kept as its string form."}},
+                   ["values"])
     policy_version = _obj({"policy_id": {"type": "string"}, "version": {"type": "integer", "minimum": 1},
                            "dialect": {"enum": POLICY_DIALECTS}, "content_hash": {"type": "string"},
                            "created_by": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
                            "immutable": {"type": "boolean"}})
     with_text = {**policy_version, "properties": {**policy_version["properties"], "text": {"type": "string"}},
                  "required": [*policy_version["required"], "text"]}
-    record_fields = {"at": {"type": "string", "format": "date-time"}, "decision": {"type": "string"},
-                     "reason": {"type": "string"}, "resource": {"type": "string"},
-                     "version": _nullable("integer")}
-    for name in ("session_id", "tee", "policy_id", "policy_hash", "attestation_id", "ref", "actor", "detail"):
-        record_fields[name] = _nullable("string")
-    record_fields["seq"] = _nullable("integer")
+    record_fields, record_required = _record_fields()
     head = _obj({"chain": {"enum": list(CHAINS)}, "first_seq": {"type": "integer"},
                  "anchor_hash": {"type": "string"}, "head_seq": {"type": "integer"}, "head_hash": {"type": "string"},
                  "entries": {"type": "integer"}})
@@ -171,6 +181,10 @@ def _schemas(config: Config) -> dict[str, Schema]:
                                                     "versions": {"type": "array", "items": key_version}})},
         "PolicyVersion": policy_version,
         "PolicyVersionWithText": with_text,
+        "PolicyStored": {**policy_version, "properties": {**policy_version["properties"], "warnings": {
+            "type": "array", "description": "Claim paths no enabled verifier emits (`?strict=true`: refused, 400).",
+            "items": _obj({"line": _nullable("integer"), "claim": {"type": "string"},
+                           "message": {"type": "string"}})}}},
         "PolicyHistory": _obj({"current": _ref("PolicyVersionWithText"),
                                "history": {"type": "array", "items": _ref("PolicyVersion")}}),
         "Explanation": explanation,
@@ -180,17 +194,23 @@ def _schemas(config: Config) -> dict[str, Schema]:
         "ReferenceSetBody": {"oneOf": [{"type": "array", "items": value}, ref_set],
                              "description": "A list of values, or a set with `values` and optional `expires` "
                                             "(RFC 3339 with a zone) and `description`."},
-        "ReleaseRecord": _obj(record_fields, ["at", "decision", "reason", "resource"]),
+        "ReleaseRecord": _obj(record_fields, record_required),
         "AttestationRecord": _obj({"attestation_id": {"type": "string"}, "at": {"type": "string",
                                                                                  "format": "date-time"},
                                    "tee": {"type": "string"}, "claims": {"type": "object"}}),
         "LogHeads": _obj({"ok": {"const": True}, "heads": {"type": "array", "items": head}}),
+        # Open: `kbs status` grows; the fields below are always there.
         "Status": _obj({"version": {"type": "string"}, "uptime_seconds": {"type": "integer", "minimum": 0},
                         "store": {"type": "string"}, "verifiers": {"type": "array", "items": {"type": "string"}},
+                        "trust_roots": {"type": "object", "description": "Per verifier, the roots its chains end at.",
+                                        "additionalProperties": {"type": "array", "items": {
+                                            "type": "object", "additionalProperties": {"type": "string"}}}},
                         "keys": {"type": "integer"}, "policies": {"type": "integer"},
                         "reference_sets": {"type": "integer"},
                         "last_hour": _obj({name: {"type": "integer", "minimum": 0} for name in
-                                           ("releases", "denials", "errors", "admin_changes", "refusals")})}),
+                                           ("releases", "denials", "errors", "admin_changes", "refusals")})},
+                       ["version", "uptime_seconds", "store", "verifiers", "keys", "policies", "reference_sets",
+                        "last_hour"], closed=False),
         "Health": _obj({"status": {"type": "string"},
                         "worker": _obj({"index": {"type": "integer"}, "pid": {"type": "integer"}}),
                         "workers": {"type": "array", "items": {"type": "object"}}}),
@@ -208,6 +228,8 @@ def _security(config: Config) -> dict[str, Schema]:
                        "connection must also present a client certificate from that CA."},
         "attestationToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EAR, ES256)",
                              "description": "The token /kbs/v0/attest returned."},
+        "metricsToken": {"type": "http", "scheme": "bearer",
+                         "description": "The token in `[metrics] token_file` (when set)."},
         "sessionCookie": {"type": "apiKey", "in": "cookie", "name": protocol.COOKIE,
                           "description": "Sealed by this broker at /kbs/v0/auth; after /attest it also "
                                          "stands for the session's attestation token."},
@@ -260,6 +282,9 @@ def _paths(config: Config) -> dict[str, Schema]:
     ref_name = [_name("name", "The reference set's name.")]
     stored = {"200": _json(_ref("StoredResource"), "The new version, active, and the policy it is bound to.")}
     policy_version = {"200": _json(_ref("PolicyVersion"), "The policy's new (or current) version.")}
+    policy_stored = {"200": _json(_ref("PolicyStored"), "The policy's new version.")}
+    strict = _query("strict", {"enum": ["true", "false"]},
+                    "`true`: refuse a policy naming claims no enabled verifier emits (400).")
     ref_sets = {"200": _json(_ref("ReferenceSets"), "The set as stored.")}
     generate_params = [*RESOURCE_PARAMS,
                        _query("size", {"type": "integer", "minimum": 16, "maximum": 1024, "default": 32},
@@ -302,8 +327,8 @@ def _paths(config: Config) -> dict[str, Schema]:
                                               "Deleted.")}, write=True, op_id="deleteResource", extra=(404,),
                                 params=RESOURCE_PARAMS)},
         "/kbs/v0/resource-policy": {
-            "post": _admin_op("Replace the `default` policy (Trustee's resource policy)", policy_version,
-                              write=True, op_id="setResourcePolicy",
+            "post": _admin_op("Replace the `default` policy (Trustee's resource policy)", policy_stored,
+                              write=True, op_id="setResourcePolicy", params=[strict],
                               body=_json_body(_obj({"policy": {"type": "string", "pattern": "^[A-Za-z0-9_=-]*$",
                                                                "description": "base64url of the policy text"}}),
                                               cap)),
@@ -344,10 +369,10 @@ def _paths(config: Config) -> dict[str, Schema]:
             write=True, op_id="bindKeyPolicy", extra=(404,), params=RESOURCE_PARAMS,
             body=_json_body(_obj({"policy_id": {"type": "string", "minLength": 1}}, closed=False), cap))},
         "/kbs/v0/admin/policies/{policy_id}": {
-            "put": _admin_op("Store a policy version (JSON or Rego, told from the text)", policy_version,
+            "put": _admin_op("Store a policy version (JSON or Rego, told from the text)", policy_stored,
                              write=True, op_id="putPolicy",
                              params=[*policy, _query("immutable", {"enum": ["true", "false"]},
-                                                     "`true`: no version may follow this one.")],
+                                                     "`true`: no version may follow this one."), strict],
                              body={"required": True, "description": f"The policy text. At most {cap} bytes.",
                                    MAX_BYTES: cap,
                                    "content": {"text/plain": {"schema": {"type": "string"}},
@@ -403,22 +428,38 @@ def _paths(config: Config) -> dict[str, Schema]:
             op_id="editRefs", extra=(404,),
             params=[*ref_name, {"name": "verb", "in": "path", "required": True, "schema": {"enum": ["add", "remove"]}}],
             body=_json_body(_ref("ReferenceSetBody"), cap))},
-        "/metrics": {"get": _op("Prometheus metrics", "operations",
-                                {"200": _text("Prometheus text exposition format.")}, (), op_id="metrics",
-                                security=[])},
         "/healthz": {"get": _op("Liveness of the worker that answers", "operations",
                                 {"200": {"description": "`ok`; with `?all`, JSON.", **probe_ok},
                                  "503": {"description": "With `?all`: some worker is not running.", **probe_ok}},
-                                (), op_id="healthz", security=[], params=all_query)},
+                                (408,), op_id="healthz", security=[], params=all_query)},
         "/readyz": {"get": _op("Readiness: the store takes a write, the KEK and the signing key work", "operations",
                                {"200": {"description": "`ready`; with `?all`, JSON.", **probe_ok},
                                 "503": {"description": "`starting` or `not ready: <error type>`; with `?all`, "
                                                        "JSON.", **probe_ok}},
-                               (), op_id="readyz", security=[], params=all_query)},
+                               (408,), op_id="readyz", security=[], params=all_query)},
+        **_metrics_path(config),
         PATH: {"get": _op("This document", "operations",
                           {"200": _json({"type": "object"}, "OpenAPI 3.1 description of this broker.")},
                           (408, 503), op_id="openapi", security=[])},
     }
+
+
+def _metrics_path(config: Config) -> dict[str, Schema]:
+    """/metrics on the main listener as `[metrics]` has it (kbs.server.metrics_access): behind a bearer token,
+    open, or refused (403); absent when it has a listener of its own."""
+    if config.metrics_host_port is not None:
+        return {}
+    ok = {"200": _text("Prometheus text exposition format.")}
+    if config.metrics_token_file is not None:
+        responses = {**ok, "401": _text("No or a wrong token.", {"WWW-Authenticate": {
+            "description": "The scheme and realm.", "schema": {"type": "string"}}})}
+        security: list[Schema] = [{"metricsToken": []}]
+    elif config.metrics_open:
+        responses, security = ok, []
+    else:
+        responses, security = {"403": _text("Not public here: the text names the setting to add.")}, []
+    return {"/metrics": {"get": _op("Prometheus metrics", "operations", responses, (408,), op_id="metrics",
+                                    security=security)}}
 
 
 def document(config: Config) -> Schema:
