@@ -8,6 +8,7 @@ high per-client connection cap): schemathesis is one client sending hundreds of 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import pytest
@@ -26,8 +27,10 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from kbs.keys.jwe import generate_tee_key
 from kbs.server.config import Config
 from kbs.server.openapi import PATH, document
+from kbs.server.protocol import COOKIE
 from tests.broker import Broker, run_broker
 
 # Not positive_data_acceptance: a body can match its schema and still be refused (400) for what no JSON
@@ -72,9 +75,32 @@ def _with_admin_token(case: schemathesis.Case, broker: Broker) -> None:
         case.headers = {**(case.headers or {}), **broker.admin_headers()}
 
 
+_TEES = itertools.cycle(Config().enabled_tees)
+
+
+TEE_KEY = generate_tee_key("EC-P256").jwk
+
+
+def _with_session(case: schemathesis.Case, broker: Broker) -> None:
+    """A real session cookie (from /kbs/v0/auth, for each enabled TEE in turn) on a case of an operation that
+    reads one, unless the case is about the cookie; in a well-formed attestation message, that session's
+    nonce and a real TEE key: the generated evidence then reaches that TEE's verifier."""
+    meta = case.meta
+    if {"sessionCookie": []} not in case.operation.definition.raw.get("security", []):
+        return
+    if meta is not None and meta.is_negative_at(ParameterLocation.COOKIE):
+        return
+    answer = requests.post(f"{broker.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": next(_TEES)}, timeout=10)
+    case.cookies = {**(case.cookies or {}), COOKIE: answer.cookies[COOKIE]}
+    runtime = case.body.get("runtime-data") if isinstance(case.body, dict) else None
+    if isinstance(runtime, dict) and (meta is None or not meta.is_negative_at(ParameterLocation.BODY)):
+        case.body = {**case.body, "runtime-data": {**runtime, "nonce": answer.json()["nonce"], "tee-pubkey": TEE_KEY}}
+
+
 @schema.parametrize()
 def test_the_broker_keeps_to_its_openapi_description(case: schemathesis.Case, broker: Broker) -> None:
     _with_admin_token(case, broker)
+    _with_session(case, broker)
     with requests.Session() as session:
         case.call_and_validate(base_url=broker.url, session=session, checks=CHECKS)
 

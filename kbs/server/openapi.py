@@ -20,6 +20,9 @@ from aiohttp import web
 
 from kbs import __version__
 from kbs.audit.chain import CHAINS, RELEASES
+from kbs.evidence.binding import MAX_INIT_DATA_BYTES
+from kbs.evidence.composite import MAX_DEVICE_EVIDENCE, MAX_NONCE_CHARS
+from kbs.keys import jwe
 from kbs.server import admin, protocol
 from kbs.server.config import Config
 from kbs.server.errors import ERROR_TYPE
@@ -160,16 +163,29 @@ def _schemas(config: Config) -> dict[str, Schema]:
                        "detail": {"type": "string"},
                        "reference": {"type": "string", "description": "Find the full story in the broker's log "
                                      "under this reference."}}, ["type", "detail"]),
-        "Request": {**_obj({"version": {"const": protocol.PROTOCOL_VERSION,
-                                        "description": "Any other version is refused with 401."},
-                            "tee": {"type": "string", "enum": list(config.enabled_tees),
-                                    "description": "A TEE this broker verifies (another gets 401)."},
-                            "extra-params": {}}, ["version", "tee"], closed=False)},
+        "Request": _obj({"version": {"const": protocol.PROTOCOL_VERSION,
+                                     "description": "Any other version is refused with 401."},
+                         "tee": {"type": "string", "enum": list(config.enabled_tees),
+                                 "description": "A TEE this broker verifies (another gets 401)."},
+                         "extra-params": {}}, ["version", "tee"], closed=False),
         "Challenge": _obj({"nonce": {"type": "string"}, "extra-params": {"type": "string"}}),
-        "Attestation": _obj({"init-data": {"type": ["object", "null"]},
-                             "runtime-data": _obj({"nonce": {"type": "string"}, "tee-pubkey": {"type": "object"}},
-                                                  closed=False),
-                             "tee-evidence": {"type": "object"}}, ["runtime-data", "tee-evidence"], closed=False),
+        "Attestation": _obj({
+            "init-data": {"oneOf": [{"type": "null"}, _obj({
+                "format": {"const": "toml"}, "body": {"type": "string", "maxLength": MAX_INIT_DATA_BYTES}},
+                closed=False)]},
+            "runtime-data": _obj({"nonce": {"type": "string", "maxLength": MAX_NONCE_CHARS,
+                                            "description": "The nonce /kbs/v0/auth gave this session."},
+                                  "tee-pubkey": _ref("TeePublicKey")}, closed=False),
+            "tee-evidence": _obj({"primary_evidence": {"description": "The TEE's evidence, as its verifier reads it."},
+                                  "additional_evidence": {"type": "string", "description": "JSON text of {tee: "
+                                                          f"evidence}} (at most {MAX_DEVICE_EVIDENCE}), or empty."}},
+                                 ["primary_evidence"], closed=False)},
+            ["runtime-data", "tee-evidence"], closed=False),
+        "TeePublicKey": {"description": "A public JWK; the resource is wrapped to it.", "oneOf": [
+            _obj({"kty": {"const": "EC"}, "crv": {"enum": ["P-256", "P-521"]}, "alg": {"const": jwe.ECDH_ES_A256KW},
+                  "x": {"type": "string"}, "y": {"type": "string"}}, closed=False),
+            _obj({"kty": {"const": "RSA"}, "alg": {"enum": list(jwe.RSA_ALGS)}, "n": {"type": "string"},
+                  "e": {"type": "string"}}, closed=False)]},
         "AttestationToken": _obj({"token": {"type": "string", "description": "An EAR JWT (ES256)."}}),
         "Jwe": _obj({"protected": {"type": "string"}, "encrypted_key": {"type": "string"}, "iv": {"type": "string"},
                      "ciphertext": {"type": "string"}, "tag": {"type": "string"}}),
@@ -184,7 +200,7 @@ def _schemas(config: Config) -> dict[str, Schema]:
         "PolicyStored": {**policy_version, "properties": {**policy_version["properties"], "warnings": {
             "type": "array", "description": "Claim paths no enabled verifier emits (`?strict=true`: refused, 400).",
             "items": _obj({"line": _nullable("integer"), "claim": {"type": "string"},
-                           "message": {"type": "string"}})}}},
+                           "message": {"type": "string"}})}}, "required": [*policy_version["required"], "warnings"]},
         "PolicyHistory": _obj({"current": _ref("PolicyVersionWithText"),
                                "history": {"type": "array", "items": _ref("PolicyVersion")}}),
         "Explanation": explanation,
