@@ -297,15 +297,14 @@ def test_refused_while_another_process_or_connection_uses_the_database(db: Db) -
     seed(db)
     before = db.dump()
     if db.kind == "sqlite":  # another process with the database open, as a running broker has
-        holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, db.url.removeprefix("sqlite://")],
-                                  stdout=subprocess.PIPE, text=True)
-        try:
-            assert holder.stdout is not None and holder.stdout.readline() == "open\n"
-            done = rotate(db)
-            assert done.returncode == 1 and f"is open in process {holder.pid} (a running broker?)" in done.stderr
-        finally:
-            holder.kill()
-            holder.wait()
+        with subprocess.Popen([sys.executable, "-c", HOLD_OPEN, db.url.removeprefix("sqlite://")],
+                              stdout=subprocess.PIPE, text=True) as holder:
+            try:
+                assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+                done = rotate(db)
+                assert done.returncode == 1 and f"is open in process {holder.pid} (a running broker?)" in done.stderr
+            finally:
+                holder.kill()
     else:  # another connection, as a replica on another host holds
         with psycopg.connect(db.url, application_name="kbs-replica"):
             done = rotate(db)

@@ -273,10 +273,10 @@ def _read_back(sql: Sql, new: Rows, unseal_new: Unseal) -> None:
     for page in _pages(sql, "attestations", ("attestation_id",)):
         for r in page:
             new.attestation(r)
-    for chain in CHAINS:
-        head = new.head(chain, _head_row(sql, chain))
-        try:
-            chains.verify(head, ((r["seq"], new.checked_record(chain, r).body(), r["prev_hash"], r["entry_hash"])
-                                 for page in _pages(sql, log_table(chain), ("seq",)) for r in page))
-        except ChainBroken as exc:
-            raise StoreIntegrityError(str(exc)) from exc
+    for chain in CHAINS:  # the entries' hashes and places were checked above and did not change: their MACs did
+        new.head(chain, _head_row(sql, chain))
+        table = log_table(chain)
+        for page in _pages(sql, table, ("seq",)):
+            for r in page:
+                new.auth.check(r["mac"], f"{chain} log entry {r['seq']}", table, r["seq"], r["prev_hash"],
+                               r["entry_hash"])
