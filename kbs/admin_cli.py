@@ -450,6 +450,8 @@ def _run_status(args: argparse.Namespace) -> int:
     lines = [f"kbs {s['version']}, up {s['uptime_seconds']} s, store {s['store']}, "
              f"verifiers {', '.join(s['verifiers'])}",
              *(f"  {tee} trusts {_roots_line(roots)}" for tee, roots in s.get("trust_roots", {}).items()),
+             *(f"  collateral from {source}: {'the first expiring artefact held ends ' + at if at else 'none expiring'}"
+               for source, at in s.get("collateral_next_expiry", {}).items()),
              f"{s['keys']} keys, {s['policies']} policies, {s['reference_sets']} reference sets",
              f"last hour: {hour['releases']} releases, {hour['denials']} denials, {hour['errors']} errors, "
              f"{hour['refusals']} refusals, {hour['admin_changes']} admin changes"]

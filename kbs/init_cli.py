@@ -42,6 +42,11 @@ role = "admin"                   # or "auditor" (read-only)
 # [tls]
 # certificate = "/etc/kbs/tls.crt"
 # private_key = "/etc/kbs/tls.key"  # or private_key_credential = "kbs-tls-key"
+
+# /metrics answers 403 until one of these says who may scrape it:
+# [metrics]
+# token_file = "/etc/kbs/metrics.token"   # Prometheus sends "Authorization: Bearer <token>" (a 0600 file)
+# listen = "127.0.0.1:9464"               # a listener of its own, off the guests' port
 """
 
 

@@ -24,7 +24,7 @@ def test_init_check_config_serve(tmp_path: Path) -> None:
     assert len((out / "kek").read_bytes()) == 32 and out.stat().st_mode & 0o777 == 0o700
     config = out / "kbs.toml"
     text = config.read_text()
-    assert "dev_mode = false" in text and "systemd" in text
+    assert "dev_mode = false" in text and "systemd" in text and "\n# [metrics]\n# token_file = " in text
     port = free_port()
     config.write_text(text.replace("127.0.0.1:8080", f"127.0.0.1:{port}").replace("workers = 0", "workers = 1"))
     done = kbs("serve", "--config", str(config), "--check-config")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import math
 import sqlite3
 import subprocess
@@ -367,6 +368,9 @@ def test_earliest_collateral_expiry_of_an_offline_cache(tmp_path: Path, capsys: 
             soon.timestamp()
         assert value(text, "kbs_collateral_cache_total", source="pcs", result="hit") >= 4
         assert value(text, "kbs_collateral_fetches_total", source="pcs") == 0  # offline: nothing asked
+        request = urllib.request.Request(f"{b.url}/kbs/v0/admin/status", headers=b.admin_headers())
+        with urllib.request.urlopen(request, timeout=10) as answer:  # `kbs status` says the same
+            assert json.load(answer)["collateral_next_expiry"] == {"pcs": soon.astimezone(dt.UTC).isoformat()}
     assert soon.timestamp() - time.time() > 2 * 86400
 
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import secrets
 import time
 from argparse import ArgumentTypeError
@@ -469,6 +470,8 @@ async def status(request: web.Request, st: BrokerState, who: AdminIdentity) -> w
         "store": st.config.database_kind, "verifiers": list(st.attestor.registry.names),
         "trust_roots": {name: st.attestor.registry.get(name).describe_trust_roots()
                         for name in st.attestor.registry.names},
+        "collateral_next_expiry": {source: None if math.isinf(at) else datetime.fromtimestamp(at, UTC).isoformat()
+                                   for source, at in sorted(st.metrics.collateral_next_expiry().items())},
         "keys": len(paths), "policies": len(policies), "reference_sets": len(refs.names()),
         "last_hour": {"releases": decisions.get("release", 0), "denials": decisions.get("deny", 0),
                       "errors": decisions.get("error", 0), "admin_changes": decisions.get("admin", 0),

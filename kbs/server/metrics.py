@@ -161,6 +161,23 @@ class Metrics:
         for source in list(self._expiries):
             self._set_expiry(source, now)
 
+    def collateral_next_expiry(self) -> dict[str, float]:
+        """Source -> when the first expiring collateral held by any worker stops being current (POSIX seconds;
+        inf when none), as the scrape would say (`kbs status`)."""
+        self.refresh()
+        path = multiprocess_dir()
+        registry = self.registry
+        if path is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+        out: dict[str, float] = {}
+        for family in registry.collect():
+            if family.name == "kbs_collateral_next_expiry_timestamp_seconds":
+                for sample in family.samples:
+                    source = sample.labels["source"]
+                    out[source] = min(out.get(source, math.inf), sample.value)
+        return out
+
     def render(self) -> bytes:
         self.refresh()  # the answering process's values are current; the others' are REFRESH_SECONDS old at most
         path = multiprocess_dir()
