@@ -19,14 +19,16 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+import rfc8785
 from psycopg.rows import dict_row
 
 from kbs.audit import chain as chains
+from kbs.audit import merkle
 from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import OpenStore, open_store
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoreError
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import StoreIntegrityError
 from tests.postgres import PostgresServer
 
@@ -405,6 +407,68 @@ def test_concurrent_appends_from_several_replicas_keep_one_chain(backend: Backen
         assert acknowledged == [e.seq for e in logged] == list(range(1, heads[chain].head_seq + 1))
         assert sorted(rec.resource for batch in appended for c, rec in batch if c == chain) == \
             sorted(e.resource for e in logged)  # every acknowledged append is in its log, once
+
+
+def check_tree(store: OpenStore) -> int:
+    """The stored tree is the RFC 9162 tree of the release log's entries, in order."""
+    size = store.log_tree_size()
+    leaves = store.log_leaves(0, size + 5)
+    entries = store.log_entries(RELEASES, limit=size + 5)
+    assert len(leaves) == len(entries) == size
+    assert leaves == [rfc8785.dumps(e.body()) for e in entries]
+    assert store.log_root(size) == reference_root(leaves)
+    return size
+
+
+def reference_root(leaves: list[bytes]) -> bytes:
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    stored = {(0, i): h for i, h in enumerate(hashes)}
+    for i, leaf in enumerate(hashes):  # the same rule, on a dict: independent of the store's SQL
+        stored.update({(lv, ix): h for lv, ix, h in merkle.hashes_to_store(i, leaf, lambda w: [stored[k] for k in w])})
+    return merkle.tree_hash(len(hashes), lambda w: [stored[k] for k in w])
+
+
+def test_the_release_log_is_a_merkle_tree_with_proofs_and_checkpoints(backend: Backend, store: OpenStore) -> None:
+    assert store.log_tree_size() == 0 and store.log_root(0) == merkle.EMPTY_ROOT
+    for i in range(37):
+        store.append_log(RELEASES, entry(i, "release" if i % 3 else "deny"))
+        store.append_log(REFUSALS, entry(1000 + i))  # refusals before a token: not in the tree
+    assert check_tree(store) == 37
+    root = store.log_root(37)
+    for index in (0, 17, 36):
+        merkle.verify_inclusion(merkle.leaf_hash(store.log_leaves(index, 1)[0]), index, 37,
+                                store.log_inclusion_proof(index, 37), root)
+    merkle.verify_consistency(20, 37, store.log_root(20), root, store.log_consistency_proof(20, 37))
+    assert store.log_tree_hashes(0, 0, 37) == [merkle.leaf_hash(leaf) for leaf in store.log_leaves(0, 37)]
+    assert store.log_tree_hashes(5, 0, 1) == [store.log_root(32)]  # level 5: subtrees of 32 leaves
+    with pytest.raises(StoreIntegrityError):
+        store.log_tree_hashes(0, 30, 10)  # past the end
+    other = backend.open()  # another replica sees the same tree, and records a checkpoint once
+    assert other.log_root(37) == root and other.latest_log_checkpoint() is None
+    assert store.add_log_checkpoint(StoredCheckpoint(37, "note-37", 1.0))
+    assert not other.add_log_checkpoint(StoredCheckpoint(37, "note-37", 2.0))
+    assert other.add_log_checkpoint(StoredCheckpoint(20, "note-20", 3.0))
+    assert store.latest_log_checkpoint() == StoredCheckpoint(37, "note-37", 1.0)
+    assert [c.size for c in store.log_checkpoints()] == [20, 37] and store.log_checkpoints(20) == [
+        StoredCheckpoint(37, "note-37", 1.0)]
+
+
+def test_a_log_written_before_the_tree_gets_one_on_upgrade(backend: Backend, store: OpenStore) -> None:
+    for i in range(11):
+        store.append_log(RELEASES, entry(i))
+    root = store.log_root(11)
+    backend.execute("DELETE FROM log_tree")
+    backend.set_schema_version(4)
+    upgraded = backend.open()
+    assert check_tree(upgraded) == 11 and upgraded.log_root(11) == root
+    upgraded.append_log(RELEASES, entry(11))
+    assert check_tree(upgraded) == 12
+
+
+def test_concurrent_appends_keep_one_tree(backend: Backend) -> None:
+    replicas = [backend.open() for _ in range(3)]
+    on_threads(9, lambda t: [replicas[t % 3].append_log(RELEASES, entry(t * 100 + i)) for i in range(8)])
+    assert check_tree(replicas[0]) == 72
 
 
 def _append(url: str, chain: str, count: int, tag: int) -> None:

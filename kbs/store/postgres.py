@@ -38,11 +38,11 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
-from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
-from kbs.store import kek_state, schema
-from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store import kek_state, schema, tlog
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
 from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
@@ -130,6 +130,9 @@ class PostgresStore(StoreReads):
                              "(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
                 for statement in schema.statements("postgresql"):
                     conn.execute(statement)
+                if 0 < version < 5:  # the release log's entries, in order, become the Merkle tree's leaves
+                    rows = conn.cursor().execute("SELECT * FROM release_log ORDER BY seq").fetchall()
+                    tlog.rebuild(_Sql(conn.cursor()), (tlog.leaf_bytes(self._rows.record(r)) for r in rows))
                 conn.execute("INSERT INTO kbs_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET version = %s",
                              (SCHEMA_VERSION, SCHEMA_VERSION))
             cur = conn.cursor()
@@ -425,9 +428,14 @@ class PostgresStore(StoreReads):
                          record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                          record.ref, record.actor, record.detail, head.head_hash, hashed,
                          self._rows.log_mac(chain, seq, head.head_hash, hashed)))
+            if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1 (the head's row lock orders appends)
+                tlog.append(_Sql(cur), seq - 1, tlog.leaf_bytes(record))
             self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)
+
+    def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        return self._tx(lambda cur: tlog.add_checkpoint(_Sql(cur), checkpoint))
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head, read in one snapshot so appends in

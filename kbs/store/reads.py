@@ -10,10 +10,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from kbs.audit import merkle
 from kbs.policy.refvalues import ReferenceValues
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session
+from kbs.store import tlog
+from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint
 from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
+
+
+class _Reads:
+    """Plain reads as kbs.store.tlog runs them: each its own statement (the tree's rows never change once
+    written, so reads of a size already committed need no common snapshot)."""
+
+    def __init__(self, store: StoreReads) -> None:
+        self._store = store
+
+    def rows(self, sql: str, args: tuple[object, ...] = ()) -> Sequence[Row]:
+        return self._store._select(sql, args)
+
+    def execute(self, sql: str, args: tuple[object, ...] = ()) -> None:
+        raise TypeError("a read-only view of the store")
+
+    def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None:
+        raise TypeError("a read-only view of the store")
 
 
 class StoreReads:
@@ -66,6 +85,35 @@ class StoreReads:
         rows = self._select(f"SELECT * FROM {_table(chain)} WHERE seq > ?{where} ORDER BY seq LIMIT ?",
                             (after_seq, *args, limit))
         return [self._rows.checked_record(chain, r) for r in rows]
+
+    # -- the release log's Merkle tree (kbs.store.tlog) ----------------------------------------
+
+    def log_tree_size(self) -> int:
+        return tlog.size(_Reads(self))
+
+    def log_root(self, size: int) -> bytes:
+        return tlog.root(_Reads(self), size)
+
+    def log_tree_hashes(self, level: int, start: int, count: int) -> list[bytes]:
+        return tlog.hashes(_Reads(self), level, start, count)
+
+    def log_inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return merkle.inclusion_proof(index, size, tlog.reader(_Reads(self)))
+
+    def log_consistency_proof(self, old: int, new: int) -> list[bytes]:
+        return merkle.consistency_proof(old, new, tlog.reader(_Reads(self)))
+
+    def log_leaves(self, start: int, count: int) -> list[bytes]:
+        """Entries start .. start+count-1 (0-based) as the tree holds them (RFC 8785 JSON of each body)."""
+        rows = self._select("SELECT * FROM release_log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                            (start, start + count))
+        return [tlog.leaf_bytes(self._rows.record(r)) for r in rows]
+
+    def latest_log_checkpoint(self) -> StoredCheckpoint | None:
+        return tlog.latest_checkpoint(_Reads(self))
+
+    def log_checkpoints(self, after_size: int = -1, limit: int = 100) -> list[StoredCheckpoint]:
+        return tlog.checkpoints(_Reads(self), after_size, limit)
 
     def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:
         where, args = (query or LogQuery()).sql()

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 4  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state)
+SCHEMA_VERSION = 5  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state);
+# 5: the release log's Merkle tree and signed checkpoints (kbs.store.tlog)
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -77,6 +78,11 @@ TABLES = (
           ("chain",)),
     Table("admin_token_ids", (("jti", "text not null"), ("expires_at", "real not null")), ("jti",)),
     Table("health", (("id", "int not null"), ("at", "real not null")), ("id",)),
+    # The release log's Merkle tree: every complete subtree's hash (level 0: the leaves), and signed checkpoints.
+    Table("log_tree", (("level", "int not null"), ("idx", "int not null"), ("hash", "blob not null")),
+          ("level", "idx")),
+    Table("log_checkpoints", (("size", "int not null"), ("note", "text not null"), ("at", "real not null")),
+          ("size",)),
     # One row: which KEK the database is sealed under and any rotation begun (public ids, never keys).
     Table("kek_state", (("id", "int not null"), ("kek_id", "text not null"), ("rotating_to", "text"),
                         ("changed_at", "real not null"), ("mac", "text not null")), ("id",)),

@@ -30,8 +30,8 @@ from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
-from kbs.store import kek_state, schema
-from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoreError
+from kbs.store import kek_state, schema, tlog
+from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
 from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
@@ -127,6 +127,8 @@ class SqliteStore(StoreReads):
             if version < SCHEMA_VERSION:
                 if version == 1 and not fresh:
                     self._migrate_v1(tx)
+                if not fresh and version < 5:
+                    self._build_tree(tx)
                 tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             kek_state.check_at_open(_Sql(tx), self._rows, time.time())
             for chain in CHAINS:
@@ -516,8 +518,14 @@ class SqliteStore(StoreReads):
                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                         record.ref, record.actor, record.detail, head.head_hash, hashed,
                         self._rows.log_mac(chain, seq, head.head_hash, hashed)))
+            if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1
+                tlog.append(_Sql(db), seq - 1, tlog.leaf_bytes(record))
             self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
         return replace(record, seq=seq, entry_hash=hashed)
+
+    def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
+        with self._tx() as db:
+            return tlog.add_checkpoint(_Sql(db), checkpoint)
 
     def verify_logs(self) -> list[Head]:
         """Every chain from its anchor to its recorded head: hashes, MACs, nothing missing at the end.
@@ -595,6 +603,13 @@ class SqliteStore(StoreReads):
                                     _ts(now), tick)
 
     # -- migration -------------------------------------------------------------------------
+
+    def _build_tree(self, db: sqlite3.Connection) -> None:
+        """Schema 5: the release log's entries, in order, become the Merkle tree's leaves."""
+        rows = db.execute("SELECT * FROM release_log ORDER BY seq")
+        count = tlog.rebuild(_Sql(db), (tlog.leaf_bytes(self._rows.record(r)) for r in rows))
+        log.warning("database upgraded to schema 5: the release log is now a Merkle tree",
+                    extra={"database": str(self.path), "entries": count})
 
     def _migrate_v1(self, db: sqlite3.Connection) -> None:
         """Authenticate a version-1 database's rows and re-hash its release log in the new form.
