@@ -109,10 +109,17 @@ def test_admin_operations_need_the_admin_token_and_guest_ones_do_not() -> None:
         for method, operation in item.items():
             security = operation.get("security", doc["security"])
             guest = path in ("/kbs/v0/auth", "/kbs/v0/attest") or (method == "get" and path.startswith(
-                "/kbs/v0/resource/")) or not path.startswith("/kbs/")
+                ("/kbs/v0/resource/", "/kbs/v0/log/"))) or not path.startswith("/kbs/")  # the log: public here
             assert (security != [{"adminToken": []}]) == guest, f"{method} {path}"
             if {"adminToken": []} in security:
                 assert "401" in operation["responses"], f"{method} {path}"
+
+
+def test_the_log_needs_a_token_when_its_readers_are_auditors() -> None:
+    paths = document(Config(log_read="auditor"))["paths"]
+    for path, item in paths.items():
+        if path.startswith("/kbs/v0/log/"):
+            assert item["get"]["security"] == [{"adminToken": []}] and "401" in item["get"]["responses"], path
 
 
 def test_served_without_authentication_with_this_brokers_limits(tmp_path: Path) -> None:

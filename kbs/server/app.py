@@ -31,7 +31,7 @@ from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
-from kbs.server import admin, health, openapi, protocol
+from kbs.server import admin, health, openapi, protocol, tlog
 from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
@@ -219,14 +219,18 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer,
                         sessions=SessionCookies.from_kek(kek, config.session_lifetime),
                         decisions=DecisionInputs(store, registry))
+    state.log = tlog.Checkpointer(store, tlog.log_signer(store.get_or_create_secret, kek, config.log_origin),
+                                  state.run, config.log_witness_hook)
     app[STATE] = state
     for warning in config.warnings:
         log.warning(warning)
     log.info("verifiers enabled", extra={"tees": list(verifiers.names)})
     purger = asyncio.create_task(_purge(state))
+    checkpoints = asyncio.create_task(state.log.loop(config.log_checkpoint_seconds))
     try:
         yield
     finally:
+        checkpoints.cancel()
         purger.cancel()
         await attestor.close()
         verify_pool.shutdown(wait=True)
@@ -295,7 +299,8 @@ def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web
     app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_metrics_upkeep)
     app.add_routes(protocol.routes)
-    app.add_routes(admin.routes)
+    app.add_routes(tlog.routes)
+    app.add_routes(admin.routes)  # after kbs.server.tlog is imported: it adds an admin route
     app[METRICS_ACCESS].add_main_route(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

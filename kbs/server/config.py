@@ -26,6 +26,13 @@
                public = <dev_mode>      # /metrics without a token on the main listener (default only in dev mode;
                                         # in production it answers 403 until listen or token_file is set)
 
+    [log]      origin = ""              # the checkpoints' origin line and the log key's name (default: derived from
+                                        # the log key, the same on every replica); e.g. kbs.example.com/kbs/v0/log
+               read = "public"          # the log under /kbs/v0/log/: "public", or "auditor" (an admin token)
+               checkpoint_seconds = 5   # a new signed checkpoint at most this often while entries arrive
+               witness_hook = ""        # an executable (the note on stdin) or an http(s) URL (POSTed the note),
+                                        # called with each new checkpoint: publish it elsewhere
+
     [[admin.keys]]                      # who may use the admin API
     name = "ops"; public_key = "/etc/kbs/ops.pub.pem"; role = "admin"   # role: admin or auditor
     [admin]    max_token_lifetime_seconds = 900, audience = "KBS", require_jti = true   # admin JWT rules
@@ -46,6 +53,7 @@ Unknown keys are refused with their name, so a typo never silently falls back to
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -115,6 +123,10 @@ class Config:
     metrics_listen: str = ""  # [metrics]: kbs.server.metrics_access
     metrics_token_file: Path | None = None
     metrics_public: bool | None = None  # None: as dev_mode
+    log_origin: str = ""  # [log]: kbs.server.tlog
+    log_read: str = "public"
+    log_checkpoint_seconds: float = 5.0
+    log_witness_hook: str = ""
     warnings: tuple[str, ...] = ()  # deprecated keys seen; logged at start
 
     @property
@@ -203,6 +215,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
                "rego_memory_mb": "rego_memory_mb"},
     "metrics": {"listen": "metrics_listen", "token_file": "metrics_token_file", "public": "metrics_public"},
+    "log": {"origin": "log_origin", "read": "log_read", "checkpoint_seconds": "log_checkpoint_seconds",
+            "witness_hook": "log_witness_hook"},
     "tls": {"certificate": "tls_certificate", "private_key": "tls_private_key",
             "private_key_credential": "tls_private_key_credential", "client_ca": "tls_client_ca"},
 }
@@ -289,6 +303,15 @@ def parse_config(document: dict[str, Any], base: Config | None = None) -> Config
 
 
 def _check_serving(config: Config) -> None:
+    if config.log_read not in ("public", "auditor"):
+        raise ConfigError(f'[log] read must be "public" or "auditor", got {config.log_read!r}')
+    if not 0.5 <= config.log_checkpoint_seconds <= 3600:
+        raise ConfigError("[log] checkpoint_seconds must be between 0.5 and 3600")
+    if config.log_origin and not re.fullmatch(r"[^\s+]{1,200}", config.log_origin):
+        raise ConfigError("[log] origin: 1 to 200 characters, no spaces and no '+' (e.g. kbs.example.com/kbs/v0/log)")
+    hook = config.log_witness_hook
+    if hook and not hook.startswith(("https://", "http://")) and not Path(hook).is_absolute():
+        raise ConfigError("[log] witness_hook: an absolute path to an executable, or an http(s):// URL")
     if config.workers < 0:
         raise ConfigError("[server] workers must be 0 (one per core) or more")
     if config.max_in_flight < 1:

@@ -454,9 +454,62 @@ def _paths(config: Config) -> dict[str, Schema]:
                                                        "JSON.", **probe_ok}},
                                (408,), op_id="readyz", security=[], params=all_query)},
         **_metrics_path(config),
+        **_log_paths(config),
         PATH: {"get": _op("This document", "operations",
                           {"200": _json({"type": "object"}, "OpenAPI 3.1 description of this broker.")},
                           (408, 503), op_id="openapi", security=[])},
+    }
+
+
+def _log_paths(config: Config) -> dict[str, Schema]:
+    """The release log as a transparency log (kbs.server.tlog): public, or for admin/auditor tokens (`[log] read`)."""
+    security: list[Schema] = ADMIN if config.log_read == "auditor" else []
+    denied = (401,) if config.log_read == "auditor" else ()
+    octets = {"description": "", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                     "format": "binary"}}}}
+    hashes = {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}}
+    integer = {"type": "integer", "minimum": 0}
+
+    def op(summary: str, ok: dict[str, Schema], errors: tuple[int, ...], op_id: str,
+           params: list[Schema] | None = None, description: str = "") -> Schema:
+        return _op(summary, "log", ok, (*errors, *denied, 408, 503), op_id=op_id, security=security, params=params,
+                   description=description)
+    return {
+        "/kbs/v0/log/checkpoint": {"get": op(
+            "The newest signed checkpoint (C2SP tlog-checkpoint in a signed note)",
+            {"200": _text("origin, tree size, base64 root hash; a blank line; the log's Ed25519 signature.")}, (),
+            "logCheckpoint")},
+        "/kbs/v0/log/key": {"get": op("The log's verifier key (signed-note vkey form)",
+                                      {"200": _text("<name>+<key id>+<base64 key>")}, (), "logKey")},
+        "/kbs/v0/log/tile/{path}": {"get": op(
+            "A tile or an entry bundle (C2SP tlog-tiles: <L>/<N>[.p/<W>] or entries/<N>[.p/<W>])",
+            {"200": {**octets, "description": "Hashes (32 bytes each) or uint16-length-prefixed entries."}}, (404,),
+            "logTile", params=[{"name": "path", "in": "path", "required": True,
+                                "schema": {"type": "string", "maxLength": 64}}],
+            description="404 for a malformed path or a tile beyond the newest checkpoint.")},
+        "/kbs/v0/log/entries/{index}": {"get": op(
+            "One entry, as the tree holds it (RFC 8785 JSON)", {"200": _json({"type": "object"}, "The entry.")},
+            (404,), "logEntry", params=[{"name": "index", "in": "path", "required": True,
+                                         "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"}}])},
+        "/kbs/v0/log/proof/inclusion": {"get": op(
+            "RFC 9162 inclusion proof of an entry in the tree of a checkpointed size",
+            {"200": _json(_obj({"index": integer, "size": integer, "proof": hashes}), "The audit path.")},
+            (400, 404), "logInclusion", params=[_query("index", integer, "The entry (0-based)."),
+                                                 _query("size", integer, "A tree size a checkpoint has.")])},
+        "/kbs/v0/log/proof/consistency": {"get": op(
+            "RFC 9162 consistency proof between two tree sizes",
+            {"200": _json(_obj({"old": integer, "new": integer, "proof": hashes}), "The proof.")},
+            (400, 404), "logConsistency", params=[_query("old", integer, "The earlier size."),
+                                                   _query("new", integer, "The later size.")])},
+        "/kbs/v0/log/checkpoints": {"get": op(
+            "Every signed checkpoint kept, oldest first",
+            {"200": _json({"type": "array", "items": _obj({"size": integer, "at": {"type": "number"},
+                                                            "note": {"type": "string"}})}, "Checkpoints.")},
+            (400,), "logCheckpoints", params=[_query("after", integer, "Sizes above this."),
+                                               _query("limit", integer, "At most this many (1..1000).")])},
+        "/kbs/v0/admin/log/checkpoint": {"post": _admin_op(
+            "Sign a checkpoint of the tree as it stands", {"200": _text("The signed checkpoint.")}, write=False,
+            op_id="signLogCheckpoint", description="409 when the stored tree does not extend the newest checkpoint.")},
     }
 
 
@@ -490,6 +543,7 @@ def document(config: Config) -> Schema:
         "tags": [{"name": "protocol", "description": "What guests call (KBS protocol)."},
                  {"name": "admin", "description": "Signed-token admin API (Trustee's endpoints and the broker's "
                                                   "own under /kbs/v0/admin/)."},
+                 {"name": "log", "description": "The release log as a transparency log (C2SP tlog-tiles)."},
                  {"name": "operations", "description": "Probes, metrics and this document."}],
         "security": ADMIN,
         "paths": _paths(config),

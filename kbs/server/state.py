@@ -7,7 +7,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -21,6 +21,9 @@ from kbs.server.sessions import SessionCookies
 from kbs.server.tokens import TokenSigner
 from kbs.store.base import Store, StoreError
 from kbs.store.group_commit import GroupCommitWriter
+
+if TYPE_CHECKING:
+    from kbs.server.tlog import Checkpointer
 
 T = TypeVar("T")
 
@@ -47,6 +50,7 @@ class BrokerState:
     io: ThreadPoolExecutor  # store calls: blocking I/O off the event loop
     policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
     writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed
+    log: Checkpointer | None = None  # the release log's checkpoints and tiles (kbs.server.tlog)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
