@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import urllib.request
@@ -18,6 +19,7 @@ from kbs.server import admin, protocol
 from kbs.server.app import make_app
 from kbs.server.config import Config
 from kbs.server.openapi import MAX_BYTES, PATH, document
+from kbs.store.base import ReleaseRecord
 from tests.broker import run_broker
 
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
@@ -100,6 +102,14 @@ def test_bounds_are_the_handlers_bounds() -> None:
     segment = re.compile(pattern.removesuffix("$") + r"\Z")  # JSON Schema's (ECMA) $: no newline before the end
     for text in ("a", "A_b-9.z", "_x", "a" * 128, ".hidden", "a" * 129, "a b", "a\n", ""):
         assert bool(segment.search(text)) == bool(protocol.SEGMENT.fullmatch(text)), text
+
+
+def test_every_log_record_field_has_a_json_type() -> None:
+    """The release log's entries are described from ReleaseRecord's fields: a field of a type the document
+    does not know would be described as anything at all."""
+    fields = document(Config())["components"]["schemas"]["ReleaseRecord"]["properties"]
+    assert {f.name for f in dataclasses.fields(ReleaseRecord)} == set(fields)
+    assert all(schema.get("type") for schema in fields.values()), fields
 
 
 def test_admin_operations_need_the_admin_token_and_guest_ones_do_not() -> None:
