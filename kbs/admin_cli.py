@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kbs import log_cli
 from kbs.admin_client import (
     DEFAULT_ADMIN_KEY,
     DEFAULT_AUDIENCE,
@@ -123,10 +124,15 @@ def add_admin_parsers(commands: SubParsers) -> None:
     """Top-level `key`, `refs`, `log` and `attestation` commands."""
     _add_key_parsers(commands)
     _add_refs_parsers(commands)
-    log = _verb(commands, "log", "show the release log (every release, deny and admin change, hash-chained), "
-                "or verify both logs", _run_log)
-    log.add_argument("action", nargs="?", choices=("show", "verify"), default="show",
-                     help="show entries (default), or verify: check both hash chains and MACs and print their heads")
+    log = _verb(commands, "log", "show the release log (every release, deny and admin change), verify it as a "
+                "transparency log, prove entries, give key owners receipts", _run_log)
+    log.add_argument("action", nargs="?", choices=("show", "verify", *log_cli.ACTIONS), default="show",
+                     help="show entries (default); verify: check the signed checkpoint, every entry and the tree "
+                          "(and, with an admin key, the broker's hash chains and MACs); key: print the log's "
+                          "verifier key; checkpoint: the newest signed checkpoint; prove ENTRY: an inclusion "
+                          "proof; receipts: every release of --resource with its proof; verify-receipt FILE...: "
+                          "check receipts offline")
+    log_cli.add_log_arguments(log)
     log.add_argument("--refusals", action="store_true",
                      help="the refusal log (auth/attest refusals, bad tokens; kept refusal_retention_days)")
     log.add_argument("--after", type=int, default=0, metavar="N", help="entries after sequence number N")
@@ -412,8 +418,12 @@ def _head(text: str) -> tuple[int, str]:
 
 
 def _run_log(args: argparse.Namespace) -> int:
-    if args.action == "verify":
-        return _run_log_verify(args)
+    if args.action == "verify" or args.action in log_cli.ACTIONS:
+        # The broker's own chain check needs an admin key; --expect asks for it.
+        own = args.expect or log_cli.admin_key_available(args)
+        return log_cli.run(args, _log_heads if args.action == "verify" and own else None)
+    if args.operands:
+        raise UsageProblem(f"unexpected arguments {' '.join(args.operands)!r}")
     chain = "refusal" if args.refusals else "release"
     filters = {name: value for name in ("resource", "decision", "reason", "tee", "since", "until")
                if (value := getattr(args, name)) is not None}
@@ -427,7 +437,7 @@ def _run_log(args: argparse.Namespace) -> int:
     return _emit(args, records, human)
 
 
-def _run_log_verify(args: argparse.Namespace) -> int:
+def _log_heads(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     """Both chains verify on the broker; with --expect, an old head must still be in the release log."""
     client = broker_client(args)
     answer = client.verify_log()
@@ -441,7 +451,7 @@ def _run_log_verify(args: argparse.Namespace) -> int:
             raise AdminError(f"release-log entry {seq} is {seen}, not the {digest} you kept: the log was rewritten "
                              "or truncated", status=409)
         lines.append(f"release-log entry {seq} still has the hash you kept")
-    return _emit(args, answer, "\n".join(lines))
+    return answer, lines
 
 
 def _run_status(args: argparse.Namespace) -> int:
