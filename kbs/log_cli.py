@@ -358,6 +358,7 @@ class Verification:
     checked: int = 0  # entries streamed and hashed
     history: int = 0  # the broker's signed checkpoints compared
     good: int = 0  # the largest signed size the entries reproduce, below the first that they do not
+    good_before: int = 0  # the one before it
     bad: int | None = None  # the smallest signed size the entries do not reproduce
     leaf_mismatch: int | None = None  # the first entry whose hash is not its stored leaf hash
     leaf_mismatches: int = 0
@@ -415,6 +416,9 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
     points = sorted([Signed(size, current.root, "current"), *(Signed(c.size, c.root, "kept", name)
                                                               for name, c in kept)], key=lambda s: s.size)
     for point in points:
+        if point.source == "kept" and point.size == size and point.root != current.root:
+            report.findings.append(f"the broker signed two different trees of size {size}: your checkpoint "
+                                   f"{point.name} and its current one; together they prove the log forked")
         if point.size > size:
             report.missing = size if report.missing is None else min(report.missing, size)
             report.findings.append(f"your checkpoint {point.name} covers {point.size} entries, but the broker's "
@@ -465,11 +469,13 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
 
 def _judge(report: Verification, point: Signed, root: bytes) -> None:
     if point.root == root:
-        if report.bad is None:
-            report.good = max(report.good, point.size)
+        if report.bad is None and point.size > report.good:
+            report.good_before, report.good = report.good, point.size
         return
-    if report.bad is None or point.size < report.bad:
+    if report.bad is None:
         report.bad = point.size
+        if report.good == point.size:  # another signed root of this same size matched: a fork, not a bound
+            report.good = report.good_before
     if point.source == "kept":
         report.findings.append(f"the first {point.size} entries do not reproduce the root of your checkpoint "
                                f"{point.name} (size {point.size}): the log was rewritten since")
@@ -556,8 +562,8 @@ async def _verify(args: argparse.Namespace, fetch: Fetcher) -> tuple[list[str], 
     if where is not None:
         lo, hi = where
         findings.append(f"first bad index: {lo}" if lo == hi else
-                        f"first bad index: between {lo} and {hi}: the signed checkpoints in between are all that "
-                        f"could narrow it, and there are none")
+                        f"first bad index: between {lo} and {hi} (no signed checkpoint of a size between {lo} and "
+                        f"{hi + 1} is left to narrow it)")
     answer: dict[str, Any] = {"origin": current.origin, "size": current.size, "root": _b64(current.root),
                               "entries_checked": report.checked, "history_checked": report.history,
                               "kept": [{"file": name, "size": c.size} for name, c in kept],
