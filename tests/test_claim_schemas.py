@@ -22,7 +22,7 @@ import pytest
 from kbs import cli, native
 from kbs.evidence.base import GPU as GPU_CLASS
 from kbs.evidence.base import Appraisal, Binding
-from kbs.evidence.claimschema import WILDCARD, Schema, conforms, validate_schema
+from kbs.evidence.claimschema import WILDCARD, Schema, conforms, lookup, validate_schema
 from kbs.evidence.nvgpu.verifier import EVIDENCE_KEY, NvgpuVerifier
 from kbs.evidence.registry import KNOWN
 from kbs.evidence.sample import verify_sample
@@ -170,6 +170,16 @@ def test_the_ear_document_is_of_its_schema(tmp_path: Path) -> None:
     document["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["snp"]["vmpl"] = "0"
     assert conforms(document, schema) == ["submods.cpu0.ear.veraison.annotated-evidence.snp.vmpl: string, "
                                           "schema says number"]
+
+
+@pytest.mark.parametrize("tee", sorted(KNOWN))
+def test_identity_claims_are_in_the_schema(tee: str) -> None:
+    """What the release log records of a piece of evidence (kbs.audit.identity) names claims the verifier emits."""
+    schema = KNOWN[tee].claim_schema()
+    assert KNOWN[tee].identity()
+    for path in KNOWN[tee].identity():
+        found = lookup(schema, path.split("."))
+        assert found is not None and not isinstance(found, dict), (tee, path)  # a value or a list, not an object
 
 
 def test_conforms_names_each_misfit() -> None:

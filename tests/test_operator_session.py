@@ -116,6 +116,9 @@ def test_day_one(tmp_path: Path, synth_milan: SyntheticAmd, monkeypatch: pytest.
         [release] = json.loads(ok(admin_kbs("log", "--resource", "prod/key/disk", "--decision", "release",
                                             "--json")))
         assert release["policy_id"] == "disk" and release["tee"] == "snp"
+        [identity] = json.loads(release["evidence"])  # the log says which VM got the key, not the key
+        assert (identity["measurement"], identity["chip_id"]) == (digest, guest.chip.hex())
+        assert release["refs_hash"] and release["tee_key"]
         dry = json.loads(ok(admin_kbs("policy", "dry-run", "disk", "--attestation", release["attestation_id"],
                                       "--resource", "prod/key/disk", "--json")))
         assert dry["allow"] is True

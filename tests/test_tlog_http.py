@@ -94,6 +94,10 @@ def test_checkpoints_tiles_and_proofs_verify_with_nothing_but_the_key(broker: Br
     entries = [json.loads(leaf) for leaf in leaves]
     assert {e["decision"] for e in entries} >= {"admin", "release", "deny"}
     assert not any(b"secret-one" in leaf for leaf in leaves)  # no key material in the log
+    [released, *_] = [e for e in entries if e["decision"] == "release"]
+    assert released["evidence"] == [{"submod": "cpu0", "verifier": "sample", "svn": "1", "launch_digest": "abcde"}]
+    assert len(released["tee_key"]) == 43 and len(released["refs_hash"]) == 64  # RFC 7638, SHA-256
+    assert all("tee_key" not in e and "evidence" not in e for e in entries if e["decision"] == "admin")
     hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
     stored: dict[tuple[int, int], bytes] = {}
     for i, h in enumerate(hashes):

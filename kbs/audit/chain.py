@@ -29,6 +29,11 @@ def body_hash(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps(dict(body))).hexdigest()
 
 
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """The entry's RFC 8785 form: what its body hash covers, and (release log) the Merkle tree's leaf."""
+    return rfc8785.dumps(dict(body))
+
+
 def entry_hash(prev_hash: str, body_digest: str) -> str:
     return hashlib.sha256((prev_hash + body_digest).encode()).hexdigest()
 

@@ -48,6 +48,11 @@ class KnownVerifier:
         schema: Schema = getattr(importlib.import_module(module), attribute)
         return schema
 
+    def identity(self) -> tuple[str, ...]:
+        """The dotted claim paths that name a piece of its evidence in the release log (beside its schema)."""
+        paths: tuple[str, ...] = importlib.import_module(self.claims.partition(":")[0]).IDENTITY
+        return paths
+
     def load(self) -> VerifierType:
         """Import the verifier's module and return its class (the facts above are checked against it)."""
         module, _, attribute = self.target.partition(":")

@@ -17,6 +17,7 @@ from kbs.evidence.claimschema import Schema
 
 CLAIMS: Schema = {"svn": "string", "report_data": "string", "launch_digest": "string",
                   "platform_version": {"major": "number", "minor": "number"}, "debug": "boolean"}
+IDENTITY = ("svn", "launch_digest")
 # Trustee's values for its sample TEE: contraindicated, never trusted by default.
 SAMPLE_VECTOR = trust_vector(hardware=97, executables=33, configuration=2)
 

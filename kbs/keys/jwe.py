@@ -14,6 +14,7 @@ offer no way to supply the CEK, IV or ephemeral key that the deterministic vecto
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -107,6 +108,19 @@ def b64u_decode(text: str) -> bytes:
     if b64u(raw) != text:
         raise ValueError("non-canonical base64url")
     return raw
+
+
+# RFC 7638 §3.2: the members a thumbprint covers, by key type.
+_THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint (base64url): names a TEE key in the log without the key itself."""
+    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
+    if members is None or not all(isinstance(jwk.get(m), str) for m in members):
+        raise JweKeyInvalid(f"no RFC 7638 thumbprint for a JWK of type {_show(jwk.get('kty'))}")
+    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
+    return b64u(hashlib.sha256(canonical.encode()).digest())
 
 
 def _show(value: object) -> str:

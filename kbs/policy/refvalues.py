@@ -6,12 +6,15 @@ may expire: after its expiry it is treated as absent, so conditions on it fail c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import rfc8785
 
 from kbs.errors import KbsError
 
@@ -56,6 +59,12 @@ class ReferenceValues:
 
     def without(self, name: str) -> ReferenceValues:
         return ReferenceValues(s for n, s in self._sets.items() if n != name)
+
+    def digest(self, names: Iterable[str]) -> str:
+        """SHA-256 (hex) of the named sets as they stand (RFC 8785 JSON of {name: set}; absent ones left out):
+        what the release log records of the reference values a decision used."""
+        used = {name: found.to_json() for name in sorted(names) if (found := self.get(name)) is not None}
+        return hashlib.sha256(rfc8785.dumps(used)).hexdigest()
 
     def names(self) -> frozenset[str]:
         return frozenset(self._sets)

@@ -29,7 +29,8 @@ DEFAULT_POLICY = "default"
 DEFAULT_CACHE_BYTES = 4 * 1024 * 1024
 ENTRY_OVERHEAD = 1024  # a ResourceVersion and the tuple around it, besides the sealed value
 
-Resolved: TypeAlias = tuple[PolicyVersion, Policy, ReferenceValues] | KbsError
+# (the policy's current version, parsed, the reference values, and the digest of the sets the policy uses)
+Resolved: TypeAlias = tuple[PolicyVersion, Policy, ReferenceValues, str] | KbsError
 # (the active version or None, its policy id, the policy resolved, whether the key exists with every version
 # disabled: then the policy is the one the key is bound to, and a release it allows is refused as "disabled")
 ReleaseInputs: TypeAlias = tuple[ResourceVersion | None, str, Resolved, bool]
@@ -82,7 +83,8 @@ class DecisionInputs:
             policy_id = versions[-1].policy_id if versions else DEFAULT_POLICY
         try:
             version, policy = self._registry.resolve(policy_id)
-            return resource, policy_id, (version, policy, self._reference_values(generation)), disabled
+            refs = self._reference_values(generation)
+            return resource, policy_id, (version, policy, refs, refs.digest(policy.referenced_sets())), disabled
         except KbsError as exc:
             return resource, policy_id, exc, disabled
 

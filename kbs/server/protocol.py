@@ -28,6 +28,7 @@ from aiohttp import web
 
 from kbs import jsondoc
 from kbs.audit.chain import REFUSALS, RELEASES
+from kbs.audit.identity import evidence_identity
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
 from kbs.policy.ear import Submod, ear_document
@@ -330,7 +331,8 @@ async def get_resource(request: web.Request) -> web.Response:
         claims, session_id = await _token_claims(request, now)
         cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
         record = replace(record, session_id=session_id, tee=next(iter(cpu0), None),
-                         attestation_id=claims.get(ATTESTATION_ID_CLAIM))
+                         attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
+                         tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
         chain = RELEASES
         return await _release(request, st, now, parts, claims, record)
     except ProtocolError as exc:
@@ -352,7 +354,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     try:
         if isinstance(resolved, KbsError):
             raise resolved
-        policy_version, policy, refs = resolved
+        policy_version, policy, refs, refs_hash = resolved
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
         decision: Decision
         started = time.perf_counter()
@@ -367,7 +369,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason=exc.check, decision="error", public="the release policy could not be evaluated"
                             ) from exc
-    record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash)
+    record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
         engine_failure = why.split(":", 1)[0]  # a Rego worker that crashed, timed out, ran out of memory...

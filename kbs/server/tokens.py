@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from kbs import jsondoc
 from kbs.cache import ByteBoundedCache
 from kbs.errors import KbsError
-from kbs.keys.jwe import public_jwk
+from kbs.keys.jwe import jwk_thumbprint, public_jwk
 from kbs.keys.kek import Kek
 
 SECRET_NAME = "token-signing-key"
@@ -35,12 +35,6 @@ DEFAULT_CACHE_BYTES = 2 * 1024 * 1024  # ~16,000 tokens
 
 class TokenInvalid(KbsError):
     check = "token"
-
-
-def _thumbprint(jwk: dict[str, str]) -> str:
-    """RFC 7638 JWK thumbprint: the key id."""
-    canonical = json.dumps({k: jwk[k] for k in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
 
 
 def _b64url(data: bytes) -> bytes:
@@ -70,7 +64,7 @@ class TokenSigner:
         self._public = key.public_key()
         jwk = public_jwk(self._public)
         self.jwk = {k: v for k, v in jwk.items() if k in ("kty", "crv", "x", "y")}
-        self.kid = _thumbprint(self.jwk)
+        self.kid = jwk_thumbprint(self.jwk)
         header = {"alg": "ES256", "jwk": {**self.jwk, "alg": "ES256"}, "kid": self.kid, "typ": "JWT"}
         self._header = _b64url(json.dumps(header, separators=(",", ":")).encode())
         # Tokens whose signature this process already checked (or made): a guest presents the

@@ -7,6 +7,7 @@ session's nonce) are compare-and-set operations that report whether they won.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -48,6 +49,9 @@ class ResourceVersion:
     created_at: datetime
 
 
+_CONTEXT = ("evidence", "tee_key", "refs_hash")
+
+
 @dataclass(frozen=True)
 class ReleaseRecord:
     """One log entry, written before the response leaves: a decision on a request, or an admin change.
@@ -69,6 +73,12 @@ class ReleaseRecord:
     ref: str | None = None
     actor: str | None = None  # the admin who made a change
     detail: str | None = None
+    # What a release decision was about (no secret): the evidence's identity (per attester: its verifier and
+    # identifying claims, RFC 8785 JSON), the TEE key's RFC 7638 thumbprint, and a digest of the reference
+    # sets the policy used.  None where there was none (admin changes, refusals before a token).
+    evidence: str | None = None
+    tee_key: str | None = None
+    refs_hash: str | None = None
     seq: int | None = None
     entry_hash: str | None = None
 
@@ -84,9 +94,13 @@ class ReleaseRecord:
         return replace(self, **changes) if changes else self
 
     def body(self) -> dict[str, Any]:
-        """What the hash chain commits to: every field but the position and the hash itself."""
-        out = {k: v for k, v in self._fields().items() if k not in ("seq", "entry_hash")}
+        """What the hash chain and the Merkle tree commit to: every field but the position and the hash itself.
+        The decision-context fields appear only when set, so entries written before them hash as they did."""
+        out = {k: v for k, v in self._fields().items() if k not in ("seq", "entry_hash", *_CONTEXT)
+               or (k in _CONTEXT and v is not None)}
         out["at"] = self.at.timestamp()
+        if self.evidence is not None:
+            out["evidence"] = json.loads(self.evidence)
         return out
 
     def _fields(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ Commits are durable when they return with the server's default `synchronous_comm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -130,7 +131,11 @@ class PostgresStore(StoreReads):
                              "(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
                 for statement in schema.statements("postgresql"):
                     conn.execute(statement)
-                if 0 < version < 5:  # the release log's entries, in order, become the Merkle tree's leaves
+                if 0 < version < 5:  # the decision context's columns; the log's entries become the tree's leaves
+                    for table in ("release_log", "refusal_log"):
+                        for column, kind in schema.LOG_COLUMNS_V5:
+                            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
+                                         f"{schema.TYPES['postgresql'][kind]}")
                     rows = conn.cursor().execute("SELECT * FROM release_log ORDER BY seq").fetchall()
                     tlog.rebuild(_Sql(conn.cursor()), (tlog.leaf_bytes(self._rows.record(r)) for r in rows))
                 conn.execute("INSERT INTO kbs_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET version = %s",
@@ -419,17 +424,20 @@ class PostgresStore(StoreReads):
             if seen != (head.head_seq, head.head_hash):
                 raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
                                           f"{head.head_seq}: the log was changed outside the broker")
-            hashed = chains.entry_hash(head.head_hash, chains.body_hash(record.body()))
+            leaf = chains.canonical(record.body())  # hashed once: the chain's body hash and the tree's leaf
+            hashed = chains.entry_hash(head.head_hash, hashlib.sha256(leaf).hexdigest())
             seq = head.head_seq + 1
             cur.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
-                        "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac) "
-                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
+                       "evidence, tee_key, refs_hash) "
+                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                         (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                          record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                          record.ref, record.actor, record.detail, head.head_hash, hashed,
-                         self._rows.log_mac(chain, seq, head.head_hash, hashed)))
+                         self._rows.log_mac(chain, seq, head.head_hash, hashed), record.evidence, record.tee_key,
+                        record.refs_hash))
             if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1 (the head's row lock orders appends)
-                tlog.append(_Sql(cur), seq - 1, tlog.leaf_bytes(record))
+                tlog.append(_Sql(cur), seq - 1, leaf)
             self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)

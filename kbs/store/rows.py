@@ -132,7 +132,8 @@ class Rows:
                              version=r["version"], session_id=r["session_id"], tee=r["tee"],
                              policy_id=r["policy_id"], policy_hash=r["policy_hash"],
                              attestation_id=r["attestation_id"], ref=r["ref"], actor=r["actor"],
-                             detail=r["detail"], seq=r["seq"], entry_hash=r["entry_hash"])
+                             detail=r["detail"], evidence=r["evidence"], tee_key=r["tee_key"],
+                             refs_hash=r["refs_hash"], seq=r["seq"], entry_hash=r["entry_hash"])
 
     def checked_record(self, chain: str, r: Row) -> ReleaseRecord:
         """An entry whose MAC and own hash hold (its place in the chain is `verify_chains`'s job)."""

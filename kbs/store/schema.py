@@ -52,7 +52,10 @@ _LOG_COLUMNS = (
     ("seq", "seq"), ("at", "real not null"), ("decision", "text not null"), ("reason", "text not null"),
     ("resource", "text not null"), ("version", "int"), ("session_id", "text"), ("tee", "text"),
     ("policy_id", "text"), ("policy_hash", "text"), ("attestation_id", "text"), ("ref", "text"), ("actor", "text"),
-    ("detail", "text"), ("prev_hash", "text not null"), ("entry_hash", "text not null"), ("mac", "text"))
+    ("detail", "text"), ("prev_hash", "text not null"), ("entry_hash", "text not null"), ("mac", "text"),
+    ("evidence", "text"), ("tee_key", "text"), ("refs_hash", "text"))  # the last three: schema 5
+# Columns schema 5 added to both logs (older databases get them by ALTER TABLE).
+LOG_COLUMNS_V5 = (("evidence", "text"), ("tee_key", "text"), ("refs_hash", "text"))
 
 TABLES = (
     Table("sessions", (("session_id", "text not null"), ("tee", "text not null"), ("nonce", "text not null"),

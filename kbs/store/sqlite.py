@@ -13,6 +13,7 @@ editing, forging or truncating them without the KEK is detected.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -122,6 +123,12 @@ class SqliteStore(StoreReads):
             if version == 1 and not fresh:
                 for table, column in _V1_COLUMNS:
                     tx.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            if version < 5 and not fresh:
+                for table in ("release_log", "refusal_log"):
+                    present = {r["name"] for r in tx.execute(f"PRAGMA table_info({table})").fetchall()}
+                    for column, kind in schema.LOG_COLUMNS_V5:
+                        if present and column not in present:  # absent table: created whole below
+                            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {schema.TYPES['sqlite'][kind]}")
             for statement in schema.statements("sqlite"):
                 tx.execute(statement)
             if version < SCHEMA_VERSION:
@@ -508,18 +515,20 @@ class SqliteStore(StoreReads):
             if seen != (head.head_seq, head.head_hash):
                 raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
                                           f"{head.head_seq}: the log was changed outside the broker")
-            body = record.body()
-            hashed = chains.entry_hash(head.head_hash, chains.body_hash(body))
+            leaf = chains.canonical(record.body())  # hashed once: the chain's body hash and the tree's leaf
+            hashed = chains.entry_hash(head.head_hash, hashlib.sha256(leaf).hexdigest())
             seq = head.head_seq + 1
             db.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
-                       "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
+                       "evidence, tee_key, refs_hash) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                         record.ref, record.actor, record.detail, head.head_hash, hashed,
-                        self._rows.log_mac(chain, seq, head.head_hash, hashed)))
+                        self._rows.log_mac(chain, seq, head.head_hash, hashed), record.evidence, record.tee_key,
+                        record.refs_hash))
             if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1
-                tlog.append(_Sql(db), seq - 1, tlog.leaf_bytes(record))
+                tlog.append(_Sql(db), seq - 1, leaf)
             self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
         return replace(record, seq=seq, entry_hash=hashed)
 

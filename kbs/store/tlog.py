@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import rfc8785
-
 from kbs.audit import merkle
+from kbs.audit.chain import canonical
 from kbs.audit.merkle import HashReader
 from kbs.store.base import ReleaseRecord, StoredCheckpoint
 from kbs.store.integrity import StoreIntegrityError
@@ -27,7 +26,7 @@ from kbs.store.kek_state import Sql
 
 def leaf_bytes(record: ReleaseRecord) -> bytes:
     """An entry as the tree commits to it and entry bundles serve it."""
-    return rfc8785.dumps(record.body())
+    return canonical(record.body())
 
 
 def reader(sql: Sql) -> HashReader:

@@ -38,3 +38,7 @@ CLAIMS: Schema = {
     "ocsp": _OCSP, "rim_ocsp": {"driver": _OCSP, "vbios": _OCSP},
     "measurements": {"*": "string"},  # SPDM index (1-based, as a string) -> hex, only without a RIM comparison
 }
+
+# What names this evidence in the release log (kbs.store.tlog): the GPU and the firmware it runs.
+IDENTITY = ("ueid", "hwmodel", "arch", "x-nvidia-gpu-driver-version", "x-nvidia-gpu-vbios-version", "measres",
+            "driver_rim_id", "vbios_rim_id")

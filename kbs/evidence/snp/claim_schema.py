@@ -37,3 +37,7 @@ CLAIMS: Schema = {
     "launch_mit_vector": "string", "current_mit_vector": "string",
     "vek": {"kind": "string", "product_name": "string", "csp_id": "string|null", "not_after": "string"},
 }
+
+# What names this evidence in the release log (kbs.store.tlog): the launch, the chip and its TCB.
+IDENTITY = ("measurement", "chip_id", "product", "reported_tcb_bootloader", "reported_tcb_tee", "reported_tcb_snp",
+            "reported_tcb_microcode", "reported_tcb_fmc", "host_data", "vmpl")

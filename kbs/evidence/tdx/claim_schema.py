@@ -51,3 +51,7 @@ CLAIMS: Schema = {
     "mr_service_td": "string|null", "td_attributes_bits": _bits(_TD_ATTRIBUTES), "xfam": _bits(_XFAM),
     "eventlog": {"events": "number", "algorithms": ["string"], "rtmrs_match_quote": "boolean"},
 }
+
+# What names this evidence in the release log (kbs.store.tlog): the TD's measurements, the platform and its TCB.
+IDENTITY = ("quote.body.mr_td", "quote.body.rtmr_0", "quote.body.rtmr_1", "quote.body.rtmr_2", "quote.body.rtmr_3",
+            "quote.body.mr_config_id", "fmspc", "platform_instance_id", "tcb_status", "tcb_date", "tee_tcb_svn")
