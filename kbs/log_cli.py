@@ -428,16 +428,17 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
     history = History(fetch, verifier, report)
     frontier = Frontier()
 
-    async def compare(at: int, root: bytes) -> None:
+    async def compare(at: int) -> None:
+        """Hold every signed head of size `at` to the tree's root at that size (computed only then)."""
         while pending and pending[0].size == at:
-            _judge(report, pending.popleft(), root)
+            _judge(report, pending.popleft(), frontier.root())
         while (point := await history.peek()) is not None and point.size <= at:
             history.buffer.popleft()
             if point.size == at:
                 report.history += 1
-                _judge(report, point, root)
+                _judge(report, point, frontier.root())
 
-    await compare(0, merkle.EMPTY_ROOT)
+    await compare(0)
     for n in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
         first, width = n * TILE_WIDTH, min(TILE_WIDTH, size - n * TILE_WIDTH)
         entries, complete = await _bundle(fetch, Tile(None, n, width), report)
@@ -450,7 +451,7 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
                     report.leaf_mismatch = first + offset
             frontier.append(leaf)
             report.checked += 1
-            await compare(frontier.size, frontier.root())
+            await compare(frontier.size)
         if not complete:
             break
     while (tail := await history.peek()) is not None:  # the tail: signed sizes past what is served

@@ -358,3 +358,13 @@ def test_frontier_root_matches_the_recursive_tree_hash() -> None:
         frontier.append(leaf)
         assert frontier.root() == merkle.tree_hash(index + 1, lambda w: [stored[k] for k in w])
         assert len(frontier._hashes) == bin(index + 1).count("1")
+
+
+def test_a_log_for_auditors_needs_the_admin_key(kbs: Kbs, tmp_path: Path) -> None:
+    with run_broker(tmp_path, CONFIG + 'read = "auditor"\n') as b:
+        flow(b, release=False)
+        code, _, err = kbs("log", "verify", "--url", b.url)
+        assert code == 1 and "HTTP 401" in err and "give --admin-key" in err
+        code, out, err = kbs("log", "verify", "--url", b.url, "--admin-key", str(b.state_dir / "admin-key.pem"))
+        assert code == 0, err
+        assert "each hashes to its stored leaf" in out and "release log: entries 1.." in out  # and the broker's check
