@@ -27,6 +27,7 @@ from kbs.admin_client import (
     UsageProblem,
     resource_path,
 )
+from kbs.audit import merkle
 from kbs.errors import UsageError
 from kbs.files import read_input
 from kbs.policy.model import Explanation
@@ -438,19 +439,26 @@ def _run_log(args: argparse.Namespace) -> int:
 
 
 def _log_heads(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
-    """Both chains verify on the broker; with --expect, an old head must still be in the release log."""
+    """Both logs verify on the broker; with --expect, an old head of the release log (size and Merkle root) must
+    still be what its first entries give."""
     client = broker_client(args)
     answer = client.verify_log()
     lines = [f"{h['chain']} log: entries {h['first_seq']}..{h['head_seq']} verify; head {h['head_seq']}:"
              f"{h['head_hash']}" for h in answer["heads"]]
     if args.expect:
         seq, digest = args.expect
-        found = client.release_log(seq - 1, 1)
-        if not found or found[0]["seq"] != seq or found[0]["entry_hash"] != digest:
-            seen = found[0]["entry_hash"] if found and found[0]["seq"] == seq else "absent"
-            raise AdminError(f"release-log entry {seq} is {seen}, not the {digest} you kept: the log was rewritten "
-                             "or truncated", status=409)
-        lines.append(f"release-log entry {seq} still has the hash you kept")
+        builder = merkle.RootBuilder()  # the root of the first `seq` entries, from their leaf hashes
+        while builder.size < seq:
+            page = client.release_log(builder.size, min(1000, seq - builder.size))
+            if not page:
+                break
+            for entry in page:
+                builder.push(bytes.fromhex(entry["entry_hash"]))
+        seen = builder.root().hex() if builder.size == seq else f"absent (the log has {builder.size} entries)"
+        if seen != digest:
+            raise AdminError(f"the release log's first {seq} entries give {seen}, not the {digest} you kept: the log "
+                             "was rewritten or truncated", status=409)
+        lines.append(f"the release log's first {seq} entries still give the root you kept")
     return answer, lines
 
 

@@ -14,6 +14,7 @@ from kbs.audit.merkle import (
     EMPTY_ROOT,
     HashReader,
     ProofError,
+    RootBuilder,
     consistency_proof,
     hashes_to_store,
     inclusion_proof,
@@ -137,6 +138,14 @@ def test_every_shape_agrees_with_the_rfcs_recursion() -> None:
             proof = consistency_proof(m, n, READ)
             assert proof == ref_subproof(m, d, True), (m, n)
             verify_consistency(m, n, ref_mth(d[:m]), root, proof)
+
+
+def test_the_right_edge_builder_agrees() -> None:
+    builder = RootBuilder()
+    assert builder.root() == EMPTY_ROOT
+    for n, entry in enumerate(ENTRIES, 1):
+        builder.push(leaf_hash(entry))
+        assert builder.root() == ref_mth(ENTRIES[:n]) and builder.size == n
 
 
 def test_reads_are_logarithmic() -> None:

@@ -35,6 +35,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kbs.audit import merkle
 from kbs.keys.jwe import decrypt, generate_tee_key
 from kbs.server.protocol import ATTESTATION_ID_CLAIM, COOKIE
 from kbs.server.sessions import session_id_of
@@ -323,7 +324,10 @@ def test_sigkill_of_a_replica_behind_haproxy_mid_storm(tmp_path: Path, database:
         assert verified["ok"] is True
         head = next(h for h in verified["heads"] if h["chain"] == "release")
         assert head["entries"] == len(entries), (head, len(entries))
-        assert head["head_hash"] == entries[-1]["entry_hash"] and head["head_seq"] == entries[-1]["seq"]
+        builder = merkle.RootBuilder()  # the head is the Merkle root over every entry's leaf hash
+        for e in entries:
+            builder.push(bytes.fromhex(e["entry_hash"]))
+        assert head["head_hash"] == builder.root().hex() and head["head_seq"] == entries[-1]["seq"]
 
         # No nonce used twice: every session released under one attestation only; distinct guests, distinct
         # nonces; and the token each guest holds is the one its session recorded when its nonce was consumed.

@@ -29,7 +29,8 @@ from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import OpenStore, open_store
 from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoredCheckpoint, StoreError
-from kbs.store.integrity import StoreIntegrityError
+from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.rows import Rows
 from tests.postgres import PostgresServer
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -453,16 +454,51 @@ def test_the_release_log_is_a_merkle_tree_with_proofs_and_checkpoints(backend: B
         StoredCheckpoint(37, "note-37", 1.0)]
 
 
-def test_a_log_written_before_the_tree_gets_one_on_upgrade(backend: Backend, store: OpenStore) -> None:
+def as_schema_4(backend: Backend) -> None:
+    """Put the release log back the way schema 4 kept it: a hash chain (entries and head MAC'd under KEY), no tree."""
+    rows = Rows(RowAuthenticator(KEY))
+    prev = chains.GENESIS
+    for r in backend.query("SELECT * FROM release_log ORDER BY seq"):
+        hashed = chains.entry_hash(prev, chains.body_hash(Rows.record(r).body()))
+        backend.execute("UPDATE release_log SET prev_hash = ?, entry_hash = ?, mac = ? WHERE seq = ?",
+                        (prev, hashed, rows.log_mac(RELEASES, r["seq"], prev, hashed), r["seq"]))
+        prev = hashed
+    count = len(backend.query("SELECT seq FROM release_log"))
+    head = chains.Head(RELEASES, 1, chains.GENESIS, count, prev)
+    backend.execute("UPDATE log_heads SET head_seq = ?, head_hash = ?, mac = ? WHERE chain = ?",
+                    (count, prev, rows.head_values(head)[-1], RELEASES))
+    backend.execute("DELETE FROM log_tree")
+    backend.set_schema_version(4)
+
+
+def test_a_chained_log_becomes_a_tree_on_upgrade(backend: Backend, store: OpenStore) -> None:
     for i in range(11):
         store.append_log(RELEASES, entry(i))
     root = store.log_root(11)
-    backend.execute("DELETE FROM log_tree")
-    backend.set_schema_version(4)
+    as_schema_4(backend)
     upgraded = backend.open()
-    assert check_tree(upgraded) == 11 and upgraded.log_root(11) == root
+    assert check_tree(upgraded) == 11 and upgraded.log_root(11) == root  # the same entries, the same tree
+    [releases, _] = upgraded.verify_logs()
+    assert (releases.head_seq, releases.head_hash) == (11, root.hex())
     upgraded.append_log(RELEASES, entry(11))
     assert check_tree(upgraded) == 12
+
+
+def test_an_edited_chain_is_not_upgraded(backend: Backend, store: OpenStore) -> None:
+    for i in range(5):
+        store.append_log(RELEASES, entry(i))
+    as_schema_4(backend)
+    backend.execute("UPDATE release_log SET decision = 'release' WHERE seq = 3")
+    with pytest.raises(StoreError, match="release log entry 3 was edited|does not match its hash chain"):
+        backend.open()
+
+
+def test_a_tree_edited_behind_the_broker_stops_appends(backend: Backend, store: OpenStore) -> None:
+    for i in range(6):
+        store.append_log(RELEASES, entry(i))
+    backend.execute("UPDATE log_tree SET hash = ? WHERE level = 2 AND idx = 0", (bytes(32),))  # in the root of 6
+    with pytest.raises(StoreIntegrityError, match="tree does not give the root its recorded head holds"):
+        store.append_log(RELEASES, entry(6))
 
 
 def test_concurrent_appends_keep_one_tree(backend: Backend) -> None:

@@ -180,3 +180,28 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pro
         raise ProofError(f"consistency proof does not lead to the old root of size {old}")
     if sr != new_root:
         raise ProofError(f"consistency proof does not lead to the new root of size {new}")
+
+
+class RootBuilder:
+    """A tree's root from its leaf hashes in order, holding only the right edge (O(log n) hashes): for
+    checking a whole log without keeping it."""
+
+    def __init__(self) -> None:
+        self._edge: list[tuple[int, bytes]] = []  # (level, hash) of complete subtrees, left to right
+        self.size = 0
+
+    def push(self, leaf: bytes) -> None:
+        level, current = 0, leaf
+        while self._edge and self._edge[-1][0] == level:
+            _, left = self._edge.pop()
+            current, level = node_hash(left, current), level + 1
+        self._edge.append((level, current))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._edge:
+            return EMPTY_ROOT
+        current = self._edge[-1][1]
+        for _, left in reversed(self._edge[:-1]):
+            current = node_hash(left, current)
+        return current

@@ -151,7 +151,7 @@ def begin_rotation(sql: Sql, old: RowAuthenticator, new_id: str, now: float) -> 
 
 # -- the rotation -------------------------------------------------------------------------------------
 
-def _pages(sql: Sql, table: str, key: tuple[str, ...]) -> Iterator[Sequence[Row]]:
+def pages(sql: Sql, table: str, key: tuple[str, ...]) -> Iterator[Sequence[Row]]:
     """The table's rows in key order, a page at a time (keyset paging: each page starts after the last)."""
     order = ", ".join(key)
     after: tuple[object, ...] = ()
@@ -185,7 +185,7 @@ def rotate(sql: Sql, old: Rows, new: Rows, reseal: Reseal, unseal_new: Unseal, n
     def rewrite(table: str, key: tuple[str, ...], update: str,
                 values: Callable[[Row], tuple[object, ...]]) -> None:
         n = 0
-        for page in _pages(sql, table, key):
+        for page in pages(sql, table, key):
             changes = []
             for r in page:
                 changes.append(values(r))
@@ -240,7 +240,7 @@ def _rotate_chain(sql: Sql, chain: str, old: Rows, new: Rows, tick: Callable[[],
 
     def entries() -> Iterator[tuple[int, dict[str, object], str, str]]:
         nonlocal walked
-        for page in _pages(sql, table, ("seq",)):
+        for page in pages(sql, table, ("seq",)):
             for r in page:
                 yield r["seq"], old.checked_record(chain, r).body(), r["prev_hash"], r["entry_hash"]
                 tick()
@@ -258,25 +258,25 @@ def _rotate_chain(sql: Sql, chain: str, old: Rows, new: Rows, tick: Callable[[],
 
 def _read_back(sql: Sql, new: Rows, unseal_new: Unseal) -> None:
     """Everything as the broker will read it, under the new key, before the commit."""
-    for page in _pages(sql, "secrets", ("name",)):
+    for page in pages(sql, "secrets", ("name",)):
         for r in page:
             unseal_new("secret", r["name"], bytes(r["value"]))
-    for page in _pages(sql, "resources", ("path", "version")):
+    for page in pages(sql, "resources", ("path", "version")):
         for r in page:
             v = new.resource(r)
             unseal_new("resource", v.path, v.sealed)
-    for page in _pages(sql, "policies", ("policy_id", "version")):
+    for page in pages(sql, "policies", ("policy_id", "version")):
         for r in page:
             new.policy_version(r)
-    for page in _pages(sql, "reference_sets", ("name",)):
+    for page in pages(sql, "reference_sets", ("name",)):
         new.reference_values(page)
-    for page in _pages(sql, "attestations", ("attestation_id",)):
+    for page in pages(sql, "attestations", ("attestation_id",)):
         for r in page:
             new.attestation(r)
     for chain in CHAINS:  # the entries' hashes and places were checked above and did not change: their MACs did
         new.head(chain, _head_row(sql, chain))
         table = log_table(chain)
-        for page in _pages(sql, table, ("seq",)):
+        for page in pages(sql, table, ("seq",)):
             for r in page:
                 new.auth.check(r["mac"], f"{chain} log entry {r['seq']}", table, r["seq"], r["prev_hash"],
                                r["entry_hash"])

@@ -23,7 +23,6 @@ Commits are durable when they return with the server's default `synchronous_comm
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -39,12 +38,12 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
-from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
-from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
@@ -131,20 +130,19 @@ class PostgresStore(StoreReads):
                              "(id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)")
                 for statement in schema.statements("postgresql"):
                     conn.execute(statement)
-                if 0 < version < 5:  # the decision context's columns; the log's entries become the tree's leaves
+                if 0 < version < 5:  # the decision context's columns; the release log's chain becomes the tree
                     for table in ("release_log", "refusal_log"):
                         for column, kind in schema.LOG_COLUMNS_V5:
                             conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
                                          f"{schema.TYPES['postgresql'][kind]}")
-                    rows = conn.cursor().execute("SELECT * FROM release_log ORDER BY seq").fetchall()
-                    tlog.rebuild(_Sql(conn.cursor()), (tlog.leaf_bytes(self._rows.record(r)) for r in rows))
+                    tlog.migrate(_Sql(conn.cursor()), self._rows)
                 conn.execute("INSERT INTO kbs_schema VALUES (1, %s) ON CONFLICT (id) DO UPDATE SET version = %s",
                              (SCHEMA_VERSION, SCHEMA_VERSION))
             cur = conn.cursor()
             kek_state.check_at_open(_Sql(cur), self._rows, time.time())
             for chain in CHAINS:
                 if not cur.execute("SELECT 1 FROM log_heads WHERE chain=%s", (chain,)).fetchone():
-                    self._write_head(cur, Head(chain, 1, GENESIS, 0, GENESIS))
+                    self._write_head(cur, Head(chain, 1, GENESIS, 0, chains.empty_head_hash(chain)))
 
     # -- connection and transactions -------------------------------------------------------
 
@@ -420,12 +418,9 @@ class PostgresStore(StoreReads):
         def step(cur: Cursor) -> ReleaseRecord:
             head = self._head(cur, chain, lock=True)
             newest = cur.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-            seen = (newest["seq"], newest["entry_hash"]) if newest else (head.head_seq, head.head_hash)
-            if seen != (head.head_seq, head.head_hash):
-                raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
-                                          f"{head.head_seq}: the log was changed outside the broker")
-            leaf = chains.canonical(record.body())  # hashed once: the chain's body hash and the tree's leaf
-            hashed = chains.entry_hash(head.head_hash, hashlib.sha256(leaf).hexdigest())
+            tlog.check_head(_Sql(cur), head, (newest["seq"], newest["entry_hash"]) if newest else None)
+            leaf = chains.canonical(record.body())
+            prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
             seq = head.head_seq + 1
             cur.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
                         "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
@@ -433,12 +428,12 @@ class PostgresStore(StoreReads):
                         "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                         (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                          record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
-                         record.ref, record.actor, record.detail, head.head_hash, hashed,
-                         self._rows.log_mac(chain, seq, head.head_hash, hashed), record.evidence, record.tee_key,
-                        record.refs_hash))
-            if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1 (the head's row lock orders appends)
-                tlog.append(_Sql(cur), seq - 1, leaf)
-            self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
+                         record.ref, record.actor, record.detail, prev, hashed,
+                         self._rows.log_mac(chain, seq, prev, hashed), record.evidence, record.tee_key,
+                         record.refs_hash))
+            # (the head's row lock orders appends, so seq - 1 is the next leaf)
+            head_hash = tlog.append(_Sql(cur), seq - 1, leaf).hex() if chain in chains.TREES else hashed
+            self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, head_hash))
             return replace(record, seq=seq, entry_hash=hashed)
         return self._tx(step)
 

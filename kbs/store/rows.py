@@ -140,7 +140,7 @@ class Rows:
         what = f"{chain} log entry {r['seq']}"
         self.auth.check(r["mac"], what, log_table(chain), r["seq"], r["prev_hash"], r["entry_hash"])
         record = self.record(r)
-        if chains.entry_hash(r["prev_hash"], chains.body_hash(record.body())) != r["entry_hash"]:
+        if not chains.entry_matches(chain, r["prev_hash"], r["entry_hash"], record.body()):
             raise StoreIntegrityError(f"{what} was edited outside the broker: its content does not match its hash")
         return record
 

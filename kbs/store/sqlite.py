@@ -13,7 +13,6 @@ editing, forging or truncating them without the KEK is detected.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
-from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
+from kbs.store.integrity import RowAuthenticator, digest
 from kbs.store.kek_state import KekState, Reseal, Unseal
 from kbs.store.reads import StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
@@ -140,7 +139,7 @@ class SqliteStore(StoreReads):
             kek_state.check_at_open(_Sql(tx), self._rows, time.time())
             for chain in CHAINS:
                 if not tx.execute("SELECT 1 FROM log_heads WHERE chain=?", (chain,)).fetchone():
-                    self._write_head(tx, Head(chain, 1, GENESIS, 0, GENESIS))
+                    self._write_head(tx, Head(chain, 1, GENESIS, 0, chains.empty_head_hash(chain)))
 
     # -- connection and transactions -------------------------------------------------------
 
@@ -511,12 +510,9 @@ class SqliteStore(StoreReads):
         with self._tx() as db:
             head = self._head(db, chain)
             newest = db.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-            seen = (newest["seq"], newest["entry_hash"]) if newest else (head.head_seq, head.head_hash)
-            if seen != (head.head_seq, head.head_hash):
-                raise StoreIntegrityError(f"the {chain} log's newest entry is {seen[0]} but its recorded head is "
-                                          f"{head.head_seq}: the log was changed outside the broker")
-            leaf = chains.canonical(record.body())  # hashed once: the chain's body hash and the tree's leaf
-            hashed = chains.entry_hash(head.head_hash, hashlib.sha256(leaf).hexdigest())
+            tlog.check_head(_Sql(db), head, (newest["seq"], newest["entry_hash"]) if newest else None)
+            leaf = chains.canonical(record.body())
+            prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
             seq = head.head_seq + 1
             db.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
                        "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
@@ -524,12 +520,11 @@ class SqliteStore(StoreReads):
                        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
-                        record.ref, record.actor, record.detail, head.head_hash, hashed,
-                        self._rows.log_mac(chain, seq, head.head_hash, hashed), record.evidence, record.tee_key,
+                        record.ref, record.actor, record.detail, prev, hashed,
+                        self._rows.log_mac(chain, seq, prev, hashed), record.evidence, record.tee_key,
                         record.refs_hash))
-            if chain == RELEASES:  # never pruned: entry seq is leaf seq - 1
-                tlog.append(_Sql(db), seq - 1, leaf)
-            self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, hashed))
+            head_hash = tlog.append(_Sql(db), seq - 1, leaf).hex() if chain in chains.TREES else hashed
+            self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, head_hash))
         return replace(record, seq=seq, entry_hash=hashed)
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
@@ -614,11 +609,10 @@ class SqliteStore(StoreReads):
     # -- migration -------------------------------------------------------------------------
 
     def _build_tree(self, db: sqlite3.Connection) -> None:
-        """Schema 5: the release log's entries, in order, become the Merkle tree's leaves."""
-        rows = db.execute("SELECT * FROM release_log ORDER BY seq")
-        count = tlog.rebuild(_Sql(db), (tlog.leaf_bytes(self._rows.record(r)) for r in rows))
+        """Schema 5: the release log's chain, checked, becomes the Merkle tree (kbs.store.tlog.migrate)."""
+        count, root = tlog.migrate(_Sql(db), self._rows)
         log.warning("database upgraded to schema 5: the release log is now a Merkle tree",
-                    extra={"database": str(self.path), "entries": count})
+                    extra={"database": str(self.path), "entries": count, "root": root.hex()})
 
     def _migrate_v1(self, db: sqlite3.Connection) -> None:
         """Authenticate a version-1 database's rows and re-hash its release log in the new form.

@@ -14,14 +14,17 @@ Written once over `kbs.store.kek_state.Sql` (an open transaction, `?` placeholde
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Sequence
 
+from kbs.audit import chain as chains
 from kbs.audit import merkle
-from kbs.audit.chain import canonical
+from kbs.audit.chain import RELEASES, TREES, Head, canonical
 from kbs.audit.merkle import HashReader
 from kbs.store.base import ReleaseRecord, StoredCheckpoint
 from kbs.store.integrity import StoreIntegrityError
-from kbs.store.kek_state import Sql
+from kbs.store.kek_state import Sql, pages
+from kbs.store.rows import Rows
 
 
 def leaf_bytes(record: ReleaseRecord) -> bytes:
@@ -42,20 +45,70 @@ def reader(sql: Sql) -> HashReader:
     return read
 
 
-def append(sql: Sql, index: int, entry: bytes) -> None:
-    """Store leaf `index` (its predecessors stored) and the subtrees it completes."""
+def append(sql: Sql, index: int, entry: bytes) -> bytes:
+    """Store leaf `index` (its predecessors stored) and the subtrees it completes; the tree's new root."""
     hashes = merkle.hashes_to_store(index, merkle.leaf_hash(entry), reader(sql))
     sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", hashes)
+    return merkle.tree_hash(index + 1, reader(sql))
 
 
-def rebuild(sql: Sql, entries: Iterable[bytes]) -> int:
-    """The tree of a log written before the tree existed (schema 5), from its entries in order."""
+def check_head(sql: Sql, head: Head, newest: tuple[int, str] | None) -> None:
+    """Before an append: the log's newest row (seq, entry_hash) and, for the tree, its root are what the recorded
+    (MAC'd) head says, so a log truncated or edited outside the broker stops every append (and so every release)
+    until an operator looks."""
+    if head.chain in TREES:
+        seen = newest[0] if newest else head.first_seq - 1
+        if seen != head.head_seq:
+            raise StoreIntegrityError(f"the {head.chain} log's newest entry is {seen} but its recorded head is "
+                                      f"{head.head_seq}: the log was changed outside the broker")
+        if merkle.tree_hash(head.head_seq, reader(sql)).hex() != head.head_hash:
+            raise StoreIntegrityError(f"the {head.chain} log's tree does not give the root its recorded head holds: "
+                                      "it was changed outside the broker")
+        return
+    found = newest or (head.head_seq, head.head_hash)
+    if found != (head.head_seq, head.head_hash):
+        raise StoreIntegrityError(f"the {head.chain} log's newest entry is {found[0]} but its recorded head is "
+                                  f"{head.head_seq}: the log was changed outside the broker")
+
+
+def migrate(sql: Sql, rows: Rows) -> tuple[int, bytes]:
+    """Schema 5: the release log's hash chain becomes the Merkle tree.  Each entry is checked first (its MAC and
+    its place in the chain, from the head the store recorded), then rewritten with its leaf hash and a new MAC,
+    and the head becomes (size, root).  Heads kept elsewhere from before name chain hashes: the log's
+    checkpoints replace them."""
+    head_rows = sql.rows("SELECT * FROM log_heads WHERE chain = ?", (RELEASES,))
+    head = rows.head(RELEASES, head_rows[0] if head_rows else None)
+    first = sql.rows("SELECT prev_hash FROM release_log ORDER BY seq LIMIT 1")
+    if first and first[0]["prev_hash"] == chains.TREE_PREV:  # already a tree (a database set back by hand)
+        return head.head_seq, bytes.fromhex(head.head_hash)
+    if not first and head.head_seq == 0 and head.head_hash == merkle.EMPTY_ROOT.hex():
+        return 0, merkle.EMPTY_ROOT
     sql.execute("DELETE FROM log_tree")
-    count = 0
-    for index, entry in enumerate(entries):
-        append(sql, index, entry)
-        count = index + 1
-    return count
+    prev, count = head.anchor_hash, 0
+    for page in pages(sql, "release_log", ("seq",)):
+        updates = []
+        for r in page:
+            rows.auth.check(r["mac"], f"release log entry {r['seq']}", "release_log", r["seq"], r["prev_hash"],
+                            r["entry_hash"])
+            leaf = canonical(rows.record(r).body())
+            chained = chains.entry_hash(prev, hashlib.sha256(leaf).hexdigest())
+            if r["seq"] != count + 1 or r["prev_hash"] != prev or r["entry_hash"] != chained:
+                raise StoreIntegrityError(f"release log entry {r['seq']} does not match its hash chain: not "
+                                          "upgrading a log that was changed outside the broker")
+            prev, count = chained, count + 1
+            append(sql, count - 1, leaf)
+            leaf_hash = merkle.leaf_hash(leaf).hex()
+            updates.append((chains.TREE_PREV, leaf_hash, rows.log_mac(RELEASES, r["seq"], chains.TREE_PREV, leaf_hash),
+                            r["seq"]))
+        sql.executemany("UPDATE release_log SET prev_hash = ?, entry_hash = ?, mac = ? WHERE seq = ?", updates)
+    if (count, prev) != (head.head_seq, head.head_hash):
+        raise StoreIntegrityError(f"the release log ends at entry {count} but its recorded head is entry "
+                                  f"{head.head_seq}: not upgrading a log that was changed outside the broker")
+    root = merkle.tree_hash(count, reader(sql))
+    new_head = Head(RELEASES, head.first_seq, head.anchor_hash, count, root.hex())
+    sql.execute("UPDATE log_heads SET head_seq = ?, head_hash = ?, mac = ? WHERE chain = ?",
+                (count, root.hex(), rows.head_values(new_head)[-1], RELEASES))
+    return count, root
 
 
 def size(sql: Sql) -> int:
