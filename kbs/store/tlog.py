@@ -33,15 +33,19 @@ def leaf_bytes(record: ReleaseRecord) -> bytes:
 
 
 def reader(sql: Sql) -> HashReader:
+    """Stored hashes by (level, index), all of one call in one statement (a tree head needs a handful)."""
     def read(wanted: Sequence[tuple[int, int]]) -> list[bytes]:
-        out = []
-        for level, index in wanted:
-            rows = sql.rows("SELECT hash FROM log_tree WHERE level = ? AND idx = ?", (level, index))
-            if not rows:
-                raise StoreIntegrityError(f"the release log's tree has no hash at level {level} index {index}: "
-                                          "it was changed outside the broker")
-            out.append(bytes(rows[0]["hash"]))
-        return out
+        if not wanted:
+            return []
+        where = " OR ".join("(level = ? AND idx = ?)" for _ in wanted)  # each an index lookup
+        args = tuple(v for pair in wanted for v in pair)
+        rows = sql.rows(f"SELECT level, idx, hash FROM log_tree WHERE {where}", args)
+        found = {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+        missing = [pair for pair in wanted if pair not in found]
+        if missing:
+            raise StoreIntegrityError(f"the release log's tree has no hash at level {missing[0][0]} index "
+                                      f"{missing[0][1]}: it was changed outside the broker")
+        return [found[pair] for pair in wanted]
     return read
 
 
