@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,14 +27,16 @@ from kbs.audit import merkle
 from kbs.audit.note import Checkpoint, NoteSigner, NoteVerifier
 from kbs.audit.tiles import Tile, unbundle
 from kbs.cli import main
+from kbs.keys.jwe import generate_tee_key
 from kbs.log_cli import Frontier, check_receipt
-from tests.broker import Broker, full_flow, run_broker
+from tests.broker import Broker, attest, attestation, auth, full_flow, jar, run_broker
 
 CONFIG = '[log]\norigin = "kbs.test/log"\ncheckpoint_seconds = 0.5\n'
 SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:sample", "allOf": [
     {"claim": "sample.svn", "equals": "1"}]}]})
-FLOWS = 8  # after the two admin entries (indexes 0, 1): denials at 2, 4, 6, 8 and releases at 3, 5, 7, 9
-RELEASES = [3, 5, 7, 9]
+FLOWS = 8  # after the two admin entries (indexes 0, 1), each flow's attestation summary then its decision:
+RELEASES = [5, 9, 13, 17]  # attestations at 2, 4, ..., 16, denials at 3, 7, 11, 15, releases here
+SIZE = 2 + 2 * FLOWS
 
 
 def admin(broker: Broker, method: str, path: str, data: bytes = b"") -> tuple[int, bytes]:
@@ -57,14 +60,21 @@ def flow(broker: Broker, release: bool) -> None:
     assert asyncio.run(full_flow(broker.url, "sample", path))[0] == (200 if release else 401)
 
 
-def populate(broker: Broker, on_entry: Callable[[int], None] = lambda i: None) -> None:
-    """Two admin entries, then denials and releases in turn, a checkpoint signed after each."""
+def populate(broker: Broker, on_flow: Callable[[int], None] = lambda size: None) -> None:
+    """Two admin entries, then denials and releases in turn (each after its attestation's summary), a checkpoint
+    signed after each flow; `on_flow` gets the log's size then."""
     assert admin(broker, "PUT", "/kbs/v0/admin/policies/sample-ok", SAMPLE_POLICY.encode())[0] == 200
     assert admin(broker, "POST", "/kbs/v0/resource/lab/key/one?policy=sample-ok", b"secret-one")[0] == 200
     for i in range(FLOWS):
         flow(broker, release=bool(i % 2))
         assert admin(broker, "POST", "/kbs/v0/admin/log/checkpoint")[0] == 200
-        on_entry(i + 2)
+        on_flow(2 + 2 * (i + 1))
+
+
+async def attest_status(url: str) -> int:
+    async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+        nonce = await auth(http, url, "sample")
+        return (await attest(http, url, attestation(nonce, generate_tee_key("EC-P256"), "sample")))[0]
 
 
 def leaves(broker: Broker, size: int) -> list[bytes]:
@@ -98,7 +108,7 @@ def kbs(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.
 class Live:
     broker: Broker
     vkey: str
-    stages: list[Path]  # checkpoints kept at sizes 3, 6, 9
+    stages: list[Path]  # checkpoints kept at sizes 4, 10, 16
     witness: Path  # one file advanced at every stage
 
 
@@ -109,9 +119,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         vkey = get(b, "/kbs/v0/log/key").decode().strip()
         stages: list[Path] = []
 
-        def keep(index: int) -> None:
-            if index % 3 == 2:
-                stages.append(tmp / f"stage-{index + 1}.checkpoint")
+        def keep(size: int) -> None:
+            if size in (4, 10, 16):
+                stages.append(tmp / f"stage-{size}.checkpoint")
                 assert main(["log", "checkpoint", "--url", b.url, "--key", vkey, "--out", str(stages[-1])]) == 0
                 assert main(["log", "checkpoint", "--url", b.url, "--key", vkey, "--out", str(tmp / "witness")]) == 0
         populate(b, keep)
@@ -122,14 +132,14 @@ def test_verify_passes_after_releases_and_refusals_and_is_consistent_with_kept_c
         live: Live, kbs: Kbs) -> None:
     code, out, err = kbs("log", "key", "--url", live.broker.url)
     assert code == 0 and out.strip() == live.vkey and NoteVerifier.from_vkey(out).name == "kbs.test/log"
-    assert [s.read_text().split("\n")[1] for s in live.stages] == ["3", "6", "9"]
+    assert [s.read_text().split("\n")[1] for s in live.stages] == ["4", "10", "16"]
     kept = [arg for stage in live.stages for arg in ("--checkpoint", str(stage))]
     code, out, err = kbs("log", "verify", "--url", live.broker.url, "--key", live.vkey, *kept)
     assert code == 0, err
-    assert "10 entries: each hashes to its stored leaf" in out and "warning" not in err
+    assert f"{SIZE} entries: each hashes to its stored leaf" in out and "warning" not in err
     assert all(f"consistent with your checkpoint {stage}" in out for stage in live.stages)
     answer = json.loads(kbs("log", "verify", "--url", live.broker.url, "--key", live.vkey, "--json", *kept)[1])
-    assert answer["size"] == 10 and answer["entries_checked"] == 10 and answer["findings"] == []
+    assert answer["size"] == SIZE and answer["entries_checked"] == SIZE and answer["findings"] == []
     assert answer["history_checked"] >= FLOWS and answer["first_bad_index"] is None
     code, out, err = kbs("log", "verify", "--url", live.broker.url)  # no pinned key: trust on first use, said
     assert code == 0 and "trust on first use" in err and f"--key {live.vkey}" in err
@@ -141,11 +151,11 @@ def test_verify_passes_after_releases_and_refusals_and_is_consistent_with_kept_c
 
 
 def test_checkpoint_out_advances_a_witness_file_only_over_a_proof(live: Live, kbs: Kbs, tmp_path: Path) -> None:
-    assert live.witness.read_text().split("\n")[1] == "9"  # advanced three times, each over a consistency proof
+    assert live.witness.read_text().split("\n")[1] == "16"  # advanced three times, each over a consistency proof
     flow(live.broker, release=False)  # the log grows; the next checkpoint must extend the witness's
     assert admin(live.broker, "POST", "/kbs/v0/admin/log/checkpoint")[0] == 200
     code, out, _ = kbs("log", "checkpoint", "--url", live.broker.url, "--key", live.vkey, "--out", str(live.witness))
-    assert code == 0 and "proven to extend" in out and live.witness.read_text().split("\n")[1] == "11"
+    assert code == 0 and "proven to extend" in out and live.witness.read_text().split("\n")[1] == str(SIZE + 2)
     code, out, _ = kbs("log", "checkpoint", "--url", live.broker.url, "--key", live.vkey, "--out", str(live.witness))
     assert code == 0 and "already holds it" in out
     code, out, _ = kbs("log", "checkpoint", "--url", live.broker.url, "--key", live.vkey)
@@ -182,7 +192,7 @@ def test_prove_every_entry_under_the_newest_and_an_earlier_checkpoint(live: Live
 class Golden:
     state: Path
     vkey: str
-    old: Path  # the checkpoint of size 10 a key owner kept
+    old: Path  # the checkpoint of size SIZE a key owner kept
     leaves: list[bytes]
     receipts: Path
     receipts_run: tuple[int, str, str]
@@ -199,13 +209,13 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Golden:
         receipts = tmp / "receipts"
         run = main(["log", "receipts", "--resource", "kbs:///lab/key/one", "--out", str(receipts),
                     "--url", b.url, "--key", vkey]), "", ""
-        entries = leaves(b, 10)
+        entries = leaves(b, SIZE)
     assert b.process.poll() is not None  # stopped: what follows is offline
     return Golden(b.state_dir, vkey, old, entries, receipts, run)
 
 
 def test_receipts_verify_offline_with_only_the_key(golden: Golden, kbs: Kbs, tmp_path: Path) -> None:
-    assert golden.receipts_run[0] == 0 and golden.old.read_text().split("\n")[1] == "10"
+    assert golden.receipts_run[0] == 0 and golden.old.read_text().split("\n")[1] == str(SIZE)
     files = sorted(golden.receipts.glob("*.json"), key=lambda p: int(p.stem))
     assert [int(p.stem) for p in files] == RELEASES
     code, out, err = kbs("log", "verify-receipt", *map(str, files), "--key", golden.vkey)
@@ -221,7 +231,7 @@ def test_receipts_verify_offline_with_only_the_key(golden: Golden, kbs: Kbs, tmp
         (lambda r: r["entry"].update(tee="tdx"), "does not hash to its leaf_hash"),
         (lambda r: r.update(index=r["index"] + 1), "does not lead to the root"),
         (lambda r: r["proof"].reverse(), "does not lead to the root"),
-        (lambda r: r.update(checkpoint=r["checkpoint"].replace("\n10\n", "\n11\n")), "does not verify")]
+        (lambda r: r.update(checkpoint=r["checkpoint"].replace(f"\n{SIZE}\n", f"\n{SIZE + 1}\n")), "does not verify")]
     for change, message in changes:
         forged = json.loads(json.dumps(receipt))
         change(forged)
@@ -273,16 +283,18 @@ def verify(kbs: Kbs, broker: Broker, golden: Golden, *extra: str) -> tuple[int, 
 
 def test_deleting_the_newest_entry_is_caught_by_a_kept_checkpoint(golden: Golden, kbs: Kbs, tmp_path: Path) -> None:
     def delete_newest(db: sqlite3.Connection) -> None:  # entry, its tree rows and the checkpoints that cover it
-        db.execute("DELETE FROM release_log WHERE seq = 10")
-        for level in range(5):
-            db.execute("DELETE FROM log_tree WHERE level = ? AND idx = ?", (level, 9 >> level))
-        db.execute("DELETE FROM log_checkpoints WHERE size >= 10")
+        db.execute("DELETE FROM release_log WHERE seq = ?", (SIZE,))
+        for level in range(6):
+            db.execute("DELETE FROM log_tree WHERE level = ? AND idx = ?", (level, (SIZE - 1) >> level))
+        db.execute("DELETE FROM log_checkpoints WHERE size >= ?", (SIZE,))
 
     with tampered(golden, tmp_path, delete_newest) as b:
+        assert admin(b, "POST", "/kbs/v0/admin/log/checkpoint")[0] == 200  # the broker signs what it now holds
         code, out, err = verify(kbs, b, golden)
-        assert code == 0 and "9 entries" in out  # self-consistent: only a kept checkpoint can tell
+        assert code == 0 and f"{SIZE - 1} entries" in out  # self-consistent: only a kept checkpoint can tell
         code, _, err = verify(kbs, b, golden, "--checkpoint", str(golden.old))
-        assert code == 1 and "first missing index 9" in err and "kbs: log: first bad index: 9\n" in err
+        assert code == 1 and f"first missing index {SIZE - 1}" in err
+        assert f"kbs: log: first bad index: {SIZE - 1}\n" in err
         kept = golden.old.read_text()
         code, _, err = kbs("log", "checkpoint", "--url", b.url, "--key", golden.vkey, "--out", str(golden.old))
         assert code == 1 and "older than the one in" in err and golden.old.read_text() == kept
@@ -298,19 +310,21 @@ def test_rewriting_a_release_as_a_deny_names_it(golden: Golden, kbs: Kbs, tmp_pa
             rebuild_tree(db, expected)
 
     with tampered(golden, tmp_path, rewrite) as b:
-        assert leaves(b, 10) == expected  # the broker serves the edited entry
+        assert leaves(b, SIZE) == expected  # the broker serves the edited entry
         code, _, err = verify(kbs, b, golden, "--checkpoint", str(golden.old))
-        assert code == 1 and "kbs: log: first bad index: 5\n" in err, err
+        # The stored leaf hashes pin index 5; a rebuilt tree leaves only the signed sizes (4, 6, ...) to bound it.
+        assert code == 1 and ("kbs: log: first bad index: between 4 and 5" if rebuilt else
+                              "kbs: log: first bad index: 5\n") in err, err
         assert "do not reproduce the root of your checkpoint" in err
         assert ("entry 5 does not hash to the tree's stored leaf hash 5" in err) != rebuilt
         if rebuilt:  # the tree no longer gives the root of the broker's MAC'd head: nothing more is released
-            assert asyncio.run(full_flow(b.url, "sample", "lab/key/one"))[0] == 503
+            assert asyncio.run(attest_status(b.url)) == 503  # already at /attest, whose summary goes in the log
             # and signs nothing over the edited tree: its newest checkpoint is still the one from before the edit
             status, body = admin(b, "POST", "/kbs/v0/admin/log/checkpoint")
             assert status == 200 and body.decode().split("\n")[:3] == golden.old.read_text().split("\n")[:3]
             code, _, err = verify(kbs, b, golden)  # even without a kept checkpoint: the broker's own history
-            assert code == 1 and "kbs: log: first bad index: 5\n" in err
-            assert "reproduce every one up to size 5" in err
+            assert code == 1 and "kbs: log: first bad index: between 4 and 5" in err
+            assert "reproduce every one up to size 4" in err
 
 
 @pytest.mark.parametrize("rebuilt", [False, True], ids=["tree-left", "tree-rebuilt"])
@@ -323,9 +337,10 @@ def test_reordering_two_entries_names_the_first(golden: Golden, kbs: Kbs, tmp_pa
             rebuild_tree(db, expected)
 
     with tampered(golden, tmp_path, reorder) as b:
-        assert leaves(b, 10) == expected
+        assert leaves(b, SIZE) == expected
         code, _, err = verify(kbs, b, golden, "--checkpoint", str(golden.old))
-        assert code == 1 and "kbs: log: first bad index: 4\n" in err, err
+        assert code == 1 and ("kbs: log: first bad index: between 4 and 5" if rebuilt else
+                              "kbs: log: first bad index: 4\n") in err, err
 
 
 def test_a_rewrite_re_signed_over_deleted_history_is_bounded_by_what_was_signed(
@@ -340,12 +355,12 @@ def test_a_rewrite_re_signed_over_deleted_history_is_bounded_by_what_was_signed(
         db.execute("DELETE FROM log_checkpoints WHERE size > 5")
 
     with tampered(golden, tmp_path, rewrite) as b:
-        status, note = admin(b, "POST", "/kbs/v0/admin/log/checkpoint")  # signed: it extends size 5
-        assert status == 200 and note.split(b"\n")[1] == b"10"
+        status, note = admin(b, "POST", "/kbs/v0/admin/log/checkpoint")  # signed: it extends size 4
+        assert status == 200 and note.split(b"\n")[1] == str(SIZE).encode()
         assert verify(kbs, b, golden)[0] == 0  # the broker's own story is now self-consistent
         code, _, err = verify(kbs, b, golden, "--checkpoint", str(golden.old))
-        assert code == 1 and "kbs: log: first bad index: between 5 and 9" in err, err
-        assert "two different trees of size 10" in err
+        assert code == 1 and f"kbs: log: first bad index: between 4 and {SIZE - 1}" in err, err
+        assert f"two different trees of size {SIZE}" in err
 
 
 def test_frontier_root_matches_the_recursive_tree_hash() -> None:

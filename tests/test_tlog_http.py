@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import stat
 import time
 import urllib.error
@@ -143,6 +144,23 @@ def test_on_demand_checkpoint_and_bounds(broker: Broker) -> None:
                          ("/kbs/v0/log/checkpoints?limit=0", 400)]:
         assert get(broker, path)[0] == status, path
     assert broker.process.poll() is None
+
+
+def test_a_tree_damaged_behind_the_broker_is_a_409_not_a_crash(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with run_broker(tmp_path, "", state_dir=state) as b:
+        for i in range(3):
+            admin(b, "POST", f"/kbs/v0/resource/lab/key/k{i}", b"x")
+        admin(b, "POST", "/kbs/v0/admin/log/checkpoint")
+    db = sqlite3.connect(state / "kbs.sqlite3")
+    with db:
+        db.execute("DELETE FROM log_tree WHERE level = 0 AND idx = 1")
+    db.close()
+    with run_broker(tmp_path, "", state_dir=state) as b:
+        status, body, _ = get(b, "/kbs/v0/log/tile/0/000.p/3")
+        assert status == 409 and b"tree misses hashes at level 0" in body
+        assert get(b, "/kbs/v0/log/proof/inclusion?index=0&size=3")[0] == 409
+        assert get(b, "/readyz")[0] == 200  # the broker serves on (its releases stop: the tree is not its head's)
 
 
 def test_auditors_only(tmp_path: Path) -> None:

@@ -472,8 +472,8 @@ def _log_paths(config: Config) -> dict[str, Schema]:
 
     def op(summary: str, ok: dict[str, Schema], errors: tuple[int, ...], op_id: str,
            params: list[Schema] | None = None, description: str = "") -> Schema:
-        return _op(summary, "log", ok, (*errors, *denied, 408, 503), op_id=op_id, security=security, params=params,
-                   description=description)
+        return _op(summary, "log", ok, (*errors, *denied, 408, 409, 503), op_id=op_id, security=security,
+                   params=params, description=description or "409 when the stored tree was damaged behind the broker.")
     return {
         "/kbs/v0/log/checkpoint": {"get": op(
             "The newest signed checkpoint (C2SP tlog-checkpoint in a signed note)",

@@ -31,7 +31,7 @@ from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.audit.identity import evidence_identity
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
-from kbs.policy.ear import Submod, ear_document
+from kbs.policy.ear import OVERALL_STATUS, Submod, ear_document
 from kbs.policy.json_policy import JsonPolicy
 from kbs.policy.model import Decision, Explanation, ResourceRequest
 from kbs.policy.rego_pool import FAILURE_LABELS
@@ -235,7 +235,8 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             f"Attestation error: {exc.check}: {exc}", status=status, reason=exc.check) from exc
     st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
     attestation_id = uuid.uuid4().hex
-    runtime = {"nonce": session.nonce, "tee-pubkey": message.tee_pubkey}
+    tee_pubkey = message.tee_pubkey
+    runtime = {"nonce": session.nonce, "tee-pubkey": tee_pubkey}
     init_claims = message.init_data.claims if message.init_data else None
     # The parsed message (an SNP message's byte arrays are ~50 KB of Python lists) and the body are not
     # kept while this request waits for its write's batch: in a storm hundreds wait at once.
@@ -253,7 +254,12 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     token = st.signer.sign(document, payload)
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document)
-    if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record):
+    # Its summary in the release log (the transparency log): which evidence, which TEE key, what status.
+    summary = ReleaseRecord(at=now, decision="attest", reason=document[OVERALL_STATUS], resource="", version=None,
+                            session_id=session.session_id, tee=session.tee, policy_id=None, policy_hash=None,
+                            attestation_id=attestation_id, evidence=evidence_identity(document),
+                            tee_key=jwe.jwk_thumbprint(tee_pubkey))
+    if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record, summary):
         stored = await st.read(st.store.get_session, session.session_id)
         if stored is not None and stored.evidence_digest == evidence_digest and stored.token:
             return _token_response(st, stored, stored.token)  # the same evidence again: its token, as Trustee

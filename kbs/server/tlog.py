@@ -44,6 +44,7 @@ from kbs.server.errors import ProtocolError
 from kbs.server.protocol import STATE
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.store.base import Store, StoredCheckpoint
+from kbs.store.integrity import StoreIntegrityError
 
 log = logging.getLogger("kbs.log")
 
@@ -214,6 +215,18 @@ async def checkpoint_history(checkpointer: Checkpointer, request: web.Request) -
 routes = web.RouteTableDef()
 
 
+def _integrity(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request],
+                                                                            Awaitable[web.Response]]:
+    """A tree damaged behind the broker's back is a 409 naming what is missing, not an internal error."""
+    async def guarded(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except StoreIntegrityError as exc:
+            raise ProtocolError("PluginInternalError", str(exc), status=409, reason=exc.check) from exc
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
 async def _reader(request: web.Request) -> Checkpointer:
     """The log's checkpointer, once the caller may read the log (`[log] read`)."""
     st = request.app[STATE]
@@ -225,6 +238,7 @@ async def _reader(request: web.Request) -> Checkpointer:
 
 
 @routes.get("/kbs/v0/log/checkpoint")
+@_integrity
 async def get_checkpoint(request: web.Request) -> web.Response:
     checkpointer = await _reader(request)
     latest = await checkpointer.run(checkpointer.store.latest_log_checkpoint)
@@ -241,26 +255,31 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 @routes.get("/kbs/v0/log/tile/{path:.+}")
+@_integrity
 async def get_tile(request: web.Request) -> web.Response:
     return await serve_tile(await _reader(request), "tile/" + request.match_info["path"])
 
 
 @routes.get("/kbs/v0/log/entries/{index}")
+@_integrity
 async def get_entry(request: web.Request) -> web.Response:
     return await entry(await _reader(request), request.match_info["index"])
 
 
 @routes.get("/kbs/v0/log/proof/inclusion")
+@_integrity
 async def get_inclusion(request: web.Request) -> web.Response:
     return await inclusion(await _reader(request), request)
 
 
 @routes.get("/kbs/v0/log/proof/consistency")
+@_integrity
 async def get_consistency(request: web.Request) -> web.Response:
     return await consistency(await _reader(request), request)
 
 
 @routes.get("/kbs/v0/log/checkpoints")
+@_integrity
 async def get_checkpoints(request: web.Request) -> web.Response:
     return await checkpoint_history(await _reader(request), request)
 

@@ -38,7 +38,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
-from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, Head
+from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
@@ -184,9 +184,9 @@ class PostgresStore(StoreReads):
     # -- sessions --------------------------------------------------------------------------
 
     def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
-                      record: AttestationRecord | None = None) -> bool:
+                      record: AttestationRecord | None = None, summary: ReleaseRecord | None = None) -> bool:
         """Consume the session's nonce: true for exactly one caller across replicas, only while it is live;
-        the winner's attestation `record` is written in the same transaction."""
+        the winner's attestation `record` and its release-log `summary` are written in the same transaction."""
         if session.expires_at <= now:
             return False
 
@@ -197,6 +197,8 @@ class PostgresStore(StoreReads):
             won = cur.rowcount == 1
             if won and record is not None:
                 self._insert_attestation(cur, record)
+            if won and summary is not None:
+                self._append(cur, RELEASES, summary)
             return won
         return self._tx(step)
 
@@ -406,36 +408,16 @@ class PostgresStore(StoreReads):
                     self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
-        """Append to a chain; durable when this returns.
+        """Append to a log; durable when this returns.  The head row is locked first, so replicas append one at
+        a time, each on the head the previous one committed; a log truncated or edited outside the broker
+        stops every append (and so every release) until an operator looks (kbs.store.tlog)."""
+        _table(chain)  # an unknown log is refused before anything is written
+        return self._tx(lambda cur: self._append(cur, chain, record))
 
-        The head row is locked first, so replicas append one at a time, each on the head the
-        previous one committed.  The recorded head must match the newest row, so a log truncated
-        or edited outside the broker stops every append (and so every release) until an operator looks.
-        """
-        table = _table(chain)
-        record = record.loggable()
-
-        def step(cur: Cursor) -> ReleaseRecord:
-            head = self._head(cur, chain, lock=True)
-            newest = cur.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-            tlog.check_head(_Sql(cur), head, (newest["seq"], newest["entry_hash"]) if newest else None)
-            leaf = chains.canonical(record.body())
-            prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
-            seq = head.head_seq + 1
-            cur.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
-                        "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
-                       "evidence, tee_key, refs_hash) "
-                        "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                        (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
-                         record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
-                         record.ref, record.actor, record.detail, prev, hashed,
-                         self._rows.log_mac(chain, seq, prev, hashed), record.evidence, record.tee_key,
-                         record.refs_hash))
-            # (the head's row lock orders appends, so seq - 1 is the next leaf)
-            head_hash = tlog.append(_Sql(cur), seq - 1, leaf).hex() if chain in chains.TREES else hashed
-            self._write_head(cur, Head(chain, head.first_seq, head.anchor_hash, seq, head_hash))
-            return replace(record, seq=seq, entry_hash=hashed)
-        return self._tx(step)
+    def _append(self, cur: Cursor, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+        appended, head = tlog.append_entry(_Sql(cur), self._rows, self._head(cur, chain, lock=True), record.loggable())
+        self._write_head(cur, head)
+        return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         return self._tx(lambda cur: tlog.add_checkpoint(_Sql(cur), checkpoint))

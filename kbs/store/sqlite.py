@@ -339,9 +339,10 @@ class SqliteStore(StoreReads):
     # -- sessions --------------------------------------------------------------------------
 
     def mark_attested(self, session: Session, evidence_digest: str, token: str, now: datetime,
-                      record: AttestationRecord | None = None) -> bool:
+                      record: AttestationRecord | None = None, summary: ReleaseRecord | None = None) -> bool:
         """Consume the session's nonce: true for exactly one caller, only while the session is live; the
-        winner's attestation `record` is written in the same transaction (one durable write per /attest)."""
+        winner's attestation `record` and its release-log `summary` are written in the same transaction (one
+        durable write per /attest)."""
         if session.expires_at <= now:
             return False
         with self._tx() as db:
@@ -351,6 +352,8 @@ class SqliteStore(StoreReads):
             won = cur.rowcount == 1
             if won and record is not None:
                 self._insert_attestation(db, record)
+            if won and summary is not None:
+                self._append(db, RELEASES, summary)
             return won
 
     def purge_expired_sessions(self, now: datetime) -> int:
@@ -500,32 +503,16 @@ class SqliteStore(StoreReads):
         db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
-        """Append to a chain; durable when this returns (synchronous=FULL).
-
-        The recorded head must match the newest row, so a log truncated or edited outside the
-        broker stops every append (and so every release) until an operator looks.
-        """
-        table = _table(chain)
-        record = record.loggable()
+        """Append to a log; durable when this returns (synchronous=FULL).  A log truncated or edited outside
+        the broker stops every append (and so every release) until an operator looks (kbs.store.tlog)."""
+        _table(chain)  # an unknown log is refused before anything is written
         with self._tx() as db:
-            head = self._head(db, chain)
-            newest = db.execute(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-            tlog.check_head(_Sql(db), head, (newest["seq"], newest["entry_hash"]) if newest else None)
-            leaf = chains.canonical(record.body())
-            prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
-            seq = head.head_seq + 1
-            db.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, "
-                       "policy_id, policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, "
-                       "evidence, tee_key, refs_hash) "
-                       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (seq, _ts(record.at), record.decision, record.reason, record.resource, record.version,
-                        record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
-                        record.ref, record.actor, record.detail, prev, hashed,
-                        self._rows.log_mac(chain, seq, prev, hashed), record.evidence, record.tee_key,
-                        record.refs_hash))
-            head_hash = tlog.append(_Sql(db), seq - 1, leaf).hex() if chain in chains.TREES else hashed
-            self._write_head(db, Head(chain, head.first_seq, head.anchor_hash, seq, head_hash))
-        return replace(record, seq=seq, entry_hash=hashed)
+            return self._append(db, chain, record)
+
+    def _append(self, db: sqlite3.Connection, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+        appended, head = tlog.append_entry(_Sql(db), self._rows, self._head(db, chain), record.loggable())
+        self._write_head(db, head)
+        return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:
         with self._tx() as db:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 from kbs.audit import chain as chains
 from kbs.audit import merkle
@@ -24,7 +25,7 @@ from kbs.audit.merkle import HashReader
 from kbs.store.base import ReleaseRecord, StoredCheckpoint
 from kbs.store.integrity import StoreIntegrityError
 from kbs.store.kek_state import Sql, pages
-from kbs.store.rows import Rows
+from kbs.store.rows import Rows, log_table
 
 
 def leaf_bytes(record: ReleaseRecord) -> bytes:
@@ -54,6 +55,28 @@ def append(sql: Sql, index: int, entry: bytes) -> bytes:
     hashes = merkle.hashes_to_store(index, merkle.leaf_hash(entry), reader(sql))
     sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", hashes)
     return merkle.tree_hash(index + 1, reader(sql))
+
+
+def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tuple[ReleaseRecord, Head]:
+    """Append `record` to the log whose recorded head is `head` (read, and on PostgreSQL locked, by the caller,
+    who writes the new head it returns): the row with its hashes and MAC, and, for the release log, the
+    tree's new leaf and subtrees.  Every backend, one transaction."""
+    chain = head.chain
+    table = log_table(chain)
+    newest = sql.rows(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1")
+    check_head(sql, head, (int(newest[0]["seq"]), newest[0]["entry_hash"]) if newest else None)
+    leaf = canonical(record.body())  # its RFC 8785 form, once: the chain's body hash or the tree's leaf
+    prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
+    seq = head.head_seq + 1
+    sql.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, policy_id, "
+                "policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, evidence, tee_key, "
+                f"refs_hash) VALUES ({', '.join('?' * 20)})",
+                (seq, record.at.timestamp(), record.decision, record.reason, record.resource, record.version,
+                 record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
+                 record.ref, record.actor, record.detail, prev, hashed, rows.log_mac(chain, seq, prev, hashed),
+                 record.evidence, record.tee_key, record.refs_hash))
+    head_hash = append(sql, seq - 1, leaf).hex() if chain in TREES else hashed
+    return replace(record, seq=seq, entry_hash=hashed), Head(chain, head.first_seq, head.anchor_hash, seq, head_hash)
 
 
 def check_head(sql: Sql, head: Head, newest: tuple[int, str] | None) -> None:
