@@ -311,37 +311,6 @@ async def _advance(fetch: Fetcher, verifier: NoteVerifier, out: Path, new: Check
 
 # -- verify ----------------------------------------------------------------------------------------
 
-def _edge(size: int) -> list[tuple[int, int]]:
-    """The complete aligned subtrees [0, size) splits into, left to right: the tree's right edge."""
-    out, start = [], 0
-    for level in range(size.bit_length() - 1, -1, -1):
-        if size >> level & 1:
-            out.append((level, start >> level))
-            start += 1 << level
-    return out
-
-
-class Frontier:
-    """A tree built leaf by leaf keeping only its right edge (at most log2(size)+1 hashes): enough for the
-    next append (kbs.audit.merkle.hashes_to_store) and for the root of the tree as it stands."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self._hashes: dict[tuple[int, int], bytes] = {}
-
-    def _read(self, wanted: Iterable[tuple[int, int]]) -> list[bytes]:
-        return [self._hashes[k] for k in wanted]
-
-    def append(self, leaf: bytes) -> None:
-        for level, index, value in merkle.hashes_to_store(self.size, leaf, self._read):
-            self._hashes[(level, index)] = value
-        self.size += 1
-        self._hashes = {k: self._hashes[k] for k in _edge(self.size)}
-
-    def root(self) -> bytes:
-        return merkle.tree_hash(self.size, self._read)
-
-
 @dataclass
 class Signed:
     """A signed tree head to hold the entries to."""
@@ -426,7 +395,7 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
                                    f"are hidden (first missing index {size})")
     pending = deque(p for p in points if p.size <= size)
     history = History(fetch, verifier, report)
-    frontier = Frontier()
+    frontier = merkle.RootBuilder()  # the right edge alone: O(log n) hashes
 
     async def compare(at: int) -> None:
         """Hold every signed head of size `at` to the tree's root at that size (computed only then)."""
@@ -449,7 +418,7 @@ async def verify_log(fetch: Fetcher, verifier: NoteVerifier, current: Checkpoint
                 report.leaf_mismatches += 1
                 if report.leaf_mismatch is None:
                     report.leaf_mismatch = first + offset
-            frontier.append(leaf)
+            frontier.push(leaf)
             report.checked += 1
             await compare(frontier.size)
         if not complete:

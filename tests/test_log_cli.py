@@ -28,7 +28,7 @@ from kbs.audit.note import Checkpoint, NoteSigner, NoteVerifier
 from kbs.audit.tiles import Tile, unbundle
 from kbs.cli import main
 from kbs.keys.jwe import generate_tee_key
-from kbs.log_cli import Frontier, check_receipt
+from kbs.log_cli import check_receipt
 from tests.broker import Broker, attest, attestation, auth, full_flow, jar, run_broker
 
 CONFIG = '[log]\norigin = "kbs.test/log"\ncheckpoint_seconds = 0.5\n'
@@ -361,19 +361,6 @@ def test_a_rewrite_re_signed_over_deleted_history_is_bounded_by_what_was_signed(
         code, _, err = verify(kbs, b, golden, "--checkpoint", str(golden.old))
         assert code == 1 and f"kbs: log: first bad index: between 4 and {SIZE - 1}" in err, err
         assert f"two different trees of size {SIZE}" in err
-
-
-def test_frontier_root_matches_the_recursive_tree_hash() -> None:
-    """The right edge alone gives every prefix's root (what verify keeps of a big log)."""
-    hashes = [merkle.leaf_hash(bytes([i])) for i in range(70)]
-    stored: dict[tuple[int, int], bytes] = {}
-    frontier = Frontier()
-    for index, leaf in enumerate(hashes):
-        stored.update({(lv, ix): h for lv, ix, h in merkle.hashes_to_store(index, leaf,
-                                                                            lambda w: [stored[k] for k in w])})
-        frontier.append(leaf)
-        assert frontier.root() == merkle.tree_hash(index + 1, lambda w: [stored[k] for k in w])
-        assert len(frontier._hashes) == bin(index + 1).count("1")
 
 
 def test_a_log_for_auditors_needs_the_admin_key(kbs: Kbs, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kbs.evidence.claimschema import json_type
 from kbs.policy.ear import submods_by_tee
 from kbs.policy.model import Decision, Explanation, PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues
@@ -190,7 +191,7 @@ def _check_operand(op: str, value: Any, where: str, obj: _Obj) -> None:
             raise _fail(f"{where}: {op} takes a version like \"1.55.43\", not {value!r}", obj)
     elif not isinstance(value, SCALARS):
         raise _fail(f"{where}: {op} takes a string, number or boolean (not an object or list)", obj)
-    elif op not in ("equals", "notEquals") and _type_name(value) != "number":
+    elif op not in ("equals", "notEquals") and json_type(value) != "number":
         raise _fail(f"{where}: {op} compares numbers; use versionGreaterOrEquals etc. for versions", obj)
 
 
@@ -216,20 +217,8 @@ def _resolve(context: Mapping[str, Any], path: Sequence[str]) -> Any:
     return node
 
 
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "null"
-    return "array" if isinstance(value, list) else "object"
-
-
 def _same_kind(a: Any, b: Any) -> bool:
-    return _type_name(a) == _type_name(b)
+    return json_type(a) == json_type(b)
 
 
 def _judge(cond: ClaimCondition, seen: Any, refs: ReferenceValues, at: datetime) -> tuple[bool, str]:
@@ -247,7 +236,7 @@ def _judge(cond: ClaimCondition, seen: Any, refs: ReferenceValues, at: datetime)
                 return False, reason
             want = values
         if not isinstance(seen, SCALARS):
-            return False, f"type mismatch: claim is {_type_name(seen)}, not a single value"
+            return False, f"type mismatch: claim is {json_type(seen)}, not a single value"
         held = any(_same_kind(seen, v) and seen == v for v in want)
         return held, "value is in the set" if held else "value is not in the set"
     if op in VERSION_COMPARISONS:
@@ -259,7 +248,7 @@ def _judge(cond: ClaimCondition, seen: Any, refs: ReferenceValues, at: datetime)
         held = _ORDER[_unversioned(op)](have, need)
         return held, "version comparison holds" if held else "version comparison fails"
     if not _same_kind(seen, want):
-        return False, f"type mismatch: claim is {_type_name(seen)}, policy value is {_type_name(want)}"
+        return False, f"type mismatch: claim is {json_type(seen)}, policy value is {json_type(want)}"
     held = _ORDER[op](seen, want)
     return held, "holds" if held else "does not hold"
 
