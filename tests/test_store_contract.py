@@ -638,3 +638,125 @@ def test_log_entries_filtered(store: OpenStore) -> None:
     assert reasons(since=later) == ["policy"] and reasons(until=NOW) == ["policy", "disabled"]
     assert reasons(resource="r/t/a'; DROP TABLE release_log; --") == []  # values are bound, never spliced
     assert len(store.log_entries(RELEASES, 0, 100)) == 3
+
+
+# -- owners, owned keys and proposals (issue 15) ----------------------------------------------
+
+OWNED_POLICY = '{"version": "1.0.0", "allOf": [{"authority": "local:snp", "allOf": [{"claim": "snp.measurement", \
+"equals": "%s"}]}]}'
+
+
+def _owner_keys(count: int) -> list[tuple[str, Any]]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    return [(f"hospital-{i}", Ed25519PrivateKey.generate()) for i in range(count)]
+
+
+def _owned_setup(store: OpenStore, threshold: int = 2) -> tuple[list[tuple[str, Any]], Any]:
+    """Three registered owners and a 2-of-3 key bound to policy `owned` (refs none): the owners' private keys and
+    a `referenced` callback."""
+    from kbs import owners as rules
+    registry = PolicyRegistry(store)
+    registry.put("owned", OWNED_POLICY % "aa", created_by="a", at=NOW)
+    keys = _owner_keys(3)
+    for name, private in keys:
+        store.add_owner(rules.Owner(name, rules.public_pem(private.public_key()), "admin", NOW))
+    store.create_owned_key(rules.OwnedKey("r/t/owned", tuple(n for n, _ in keys), threshold, "generated", False,
+                                          "admin", NOW), b"sealed-1", "owned", lambda text: frozenset())
+    return keys, (lambda text: frozenset())
+
+
+def _proposal(store: OpenStore, change: dict[str, Any], referenced: Any, *, expires: dt.datetime | None = None) -> str:
+    from kbs import owners as rules
+    state = store.owned_state("r/t/owned", referenced)
+    assert state is not None
+    expires = expires or NOW + dt.timedelta(days=1)
+    doc = rules.new_proposal("r/t/owned", rules.digest(state), change, expires, rules.OPERATOR)
+    pid = rules.proposal_id(doc)
+    store.add_proposal(rules.Proposal(pid, "r/t/owned", doc, "open", "admin", NOW, expires), referenced, "admin")
+    return pid
+
+
+def _approval(keys: list[tuple[str, Any]], i: int, pid: str) -> Any:
+    from kbs import owners as rules
+    name, private = keys[i]
+    return rules.Approval(pid, name, rules.sign_approval(private, pid), NOW)
+
+
+def test_owned_key_quorum_applies_once_and_stale_proposals_are_refused(store: OpenStore) -> None:
+    keys, referenced = _owned_setup(store)
+    text = OWNED_POLICY % "bb"
+    pid = _proposal(store, {"kind": "policy", "text": text}, referenced)
+    other = _proposal(store, {"kind": "value", "generate": 32}, referenced)
+    first = store.approve_proposal(pid, _approval(keys, 0, pid), NOW, referenced, None)
+    assert (first.result, first.counted) == ("counted", 1) and PolicyRegistry(store).current("owned").version == 1
+    again = store.approve_proposal(pid, _approval(keys, 0, pid), NOW, referenced, None)
+    assert (again.result, again.counted) == ("again", 1)  # the same owner counts once
+    applied = store.approve_proposal(pid, _approval(keys, 2, pid), NOW, referenced, None)
+    assert applied.result == "applied" and applied.proposal.status == "applied"
+    assert PolicyRegistry(store).current("owned").text == text
+    closed = store.approve_proposal(pid, _approval(keys, 1, pid), NOW, referenced, None)
+    assert closed.result == "closed" and PolicyRegistry(store).current("owned").version == 2
+    stale = store.approve_proposal(other, _approval(keys, 1, other), NOW, referenced, b"sealed-2")
+    assert stale.result == "stale" and store.get_proposal(other)[0].status == "stale"  # type: ignore[index]
+    assert [v.version for v in store.resource_versions("r/t/owned")] == [1]  # the value did not change
+    reasons = [(e.decision, e.reason) for e in store.log_entries(RELEASES)]
+    assert reasons == [("owner", "proposal")] * 2 + [("owner", "approve")] * 3 + [("owner", "apply"),
+                                                                                  ("owner", "closed"),
+                                                                                  ("owner", "stale")]
+    assert all("sealed" not in (e.detail or "") for e in store.log_entries(RELEASES))
+
+
+def test_expired_proposal_is_refused_and_closed(store: OpenStore) -> None:
+    keys, referenced = _owned_setup(store)
+    pid = _proposal(store, {"kind": "delete"}, referenced, expires=NOW + dt.timedelta(minutes=1))
+    late = NOW + dt.timedelta(minutes=2)
+    out = store.approve_proposal(pid, _approval(keys, 0, pid), late, referenced, None)
+    assert out.result == "expired" and store.get_proposal(pid)[0].status == "expired"  # type: ignore[index]
+    assert store.resource_versions("r/t/owned")
+
+
+def test_concurrent_approvals_from_two_replicas_apply_exactly_once(backend: Backend) -> None:
+    replicas = [backend.open() for _ in range(2)]
+    keys, referenced = _owned_setup(replicas[0])
+    rounds = 4
+    for n in range(rounds):
+        pid = _proposal(replicas[0], {"kind": "value", "generate": 32}, referenced)
+        # all three owners at once, on two replicas: two approvals reach the threshold of 2, one applies
+        outcomes = on_threads(3, lambda i, pid=pid: replicas[i % 2].approve_proposal(
+            pid, _approval(keys, i, pid), NOW, referenced, f"sealed-{pid[:8]}-{i}".encode()))
+        results = sorted(o.result for o in outcomes)
+        assert results.count("applied") == 1, results
+        assert results in (["applied", "closed", "counted"], ["applied", "counted", "counted"]), results
+        versions = replicas[1].resource_versions("r/t/owned")
+        assert [v.version for v in versions] == list(range(1, n + 3))
+        assert [v.state for v in versions].count("active") == 1
+    applies = replicas[1].log_entries(RELEASES, limit=1000, query=LogQuery(reason="apply"))
+    assert len(applies) == rounds
+    replicas[1].verify_logs()
+
+
+def test_owner_rows_are_authenticated(backend: Backend, store: OpenStore) -> None:
+    keys, referenced = _owned_setup(store)
+    backend.execute("UPDATE owned_resources SET threshold = 1")
+    with pytest.raises(StoreIntegrityError, match="owned_resources row r/t/owned"):
+        store.owned_key("r/t/owned")
+    backend.execute("UPDATE owners SET public_key = 'forged' WHERE name = 'hospital-0'")
+    with pytest.raises(StoreIntegrityError, match="owners row hospital-0"):
+        store.get_owner("hospital-0")
+
+
+def test_owner_registry_rules(store: OpenStore) -> None:
+    from kbs import owners as rules
+    keys, referenced = _owned_setup(store)
+    name, private = keys[0]
+    with pytest.raises(rules.OwnerError, match="never replaced"):
+        store.add_owner(rules.Owner(name, rules.public_pem(private.public_key()), "admin", NOW))
+    with pytest.raises(rules.OwnerError, match="owns r/t/owned"):
+        store.remove_owner(name)
+    with pytest.raises(rules.OwnerError, match="exists"):  # an owned key is created new
+        store.create_owned_key(rules.OwnedKey("r/t/owned", (name,), 1, "generated", False, "a", NOW), b"s",
+                               "owned", referenced)
+    with pytest.raises(rules.OwnerError, match="governs the owned key r/t/owned"):
+        store.create_owned_key(rules.OwnedKey("r/t/other", (name,), 1, "generated", False, "a", NOW), b"s",
+                               "owned", referenced)
+    assert [o.name for o in store.list_owners()] == [n for n, _ in keys]

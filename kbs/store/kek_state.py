@@ -218,10 +218,14 @@ def rotate(sql: Sql, old: Rows, new: Rows, reseal: Reseal, unseal_new: Unseal, n
     rewrite("attestations", ("attestation_id",), "UPDATE attestations SET mac = ? WHERE attestation_id = ?",
             attestation)
 
+    from kbs.store import owners  # imports this module
+
+    counts.update(owners.rotate(sql, old.auth, new.auth))
     for chain in CHAINS:
         counts[log_table(chain)] = _rotate_chain(sql, chain, old, new, tick)
 
     _read_back(sql, new, unseal_new)
+    owners.read_back(sql, new.auth)
     write_state(sql, new.auth, KekState(kek_id(new.auth), None, now))
     return counts
 

@@ -39,9 +39,11 @@ from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
+from kbs.owners import Approval, Outcome, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
+from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
@@ -63,7 +65,7 @@ _RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled 
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 # What a KEK rotation locks: every table holding sealed values or MACs, so no connection reads a half-rotated state.
 _KEK_TABLES = ("secrets, resources, policies, reference_sets, attestations, release_log, refusal_log, log_heads, "
-               "kek_state")
+               "kek_state, owners, owned_resources, proposals")
 
 
 class _Sql:
@@ -345,6 +347,27 @@ class PostgresStore(StoreReads):
     def purge_attestations(self, before: datetime) -> int:
         """Stored claims are for dry-runs and audits; they expire (the release log keeps the ids)."""
         return self._tx(lambda cur: cur.execute("DELETE FROM attestations WHERE at < %s", (_ts(before),)).rowcount)
+
+    # -- owners, owned keys and proposals (kbs.store.owners), under the admin lock ---------------
+
+    def add_owner(self, owner: Owner) -> None:
+        self._tx(lambda cur: owner_rows.add_owner(_Sql(cur), self._auth, owner), lock=_ADMIN_LOCK)
+
+    def remove_owner(self, name: str) -> bool:
+        return self._tx(lambda cur: owner_rows.remove_owner(_Sql(cur), self._auth, name), lock=_ADMIN_LOCK)
+
+    def create_owned_key(self, key: OwnedKey, sealed: bytes, policy_id: str, referenced: Referenced) -> int:
+        return self._tx(lambda cur: owner_rows.create_owned(_Sql(cur), self._rows, key, sealed, policy_id,
+                                                            referenced), lock=_ADMIN_LOCK)
+
+    def add_proposal(self, proposal: Proposal, referenced: Referenced, actor: str) -> None:
+        self._tx(lambda cur: owner_rows.add_proposal(_Sql(cur), self._rows, lambda r: self._append(cur, RELEASES, r),
+                                                     proposal, referenced, actor), lock=_ADMIN_LOCK)
+
+    def approve_proposal(self, pid: str, approval: Approval, now: datetime, referenced: Referenced,
+                         sealed: bytes | None) -> Outcome:
+        return self._tx(lambda cur: owner_rows.approve(_Sql(cur), self._rows, lambda r: self._append(cur, RELEASES, r),
+                                                       pid, approval, now, referenced, sealed), lock=_ADMIN_LOCK)
 
     # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
 

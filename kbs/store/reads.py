@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from kbs.audit import merkle
+from kbs.owners import Approval, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.refvalues import ReferenceValues
-from kbs.store import tlog
+from kbs.store import owners, tlog
 from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint
 from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
@@ -120,3 +122,27 @@ class StoreReads:
         rows = self._select(f"SELECT decision, count(*) AS n FROM {_table(chain)} WHERE 1=1{where} GROUP BY decision",
                             args)
         return {r["decision"]: int(r["n"]) for r in rows}
+
+    # -- owners, owned keys and proposals (kbs.store.owners) -------------------------------------
+
+    def get_owner(self, name: str) -> Owner | None:
+        return owners.get_owner(_Reads(self), self._rows.auth, name)
+
+    def list_owners(self) -> list[Owner]:
+        return owners.list_owners(_Reads(self), self._rows.auth)
+
+    def owned_key(self, path: str) -> OwnedKey | None:
+        return owners.get_owned(_Reads(self), self._rows.auth, path)
+
+    def owned_keys(self) -> list[OwnedKey]:
+        return owners.list_owned(_Reads(self), self._rows.auth)
+
+    def owned_state(self, path: str, referenced: Referenced) -> dict[str, Any] | None:
+        """For display: several reads (the state an approval is held to is read again in its transaction)."""
+        return owners.state(_Reads(self), self._rows, path, referenced)
+
+    def get_proposal(self, pid: str) -> tuple[Proposal, list[Approval]] | None:
+        return owners.get_proposal(_Reads(self), self._rows.auth, pid)
+
+    def list_proposals(self, resource: str | None, status: str | None, limit: int) -> list[Proposal]:
+        return owners.list_proposals(_Reads(self), self._rows.auth, resource, status, limit)

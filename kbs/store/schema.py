@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 5  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state);
-# 5: the release log's Merkle tree and signed checkpoints (kbs.store.tlog)
+SCHEMA_VERSION = 6  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state);
+# 5: the release log's Merkle tree and signed checkpoints (kbs.store.tlog); 6: owners, owned keys and proposals
+# (kbs.store.owners: new tables only, created on upgrade like on a new database)
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -86,6 +87,20 @@ TABLES = (
           ("level", "idx")),
     Table("log_checkpoints", (("size", "int not null"), ("note", "text not null"), ("at", "real not null")),
           ("size",)),
+    # Issue 15 (kbs.store.owners): owners' public keys, owned keys (owner set, threshold; `kind` and `contributed`
+    # say how the value came to be), proposals and their approvals (signatures, checked again whenever counted).
+    Table("owners", (("name", "text not null"), ("public_key", "text not null"), ("created_by", "text not null"),
+                     ("created_at", "real not null"), ("mac", "text not null")), ("name",)),
+    Table("owned_resources", (("path", "text not null"), ("owners", "text not null"), ("threshold", "int not null"),
+                              ("kind", "text not null"), ("contributed", "int not null"),
+                              ("created_by", "text not null"), ("created_at", "real not null"),
+                              ("mac", "text not null")), ("path",)),
+    Table("proposals", (("id", "text not null"), ("resource", "text not null"), ("document", "text not null"),
+                        ("status", "text not null"), ("created_by", "text not null"), ("created_at", "real not null"),
+                        ("expires_at", "real not null"), ("closed_at", "real"), ("mac", "text not null")),
+          ("id",), (("proposals_resource", "resource"),)),
+    Table("proposal_approvals", (("proposal_id", "text not null"), ("owner", "text not null"),
+                                 ("signature", "text not null"), ("at", "real not null")), ("proposal_id", "owner")),
     # One row: which KEK the database is sealed under and any rotation begun (public ids, never keys).
     Table("kek_state", (("id", "int not null"), ("kek_id", "text not null"), ("rotating_to", "text"),
                         ("changed_at", "real not null"), ("mac", "text not null")), ("id",)),

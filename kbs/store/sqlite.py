@@ -28,9 +28,11 @@ from pathlib import Path
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
+from kbs.owners import Approval, Outcome, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
+from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, digest
 from kbs.store.kek_state import KekState, Reseal, Unseal
@@ -547,6 +549,31 @@ class SqliteStore(StoreReads):
             count = db.execute("DELETE FROM refusal_log WHERE seq <= ?", (last["seq"],)).rowcount
             self._write_head(db, Head(REFUSALS, last["seq"] + 1, last["entry_hash"], head.head_seq, head.head_hash))
             return count
+
+    # -- owners, owned keys and proposals (kbs.store.owners) -----------------------------------
+
+    def add_owner(self, owner: Owner) -> None:
+        with self._tx() as db:
+            owner_rows.add_owner(_Sql(db), self._auth, owner)
+
+    def remove_owner(self, name: str) -> bool:
+        with self._tx() as db:
+            return owner_rows.remove_owner(_Sql(db), self._auth, name)
+
+    def create_owned_key(self, key: OwnedKey, sealed: bytes, policy_id: str, referenced: Referenced) -> int:
+        with self._tx() as db:
+            return owner_rows.create_owned(_Sql(db), self._rows, key, sealed, policy_id, referenced)
+
+    def add_proposal(self, proposal: Proposal, referenced: Referenced, actor: str) -> None:
+        with self._tx() as db:
+            owner_rows.add_proposal(_Sql(db), self._rows, lambda r: self._append(db, RELEASES, r), proposal,
+                                    referenced, actor)
+
+    def approve_proposal(self, pid: str, approval: Approval, now: datetime, referenced: Referenced,
+                         sealed: bytes | None) -> Outcome:
+        with self._tx() as db:
+            return owner_rows.approve(_Sql(db), self._rows, lambda r: self._append(db, RELEASES, r), pid, approval,
+                                      now, referenced, sealed)
 
     # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
 
