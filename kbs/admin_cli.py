@@ -7,6 +7,7 @@ Exit codes as `kbs`: 0 done / allowed, 1 refused by the broker (or unreachable) 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -169,6 +170,10 @@ def _add_key_parsers(commands: SubParsers) -> None:
             create.add_argument("--size", type=_positive, metavar="N", help="generated size in bytes (default 32)")
         create.add_argument("--policy", metavar="ID", help="bind to this policy (default: the current binding, "
                             "else 'default')")
+        if generate_ok:  # issue 15: a key its owners hold
+            create.add_argument("--owners", metavar="A,B,C", help="an owned key: these registered owners approve "
+                                "every change to it (the operator no longer can); needs --threshold and --policy")
+            create.add_argument("--threshold", type=_positive, metavar="K", help="how many owners must approve")
     rotate = _verb(verbs, "rotate", "generate a new version of an existing key; the previous one is disabled",
                    _run_key_rotate)
     rotate.add_argument("resource", metavar="REPO/TYPE/TAG")
@@ -251,7 +256,9 @@ def _stored(answer: Mapping[str, Any]) -> str:
 
 
 def _run_key_create(args: argparse.Namespace) -> int:
-    resource_path(args.resource)  # a usage error before anything else
+    path = resource_path(args.resource)  # a usage error before anything else
+    if getattr(args, "owners", None) or getattr(args, "threshold", None):
+        return _create_owned(args, path)
     if getattr(args, "generate", False):
         answer = broker_client(args).generate_key(args.resource, args.size, args.policy)
     else:
@@ -260,6 +267,19 @@ def _run_key_create(args: argparse.Namespace) -> int:
         value = read_input(args.from_file, "key file")
         answer = broker_client(args).put_key(args.resource, value, args.policy)
     return _emit(args, answer, _stored(answer))
+
+
+def _create_owned(args: argparse.Namespace, path: str) -> int:
+    if not (args.owners and args.threshold and args.policy):
+        raise UsageProblem("an owned key needs --owners, --threshold and --policy (its own policy)")
+    body: dict[str, Any] = {"owners": args.owners.split(","), "threshold": args.threshold, "policy_id": args.policy}
+    if args.generate:
+        body["generate"] = args.size or 32
+    else:
+        body["value"] = base64.b64encode(read_input(args.from_file, "key file")).decode()
+    answer = broker_client(args).request("POST", f"/kbs/v0/admin/keys/{path}/owned", body=body)
+    return _emit(args, answer, f"{answer['path']}: owned by {', '.join(answer['owners'])}, {answer['threshold']} "
+                 f"must approve a change; bound to policy {answer['policy_id']!r}; state {answer['state_hash']}")
 
 
 def _run_key_rotate(args: argparse.Namespace) -> int:

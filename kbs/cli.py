@@ -52,7 +52,7 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     built = [add for names, add in _COMMANDS if wanted in names] or [add for _, add in _COMMANDS]
     for add in built:
         add(commands, argv)
-    if _add_admin_parsers in built or _add_policy_parser in built:
+    if _add_admin_parsers in built or _add_policy_parser in built or _add_owner_parsers in built:
         from kbs.admin_cli import add_connection_arguments
 
         add_connection_arguments(parser, after_verb=False)  # `kbs --url U key list` as well as after the verb
@@ -88,6 +88,12 @@ def _add_admin_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
     from kbs.admin_cli import add_admin_parsers
 
     add_admin_parsers(commands)
+
+
+def _add_owner_parsers(commands: SubParsers, argv: Sequence[str]) -> None:
+    from kbs.owner_cli import add_owner_parsers
+
+    add_owner_parsers(commands)
 
 
 def _add_measure_parser(commands: SubParsers, argv: Sequence[str]) -> None:
@@ -331,6 +337,7 @@ _COMMANDS: tuple[tuple[tuple[str, ...], Callable[[SubParsers, Sequence[str]], No
     (("verify",), _add_verify_parser),
     (("policy",), _add_policy_parser),
     (("key", "refs", "log", "status", "attestation"), _add_admin_parsers),
+    (("owner", "proposal"), _add_owner_parsers),
     (("measure",), _add_measure_parser),
     (("collateral",), _add_collateral_parser),
     (("serve",), _add_serve_parser),

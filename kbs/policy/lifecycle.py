@@ -144,6 +144,17 @@ class PolicyRegistry:
             self._parsed[version.content_hash] = parse_policy(version.text, self._rego)
         return version, self._parsed[version.content_hash]
 
+    def validate(self, text: str) -> Policy:
+        """Check a policy text as an upload is checked (PolicyInvalid), storing nothing."""
+        return validate_policy(text, self.refs, self._rego)
+
+    def referenced_sets(self, text: str) -> frozenset[str]:
+        """The reference sets a stored policy's text names (parsed once per content hash)."""
+        key = content_hash(text)
+        if key not in self._parsed:
+            self._parsed[key] = parse_policy(text, self._rego)
+        return self._parsed[key].referenced_sets()
+
     def put(self, policy_id: str, text: str, *, created_by: str, at: datetime,
             immutable: bool = False) -> PolicyVersion:
         policy = validate_policy(text, self.refs, self._rego)  # PolicyInvalid with line and reason

@@ -32,6 +32,7 @@ from kbs.policy.claimcheck import check_policy_claims, enforce
 from kbs.policy.lifecycle import PolicyNotFound, PolicyVersion
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.server import owned_guard
 from kbs.server.config import Config
 from kbs.server.decisions import DEFAULT_POLICY
 from kbs.server.errors import ProtocolError
@@ -137,6 +138,8 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
                 raise ProtocolError("AdminAuthAccess", f"role {who.role!r} may not change anything",
                                     status=403, reason="admin_role")
             try:
+                if write:  # the operator's limits on owned keys (issue 15)
+                    await owned_guard.check(request, st, who, handler.__name__)
                 response = await handler(request, st, who)
             except (PolicyInvalid, ReferenceValuesInvalid) as exc:
                 raise ProtocolError("ParsePolicyError", str(exc), status=400, reason=exc.check) from exc

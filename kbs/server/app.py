@@ -31,7 +31,7 @@ from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
-from kbs.server import admin, health, openapi, protocol, tlog
+from kbs.server import admin, health, openapi, owners, protocol, tlog
 from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
@@ -74,7 +74,9 @@ def _rate_limiters(config: Config) -> dict[str, RateLimiter]:
     """Per-client limits on the routes anyone can call (admin routes need a signed token)."""
     return {"/kbs/v0/auth": RateLimiter(config.auth_rate, config.rate_burst),
             "/kbs/v0/attest": RateLimiter(config.attest_rate, config.rate_burst),
-            "/kbs/v0/resource/{repo}/{type}/{tag}": RateLimiter(config.resource_rate, config.rate_burst)}
+            "/kbs/v0/resource/{repo}/{type}/{tag}": RateLimiter(config.resource_rate, config.rate_burst),
+            # the owners' routes (kbs.server.owners): open like the guests', signatures checked
+            **{route: RateLimiter(config.resource_rate, config.rate_burst) for route in owners.OPEN_ROUTES}}
 
 
 @web.middleware
@@ -300,7 +302,8 @@ def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web
     app.cleanup_ctx.append(_metrics_upkeep)
     app.add_routes(protocol.routes)
     app.add_routes(tlog.routes)
-    app.add_routes(admin.routes)  # after kbs.server.tlog is imported: it adds an admin route
+    app.add_routes(admin.routes)  # after kbs.server.tlog and kbs.server.owners are imported: they add admin routes
+    app.add_routes(owners.routes)
     app[METRICS_ACCESS].add_main_route(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from kbs import __version__
+from kbs import __version__, owners
 from kbs.audit.chain import CHAINS, RELEASES
 from kbs.evidence.binding import MAX_INIT_DATA_BYTES
 from kbs.evidence.composite import MAX_DEVICE_EVIDENCE, MAX_NONCE_CHARS
@@ -38,7 +38,9 @@ MAX_BYTES = "x-max-bytes"  # on a request body: the most bytes the route reads (
 _ERROR_TEXT = {
     400: "The request is malformed: a body that is not the JSON asked for, or a parameter out of range.",
     401: "Not authenticated: the error's `type` says which check failed (Trustee's guests retry on 401).",
-    403: "The admin key that signed the token has the `auditor` role, which may only read.",
+    403: "The admin key that signed the token has the `auditor` role, which may only read; or the change touches "
+         "an owned key (its value, binding, policy or reference sets: only its owners' proposals change those); or "
+         "the signer is not an owner of the key.",
     404: "No such route, resource, policy, reference set or attestation; or a path segment outside "
          "[A-Za-z0-9_.-] (1..128 characters, not starting with '.').",
     405: "This path does not take this method (the `Allow` header lists those it takes).",
@@ -455,6 +457,7 @@ def _paths(config: Config) -> dict[str, Schema]:
                                (408,), op_id="readyz", security=[], params=all_query)},
         **_metrics_path(config),
         **_log_paths(config),
+        **_owner_paths(config),
         PATH: {"get": _op("This document", "operations",
                           {"200": _json({"type": "object"}, "OpenAPI 3.1 description of this broker.")},
                           (408, 503), op_id="openapi", security=[])},
@@ -513,6 +516,85 @@ def _log_paths(config: Config) -> dict[str, Schema]:
     }
 
 
+def _owner_paths(config: Config) -> dict[str, Schema]:
+    """Owners, owned keys and quorum-approved proposals (kbs.server.owners; issue 15)."""
+    cap = config.max_body_bytes
+    text, integer, when = {"type": "string"}, {"type": "integer"}, {"type": "string", "format": "date-time"}
+    names = {"type": "array", "items": {"type": "string", "pattern": f"^{owners.NAME.pattern}$"}}
+    owner = _obj({"name": text, "public_key": text, "created_by": text, "created_at": when})
+    owned = _obj({"path": text, "owners": names, "threshold": integer, "kind": text, "contributed": {"type": "boolean"},
+                  "created_by": text, "created_at": when,
+                  "state": {"type": ["object", "null"], "description": "What a proposal's `replaces` hashes."},
+                  "state_hash": _nullable("string")}, closed=False)
+    document_ = _obj({"kbs_proposal": {"const": owners.PROPOSAL_VERSION}, "resource": text,
+                      "replaces": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                      "change": {"type": "object", "properties": {"kind": {"enum": list(owners.CHANGE_KINDS)}},
+                                 "required": ["kind"], "description": "policy {text}, bind {policy_id}, refs {name, "
+                                 "values}, value {generate}, owners {owners, threshold} or delete {}."},
+                      "expires": when, "proposed_by": text, "nonce": {"type": "string", "pattern": "^[0-9a-f]{32}$"}})
+    approval = _obj({"owner": text, "signature": {"type": "string", "maxLength": 128, "description": "base64 "
+                     f"Ed25519 signature over \"{owners.APPROVAL_PREFIX}\" + the proposal's id."}})
+    proposal = _obj({"id": text, "proposal": {"type": "object"}, "status": {"enum": list(owners.STATUSES)},
+                     "resource": text, "change": text, "created_by": text, "created_at": when, "expires_at": when,
+                     "closed_at": {"type": ["string", "null"]},
+                     "approvals": {"type": "array", "items": _obj({"owner": text, "at": when})},
+                     "threshold": _nullable("integer"), "result": {"enum": ["counted", "again", "applied"]},
+                     "counted": integer},
+                    ["id", "proposal", "status", "resource", "approvals"])
+    proposal_id = [{"name": "proposal_id", "in": "path", "required": True, "description": "SHA-256 hex of the "
+                    "proposal's RFC 8785 bytes.", "schema": {"type": "string", "pattern": ANY_SEGMENT}}]
+    owner_name = [_name("name", "The owner's name.")]
+    public = (400, 401, 403, 404, 409, 413, *_GUEST)
+    return {
+        "/kbs/v0/admin/owners": {
+            "post": _admin_op("Register an owner (name and Ed25519 public key; never replaced)",
+                              {"200": _json(owner, "The owner.")}, write=True, op_id="addOwner",
+                              body=_json_body(_obj({"name": text, "public_key": text}), cap)),
+            "get": _admin_op("Every registered owner", {"200": _json({"type": "array", "items": owner}, "Owners.")},
+                             write=False, op_id="listOwners")},
+        "/kbs/v0/admin/owners/{name}": {"delete": _admin_op(
+            "Remove an owner (refused while an owned key names it)",
+            {"200": _json(_obj({"deleted": text}), "Removed.")}, write=True, op_id="removeOwner", extra=(404,),
+            params=owner_name)},
+        "/kbs/v0/admin/keys/{repo}/{type}/{tag}/owned": {"post": _admin_op(
+            "Create an owned key: its owners, threshold and policy; a generated (or imported) value",
+            {"200": _json(owned, "The owned key and its state.")}, write=True, op_id="createOwnedKey", extra=(404,),
+            params=RESOURCE_PARAMS,
+            body=_json_body(_obj({"owners": names, "threshold": {"type": "integer", "minimum": 1},
+                                  "policy_id": text, "generate": {"type": "integer", "minimum": owners.MIN_GENERATE,
+                                                                  "maximum": owners.MAX_GENERATE},
+                                  "value": {"type": "string", "contentEncoding": "base64"}},
+                                 ["owners", "threshold", "policy_id"]), cap),
+            description="From then on the operator cannot change the key, its binding, its policy's text or the "
+                        "reference sets the policy uses (403, logged): only an approved proposal does.")},
+        "/kbs/v0/admin/proposals": {"get": _admin_op(
+            "Proposals, oldest first", {"200": _json({"type": "array", "items": proposal}, "Proposals.")},
+            write=False, op_id="listProposals",
+            params=[_query("resource", {"type": "string", "maxLength": 512}, "Only this key's."),
+                    _query("status", {"enum": list(owners.STATUSES)}, "Only proposals in this state."),
+                    _query("limit", {"type": "integer", "default": 100}, "At most this many (clamped to 1..1000).")])},
+        "/kbs/v0/owners/keys/{repo}/{type}/{tag}": {"get": _op(
+            "An owned key's owners, threshold and state (never its value)", "owners",
+            {"200": _json(owned, "The owned key.")}, (404, *_GUEST), op_id="getOwnedKey", security=[],
+            params=RESOURCE_PARAMS)},
+        "/kbs/v0/owners/proposals": {"post": _op(
+            "Propose a change to an owned key", "owners", {"200": _json(proposal, "The proposal as stored.")},
+            public, op_id="createProposal", security=[*ADMIN, {}],
+            body=_json_body(_obj({"proposal": document_, "approval": approval}, ["proposal"]), cap),
+            description="With an admin token `proposed_by` is \"operator\"; without one, the approval of the owner "
+                        "named in `proposed_by` authenticates it (and counts).")},
+        "/kbs/v0/owners/proposals/{proposal_id}": {"get": _op(
+            "A proposal, its status and approvals", "owners", {"200": _json(proposal, "The proposal.")},
+            (404, *_GUEST), op_id="getProposal", security=[], params=proposal_id)},
+        "/kbs/v0/owners/proposals/{proposal_id}/approvals": {"post": _op(
+            "Approve a proposal with an owner's signature", "owners",
+            {"200": _json(proposal, "Counted (or applied, at the threshold).")}, public, op_id="approveProposal",
+            security=[], params=proposal_id, body=_json_body(approval, cap),
+            description="401: the signature does not verify; 403: not an owner of the key; 409: the proposal is "
+                        "stale (the key's state changed), expired or closed. Each is logged.")},
+    }
+
+
 def _metrics_path(config: Config) -> dict[str, Schema]:
     """/metrics on the main listener as `[metrics]` has it (kbs.server.metrics_access): behind a bearer token,
     open, or refused (403); absent when it has a listener of its own."""
@@ -544,6 +626,7 @@ def document(config: Config) -> Schema:
                  {"name": "admin", "description": "Signed-token admin API (Trustee's endpoints and the broker's "
                                                   "own under /kbs/v0/admin/)."},
                  {"name": "log", "description": "The release log as a transparency log (C2SP tlog-tiles)."},
+                 {"name": "owners", "description": "Owned keys and the proposals their owners approve (signed)."},
                  {"name": "operations", "description": "Probes, metrics and this document."}],
         "security": ADMIN,
         "paths": _paths(config),
