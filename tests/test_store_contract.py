@@ -722,8 +722,10 @@ def test_concurrent_approvals_from_two_replicas_apply_exactly_once(backend: Back
     for n in range(rounds):
         pid = _proposal(replicas[0], {"kind": "value", "generate": 32}, referenced)
         # all three owners at once, on two replicas: two approvals reach the threshold of 2, one applies
-        outcomes = on_threads(3, lambda i, pid=pid: replicas[i % 2].approve_proposal(
-            pid, _approval(keys, i, pid), NOW, referenced, f"sealed-{pid[:8]}-{i}".encode()))
+        def approve(i: int, pid: str = pid) -> Any:
+            return replicas[i % 2].approve_proposal(pid, _approval(keys, i, pid), NOW, referenced,
+                                                    f"sealed-{pid[:8]}-{i}".encode())
+        outcomes = on_threads(3, approve)
         results = sorted(o.result for o in outcomes)
         assert results.count("applied") == 1, results
         assert results in (["applied", "closed", "counted"], ["applied", "counted", "counted"]), results
@@ -736,7 +738,7 @@ def test_concurrent_approvals_from_two_replicas_apply_exactly_once(backend: Back
 
 
 def test_owner_rows_are_authenticated(backend: Backend, store: OpenStore) -> None:
-    keys, referenced = _owned_setup(store)
+    _owned_setup(store)
     backend.execute("UPDATE owned_resources SET threshold = 1")
     with pytest.raises(StoreIntegrityError, match="owned_resources row r/t/owned"):
         store.owned_key("r/t/owned")
