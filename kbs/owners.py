@@ -38,8 +38,11 @@ PROPOSAL_VERSION = 1
 ID = re.compile(r"[0-9a-f]{64}")  # a proposal id: SHA-256 hex
 # What a value change may generate (bytes), as the admin API's generate.
 MIN_GENERATE, MAX_GENERATE = 16, 1024
-# An owned key's kind: how its value came to be.  Item 3 (contributed) and 4 (deposit) add theirs.
-KINDS = ("generated", "imported")
+# An owned key's kind: how its value came to be.  "contributed": derived from every owner's share (item 3);
+# "deposit": an empty slot an attested TEE fills once (item 4).  Both start with no value (a version "pending").
+KINDS = ("generated", "imported", "contributed", "deposit")
+EMPTY_KINDS = ("contributed", "deposit")
+PENDING = "pending"  # the state of the version that holds an empty slot's binding but no value
 CHANGE_KINDS = ("policy", "bind", "refs", "value", "owners", "delete")
 STATUSES = ("open", "applied", "stale", "expired")
 
@@ -69,6 +72,29 @@ class OwnedKey:
     contributed: bool  # item 3: the value is derived from the owners' contributions
     created_by: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """An owner's contribution to a contributed key: its share (sealed under the KEK in the store's secrets, by
+    `share_secret`) and, optionally, its own release policy; the signature over kbs.keys.shares'
+    contribution_statement authenticated it."""
+
+    path: str
+    owner: str
+    policy: str | None  # the owner's own release policy (text), checked as an upload is
+    signature: str  # base64 Ed25519
+    created_at: datetime
+
+    @property
+    def policy_hash(self) -> str | None:
+        return hashlib.sha256(self.policy.encode()).hexdigest() if self.policy is not None else None
+
+
+def share_secret(path: str, owner: str) -> str:
+    """The name a contributed share is kept under in the store's secrets (sealed with it as context, so a share
+    copied under another owner's or key's name does not open, and KEK rotation re-seals it like any secret)."""
+    return f"contribution:{path}:{owner}"
 
 
 @dataclass(frozen=True)
@@ -149,10 +175,14 @@ def check_owner_set(owners: object, threshold: object) -> tuple[tuple[str, ...],
 # -- the state a proposal replaces ------------------------------------------------------------------------------
 
 def state_document(key: OwnedKey, value_version: int | None, policy_id: str, policy_hash: str | None,
-                   refs: Mapping[str, str]) -> dict[str, Any]:
-    """What a proposal's `replaces` names: everything that decides where the key goes."""
-    return {"path": key.path, "owners": list(key.owners), "threshold": key.threshold, "value_version": value_version,
-            "policy_id": policy_id, "policy_hash": policy_hash, "refs": dict(sorted(refs.items()))}
+                   refs: Mapping[str, str], contributions: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """What a proposal's `replaces` names: everything that decides where the key goes.  A contributed key's
+    state also names who contributed and the content hash of each one's own policy (None: none)."""
+    out = {"path": key.path, "owners": list(key.owners), "threshold": key.threshold, "value_version": value_version,
+           "policy_id": policy_id, "policy_hash": policy_hash, "refs": dict(sorted(refs.items()))}
+    if key.contributed:
+        out["contributions"] = dict(sorted((contributions or {}).items()))
+    return out
 
 
 def digest(document: Any) -> str:
@@ -267,6 +297,21 @@ def check_signature_field(signature: object) -> str:
     if not isinstance(signature, str) or not 0 < len(signature) <= 128:
         raise OwnerError("signature must be the base64 Ed25519 signature of the approval (kbs proposal sign)")
     return signature
+
+
+def contribution_valid(public_key: Ed25519PublicKey, statement: bytes, signature: str) -> bool:
+    """An owner's signature over kbs.keys.shares.contribution_statement (the key, its sealed share, its policy)."""
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) != 64:
+        return False
+    try:
+        public_key.verify(raw, statement)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def names(owners: Sequence[str]) -> str:

@@ -67,6 +67,16 @@ class ShareKey:
         check_share(share)
         return share
 
+    def open_value(self, sealed: Mapping[str, Any], limit: int) -> bytes:
+        """A deposited value (issue 15, item 4): any 1..`limit` bytes, encrypted to the share key like a share."""
+        try:
+            value = jwe.decrypt(sealed, self._key)
+        except KbsError as exc:
+            raise ShareInvalid(f"the value does not open with this broker's share key: {exc}") from exc
+        if not 0 < len(value) <= limit:
+            raise ShareInvalid(f"a deposited value is 1 to {limit} bytes, not {len(value)}")
+        return value
+
 
 def check_share(share: bytes) -> None:
     if not MIN_SHARE <= len(share) <= MAX_SHARE:

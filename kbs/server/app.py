@@ -29,9 +29,10 @@ from kbs.errors import KbsError
 from kbs.evidence.base import VerifierConfigError, VerifierContext, VerifierType
 from kbs.evidence.registry import VerifierRegistry
 from kbs.keys.kek import create_exclusive, create_kek_file, load_kek
+from kbs.keys.shares import ShareKey
 from kbs.policy.lifecycle import PolicyConflict, PolicyRegistry
 from kbs.policy.rego_pool import RegoWorkerPool
-from kbs.server import admin, health, openapi, owners, protocol, tlog
+from kbs.server import admin, contributions, health, openapi, owners, protocol, tlog
 from kbs.server.admission import Admission
 from kbs.server.attestation import Attestor
 from kbs.server.config import AdminKey, Config, ConfigError
@@ -76,7 +77,8 @@ def _rate_limiters(config: Config) -> dict[str, RateLimiter]:
             "/kbs/v0/attest": RateLimiter(config.attest_rate, config.rate_burst),
             "/kbs/v0/resource/{repo}/{type}/{tag}": RateLimiter(config.resource_rate, config.rate_burst),
             # the owners' routes (kbs.server.owners): open like the guests', signatures checked
-            **{route: RateLimiter(config.resource_rate, config.rate_burst) for route in owners.OPEN_ROUTES}}
+            **{route: RateLimiter(config.resource_rate, config.rate_burst)
+               for route in (*owners.OPEN_ROUTES, *contributions.OPEN_ROUTES)}}
 
 
 @web.middleware
@@ -223,6 +225,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
                         decisions=DecisionInputs(store, registry))
     state.log = tlog.Checkpointer(store, tlog.log_signer(store.get_or_create_secret, kek, config.log_origin),
                                   state.run, config.log_witness_hook)
+    state.shares = ShareKey.from_store(store.get_or_create_secret, kek)
     app[STATE] = state
     for warning in config.warnings:
         log.warning(warning)
@@ -304,6 +307,7 @@ def make_app(config: Config, verifier_types: Sequence[VerifierType] = ()) -> web
     app.add_routes(tlog.routes)
     app.add_routes(admin.routes)  # after kbs.server.tlog and kbs.server.owners are imported: they add admin routes
     app.add_routes(owners.routes)
+    app.add_routes(contributions.routes)
     app[METRICS_ACCESS].add_main_route(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -11,15 +11,21 @@ never holds inputs older than its generation.
 
 Rows are checked (MACs) when they are read from the store, as before; cached entries are charged their
 sealed bytes, so the cache is bounded by bytes.
+
+An owned key with no active value (a contributed key, an empty deposit slot: issue 15) needs more: its owners'
+contributions and their own policies (`owned`).  Only a release that found no active version asks, so the
+common path reads nothing more; the owned keys and contributions are in the generation's triggers too.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import TypeAlias
 
 from kbs.cache import ByteBoundedCache
 from kbs.errors import KbsError
+from kbs.owners import EMPTY_KINDS, Contribution, OwnedKey
 from kbs.policy.lifecycle import PolicyRegistry, PolicyVersion
 from kbs.policy.model import Policy
 from kbs.policy.refvalues import ReferenceValues
@@ -36,6 +42,27 @@ Resolved: TypeAlias = tuple[PolicyVersion, Policy, ReferenceValues, str] | KbsEr
 ReleaseInputs: TypeAlias = tuple[ResourceVersion | None, str, Resolved, bool]
 
 
+@dataclass(frozen=True)
+class OwnedInputs:
+    """An owned key with no active value: its owners, and each contribution in owner order with its share
+    (sealed under the KEK) and its own policy, parsed (or why it could not be: a failure of that owner's
+    policy, fail closed)."""
+
+    key: OwnedKey
+    shares: tuple[tuple[Contribution, bytes], ...]
+    policies: dict[str, Policy | KbsError]  # owner -> its own policy, for owners that gave one
+
+    @property
+    def missing(self) -> list[str]:
+        given = {c.owner for c, _ in self.shares}
+        return [o for o in self.key.owners if o not in given]
+
+
+def _owned_cost(entry: tuple[OwnedInputs | None]) -> int:
+    inputs = entry[0]
+    return ENTRY_OVERHEAD + (sum(len(sealed) + len(c.policy or "") for c, sealed in inputs.shares) if inputs else 0)
+
+
 def _cost(inputs: ReleaseInputs) -> int:
     resource = inputs[0]
     return ENTRY_OVERHEAD + (len(resource.sealed) if resource is not None else 0)
@@ -49,6 +76,9 @@ class DecisionInputs:
         self._generation: int | None = None
         self._cache: ByteBoundedCache[str, ReleaseInputs] = ByteBoundedCache(max_bytes, _cost)
         self._refs: ReferenceValues | None = None
+        self._owned: ByteBoundedCache[str, tuple[OwnedInputs | None]] = \
+            ByteBoundedCache(max_bytes, _owned_cost)  # in a 1-tuple: None (not such a key) is cached too
+        self._owned_keys: dict[str, OwnedKey] | None = None
         self.hits = 0  # tests read these
         self.misses = 0
 
@@ -57,10 +87,7 @@ class DecisionInputs:
         values (or why they could not be read: a policy failure, reported as such by the caller)."""
         generation = self._store.decision_generation()
         with self._lock:
-            if generation != self._generation:
-                self._cache.clear()
-                self._refs = None
-                self._generation = generation
+            self._move_to(generation)
             cached = self._cache.get(path)
             if cached is not None:
                 self.hits += 1
@@ -71,6 +98,48 @@ class DecisionInputs:
             if self._generation == generation:  # not emptied for a newer generation meanwhile
                 self._cache.put(path, inputs)
         return inputs
+
+    def _move_to(self, generation: int) -> None:
+        """(Under the lock) empty everything read under another generation."""
+        if generation != self._generation:
+            self._cache.clear()
+            self._owned.clear()
+            self._refs = None
+            self._owned_keys = None
+            self._generation = generation
+
+    def owned(self, path: str) -> OwnedInputs | None:
+        """What a release of an owned key with no active value needs (None: `path` is no such key).  Asked
+        only when `get` found no active version."""
+        generation = self._store.decision_generation()
+        with self._lock:
+            self._move_to(generation)
+            cached = self._owned.get(path)
+            if cached is not None:
+                return cached[0]
+            owned_keys = self._owned_keys
+        if owned_keys is None:
+            owned_keys = {k.path: k for k in self._store.owned_keys() if k.kind in EMPTY_KINDS}
+        inputs = self._read_owned(owned_keys.get(path))
+        with self._lock:
+            if self._generation == generation:
+                self._owned_keys = owned_keys
+                self._owned.put(path, (inputs,))
+        return inputs
+
+    def _read_owned(self, key: OwnedKey | None) -> OwnedInputs | None:
+        if key is None:
+            return None
+        found = {c.owner: (c, sealed) for c, sealed in self._store.owner_contributions(key.path)}
+        shares = tuple(found[o] for o in key.owners if o in found)
+        policies: dict[str, Policy | KbsError] = {}
+        for c, _ in shares:
+            if c.policy is not None:
+                try:
+                    policies[c.owner] = self._registry.validate(c.policy)
+                except KbsError as exc:
+                    policies[c.owner] = exc
+        return OwnedInputs(key, shares, policies)
 
     def _read(self, path: str, generation: int) -> ReleaseInputs:
         resource = self._store.active_resource(path)

@@ -23,7 +23,7 @@ from kbs.audit.chain import CHAINS, RELEASES
 from kbs.evidence.binding import MAX_INIT_DATA_BYTES
 from kbs.evidence.composite import MAX_DEVICE_EVIDENCE, MAX_NONCE_CHARS
 from kbs.keys import jwe
-from kbs.server import admin, protocol
+from kbs.server import admin, contributions, protocol
 from kbs.server.config import Config
 from kbs.server.errors import ERROR_TYPE
 from kbs.store.base import ReleaseRecord
@@ -157,7 +157,8 @@ def _schemas(config: Config) -> dict[str, Schema]:
                                           "line": {"type": "integer"}, "claim": {"type": "string"},
                                           "operator": {"type": "string"}, "expected": {}, "seen": {},
                                           "children": {"type": "array", "items": _ref("Explanation")}}}
-    key_version = _obj({"version": {"type": "integer", "minimum": 1}, "state": {"enum": ["active", "disabled"]},
+    key_version = _obj({"version": {"type": "integer", "minimum": 1},
+                        "state": {"enum": ["active", "disabled", owners.PENDING]},
                         "policy_id": {"type": "string"}, "created_by": {"type": "string"},
                         "created_at": {"type": "string", "format": "date-time"}})
     return {
@@ -193,7 +194,7 @@ def _schemas(config: Config) -> dict[str, Schema]:
                      "ciphertext": {"type": "string"}, "tag": {"type": "string"}}),
         "StoredResource": _obj({"path": {"type": "string"}, "version": {"type": "integer", "minimum": 1},
                                 "policy_id": {"type": "string"}}),
-        "ResourceState": _obj({"path": {"type": "string"}, "state": {"enum": ["active", "disabled"]},
+        "ResourceState": _obj({"path": {"type": "string"}, "state": {"enum": ["active", "disabled", owners.PENDING]},
                                "version": _nullable("integer")}),
         "KeyList": {"type": "array", "items": _obj({"path": {"type": "string"},
                                                     "versions": {"type": "array", "items": key_version}})},
@@ -545,6 +546,8 @@ def _owner_paths(config: Config) -> dict[str, Schema]:
                     "proposal's RFC 8785 bytes.", "schema": {"type": "string", "pattern": ANY_SEGMENT}}]
     owner_name = [_name("name", "The owner's name.")]
     public = (400, 401, 403, 404, 409, 413, *_GUEST)
+    jwe_object = {"type": "object", "additionalProperties": {"type": "string"},
+                  "description": "A flattened JWE (protected, encrypted_key, iv, ciphertext, tag)."}
     return {
         "/kbs/v0/admin/owners": {
             "post": _admin_op("Register an owner (name and Ed25519 public key; never replaced)",
@@ -563,7 +566,11 @@ def _owner_paths(config: Config) -> dict[str, Schema]:
             body=_json_body(_obj({"owners": names, "threshold": {"type": "integer", "minimum": 1},
                                   "policy_id": text, "generate": {"type": "integer", "minimum": owners.MIN_GENERATE,
                                                                   "maximum": owners.MAX_GENERATE},
-                                  "value": {"type": "string", "contentEncoding": "base64"}},
+                                  "value": {"type": "string", "contentEncoding": "base64"},
+                                  "contributed": {"const": True, "description": "No value: derived from every "
+                                                  "owner's share (POST .../contributions)."},
+                                  "deposit": {"const": True, "description": "No value: an empty slot an attested "
+                                              "TEE fills once (PUT /kbs/v0/deposit/...)."}},
                                  ["owners", "threshold", "policy_id"]), cap),
             description="From then on the operator cannot change the key, its binding, its policy's text or the "
                         "reference sets the policy uses (403, logged): only an approved proposal does.")},
@@ -586,6 +593,33 @@ def _owner_paths(config: Config) -> dict[str, Schema]:
         "/kbs/v0/owners/proposals/{proposal_id}": {"get": _op(
             "A proposal, its status and approvals", "owners", {"200": _json(proposal, "The proposal.")},
             (404, *_GUEST), op_id="getProposal", security=[], params=proposal_id)},
+        "/kbs/v0/owners/share-key": {"get": _op(
+            "The broker's share key (public JWK): owners' shares and TEEs' deposits are encrypted to it", "owners",
+            {"200": _json(_obj({}, closed=False), "A P-256 public JWK (ECDH-ES+A256KW, A256GCM).")}, _GUEST,
+            op_id="getShareKey", security=[])},
+        "/kbs/v0/owners/keys/{repo}/{type}/{tag}/contributions": {"post": _op(
+            "Contribute an owner's share (and optionally its own release policy) to a contributed key, once",
+            "owners", {"200": _json(_obj({"path": text, "owner": text, "policy_hash": _nullable("string"),
+                                          "contributed": integer, "owners": integer,
+                                          "complete": {"type": "boolean"}}), "Stored.")},
+            public, op_id="contribute", security=[], params=RESOURCE_PARAMS,
+            body=_json_body(_obj({"owner": text, "share": jwe_object, "policy": text,
+                                  "signature": {"type": "string", "maxLength": 128}},
+                                 ["owner", "share", "signature"]), cap),
+            description="`share`: 32..64 random bytes as a JWE to GET /kbs/v0/owners/share-key; `signature`: base64 "
+                        "Ed25519 over \"kbs-contribution:\" + path + \":\" + SHA-256 hex of the JWE's members "
+                        "(name=value, sorted, joined by |) + \":\" + SHA-256 hex of the policy (or of \"\"). 401: the "
+                        "signature does not verify; 403: not an owner; 409: not a contributed key, or the owner "
+                        "contributed already (a contribution is final). Each is logged.")},
+        "/kbs/v0/deposit/{repo}/{type}/{tag}": {"put": _op(
+            "Deposit a value into an owned slot, once, from an attested TEE its policy admits", "protocol",
+            {"200": _json(_obj({"path": text, "version": integer, "deposited_at": when}), "Deposited.")},
+            (400, 401, 404, 409, 413, *_GUEST), op_id="deposit",
+            security=[{"attestationToken": []}, {"sessionCookie": []}], params=RESOURCE_PARAMS,
+            body=_json_body(_obj({"value": jwe_object}, ["value"]), contributions.MAX_DEPOSIT_BODY),
+            description="The value (1..65536 bytes) as a JWE to GET /kbs/v0/owners/share-key, so neither the "
+                        "transport nor the operator sees it. 401: no valid token, or the slot's policy denies the "
+                        "TEE; 404: not a deposit slot; 409: the slot holds a value already. Each is logged.")},
         "/kbs/v0/owners/proposals/{proposal_id}/approvals": {"post": _op(
             "Approve a proposal with an owner's signature", "owners",
             {"200": _json(proposal, "Counted (or applied, at the threshold).")}, public, op_id="approveProposal",

@@ -99,4 +99,13 @@ def _owned_target(st: BrokerState, request: web.Request, action: str, names: tup
             if name in used:
                 return path, (f"reference set {name!r} is used by policy {policy_id!r}, which governs the owned key "
                               f"{path}")
+    for key in owned:  # a contributed key's owners' own policies (issue 15, item 3) decide its release too
+        if not key.contributed:
+            continue
+        for contribution, _ in st.store.owner_contributions(key.path):
+            used = st.registry.referenced_sets(contribution.policy) if contribution.policy else frozenset()
+            for name in names:
+                if name in used:
+                    return key.path, (f"reference set {name!r} is used by {contribution.owner}'s own policy for "
+                                      f"the contributed key {key.path}")
     return None

@@ -126,7 +126,8 @@ async def remove_owner(request: web.Request, st: BrokerState, who: AdminIdentity
 @admin_route("POST", "/kbs/v0/admin/keys/{repo}/{type}/{tag}/owned", write=True)
 async def create_owned_key(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     """Body {"owners": [...], "threshold": k, "policy_id": ID, "generate": SIZE} (the broker makes the value: no
-    one sees it) or {..., "value": base64} (imported: whoever held the file saw it)."""
+    one sees it), {..., "value": base64} (imported: whoever held the file saw it), {..., "contributed": true}
+    (derived from every owner's share: kbs.server.contributions) or {..., "deposit": true} (an empty slot)."""
     path = _path(request)
     body = _object(await request.json(), '{"owners": [...], "threshold": k, "policy_id": "...", "generate": 32}')
     try:
@@ -136,13 +137,12 @@ async def create_owned_key(request: web.Request, st: BrokerState, who: AdminIden
     policy_id = body.get("policy_id")
     if not isinstance(policy_id, str) or not policy_id or policy_id == "default":
         raise _bad("policy_id must name the key's own policy (not 'default', which the operator manages)")
-    if set(body) - {"owners", "threshold", "policy_id", "generate", "value", "contributed"}:
-        raise _bad("unknown fields; the body has owners, threshold, policy_id and generate or value")
-    if body.get("contributed", False) is not False:
-        raise _bad("contributed keys are not available yet (issue 15, item 3)")
+    if set(body) - {"owners", "threshold", "policy_id", "generate", "value", "contributed", "deposit"}:
+        raise _bad("unknown fields; the body has owners, threshold, policy_id and one of generate, value, "
+                   "contributed or deposit")
     value, kind = _initial_value(body)
     await st.run(st.registry.current, policy_id)  # 404 when there is no such policy
-    key = OwnedKey(path, names, threshold, kind, False, who.name, st.clock())
+    key = OwnedKey(path, names, threshold, kind, kind == "contributed", who.name, st.clock())
     version = await st.run(st.store.create_owned_key, key, st.kek.seal(value, f"resource:{path}"), policy_id,
                            _referenced(st))
     state = await st.run(st.store.owned_state, path, _referenced(st))
@@ -153,8 +153,14 @@ def _initial_value(body: dict[str, Any]) -> tuple[bytes, str]:
     import base64
     import binascii
 
-    if ("generate" in body) == ("value" in body):
-        raise _bad("give exactly one of generate (a size in bytes) or value (base64)")
+    given = [f for f in ("generate", "value", "contributed", "deposit") if f in body]
+    if len(given) != 1:
+        raise _bad("give exactly one of generate (a size in bytes), value (base64), contributed (true: derived "
+                   "from the owners' shares) or deposit (true: an empty slot an attested TEE fills once)")
+    if given[0] in rules.EMPTY_KINDS:  # no value yet: the slot's version holds its binding, never released
+        if body[given[0]] is not True:
+            raise _bad(f"{given[0]} must be true")
+        return b"", given[0]
     if "generate" in body:
         size = body["generate"]
         if not isinstance(size, int) or isinstance(size, bool) or not rules.MIN_GENERATE <= size <= rules.MAX_GENERATE:

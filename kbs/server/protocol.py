@@ -31,10 +31,14 @@ from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.audit.identity import evidence_identity
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
+from kbs.keys.shares import derive
+from kbs.owners import share_secret
 from kbs.policy.ear import OVERALL_STATUS, Submod, ear_document
 from kbs.policy.json_policy import JsonPolicy
-from kbs.policy.model import Decision, Explanation, ResourceRequest
+from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
+from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
+from kbs.server.decisions import OwnedInputs
 from kbs.server.errors import ProtocolError
 from kbs.server.sessions import session_id_of
 from kbs.server.state import BrokerState
@@ -350,6 +354,17 @@ async def get_resource(request: web.Request) -> web.Response:
         raise failure from exc
 
 
+async def _evaluate(st: BrokerState, policy: Policy, chars: int, claims: dict[str, Any], refs: ReferenceValues,
+                    req: ResourceRequest, now: datetime) -> Decision:
+    started = time.perf_counter()
+    try:
+        if isinstance(policy, JsonPolicy) and chars <= INLINE_POLICY_CHARS:
+            return policy.evaluate(claims, refs, req, now)  # tens of microseconds: on the loop
+        return await st.evaluate(policy.evaluate, claims, refs, req, now)  # Rego: to its worker pool, off the loop
+    finally:
+        st.metrics.policy_seconds.labels(dialect=policy.dialect).observe(time.perf_counter() - started)
+
+
 async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
                    claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
     path = record.resource
@@ -362,15 +377,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
             raise resolved
         policy_version, policy, refs, refs_hash = resolved
         req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-        decision: Decision
-        started = time.perf_counter()
-        try:
-            if isinstance(policy, JsonPolicy) and len(policy_version.text) <= INLINE_POLICY_CHARS:
-                decision = policy.evaluate(claims, refs, req, now)  # tens of microseconds: on the loop
-            else:  # Rego: to its worker pool, off the loop
-                decision = await st.evaluate(policy.evaluate, claims, refs, req, now)
-        finally:
-            st.metrics.policy_seconds.labels(dialect=policy.dialect).observe(time.perf_counter() - started)
+        decision = await _evaluate(st, policy, len(policy_version.text), claims, refs, req, now)
     except KbsError as exc:
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason=exc.check, decision="error", public="the release policy could not be evaluated"
@@ -384,6 +391,10 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
                                 public="the release policy denied this request")
         await _log_refusal(st, RELEASES, record, failure)
         raise failure
+    if resource is None:
+        owned = await st.read(st.decisions.owned, path)  # only keys with no active value get here
+        if owned is not None:
+            return await _release_owned(st, now, owned, claims, refs, req, record, tee_pubkey)
     if resource is None:  # logged here, with the policy that allowed the guest
         if disabled:  # the operator's doing, not the guest's: named so in the log
             missing = ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
@@ -400,4 +411,55 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
                             decision="error") from exc
     await _log(st, RELEASES, replace(record, decision="release", reason="policy", version=resource.version))
+    return web.json_response(body)
+
+
+async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, claims: dict[str, Any],
+                         refs: ReferenceValues, req: ResourceRequest, record: ReleaseRecord,
+                         tee_pubkey: dict[str, Any]) -> web.Response:
+    """An owned key with no active value, once its own policy allowed the guest (issue 15): a deposit slot not
+    yet filled is refused; a contributed key is released only when every owner contributed and every owner's
+    own policy allows the same claims, as the derivation of the shares in owner order (kbs.keys.shares)."""
+    path = record.resource
+    if owned.key.kind == "deposit":
+        refused = ProtocolError("PluginInternalError", f"resource {path}: nothing deposited yet", status=404,
+                                reason="empty", public=f"resource {path} holds no value yet")
+        await _log_refusal(st, RELEASES, record, refused)
+        raise refused
+    if owned.missing:
+        given = len(owned.key.owners) - len(owned.missing)
+        refused = ProtocolError("PluginInternalError", f"resource {path}: {given} of {len(owned.key.owners)} owners "
+                                f"contributed; waiting for {', '.join(owned.missing)}", status=404, reason="incomplete",
+                                public=f"resource {path} is incomplete: {given} of {len(owned.key.owners)} owners "
+                                "contributed")
+        await _log_refusal(st, RELEASES, record, refused)
+        raise refused
+    for contribution, _ in owned.shares:
+        policy = owned.policies.get(contribution.owner)
+        if policy is None:
+            continue
+        who = contribution.owner
+        try:
+            if isinstance(policy, KbsError):
+                raise policy
+            decision = await _evaluate(st, policy, len(contribution.policy or ""), claims, refs, req, now)
+        except KbsError as exc:
+            raise ProtocolError("PolicyEngineError", f"owner {who!r}'s policy could not be evaluated: {exc}",
+                                reason="owner_policy", decision="error",
+                                public=f"the policy of owner {who!r} could not be evaluated") from exc
+        if not decision.allow:
+            failure = ProtocolError("PolicyDeny", f"owner {who!r}'s policy (sha256 {contribution.policy_hash}) "
+                                    f"denied: {_first_failure(decision.explanation)}", reason="owner_policy",
+                                    public=f"the policy of owner {who!r} denied this request")
+            await _log_refusal(st, RELEASES, record, failure)
+            raise failure
+    try:
+        shares = [st.kek.unseal(sealed, share_secret(path, c.owner)) for c, sealed in owned.shares]
+        body = jwe.encrypt(derive(shares, path), tee_pubkey)
+    except KbsError as exc:
+        raise ProtocolError("JweError", f"cannot derive or wrap the contributed key: {exc}", reason=exc.check,
+                            decision="error") from exc
+    del shares
+    await _log(st, RELEASES, replace(record, decision="release", reason="policy",
+                                     detail=f"derived from {len(owned.shares)} owners' shares"))
     return web.json_response(body)

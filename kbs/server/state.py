@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kbs.keys.kek import Kek
+from kbs.keys.shares import ShareKey
 from kbs.policy.lifecycle import PolicyRegistry
 from kbs.server.attestation import Attestor
 from kbs.server.config import Config
@@ -51,6 +52,7 @@ class BrokerState:
     policy: ThreadPoolExecutor  # policy evaluation: a slow policy never holds up the store's threads
     writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed
     log: Checkpointer | None = None  # the release log's checkpoints and tiles (kbs.server.tlog)
+    shares: ShareKey | None = None  # what owners' shares and TEEs' deposits are encrypted to (issue 15)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:

@@ -20,12 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from kbs import owners as rules
-from kbs.owners import Approval, Outcome, OwnedKey, Owner, OwnerError, Proposal, Referenced
+from kbs.owners import Approval, Contribution, Outcome, OwnedKey, Owner, OwnerError, Proposal, Referenced
 from kbs.policy.lifecycle import BindingLocked, PolicyVersion, content_hash
 from kbs.policy.loader import dialect_of
 from kbs.policy.refvalues import ReferenceSet, ReferenceValues, ReferenceValuesInvalid
 from kbs.store.base import ReleaseRecord, ResourceVersion
-from kbs.store.integrity import RowAuthenticator, digest
+from kbs.store.integrity import RowAuthenticator, StoreIntegrityError, digest
 from kbs.store.kek_state import Sql, pages
 from kbs.store.rows import Row, Rows, check_binding_change, dt, ts
 
@@ -37,21 +37,25 @@ MACCED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                     "created_at")),
     "proposals": (("id",), ("id", "resource", "document", "status", "created_by", "created_at", "expires_at",
                             "closed_at")),
+    "owner_contributions": (("path", "owner"), ("path", "owner", "policy", "signature", "created_at")),
 }
-_DIGESTED = {"document"}
+_DIGESTED = {"document", "policy"}
 
 # Appends a release-log entry in the caller's transaction.
 Append = Callable[[ReleaseRecord], ReleaseRecord]
 
 
+def _macced(table: str, r: Row | dict[str, Any]) -> list[Any]:
+    return [digest(r[c]) if c in _DIGESTED and r[c] is not None else r[c] for c in MACCED[table][1]]
+
+
 def mac(auth: RowAuthenticator, table: str, r: Row | dict[str, Any]) -> str:
-    return auth.mac(table, *(digest(r[c]) if c in _DIGESTED else r[c] for c in MACCED[table][1]))
+    return auth.mac(table, *_macced(table, r))
 
 
 def checked(auth: RowAuthenticator, table: str, r: Row) -> Row:
     key = "/".join(str(r[c]) for c in MACCED[table][0])
-    auth.check(r["mac"], f"{table} row {key}", table, *(digest(r[c]) if c in _DIGESTED else r[c]
-                                                        for c in MACCED[table][1]))
+    auth.check(r["mac"], f"{table} row {key}", table, *_macced(table, r))
     return r
 
 
@@ -102,6 +106,11 @@ def proposal(auth: RowAuthenticator, r: Row) -> Proposal:
                     else None)
 
 
+def contribution(auth: RowAuthenticator, r: Row) -> Contribution:
+    checked(auth, "owner_contributions", r)
+    return Contribution(r["path"], r["owner"], r["policy"], r["signature"], dt(r["created_at"]))
+
+
 def _approval(r: Row) -> Approval:
     return Approval(r["proposal_id"], r["owner"], r["signature"], dt(r["at"]))
 
@@ -133,6 +142,22 @@ def get_proposal(sql: Sql, auth: RowAuthenticator, pid: str) -> tuple[Proposal, 
     approvals = [_approval(r) for r in sql.rows("SELECT * FROM proposal_approvals WHERE proposal_id = ? ORDER BY at, "
                                                 "owner", (pid,))]
     return proposal(auth, rows[0]), approvals
+
+
+def contributions(sql: Sql, auth: RowAuthenticator, path: str) -> list[Contribution]:
+    return [contribution(auth, r) for r in sql.rows("SELECT * FROM owner_contributions WHERE path = ? ORDER BY owner",
+                                                    (path,))]
+
+
+def sealed_shares(sql: Sql, auth: RowAuthenticator, path: str) -> list[tuple[Contribution, bytes]]:
+    """Each contribution with its share as sealed under the KEK (opened only to derive a release)."""
+    out = []
+    for c in contributions(sql, auth, path):
+        found = sql.rows("SELECT value FROM secrets WHERE name = ?", (rules.share_secret(path, c.owner),))
+        if not found:
+            raise StoreIntegrityError(f"{path}: {c.owner}'s contribution has no share: removed outside the broker")
+        out.append((c, bytes(found[0]["value"])))
+    return out
 
 
 def list_proposals(sql: Sql, auth: RowAuthenticator, resource: str | None, status: str | None,
@@ -182,8 +207,12 @@ def state(sql: Sql, rows: Rows, path: str, referenced: Referenced) -> dict[str, 
     policies = _policy_versions(sql, rows, policy_id)
     current = policies[-1] if policies else None
     names = referenced(current.text) if current else frozenset()
+    if key.contributed:  # the owners' own policies decide too: the sets they use are part of the state
+        for c in contributions(sql, rows.auth, path):
+            names |= referenced(c.policy) if c.policy is not None else frozenset()
+    shares = {c.owner: c.policy_hash for c in contributions(sql, rows.auth, path)} if key.contributed else None
     return rules.state_document(key, active[-1] if active else None, policy_id,
-                                current.content_hash if current else None, _ref_digests(sql, rows, names))
+                                current.content_hash if current else None, _ref_digests(sql, rows, names), shares)
 
 
 def owned_policies(sql: Sql, rows: Rows, *, besides: str | None = None) -> dict[str, str]:
@@ -252,9 +281,11 @@ def create_owned(sql: Sql, rows: Rows, key: OwnedKey, sealed: bytes, policy_id: 
     _check_owners_registered(sql, rows.auth, key.owners)
     _check_policy_free(sql, rows, policy_id, key.path, referenced)
     at = ts(key.created_at)
+    # An empty slot (contributed, deposit) keeps its binding in a version with no value that is never released.
+    first = rules.PENDING if key.kind in rules.EMPTY_KINDS else "active"
     sql.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?)",
-                (key.path, 1, "active", sealed, policy_id, key.created_by, at,
-                 rows.resource_mac(key.path, 1, "active", sealed, policy_id, key.created_by, at)))
+                (key.path, 1, first, sealed, policy_id, key.created_by, at,
+                 rows.resource_mac(key.path, 1, first, sealed, policy_id, key.created_by, at)))
     _insert(sql, rows.auth, "owned_resources", _owned_values(key))
     return 1
 
@@ -365,6 +396,10 @@ def _check_change(sql: Sql, rows: Rows, p: Proposal, referenced: Referenced) -> 
     """The change's meaning against the store as it is (again at application: things move)."""
     change = p.change
     kind = change["kind"]
+    key = get_owned(sql, rows.auth, p.resource)
+    if key is not None and key.contributed and kind in ("value", "owners"):
+        raise OwnerError(f"{p.resource} is derived from its owners' shares: a {kind} change would make another key "
+                         "(create a new contributed key instead)", check="owner.contributed")
     versions = _resources(sql, rows, p.resource)
     bound = bound_policy(versions) or ""
     if kind == "bind":
@@ -442,6 +477,9 @@ def _apply(sql: Sql, rows: Rows, key: OwnedKey, p: Proposal, now: datetime, seal
         return f"owners {rules.names(names)}, threshold {threshold}"
     sql.execute("DELETE FROM resources WHERE path = ?", (path,))  # delete
     sql.execute("DELETE FROM owned_resources WHERE path = ?", (path,))
+    for c in contributions(sql, rows.auth, path):  # a contributed key's shares go with it
+        sql.execute("DELETE FROM secrets WHERE name = ?", (rules.share_secret(path, c.owner),))
+    sql.execute("DELETE FROM owner_contributions WHERE path = ?", (path,))
     return f"deleted ({len(versions)} versions)"
 
 
@@ -451,3 +489,51 @@ def _rewrite(sql: Sql, rows: Rows, versions: Sequence[ResourceVersion]) -> None:
         sql.execute("UPDATE resources SET state = ?, policy_id = ?, mac = ? WHERE path = ? AND version = ?",
                     (v.state, v.policy_id, rows.resource_mac(v.path, v.version, v.state, v.sealed, v.policy_id,
                                                              v.created_by, at), v.path, v.version))
+
+
+# -- contributed keys and deposits (issue 15, items 3 and 4) ---------------------------------------------------
+
+def add_contribution(sql: Sql, rows: Rows, append: Append, new: Contribution, sealed_share: bytes,
+                     entry: ReleaseRecord) -> tuple[int, int]:
+    """One owner's share (sealed under the KEK with `share_secret` as context) and its own policy, once: a
+    contribution is final (a replaced share would make another key, and a TEE may hold the first).  Returns
+    (contributions now, owners)."""
+    key = get_owned(sql, rows.auth, new.path)
+    if key is None or not key.contributed:
+        raise OwnerError(f"{new.path} is not a contributed key", check="owner.not_contributed")
+    if new.owner not in key.owners:
+        raise OwnerError(f"{new.owner!r} is not an owner of {new.path}", check="owner.not_owner")
+    if sql.rows("SELECT 1 FROM owner_contributions WHERE path = ? AND owner = ?", (new.path, new.owner)):
+        raise OwnerError(f"{new.owner} has contributed to {new.path} already: a contribution is final (the key "
+                         "derived from it may have been released); to start over, delete the key by proposal and "
+                         "create another", check="contribution.exists")
+    sql.execute("DELETE FROM secrets WHERE name = ?", (rules.share_secret(new.path, new.owner),))  # a stale one
+    sql.execute("INSERT INTO secrets (name, value) VALUES (?, ?)", (rules.share_secret(new.path, new.owner),
+                                                                   sealed_share))
+    _insert(sql, rows.auth, "owner_contributions", {"path": new.path, "owner": new.owner, "policy": new.policy,
+                                                    "signature": new.signature,
+                                                    "created_at": ts(new.created_at)})
+    done = len(contributions(sql, rows.auth, new.path))
+    append(replace(entry, detail=f"{entry.detail}; {done} of {len(key.owners)} owners contributed"[:2000]))
+    return done, len(key.owners)
+
+
+def deposit(sql: Sql, rows: Rows, append: Append, path: str, sealed: bytes, by: str, at: datetime,
+            entry: ReleaseRecord) -> int:
+    """Fill a deposit slot once: its pending version becomes active with the value (sealed under the KEK) and
+    the entry is appended in the same transaction.  OwnerError deposit.exists when it holds a value already."""
+    key = get_owned(sql, rows.auth, path)
+    if key is None or key.kind != "deposit":
+        raise OwnerError(f"{path} is not a deposit slot", check="deposit.not_slot")
+    versions = _resources(sql, rows, path)
+    pending = [v for v in versions if v.state == rules.PENDING]
+    if not pending or len(pending) != len(versions):
+        raise OwnerError(f"{path} holds a deposited value already: a slot is filled once", check="deposit.exists")
+    slot = pending[0]
+    when = ts(at)
+    sql.execute("UPDATE resources SET state = ?, sealed = ?, created_by = ?, created_at = ?, mac = ? "
+                "WHERE path = ? AND version = ?",
+                ("active", sealed, by, when, rows.resource_mac(path, slot.version, "active", sealed, slot.policy_id,
+                                                               by, when), path, slot.version))
+    append(replace(entry, version=slot.version))
+    return slot.version

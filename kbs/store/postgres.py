@@ -39,7 +39,7 @@ from psycopg_pool import ConnectionPool
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
-from kbs.owners import Approval, Outcome, OwnedKey, Owner, Proposal, Referenced
+from kbs.owners import Approval, Contribution, Outcome, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
@@ -65,7 +65,7 @@ _RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled 
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 # What a KEK rotation locks: every table holding sealed values or MACs, so no connection reads a half-rotated state.
 _KEK_TABLES = ("secrets, resources, policies, reference_sets, attestations, release_log, refusal_log, log_heads, "
-               "kek_state, owners, owned_resources, proposals")
+               "kek_state, owners, owned_resources, proposals, owner_contributions")
 
 
 class _Sql:
@@ -368,6 +368,16 @@ class PostgresStore(StoreReads):
                          sealed: bytes | None) -> Outcome:
         return self._tx(lambda cur: owner_rows.approve(_Sql(cur), self._rows, lambda r: self._append(cur, RELEASES, r),
                                                        pid, approval, now, referenced, sealed), lock=_ADMIN_LOCK)
+
+    def add_contribution(self, contribution: Contribution, sealed_share: bytes,
+                         entry: ReleaseRecord) -> tuple[int, int]:
+        return self._tx(lambda cur: owner_rows.add_contribution(
+            _Sql(cur), self._rows, lambda r: self._append(cur, RELEASES, r), contribution, sealed_share, entry),
+            lock=_ADMIN_LOCK)
+
+    def deposit(self, path: str, sealed: bytes, by: str, at: datetime, entry: ReleaseRecord) -> int:
+        return self._tx(lambda cur: owner_rows.deposit(_Sql(cur), self._rows, lambda r: self._append(cur, RELEASES, r),
+                                                       path, sealed, by, at, entry), lock=_ADMIN_LOCK)
 
     # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from kbs.audit import merkle
-from kbs.owners import Approval, OwnedKey, Owner, Proposal, Referenced
+from kbs.owners import Approval, Contribution, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.refvalues import ReferenceValues
 from kbs.store import owners, tlog
 from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint
@@ -143,6 +143,9 @@ class StoreReads:
 
     def get_proposal(self, pid: str) -> tuple[Proposal, list[Approval]] | None:
         return owners.get_proposal(_Reads(self), self._rows.auth, pid)
+
+    def owner_contributions(self, path: str) -> list[tuple[Contribution, bytes]]:
+        return owners.sealed_shares(_Reads(self), self._rows.auth, path)
 
     def list_proposals(self, resource: str | None, status: str | None, limit: int) -> list[Proposal]:
         return owners.list_proposals(_Reads(self), self._rows.auth, resource, status, limit)

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-SCHEMA_VERSION = 6  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state);
+SCHEMA_VERSION = 7  # 3: the decision generation and its triggers; 4: kek_state (kbs.store.kek_state);
 # 5: the release log's Merkle tree and signed checkpoints (kbs.store.tlog); 6: owners, owned keys and proposals
-# (kbs.store.owners: new tables only, created on upgrade like on a new database)
+# (kbs.store.owners: new tables only, created on upgrade like on a new database); 7: owners' contributions to
+# contributed keys, and owned keys and contributions in the decision generation (a new table and triggers)
 
 Dialect = Literal["sqlite", "postgresql"]
 
@@ -99,6 +100,11 @@ TABLES = (
                         ("status", "text not null"), ("created_by", "text not null"), ("created_at", "real not null"),
                         ("expires_at", "real not null"), ("closed_at", "real"), ("mac", "text not null")),
           ("id",), (("proposals_resource", "resource"),)),
+    # Contributed keys (issue 15, item 3): who contributed, its own policy, its signature; the share itself is in
+    # `secrets`, sealed under the KEK (kbs.owners.share_secret).
+    Table("owner_contributions", (("path", "text not null"), ("owner", "text not null"), ("policy", "text"),
+                                  ("signature", "text not null"), ("created_at", "real not null"),
+                                  ("mac", "text not null")), ("path", "owner")),
     Table("proposal_approvals", (("proposal_id", "text not null"), ("owner", "text not null"),
                                  ("signature", "text not null"), ("at", "real not null")), ("proposal_id", "owner")),
     # One row: which KEK the database is sealed under and any rotation begun (public ids, never keys).
@@ -109,7 +115,8 @@ TABLES = (
 
 # What a release decision reads: any insert, update or delete in these tables bumps the decision generation,
 # by a trigger in the same transaction, whoever writes (this broker, another replica, an operator's SQL).
-DECISION_TABLES = ("resources", "policies", "reference_sets")
+# Owned keys and contributions too: a release of an owned key reads them through the same cache.
+DECISION_TABLES = ("resources", "policies", "reference_sets", "owned_resources", "owner_contributions")
 GENERATION = Table("decision_generation", (("id", "int not null"), ("value", "int not null")), ("id",))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kbs.audit import chain as chains
 from kbs.audit.chain import CHAINS, GENESIS, REFUSALS, RELEASES, Head
-from kbs.owners import Approval, Outcome, OwnedKey, Owner, Proposal, Referenced
+from kbs.owners import Approval, Contribution, Outcome, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.lifecycle import PolicyConflict, PolicyVersion
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import kek_state, schema, tlog
@@ -574,6 +574,17 @@ class SqliteStore(StoreReads):
         with self._tx() as db:
             return owner_rows.approve(_Sql(db), self._rows, lambda r: self._append(db, RELEASES, r), pid, approval,
                                       now, referenced, sealed)
+
+    def add_contribution(self, contribution: Contribution, sealed_share: bytes,
+                         entry: ReleaseRecord) -> tuple[int, int]:
+        with self._tx() as db:
+            return owner_rows.add_contribution(_Sql(db), self._rows, lambda r: self._append(db, RELEASES, r),
+                                               contribution, sealed_share, entry)
+
+    def deposit(self, path: str, sealed: bytes, by: str, at: datetime, entry: ReleaseRecord) -> int:
+        with self._tx() as db:
+            return owner_rows.deposit(_Sql(db), self._rows, lambda r: self._append(db, RELEASES, r), path, sealed,
+                                      by, at, entry)
 
     # -- the KEK (kbs.store.kek_state) -------------------------------------------------------
 

@@ -1,0 +1,205 @@
+"""Contributed keys and deposit slots over HTTP (issue 15, items 3 and 4).
+
+GET /kbs/v0/owners/share-key serves the broker's share key (kbs.keys.shares): owners encrypt their shares, and
+TEEs their deposits, to it, so neither the transport nor the operator sees them.  An owner contributes once,
+authenticated by its Ed25519 signature over the statement kbs.keys.shares.contribution_statement names (no
+token); its share is opened and sealed under the KEK at once, never kept or shown in clear.  An attested TEE
+whose claims satisfy a deposit slot's bound policy (the owners' pre-agreed one) fills it once with a value
+encrypted to the same key.  Every contribution, deposit and refusal is a release-log entry (never a value).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from kbs import owners as rules
+from kbs.audit.chain import REFUSALS, RELEASES
+from kbs.audit.identity import evidence_identity
+from kbs.errors import KbsError
+from kbs.keys import jwe
+from kbs.keys.shares import ShareKey, contribution_statement
+from kbs.owners import Contribution, OwnerError
+from kbs.policy.model import PolicyInvalid, ResourceRequest
+from kbs.server.admin import MAX_KEY_BYTES, _path
+from kbs.server.errors import ProtocolError
+from kbs.server.owners import _bad, _log, _object
+from kbs.server.protocol import (
+    ATTESTATION_ID_CLAIM,
+    STATE,
+    _evaluate,
+    _failure,
+    _first_failure,
+    _json,
+    _log_refusal,
+    _refusal,
+    _tee_pubkey,
+    _token_claims,
+    new_reference,
+    read_body,
+)
+from kbs.server.state import BrokerState
+from kbs.store.base import ReleaseRecord
+
+log = logging.getLogger("kbs.owners")
+routes = web.RouteTableDef()
+SHARE_KEY = "/kbs/v0/owners/share-key"
+CONTRIBUTIONS = "/kbs/v0/owners/keys/{repo}/{type}/{tag}/contributions"
+DEPOSIT = "/kbs/v0/deposit/{repo}/{type}/{tag}"
+OPEN_ROUTES = (SHARE_KEY, CONTRIBUTIONS, DEPOSIT)  # rate-limited per client (kbs.server.app)
+MAX_SIGNATURE = 128
+MAX_DEPOSIT_BODY = 4 * MAX_KEY_BYTES  # a JWE of the largest value, base64url, with its header
+
+
+def _shares(st: BrokerState) -> ShareKey:
+    if st.shares is None:  # built at start-up (kbs.server.app); absent only in a half-built app
+        raise ProtocolError("PluginInternalError", "the broker's share key is not loaded", status=503,
+                            reason="share_key", decision="error")
+    return st.shares
+
+
+@routes.get(SHARE_KEY)
+async def share_key(request: web.Request) -> web.Response:
+    """The public JWK owners encrypt shares (and TEEs deposits) to: ECDH-ES+A256KW, A256GCM."""
+    return web.json_response(_shares(request.app[STATE]).public_jwk())
+
+
+# -- contributions ---------------------------------------------------------------------------------------------
+
+@routes.post(CONTRIBUTIONS)
+async def contribute(request: web.Request) -> web.Response:
+    """Body {"owner", "share": JWE, "policy"?: TEXT, "signature"}: the owner's share, once."""
+    st = request.app[STATE]
+    path = _path(request)
+    body = _object(await request.json(), '{"owner": ..., "share": {JWE}, "policy": "...", "signature": ...}')
+    if not {"owner", "share", "signature"} <= set(body) <= {"owner", "share", "policy", "signature"}:
+        raise _bad("the body has owner, share, signature and, optionally, policy")
+    owner, share, policy, signature = body["owner"], body["share"], body.get("policy"), body["signature"]
+    if not isinstance(owner, str) or not rules.NAME.fullmatch(owner):
+        raise _bad("owner must be an owner's name")
+    if not isinstance(share, dict) or not all(isinstance(v, str) for v in share.values()):
+        raise _bad("share must be a JWE (JSON object) encrypted to GET /kbs/v0/owners/share-key")
+    if policy is not None and (not isinstance(policy, str) or not 0 < len(policy) <= st.config.max_body_bytes):
+        raise _bad("policy must be the owner's own release policy text")
+    if not isinstance(signature, str) or not 0 < len(signature) <= MAX_SIGNATURE:
+        raise _bad("signature must be the base64 Ed25519 signature of the contribution statement")
+    key = await st.run(st.store.owned_key, path)
+    if key is None:
+        raise _bad(f"no owned key {path}", status=404)
+    registered = await st.run(st.store.get_owner, owner)
+    statement = contribution_statement(path, share, policy)
+    if registered is None or not rules.contribution_valid(rules.load_public_key(registered.public_key), statement,
+                                                          signature):
+        await _log(st, "refused", path, owner, f"contribution refused: the signature is not {owner}'s")
+        raise ProtocolError("OwnerSignature", "the signature does not verify under that owner's registered key",
+                            status=401, reason="owner.signature")
+    if owner not in key.owners:
+        await _log(st, "refused", path, owner, f"contribution refused: {owner} is not an owner")
+        raise ProtocolError("NotAnOwner", f"{owner} is not an owner of {path}", status=403, reason="owner.not_owner")
+    if not key.contributed:
+        await _log(st, "refused", path, owner, "contribution refused: not a contributed key")
+        raise _bad(f"{path} is not a contributed key (kbs key create --contributed)", status=409,
+                   variant="ContributionRefused")
+    if policy is not None:
+        try:
+            await st.run(st.registry.validate, policy)  # as an upload is checked, its reference sets included
+        except PolicyInvalid as exc:
+            raise _bad(f"{exc.check}: {exc}") from exc
+    try:
+        sealed = st.kek.seal(_shares(st).open(share), rules.share_secret(path, owner))
+    except KbsError as exc:
+        raise _bad(exc) from exc
+    new = Contribution(path, owner, policy, signature, st.clock())
+    policy_note = f"own policy sha256 {new.policy_hash}" if new.policy_hash else "no own policy"
+    entry = ReleaseRecord(at=new.created_at, decision="owner", reason="contribute", resource=path, version=None,
+                          session_id=None, tee=None, policy_id=None, policy_hash=new.policy_hash, attestation_id=None,
+                          actor=owner, detail=f"contribution by {owner} ({policy_note})")
+    try:
+        done, total = await st.run(st.store.add_contribution, new, sealed, entry)
+    except OwnerError as exc:
+        await _log(st, "refused", path, owner, f"contribution refused: {exc}")
+        raise _bad(exc, status=409, variant="ContributionRefused") from exc
+    log.info("contribution", extra={"resource": path, "owner": owner, "contributed": done, "owners": total})
+    return web.json_response({"path": path, "owner": owner, "policy_hash": new.policy_hash, "contributed": done,
+                              "owners": total, "complete": done == total})
+
+
+# -- deposits --------------------------------------------------------------------------------------------------
+
+@routes.put(DEPOSIT)
+async def deposit(request: web.Request) -> web.Response:
+    """Body {"value": JWE to the share key}, with the TEE's attestation token (Bearer or the session cookie):
+    a deposit slot filled once, by a TEE its bound policy admits."""
+    st = request.app[STATE]
+    now = st.clock()
+    record = _refusal(now, "(invalid path)", request, new_reference())
+    chain = REFUSALS  # until the caller shows a valid token
+    try:
+        path = _path(request)
+        record = replace(record, resource=path)
+        claims, session_id = await _token_claims(request, now)
+        cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+        record = replace(record, session_id=session_id, tee=next(iter(cpu0), None),
+                         attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
+                         tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
+        chain = RELEASES
+        return await _deposit(request, st, path, claims, record)
+    except ProtocolError as exc:
+        await _log_refusal(st, chain, record, exc)
+        raise
+    except Exception as exc:
+        failure = _failure(exc)
+        await _log_refusal(st, chain, record, failure)
+        raise failure from exc
+
+
+async def _deposit(request: web.Request, st: BrokerState, path: str, claims: dict[str, Any],
+                   record: ReleaseRecord) -> web.Response:
+    now = record.at
+    owned = await st.read(st.decisions.owned, path)
+    if owned is None or owned.key.kind != "deposit":
+        raise ProtocolError("InvalidRequestPath", f"{path} is not a deposit slot", status=404,
+                            reason="deposit_not_slot")
+    _, policy_id, resolved, _ = await st.read(st.decisions.get, path)
+    record = replace(record, policy_id=policy_id)
+    try:
+        if isinstance(resolved, KbsError):
+            raise resolved
+        version, policy, refs, refs_hash = resolved
+        req = ResourceRequest(plugin="deposit", path=tuple(path.split("/")), query=dict(request.query))
+        decision = await _evaluate(st, policy, len(version.text), claims, refs, req, now)
+    except KbsError as exc:
+        raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
+                            reason=exc.check, decision="error", public="the slot's policy could not be evaluated"
+                            ) from exc
+    record = replace(record, policy_hash=version.content_hash, refs_hash=refs_hash)
+    if not decision.allow:
+        failure = ProtocolError("PolicyDeny", f"deposit refused: policy {policy_id!r} (version {version.version}) "
+                                f"denied: {_first_failure(decision.explanation)}", reason="deposit_policy",
+                                public="the slot's policy denied this deposit")
+        await _log_refusal(st, RELEASES, record, failure)
+        raise failure
+    body = _json(await read_body(request, MAX_DEPOSIT_BODY), "the deposit")
+    if not isinstance(body, dict) or set(body) != {"value"} or not isinstance(body["value"], dict):
+        raise ProtocolError("SerdeError", 'the body must be {"value": JWE encrypted to GET /kbs/v0/owners/share-key}',
+                            status=400, reason="deposit_invalid")
+    try:
+        value = _shares(st).open_value(body["value"], MAX_KEY_BYTES)
+    except KbsError as exc:
+        raise ProtocolError("SerdeError", f"deposit refused: {exc}", status=400, reason="deposit_invalid") from exc
+    sealed = st.kek.seal(value, f"resource:{path}")
+    del value
+    entry = replace(record, decision="deposit", reason="deposited", detail="a value deposited by an attested TEE")
+    by = f"deposit {record.attestation_id or uuid.uuid4().hex}"[:64]
+    try:
+        version_no = await st.run(st.store.deposit, path, sealed, by, now, entry)
+    except OwnerError as exc:
+        raise ProtocolError("DepositRefused", f"deposit refused: {exc}", status=409,
+                            reason="deposit_exists" if exc.check == "deposit.exists" else "deposit_not_slot") from exc
+    st.metrics.releases.labels(decision="deposit", reason="deposited").inc()
+    log.info("deposit", extra={"resource": path, "tee": record.tee, "attestation_id": record.attestation_id})
+    return web.json_response({"path": path, "version": version_no, "deposited_at": now.isoformat()})
