@@ -167,6 +167,10 @@ def _add_key_parsers(commands: SubParsers) -> None:
         source.add_argument("--from-file", metavar="FILE", help="the key's bytes (1..65536)")
         if generate_ok:
             source.add_argument("--generate", action="store_true", help="let the broker generate random bytes")
+            source.add_argument("--contributed", action="store_true", help="an owned key derived from every owner's "
+                                "share (kbs key contribute); needs --owners")
+            source.add_argument("--deposit", action="store_true", help="an owned, empty slot an attested TEE its "
+                                "policy admits fills once; needs --owners")
             create.add_argument("--size", type=_positive, metavar="N", help="generated size in bytes (default 32)")
         create.add_argument("--policy", metavar="ID", help="bind to this policy (default: the current binding, "
                             "else 'default')")
@@ -187,6 +191,9 @@ def _add_key_parsers(commands: SubParsers) -> None:
     delete = _verb(verbs, "delete", "delete a key and all its versions (needs --yes)", _run_key_delete)
     delete.add_argument("resource", metavar="REPO/TYPE/TAG")
     delete.add_argument("--yes", action="store_true", help="really delete: there is no undo")
+    from kbs.contrib_cli import add_contribute_parser  # it builds on this module
+
+    add_contribute_parser(verbs)
     bind = _verb(verbs, "bind", "bind a key (all its versions) to a policy", _run_key_bind)
     bind.add_argument("resource", metavar="REPO/TYPE/TAG")
     bind.add_argument("--policy", required=True, metavar="ID")
@@ -257,7 +264,8 @@ def _stored(answer: Mapping[str, Any]) -> str:
 
 def _run_key_create(args: argparse.Namespace) -> int:
     path = resource_path(args.resource)  # a usage error before anything else
-    if getattr(args, "owners", None) or getattr(args, "threshold", None):
+    if getattr(args, "owners", None) or getattr(args, "threshold", None) or getattr(args, "contributed", False) \
+            or getattr(args, "deposit", False):
         return _create_owned(args, path)
     if getattr(args, "generate", False):
         answer = broker_client(args).generate_key(args.resource, args.size, args.policy)
@@ -273,7 +281,9 @@ def _create_owned(args: argparse.Namespace, path: str) -> int:
     if not (args.owners and args.threshold and args.policy):
         raise UsageProblem("an owned key needs --owners, --threshold and --policy (its own policy)")
     body: dict[str, Any] = {"owners": args.owners.split(","), "threshold": args.threshold, "policy_id": args.policy}
-    if args.generate:
+    if args.contributed or args.deposit:
+        body["contributed" if args.contributed else "deposit"] = True
+    elif args.generate:
         body["generate"] = args.size or 32
     else:
         body["value"] = base64.b64encode(read_input(args.from_file, "key file")).decode()
