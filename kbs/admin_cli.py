@@ -191,12 +191,12 @@ def _add_key_parsers(commands: SubParsers) -> None:
     delete = _verb(verbs, "delete", "delete a key and all its versions (needs --yes)", _run_key_delete)
     delete.add_argument("resource", metavar="REPO/TYPE/TAG")
     delete.add_argument("--yes", action="store_true", help="really delete: there is no undo")
-    from kbs.contrib_cli import add_contribute_parser  # it builds on this module
-
-    add_contribute_parser(verbs)
     bind = _verb(verbs, "bind", "bind a key (all its versions) to a policy", _run_key_bind)
     bind.add_argument("resource", metavar="REPO/TYPE/TAG")
     bind.add_argument("--policy", required=True, metavar="ID")
+    from kbs.contrib_cli import add_contribute_parser  # it builds on this module
+
+    add_contribute_parser(verbs)
 
 
 def _add_refs_parsers(commands: SubParsers) -> None:

@@ -39,7 +39,8 @@ def test_bash_completes_commands_verbs_and_flags(script: str) -> None:
     assert subprocess.run(["bash", "-n", script], timeout=30).returncode == 0
     assert complete(script, "") == [name for names, _ in cli._COMMANDS for name in names]
     assert complete(script, "ke") == ["key", "kek"]
-    assert complete(script, "key", "") == ["list", "create", "import", "rotate", "disable", "enable", "delete", "bind"]
+    assert complete(script, "key", "") == ["list", "create", "import", "rotate", "disable", "enable", "delete", "bind",
+                                               "contribute"]
     assert complete(script, "policy", "put", "--st") == ["--strict"]
     assert complete(script, "verify", "") == ["snp", "tdx", "nvgpu"]
     assert "--check-config" in complete(script, "serve", "--")
