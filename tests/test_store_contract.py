@@ -762,3 +762,67 @@ def test_owner_registry_rules(store: OpenStore) -> None:
         store.create_owned_key(rules.OwnedKey("r/t/other", (name,), 1, "generated", False, "a", NOW), b"s",
                                "owned", referenced)
     assert [o.name for o in store.list_owners()] == [n for n, _ in keys]
+
+
+# -- contributed keys and deposit slots (issue 15, items 3-4) --------------------------------------------
+
+def _empty_owned(store: OpenStore, kind: str, path: str) -> list[tuple[str, Any]]:
+    from kbs import owners as rules
+    PolicyRegistry(store).put(f"pol-{kind}", OWNED_POLICY % "aa", created_by="a", at=NOW)
+    keys = _owner_keys(3)
+    for name, private in keys:
+        store.add_owner(rules.Owner(name, rules.public_pem(private.public_key()), "admin", NOW))
+    store.create_owned_key(rules.OwnedKey(path, tuple(n for n, _ in keys), 2, kind, kind == "contributed", "admin",
+                                          NOW), b"", f"pol-{kind}", lambda text: frozenset())
+    return keys
+
+
+def _entry(path: str, reason: str) -> ReleaseRecord:
+    return ReleaseRecord(NOW, "owner", reason, path, None, None, None, None, None, None, actor="x", detail=reason)
+
+
+def test_contributions_are_final_kept_in_owner_order_and_authenticated(backend: Backend, store: OpenStore) -> None:
+    from kbs import owners as rules
+    keys = _empty_owned(store, "contributed", "r/t/pool")
+    replica = backend.open()
+    for i in (2, 0, 1):  # contributed out of order, kept in the key's owner order
+        name = keys[i][0]
+        done = (store if i % 2 else replica).add_contribution(
+            rules.Contribution("r/t/pool", name, None if i else OWNED_POLICY % "cc", f"sig-{i}", NOW),
+            f"sealed-share-{i}".encode(), _entry("r/t/pool", "contribute"))
+        assert done[1] == 3
+    shares = replica.owner_contributions("r/t/pool")
+    assert [c.owner for c, _ in shares] == [n for n, _ in keys]
+    assert [s for _, s in shares] == [f"sealed-share-{i}".encode() for i in range(3)]
+    assert shares[0][0].policy == OWNED_POLICY % "cc" and shares[1][0].policy is None
+    with pytest.raises(rules.OwnerError, match="final"):
+        store.add_contribution(rules.Contribution("r/t/pool", keys[0][0], None, "again", NOW), b"other",
+                               _entry("r/t/pool", "contribute"))
+    with pytest.raises(rules.OwnerError, match="not an owner"):
+        store.add_contribution(rules.Contribution("r/t/pool", "mallory", None, "s", NOW), b"x",
+                               _entry("r/t/pool", "contribute"))
+    logged = [e for e in store.log_entries(RELEASES) if e.reason == "contribute"]
+    assert len(logged) == 3 and not any(b"sealed-share" in (e.detail or "").encode() for e in logged)
+    backend.execute("UPDATE owner_contributions SET policy = NULL")  # an owner's own policy dropped behind the broker
+    with pytest.raises(StoreIntegrityError):
+        store.owner_contributions("r/t/pool")
+
+
+def test_a_deposit_slot_is_filled_once_across_replicas(backend: Backend, store: OpenStore) -> None:
+    from kbs import owners as rules
+    _empty_owned(store, "deposit", "r/t/outcome")
+    assert [v.state for v in store.resource_versions("r/t/outcome")] == [rules.PENDING]
+    replicas = [backend.open() for _ in range(2)]
+
+    def fill(i: int) -> str:
+        try:
+            replicas[i % 2].deposit("r/t/outcome", f"sealed-{i}".encode(), f"tee-{i}", NOW,
+                                    _entry("r/t/outcome", "deposit"))
+            return "filled"
+        except rules.OwnerError as exc:
+            return exc.check
+    results = on_threads(6, fill)
+    assert sorted(results) == ["deposit.exists"] * 5 + ["filled"]
+    [version] = store.resource_versions("r/t/outcome")
+    assert version.state == "active" and version.sealed == f"sealed-{results.index('filled')}".encode()
+    assert len([e for e in store.log_entries(RELEASES) if e.reason == "deposit"]) == 1
