@@ -27,7 +27,8 @@ from kbs.owners import Contribution, OwnerError
 from kbs.policy.model import PolicyInvalid, ResourceRequest
 from kbs.server.admin import MAX_KEY_BYTES, _path
 from kbs.server.errors import ProtocolError
-from kbs.server.owners import _bad, _log, _object
+from kbs.server.owned_guard import log_owner_event
+from kbs.server.owners import _bad, _object
 from kbs.server.protocol import (
     ATTESTATION_ID_CLAIM,
     STATE,
@@ -94,14 +95,14 @@ async def contribute(request: web.Request) -> web.Response:
     statement = contribution_statement(path, share, policy)
     if registered is None or not rules.contribution_valid(rules.load_public_key(registered.public_key), statement,
                                                           signature):
-        await _log(st, "refused", path, owner, f"contribution refused: the signature is not {owner}'s")
+        await log_owner_event(st, "refused", path, owner, f"contribution refused: the signature is not {owner}'s")
         raise ProtocolError("OwnerSignature", "the signature does not verify under that owner's registered key",
                             status=401, reason="owner.signature")
     if owner not in key.owners:
-        await _log(st, "refused", path, owner, f"contribution refused: {owner} is not an owner")
+        await log_owner_event(st, "refused", path, owner, f"contribution refused: {owner} is not an owner")
         raise ProtocolError("NotAnOwner", f"{owner} is not an owner of {path}", status=403, reason="owner.not_owner")
     if not key.contributed:
-        await _log(st, "refused", path, owner, "contribution refused: not a contributed key")
+        await log_owner_event(st, "refused", path, owner, "contribution refused: not a contributed key")
         raise _bad(f"{path} is not a contributed key (kbs key create --contributed)", status=409,
                    variant="ContributionRefused")
     if policy is not None:
@@ -121,7 +122,7 @@ async def contribute(request: web.Request) -> web.Response:
     try:
         done, total = await st.run(st.store.add_contribution, new, sealed, entry)
     except OwnerError as exc:
-        await _log(st, "refused", path, owner, f"contribution refused: {exc}")
+        await log_owner_event(st, "refused", path, owner, f"contribution refused: {exc}")
         raise _bad(exc, status=409, variant="ContributionRefused") from exc
     log.info("contribution", extra={"resource": path, "owner": owner, "contributed": done, "owners": total})
     return web.json_response({"path": path, "owner": owner, "policy_hash": new.policy_hash, "contributed": done,

@@ -44,15 +44,7 @@ async def check(request: web.Request, st: BrokerState, who: AdminIdentity, actio
     if found is None:
         return
     path, what = found
-    record = ReleaseRecord(at=st.clock(), decision="owner", reason="refused", resource=path, version=None,
-                           session_id=None, tee=None, policy_id=None, policy_hash=None, attestation_id=None,
-                           actor=who.name, detail=f"{action} refused: {what}"[:2000])
-    try:
-        await st.run(st.store.append_log, RELEASES, record)
-    except (StoreError, OSError) as exc:
-        st.metrics.audit_failures.inc()
-        raise ProtocolError("PluginInternalError", "refused, and the release log could not record the refusal",
-                            status=503, reason="log_unavailable") from exc
+    await log_owner_event(st, "refused", path, who.name, f"{action} refused: {what}")
     log.warning("admin change refused: an owned key", extra={"admin": who.name, "action": action, "path": path})
     raise ProtocolError("OwnedKey", f"{what}: only a proposal its owners approve changes it (kbs proposal create)",
                         status=403, reason="owned")
@@ -109,3 +101,17 @@ def _owned_target(st: BrokerState, request: web.Request, action: str, names: tup
                     return key.path, (f"reference set {name!r} is used by {contribution.owner}'s own policy for "
                                       f"the contributed key {key.path}")
     return None
+
+
+async def log_owner_event(st: BrokerState, reason: str, resource: str, actor: str, detail: str) -> None:
+    """An owner-side event (a refusal, a proposal's fate) in the release log, durable before the answer: if it cannot
+    be written, the request fails with 503 and says so."""
+    record = ReleaseRecord(at=st.clock(), decision="owner", reason=reason, resource=resource[:512], version=None,
+                           session_id=None, tee=None, policy_id=None, policy_hash=None, attestation_id=None,
+                           actor=actor[:64], detail=detail[:2000])
+    try:
+        await st.run(st.store.append_log, RELEASES, record)
+    except (StoreError, OSError) as exc:
+        st.metrics.audit_failures.inc()
+        raise ProtocolError("PluginInternalError", "refused, and the release log could not record the refusal",
+                            status=503, reason="log_unavailable") from exc

@@ -17,16 +17,15 @@ from typing import Any
 from aiohttp import web
 
 from kbs import owners as rules
-from kbs.audit.chain import RELEASES
 from kbs.errors import KbsError
 from kbs.owners import Approval, OwnedKey, Owner, OwnerError, Proposal
 from kbs.policy.model import PolicyInvalid
 from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
+from kbs.server import owned_guard
 from kbs.server.admin import MAX_KEY_BYTES, _path, admin_route, authenticate
 from kbs.server.errors import ProtocolError
 from kbs.server.protocol import STATE
 from kbs.server.state import AdminIdentity, BrokerState
-from kbs.store.base import ReleaseRecord, StoreError
 
 log = logging.getLogger("kbs.owners")
 routes = web.RouteTableDef()
@@ -74,16 +73,6 @@ def _proposal_json(p: Proposal, approvals: list[Approval], threshold: int | None
             "approvals": [{"owner": a.owner, "at": a.at.isoformat()} for a in approvals], "threshold": threshold}
 
 
-async def _log(st: BrokerState, reason: str, resource: str, actor: str, detail: str) -> None:
-    record = ReleaseRecord(at=st.clock(), decision="owner", reason=reason, resource=resource[:512], version=None,
-                           session_id=None, tee=None, policy_id=None, policy_hash=None, attestation_id=None,
-                           actor=actor[:64], detail=detail[:2000])
-    try:
-        await st.run(st.store.append_log, RELEASES, record)
-    except (StoreError, OSError) as exc:
-        st.metrics.audit_failures.inc()
-        raise ProtocolError("PluginInternalError", "refused, and the release log could not record the refusal",
-                            status=503, reason="log_unavailable") from exc
 
 
 # -- the operator: owners and owned keys ---------------------------------------------------------------------
@@ -278,11 +267,13 @@ async def _check_signer(st: BrokerState, key: OwnedKey | None, pid: str, approva
     assert isinstance(signature, str)
     registered = await st.run(st.store.get_owner, owner_name) if shown != "?" else None
     if registered is None or not rules.signature_valid(rules.load_public_key(registered.public_key), pid, signature):
-        await _log(st, "refused", path, shown, f"proposal {pid}: approval refused: the signature is not {shown}'s")
+        await owned_guard.log_owner_event(st, "refused", path, shown,
+                                          f"proposal {pid}: approval refused: the signature is not {shown}'s")
         raise ProtocolError("OwnerSignature", "the signature does not verify under that owner's registered key",
                             status=401, reason="owner.signature")
     if key is not None and shown not in key.owners:
-        await _log(st, "refused", path, shown, f"proposal {pid}: approval refused: {shown} is not an owner")
+        await owned_guard.log_owner_event(st, "refused", path, shown,
+                                          f"proposal {pid}: approval refused: {shown} is not an owner")
         raise ProtocolError("NotAnOwner", f"{shown} is not an owner of {path}", status=403, reason="owner.not_owner")
     return shown
 
