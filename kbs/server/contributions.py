@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from kbs import owners as rules
-from kbs.audit.chain import REFUSALS, RELEASES
-from kbs.audit.identity import evidence_identity
+from kbs.audit.chain import RELEASES
 from kbs.errors import KbsError
-from kbs.keys import jwe
 from kbs.keys.shares import ShareKey, contribution_statement
 from kbs.owners import Contribution, OwnerError
 from kbs.policy.model import PolicyInvalid, ResourceRequest
@@ -30,17 +29,12 @@ from kbs.server.errors import ProtocolError
 from kbs.server.owned_guard import log_owner_event
 from kbs.server.owners import _bad, _object
 from kbs.server.protocol import (
-    ATTESTATION_ID_CLAIM,
     STATE,
     _evaluate,
-    _failure,
     _first_failure,
     _json,
     _log_refusal,
-    _refusal,
-    _tee_pubkey,
-    _token_claims,
-    new_reference,
+    attested_step,
     read_body,
 )
 from kbs.server.state import BrokerState
@@ -135,32 +129,12 @@ async def contribute(request: web.Request) -> web.Response:
 async def deposit(request: web.Request) -> web.Response:
     """Body {"value": JWE to the share key}, with the TEE's attestation token (Bearer or the session cookie):
     a deposit slot filled once, by a TEE its bound policy admits."""
-    st = request.app[STATE]
-    now = st.clock()
-    record = _refusal(now, "(invalid path)", request, new_reference())
-    chain = REFUSALS  # until the caller shows a valid token
-    try:
-        path = _path(request)
-        record = replace(record, resource=path)
-        claims, session_id = await _token_claims(request, now)
-        cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
-        record = replace(record, session_id=session_id, tee=next(iter(cpu0), None),
-                         attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
-                         tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
-        chain = RELEASES
-        return await _deposit(request, st, path, claims, record)
-    except ProtocolError as exc:
-        await _log_refusal(st, chain, record, exc)
-        raise
-    except Exception as exc:
-        failure = _failure(exc)
-        await _log_refusal(st, chain, record, failure)
-        raise failure from exc
+    return await attested_step(request, _deposit)
 
 
-async def _deposit(request: web.Request, st: BrokerState, path: str, claims: dict[str, Any],
-                   record: ReleaseRecord) -> web.Response:
-    now = record.at
+async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
+                   claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
+    path = "/".join(parts)
     owned = await st.read(st.decisions.owned, path)
     if owned is None or owned.key.kind != "deposit":
         raise ProtocolError("InvalidRequestPath", f"{path} is not a deposit slot", status=404,

@@ -327,8 +327,15 @@ def _first_failure(explanation: Explanation) -> str:
     return _first_failure(failing[0])
 
 
-@routes.get("/kbs/v0/resource/{repo}/{type}/{tag}")
-async def get_resource(request: web.Request) -> web.Response:
+# What a step for an attested guest does with the request, once the path is valid and the token verified.
+AttestedStep = Callable[[web.Request, BrokerState, datetime, tuple[str, str, str], dict[str, Any], ReleaseRecord],
+                        Awaitable[web.Response]]
+
+
+async def attested_step(request: web.Request, step: AttestedStep) -> web.Response:
+    """A request on a resource path from an attested guest (GET resource, a deposit): the path checked and the
+    token verified first, everything refused until then in the refusal log, everything after (with the
+    evidence's identity and the TEE key's thumbprint) in the release log, durable before the answer."""
     st, now = _state(request), _state(request).clock()
     record = _refusal(now, "(invalid path)", request, new_reference())
     chain = REFUSALS  # until the caller shows a valid token
@@ -344,7 +351,7 @@ async def get_resource(request: web.Request) -> web.Response:
                          attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
                          tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
         chain = RELEASES
-        return await _release(request, st, now, parts, claims, record)
+        return await step(request, st, now, parts, claims, record)
     except ProtocolError as exc:
         await _log_refusal(st, chain, record, exc)
         raise
@@ -352,6 +359,11 @@ async def get_resource(request: web.Request) -> web.Response:
         failure = _failure(exc)
         await _log_refusal(st, chain, record, failure)
         raise failure from exc
+
+
+@routes.get("/kbs/v0/resource/{repo}/{type}/{tag}")
+async def get_resource(request: web.Request) -> web.Response:
+    return await attested_step(request, _release)
 
 
 async def _evaluate(st: BrokerState, policy: Policy, chars: int, claims: dict[str, Any], refs: ReferenceValues,
