@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import rfc8785
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from kbs import canonical
 from kbs.errors import KbsError
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch
@@ -187,7 +187,7 @@ def state_document(key: OwnedKey, value_version: int | None, policy_id: str, pol
 
 def digest(document: Any) -> str:
     """SHA-256 hex of a JSON value's RFC 8785 bytes (a state's hash, a proposal's id, a reference set's digest)."""
-    return hashlib.sha256(rfc8785.dumps(document)).hexdigest()
+    return hashlib.sha256(canonical.dumps(document)).hexdigest()
 
 
 # -- proposals --------------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_the_ear_document_is_of_its_schema(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tee", sorted(KNOWN))
 def test_identity_claims_are_in_the_schema(tee: str) -> None:
-    """What the release log records of a piece of evidence (kbs.audit.identity) names claims the verifier emits."""
+    """What the release log records of a piece of evidence (kbs.server.identity) names claims the verifier emits."""
     schema = KNOWN[tee].claim_schema()
     assert KNOWN[tee].identity()
     for path in KNOWN[tee].identity():

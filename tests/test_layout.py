@@ -9,7 +9,8 @@ import pytest
 
 KBS = Path(__file__).resolve().parent.parent / "kbs"
 LAYERS = ["native", "trust", "evidence", "policy", "server"]  # each may import only those before it
-SHARED = {"errors", "cache", "files", "jsondoc", "keys", "timearg", "_native", "audit"}  # below every layer
+# below every layer
+SHARED = {"errors", "cache", "files", "jsondoc", "canonical", "keys", "timearg", "_native", "audit"}
 COMPOSERS = {"server"}  # composes the rest: the store, the audit log, the layers below
 
 

@@ -26,8 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import rfc8785
-
+from kbs import canonical as jcs
 from kbs.audit import merkle
 
 GENESIS = "0" * 64
@@ -39,12 +38,12 @@ TREE_PREV = ""  # a tree entry's prev_hash: it commits to nothing before it (the
 
 
 def body_hash(body: Mapping[str, Any]) -> str:
-    return hashlib.sha256(rfc8785.dumps(dict(body))).hexdigest()
+    return hashlib.sha256(jcs.dumps(dict(body))).hexdigest()
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:
     """The entry's RFC 8785 form: what its body hash covers, and (release log) the Merkle tree's leaf."""
-    return rfc8785.dumps(dict(body))
+    return jcs.dumps(dict(body))
 
 
 def entry_hash(prev_hash: str, body_digest: str) -> str:

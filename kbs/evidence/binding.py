@@ -16,9 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import rfc8785
-
-from kbs import jsondoc
+from kbs import canonical, jsondoc
 from kbs.errors import EvidenceError, MalformedEvidence
 
 MAX_INIT_DATA_BYTES = 128 * 1024  # Trustee's sample with a policy (aa.toml, cdh.toml, policy.rego) is 62 KB
@@ -28,12 +26,12 @@ INIT_DATA_ALGORITHMS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha
 def primary_runtime_digest(nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str) -> bytes:
     body: dict[str, Any] = {"additional-evidence": additional_evidence, "nonce": nonce,
                             "tee-pubkey": dict(tee_pubkey)}
-    return hashlib.sha384(rfc8785.dumps(body)).digest()
+    return hashlib.sha384(canonical.dumps(body)).digest()
 
 
 def device_runtime_digest(nonce: str, tee_pubkey: Mapping[str, Any]) -> bytes:
     body: dict[str, Any] = {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)}
-    return hashlib.sha384(rfc8785.dumps(body)).digest()
+    return hashlib.sha384(canonical.dumps(body)).digest()
 
 
 def check_report_data(report_data: bytes, digest: bytes, size: int = 64) -> None:

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import rfc8785
-
+from kbs import canonical
 from kbs.errors import KbsError
 
 SCALAR_TYPES = (str, int, float, bool)
@@ -64,7 +63,7 @@ class ReferenceValues:
         """SHA-256 (hex) of the named sets as they stand (RFC 8785 JSON of {name: set}; absent ones left out):
         what the release log records of the reference values a decision used."""
         used = {name: found.to_json() for name in sorted(names) if (found := self.get(name)) is not None}
-        return hashlib.sha256(rfc8785.dumps(used)).hexdigest()
+        return hashlib.sha256(canonical.dumps(used)).hexdigest()
 
     def names(self) -> frozenset[str]:
         return frozenset(self._sets)

@@ -28,7 +28,6 @@ from aiohttp import web
 
 from kbs import jsondoc
 from kbs.audit.chain import REFUSALS, RELEASES
-from kbs.audit.identity import evidence_identity
 from kbs.errors import KbsError, MalformedEvidence
 from kbs.keys import jwe
 from kbs.keys.shares import derive
@@ -40,6 +39,7 @@ from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.decisions import OwnedInputs
 from kbs.server.errors import ProtocolError
+from kbs.server.identity import evidence_identity
 from kbs.server.sessions import session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid

@@ -16,8 +16,7 @@ import hashlib
 import hmac
 from typing import Any
 
-import rfc8785
-
+from kbs import canonical
 from kbs.store.base import StoreError
 
 ROW_MAC_PURPOSE = "row-mac"
@@ -42,7 +41,7 @@ class RowAuthenticator:
 
     def mac(self, table: str, *values: Any) -> str:
         """HMAC over the canonical JSON (RFC 8785) of [table, *values]."""
-        return hmac.new(self._key, rfc8785.dumps([table, *values]), hashlib.sha256).hexdigest()
+        return hmac.new(self._key, canonical.dumps([table, *values]), hashlib.sha256).hexdigest()
 
     def check(self, mac: str | None, what: str, table: str, *values: Any) -> None:
         if mac is None or not hmac.compare_digest(mac, self.mac(table, *values)):
