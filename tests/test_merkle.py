@@ -19,6 +19,7 @@ from kbs.audit.merkle import (
     hashes_to_store,
     inclusion_proof,
     leaf_hash,
+    right_edge,
     tree_hash,
     verify_consistency,
     verify_inclusion,
@@ -146,6 +147,16 @@ def test_the_right_edge_builder_agrees() -> None:
     for n, entry in enumerate(ENTRIES, 1):
         builder.push(leaf_hash(entry))
         assert builder.root() == ref_mth(ENTRIES[:n]) and builder.size == n
+
+
+def test_appending_from_the_right_edge_stores_what_hashes_to_store_does() -> None:
+    for n in range(len(ENTRIES)):
+        edge = READ(right_edge(n))
+        builder = RootBuilder.from_edge(n, edge)
+        assert builder.root() == tree_hash(n, READ)
+        stored = builder.push(leaf_hash(ENTRIES[n]))
+        assert stored == hashes_to_store(n, leaf_hash(ENTRIES[n]), READ)
+        assert builder.root() == tree_hash(n + 1, READ)
 
 
 def test_reads_are_logarithmic() -> None:

@@ -182,21 +182,40 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pro
         raise ProofError(f"consistency proof does not lead to the new root of size {new}")
 
 
+def right_edge(size: int) -> list[tuple[int, int]]:
+    """(level, index) of the complete subtrees a tree of `size` leaves splits into, left to right: its right
+    edge, what its root and its next append need."""
+    return _subtrees(0, size)
+
+
 class RootBuilder:
     """A tree's root from its leaf hashes in order, holding only the right edge (O(log n) hashes): for
-    checking a whole log without keeping it."""
+    checking a whole log without keeping it, and for appending to a stored one after reading its edge."""
 
     def __init__(self) -> None:
         self._edge: list[tuple[int, bytes]] = []  # (level, hash) of complete subtrees, left to right
         self.size = 0
 
-    def push(self, leaf: bytes) -> None:
-        level, current = 0, leaf
+    @classmethod
+    def from_edge(cls, size: int, hashes: Sequence[bytes]) -> RootBuilder:
+        """The builder of a tree of `size` leaves, given the hashes of its right edge (`right_edge(size)`)."""
+        builder = cls()
+        builder._edge = [(level, h) for (level, _), h in zip(right_edge(size), hashes, strict=True)]
+        builder.size = size
+        return builder
+
+    def push(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Append a leaf; returns what a store keeps of it: (level, index, hash) of the leaf and of every
+        subtree it completes, lowest first (as `hashes_to_store`)."""
+        level, current, position = 0, leaf, self.size
+        stored = [(0, position, leaf)]
         while self._edge and self._edge[-1][0] == level:
             _, left = self._edge.pop()
-            current, level = node_hash(left, current), level + 1
+            current, level, position = node_hash(left, current), level + 1, position >> 1
+            stored.append((level, position, current))
         self._edge.append((level, current))
         self.size += 1
+        return stored
 
     def root(self) -> bytes:
         if not self._edge:

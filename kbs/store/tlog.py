@@ -50,11 +50,16 @@ def reader(sql: Sql) -> HashReader:
     return read
 
 
-def append(sql: Sql, index: int, entry: bytes) -> bytes:
-    """Store leaf `index` (its predecessors stored) and the subtrees it completes; the tree's new root."""
-    hashes = merkle.hashes_to_store(index, merkle.leaf_hash(entry), reader(sql))
-    sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", hashes)
-    return merkle.tree_hash(index + 1, reader(sql))
+def append(sql: Sql, index: int, entry: bytes, root: str | None = None) -> bytes:
+    """Store leaf `index` (its predecessors stored) and the subtrees it completes; the tree's new root.  One read:
+    the tree's right edge, which gives the root before (checked against `root`, the head's, when given), the
+    left siblings the new leaf completes subtrees with, and the root after."""
+    builder = merkle.RootBuilder.from_edge(index, reader(sql)(merkle.right_edge(index)))
+    if root is not None and builder.root().hex() != root:
+        raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it was "
+                                  "changed outside the broker")
+    sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", builder.push(merkle.leaf_hash(entry)))
+    return builder.root()
 
 
 def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tuple[ReleaseRecord, Head]:
@@ -64,7 +69,7 @@ def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tup
     chain = head.chain
     table = log_table(chain)
     newest = sql.rows(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1")
-    check_head(sql, head, (int(newest[0]["seq"]), newest[0]["entry_hash"]) if newest else None)
+    check_head(head, (int(newest[0]["seq"]), newest[0]["entry_hash"]) if newest else None)
     leaf = canonical(record.body())  # its RFC 8785 form, once: the chain's body hash or the tree's leaf
     prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
     seq = head.head_seq + 1
@@ -75,22 +80,19 @@ def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tup
                  record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                  record.ref, record.actor, record.detail, prev, hashed, rows.log_mac(chain, seq, prev, hashed),
                  record.evidence, record.tee_key, record.refs_hash))
-    head_hash = append(sql, seq - 1, leaf).hex() if chain in TREES else hashed
+    head_hash = append(sql, seq - 1, leaf, head.head_hash).hex() if chain in TREES else hashed
     return replace(record, seq=seq, entry_hash=hashed), Head(chain, head.first_seq, head.anchor_hash, seq, head_hash)
 
 
-def check_head(sql: Sql, head: Head, newest: tuple[int, str] | None) -> None:
-    """Before an append: the log's newest row (seq, entry_hash) and, for the tree, its root are what the recorded
-    (MAC'd) head says, so a log truncated or edited outside the broker stops every append (and so every release)
-    until an operator looks."""
+def check_head(head: Head, newest: tuple[int, str] | None) -> None:
+    """Before an append: the log's newest row (seq, entry_hash) is what the recorded (MAC'd) head says (for the
+    tree, its root is checked by `append` from the same read it appends with), so a log truncated or edited
+    outside the broker stops every append (and so every release) until an operator looks."""
     if head.chain in TREES:
         seen = newest[0] if newest else head.first_seq - 1
         if seen != head.head_seq:
             raise StoreIntegrityError(f"the {head.chain} log's newest entry is {seen} but its recorded head is "
                                       f"{head.head_seq}: the log was changed outside the broker")
-        if merkle.tree_hash(head.head_seq, reader(sql)).hex() != head.head_hash:
-            raise StoreIntegrityError(f"the {head.chain} log's tree does not give the root its recorded head holds: "
-                                      "it was changed outside the broker")
         return
     found = newest or (head.head_seq, head.head_hash)
     if found != (head.head_seq, head.head_hash):
