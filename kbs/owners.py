@@ -280,6 +280,11 @@ def sign_approval(key: Ed25519PrivateKey, pid: str) -> str:
 
 
 def signature_valid(public_key: Ed25519PublicKey, pid: str, signature: str) -> bool:
+    """An owner's approval of proposal `pid` (base64 Ed25519 over the approval message)."""
+    return _ed25519_valid(public_key, approval_message(pid), signature)
+
+
+def _ed25519_valid(public_key: Ed25519PublicKey, message: bytes, signature: str) -> bool:
     try:
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
@@ -287,7 +292,7 @@ def signature_valid(public_key: Ed25519PublicKey, pid: str, signature: str) -> b
     if len(raw) != 64:
         return False
     try:
-        public_key.verify(raw, approval_message(pid))
+        public_key.verify(raw, message)
     except InvalidSignature:
         return False
     return True
@@ -301,17 +306,7 @@ def check_signature_field(signature: object) -> str:
 
 def contribution_valid(public_key: Ed25519PublicKey, statement: bytes, signature: str) -> bool:
     """An owner's signature over kbs.keys.shares.contribution_statement (the key, its sealed share, its policy)."""
-    try:
-        raw = base64.b64decode(signature, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    if len(raw) != 64:
-        return False
-    try:
-        public_key.verify(raw, statement)
-    except InvalidSignature:
-        return False
-    return True
+    return _ed25519_valid(public_key, statement, signature)
 
 
 def names(owners: Sequence[str]) -> str:
