@@ -158,7 +158,7 @@ def admin_route(method: str, path: str, write: bool) -> Callable[[Handler], Hand
 
 async def _log_change(st: BrokerState, who: AdminIdentity, action: str, request: web.Request,
                       response: web.StreamResponse) -> None:
-    """Every change goes into the release log, hash-chained like the releases it governs.
+    """Every change goes into the release log (the transparency log), like the releases it governs.
 
     The change is committed by then; if the entry cannot be written the caller hears so (503)."""
     summary = response.text if isinstance(response, web.Response) and response.text else ""

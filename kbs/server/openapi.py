@@ -428,7 +428,7 @@ def _paths(config: Config) -> dict[str, Schema]:
                     _query("limit", {"type": "integer", "default": 100},
                            "At most this many (clamped to 1..1000)."), *log_filters, *log_times])},
         "/kbs/v0/admin/release-log/verify": {"get": _admin_op(
-            "Check both logs' hash chains and MACs; the heads to keep elsewhere",
+            "Check both logs (the release log's Merkle tree, the refusal log's chain) and their MACs; the heads",
             {"200": _json(_ref("LogHeads"), "Both chains verify.")}, write=False, op_id="verifyLog",
             description="409 when a chain does not verify.")},
         "/kbs/v0/admin/status": {"get": _admin_op(

@@ -7,7 +7,8 @@ row cannot be moved to another table or renamed.  Rows are checked when read; a 
 stops the operation (fail closed) with an error naming it.
 
 What MACs cannot stop: replaying an older, authentic copy of the database (a rollback).  The
-hash-chained log, whose head an operator keeps elsewhere (`kbs log verify`), shows that.
+release log's signed checkpoints, which key owners and witnesses keep elsewhere (`kbs log verify
+--checkpoint`), show that.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """PostgreSQL store: one database shared by broker replicas on several hosts.
 
-The same tables (`schema.py`), row MACs, sealed values and hash chains as the SQLite store,
+The same tables (`schema.py`), row MACs, sealed values and logs as the SQLite store,
 so what one backend would refuse the other refuses too.  Each method is one transaction on a
 connection from a psycopg pool; the methods stay synchronous because the server already calls
 the store from its I/O threads.

@@ -6,8 +6,8 @@ thread (sqlite3 objects are not shared across threads).  The database file (and 
 is created 0600 in a 0700 directory.
 
 Security-relevant rows carry a MAC under a key derived from the KEK (`integrity.py`), checked
-on every read; the two logs are hash chains (`kbs.audit.chain`) whose heads are MAC'd too, so
-editing, forging or truncating them without the KEK is detected.
+on every read; the release log is a Merkle tree and the refusal log a hash chain (`kbs.audit.chain`),
+their heads MAC'd too, so editing, forging or truncating them without the KEK is detected.
 """
 
 from __future__ import annotations
