@@ -139,14 +139,17 @@ def add_admin_parsers(commands: SubParsers) -> None:
                      help="the refusal log (auth/attest refusals, bad tokens; kept refusal_retention_days)")
     log.add_argument("--after", type=int, default=0, metavar="N", help="entries after sequence number N")
     log.add_argument("--limit", type=_positive, default=100, metavar="N", help="at most N entries (max 1000)")
-    for name, what in (("resource", "REPO/TYPE/TAG, or (auth), (attest) in the refusal log"),
-                       ("decision", "release, deny, error or admin"), ("reason", "e.g. policy, disabled, not_found"),
+    for name, what in (("resource", "REPO/TYPE/TAG, or (auth), (attest) in the refusal log; with receipts: the "
+                                     "key whose releases to prove"),
+                       ("decision", "release, deny, error, admin, attest, owner or deposit"),
+                       ("reason", "e.g. policy, disabled, not_found"),
                        ("tee", "e.g. snp, tdx")):
         log.add_argument(f"--{name}", help=f"only entries with this {name} ({what})")
     log.add_argument("--since", type=_rfc3339, metavar="RFC3339", help="only entries at or after this time")
     log.add_argument("--until", type=_rfc3339, metavar="RFC3339", help="only entries at or before this time")
-    log.add_argument("--expect", metavar="SEQ:HASH", type=_head,
-                     help="with verify: fail unless release-log entry SEQ still has HASH (a head you kept elsewhere)")
+    log.add_argument("--expect", metavar="SEQ:ROOT", type=_head,
+                     help="with verify: fail unless the release log's first SEQ entries still give the Merkle ROOT "
+                          "(a head you kept elsewhere)")
     _verb(commands, "status", "the broker at a glance: version, uptime, store, verifiers, counts, the last hour",
           _run_status)
     attestation = commands.add_parser("attestation", help="inspect stored attestations on the broker")
