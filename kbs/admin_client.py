@@ -65,12 +65,17 @@ def _load_key(path: Path) -> Ed25519PrivateKey:
         pem = path.read_bytes()
     except OSError as exc:
         raise UsageProblem(f"cannot read admin key {path}: {exc.strerror} (use --admin-key or KBS_ADMIN_KEY)") from exc
+    return ed25519_private_key(pem, f"admin key {path}")
+
+
+def ed25519_private_key(pem: bytes, what: str) -> Ed25519PrivateKey:
+    """An unencrypted PEM Ed25519 private key (an admin's or an owner's); UsageProblem naming `what` otherwise."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise UsageProblem(f"admin key {path} is not an unencrypted PEM private key") from exc
+        raise UsageProblem(f"{what} is not an unencrypted PEM private key") from exc
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageProblem(f"admin key {path} is not an Ed25519 private key")
+        raise UsageProblem(f"{what} is not an Ed25519 private key")
     return key
 
 

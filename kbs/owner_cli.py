@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from kbs import owners as rules
 from kbs.admin_cli import _emit, _guarded, _text, _verb, broker_client
-from kbs.admin_client import DEFAULT_URL, AdminError, SubParsers, UsageProblem, _refusal, resource_path, tls_context
+from kbs.admin_client import (
+    DEFAULT_URL,
+    AdminError,
+    SubParsers,
+    UsageProblem,
+    _refusal,
+    ed25519_private_key,
+    resource_path,
+    tls_context,
+)
 from kbs.files import read_input
 from kbs.keys.kek import create_exclusive
 
@@ -143,13 +152,7 @@ def _run_keygen(args: argparse.Namespace) -> int:
 def load_owner_key(path: str | None) -> Ed25519PrivateKey:
     if not path:
         raise UsageProblem("--owner-key PEM is needed to sign")
-    try:
-        key = serialization.load_pem_private_key(read_input(path, "owner key"), password=None)
-    except (ValueError, TypeError) as exc:
-        raise UsageProblem(f"owner key {path} is not an unencrypted PEM private key") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise UsageProblem(f"owner key {path} is not an Ed25519 private key")
-    return key
+    return ed25519_private_key(read_input(path, "owner key"), f"owner key {path}")
 
 
 # -- proposals -------------------------------------------------------------------------------------------------

@@ -23,18 +23,18 @@ from kbs.audit.chain import RELEASES
 from kbs.errors import KbsError
 from kbs.keys.shares import ShareKey, contribution_statement
 from kbs.owners import Contribution, OwnerError
-from kbs.policy.model import PolicyInvalid, ResourceRequest
+from kbs.policy.model import PolicyInvalid
 from kbs.server.admin import MAX_KEY_BYTES, _path
 from kbs.server.errors import ProtocolError
 from kbs.server.owned_guard import log_owner_event
-from kbs.server.owners import _bad, _object
+from kbs.server.owners import _bad, json_body
 from kbs.server.protocol import (
     STATE,
-    _evaluate,
     _first_failure,
     _json,
     _log_refusal,
     attested_step,
+    judge,
     read_body,
 )
 from kbs.server.state import BrokerState
@@ -70,7 +70,7 @@ async def contribute(request: web.Request) -> web.Response:
     """Body {"owner", "share": JWE, "policy"?: TEXT, "signature"}: the owner's share, once."""
     st = request.app[STATE]
     path = _path(request)
-    body = _object(await request.json(), '{"owner": ..., "share": {JWE}, "policy": "...", "signature": ...}')
+    body = await json_body(request, '{"owner": ..., "share": {JWE}, "policy": "...", "signature": ...}')
     if not {"owner", "share", "signature"} <= set(body) <= {"owner", "share", "policy", "signature"}:
         raise _bad("the body has owner, share, signature and, optionally, policy")
     owner, share, policy, signature = body["owner"], body["share"], body.get("policy"), body["signature"]
@@ -141,16 +141,8 @@ async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: 
                             reason="deposit_not_slot")
     _, policy_id, resolved, _ = await st.read(st.decisions.get, path)
     record = replace(record, policy_id=policy_id)
-    try:
-        if isinstance(resolved, KbsError):
-            raise resolved
-        version, policy, refs, refs_hash = resolved
-        req = ResourceRequest(plugin="deposit", path=tuple(path.split("/")), query=dict(request.query))
-        decision = await _evaluate(st, policy, len(version.text), claims, refs, req, now)
-    except KbsError as exc:
-        raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
-                            reason=exc.check, decision="error", public="the slot's policy could not be evaluated"
-                            ) from exc
+    decision, version, refs_hash = await judge(st, request, "deposit", parts, policy_id, resolved, claims, now,
+                                               "the slot's policy")
     record = replace(record, policy_hash=version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         failure = ProtocolError("PolicyDeny", f"deposit refused: policy {policy_id!r} (version {version.version}) "

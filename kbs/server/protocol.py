@@ -34,10 +34,11 @@ from kbs.keys.shares import derive
 from kbs.owners import share_secret
 from kbs.policy.ear import OVERALL_STATUS, Submod, ear_document
 from kbs.policy.json_policy import JsonPolicy
+from kbs.policy.lifecycle import PolicyVersion
 from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
-from kbs.server.decisions import OwnedInputs
+from kbs.server.decisions import OwnedInputs, Resolved
 from kbs.server.errors import ProtocolError
 from kbs.server.identity import evidence_identity
 from kbs.server.sessions import session_id_of
@@ -366,6 +367,22 @@ async def get_resource(request: web.Request) -> web.Response:
     return await attested_step(request, _release)
 
 
+async def judge(st: BrokerState, request: web.Request, plugin: str, parts: tuple[str, str, str], policy_id: str,
+                resolved: Resolved, claims: dict[str, Any], now: datetime,
+                what: str) -> tuple[Decision, PolicyVersion, str]:
+    """The decision of a resolved policy (kbs.server.decisions) on the claims, its version and the digest of the
+    reference sets it used; a policy that cannot be evaluated is a PolicyEngineError naming `what`."""
+    try:
+        if isinstance(resolved, KbsError):
+            raise resolved
+        version, policy, refs, refs_hash = resolved
+        req = ResourceRequest(plugin=plugin, path=parts, query=dict(request.query))
+        return await _evaluate(st, policy, len(version.text), claims, refs, req, now), version, refs_hash
+    except KbsError as exc:
+        raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
+                            reason=exc.check, decision="error", public=f"{what} could not be evaluated") from exc
+
+
 async def _evaluate(st: BrokerState, policy: Policy, chars: int, claims: dict[str, Any], refs: ReferenceValues,
                     req: ResourceRequest, now: datetime) -> Decision:
     started = time.perf_counter()
@@ -384,16 +401,8 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
     resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
     record = replace(record, policy_id=policy_id)
-    try:
-        if isinstance(resolved, KbsError):
-            raise resolved
-        policy_version, policy, refs, refs_hash = resolved
-        req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-        decision = await _evaluate(st, policy, len(policy_version.text), claims, refs, req, now)
-    except KbsError as exc:
-        raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
-                            reason=exc.check, decision="error", public="the release policy could not be evaluated"
-                            ) from exc
+    decision, policy_version, refs_hash = await judge(st, request, "resource", parts, policy_id, resolved, claims,
+                                                      now, "the release policy")
     record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
@@ -406,7 +415,9 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     if resource is None:
         owned = await st.read(st.decisions.owned, path)  # only keys with no active value get here
         if owned is not None:
-            return await _release_owned(st, now, owned, claims, refs, req, record, tee_pubkey)
+            assert not isinstance(resolved, KbsError)  # judge() raised for it
+            req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
+            return await _release_owned(st, now, owned, claims, resolved[2], req, record, tee_pubkey)
     if resource is None:  # logged here, with the policy that allowed the guest
         if disabled:  # the operator's doing, not the guest's: named so in the log
             missing = ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
