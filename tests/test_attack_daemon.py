@@ -10,6 +10,7 @@ import json
 import socket
 import sqlite3
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -538,3 +539,34 @@ def test_forged_session_cookies_are_refused_and_auth_writes_nothing(broker: Brok
         assert logged(broker, answer["reference"])["reason"] == "session"
     assert status == 200 and "token" in body
     assert sessions_stored() == before + 1  # 50 /auth, one attestation: one session row
+
+
+# -- 9. the routes that take no admin token: owners', the log's, deposits ---------------------------------------
+
+def test_open_routes_refuse_deep_huge_and_forged_input_and_the_broker_stays_up(broker: Broker) -> None:
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    huge = b'{"owner": "' + b"x" * 3_000_000 + b'"}'
+    before = rss_kib(broker)
+    for path, method in (("/kbs/v0/owners/proposals", "POST"), ("/kbs/v0/owners/proposals/" + "a" * 64 + "/approvals",
+                                                                "POST"),
+                         ("/kbs/v0/owners/keys/lab/key/x/contributions", "POST"), ("/kbs/v0/deposit/lab/key/x", "PUT")):
+        for body in (deep, huge, b"[1, 2", b"null"):
+            try:
+                status, answer = put(broker, path, method=method, data=body)
+            except aiohttp.ClientOSError:  # the 413 came, and the connection closed, before the upload ended
+                assert body is huge
+                continue
+            assert 400 <= status < 500, (path, status, answer)  # a clear refusal, never a 5xx
+            assert "type" in answer and "detail" in answer
+    forged = json.dumps({"owner": "north", "signature": base64.b64encode(bytes(64)).decode()}).encode()
+    status, _ = put(broker, "/kbs/v0/owners/proposals/" + "b" * 64 + "/approvals", data=forged)
+    assert status == 404  # no such proposal: nothing to sign
+    for path in ("/kbs/v0/log/tile/0/" + "x999/" * 200 + "000", "/kbs/v0/log/entries/" + "9" * 400,
+                 "/kbs/v0/log/proof/inclusion?index=" + "9" * 30 + "&size=1"):
+        status, _ = put(broker, path, method="GET")
+        assert 400 <= status < 500, (path, status)
+    status, listed = put(broker, "/kbs/v0/log/checkpoints?limit=99999999", method="GET")
+    assert status == 200 and len(listed) <= 1000  # clamped
+    with urllib.request.urlopen(f"{broker.url}/readyz", timeout=10) as ready:
+        assert ready.status == 200
+    assert rss_kib(broker) - before < 64 * 1024  # bounded: no megabyte-sized body was kept

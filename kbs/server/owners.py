@@ -24,7 +24,7 @@ from kbs.policy.refvalues import ReferenceValues, ReferenceValuesInvalid
 from kbs.server import owned_guard
 from kbs.server.admin import MAX_KEY_BYTES, _path, admin_route, authenticate
 from kbs.server.errors import ProtocolError
-from kbs.server.protocol import STATE
+from kbs.server.protocol import STATE, _json, read_body
 from kbs.server.state import AdminIdentity, BrokerState
 
 log = logging.getLogger("kbs.owners")
@@ -48,6 +48,13 @@ def _object(body: Any, what: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise _bad(f"the body must be a JSON object: {what}")
     return body
+
+
+async def json_body(request: web.Request, what: str) -> dict[str, Any]:
+    """A JSON object body, bounded in size ([limits] max_body_bytes), depth and count as the guests' are
+    (these routes take no token)."""
+    raw = await read_body(request, request.app[STATE].config.max_body_bytes)
+    return _object(_json(raw, "the body"), what)
 
 
 def _referenced(st: BrokerState) -> rules.Referenced:
@@ -80,7 +87,7 @@ def _proposal_json(p: Proposal, approvals: list[Approval], threshold: int | None
 @admin_route("POST", "/kbs/v0/admin/owners", write=True)
 async def add_owner(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     """Body {"name", "public_key": PEM Ed25519}: registered for good (an owner's key is never replaced)."""
-    body = _object(await request.json(), '{"name": "...", "public_key": "<PEM>"}')
+    body = await json_body(request, '{"name": "...", "public_key": "<PEM>"}')
     try:
         name = rules.check_name(body.get("name"))
         pem = body.get("public_key")
@@ -118,7 +125,7 @@ async def create_owned_key(request: web.Request, st: BrokerState, who: AdminIden
     one sees it), {..., "value": base64} (imported: whoever held the file saw it), {..., "contributed": true}
     (derived from every owner's share: kbs.server.contributions) or {..., "deposit": true} (an empty slot)."""
     path = _path(request)
-    body = _object(await request.json(), '{"owners": [...], "threshold": k, "policy_id": "...", "generate": 32}')
+    body = await json_body(request, '{"owners": [...], "threshold": k, "policy_id": "...", "generate": 32}')
     try:
         names, threshold = rules.check_owner_set(body.get("owners"), body.get("threshold"))
     except OwnerError as exc:
@@ -201,7 +208,7 @@ async def create_proposal(request: web.Request) -> web.Response:
     if admin is not None and admin.role != "admin":
         raise ProtocolError("AdminAuthAccess", f"role {admin.role!r} may not propose", status=403,
                             reason="admin_role")
-    body = _object(await request.json(), '{"proposal": {...}, "approval": {"owner": ..., "signature": ...}}')
+    body = await json_body(request, '{"proposal": {...}, "approval": {"owner": ..., "signature": ...}}')
     if set(body) - {"proposal", "approval"}:
         raise _bad("the body has proposal and, optionally, approval")
     try:
@@ -300,7 +307,7 @@ async def approve(request: web.Request) -> web.Response:
     st = request.app[STATE]
     pid = request.match_info["proposal_id"]
     await _proposal(st, pid)  # 404 first
-    body = _object(await request.json(), '{"owner": "...", "signature": "<base64>"}')
+    body = await json_body(request, '{"owner": "...", "signature": "<base64>"}')
     if set(body) != {"owner", "signature"}:
         raise _bad("the body has exactly owner and signature")
     return await _approve(st, pid, body)

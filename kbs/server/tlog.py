@@ -143,10 +143,18 @@ def _b64(hashes: list[bytes]) -> list[str]:
     return [base64.b64encode(h).decode() for h in hashes]
 
 
+def _missing(detail: str) -> ProtocolError:
+    return ProtocolError("LogNotFound", detail, status=404, reason="not_found")
+
+
+def _malformed(detail: str) -> ProtocolError:
+    return ProtocolError("InvalidRequest", detail, status=400, reason="format")
+
+
 def _int(request: web.Request, name: str, least: int = 0) -> int:
     text = request.query.get(name, "")
     if not text.isdigit() or len(text) > 19 or int(text) < least:
-        raise web.HTTPBadRequest(text=f"{name} must be an integer of at least {least}")
+        raise _malformed(f"{name} must be an integer of at least {least}")
     return int(text)
 
 
@@ -165,11 +173,11 @@ async def serve_tile(checkpointer: Checkpointer, path: str) -> web.Response:
     try:
         tile = parse_tile_path(path)
     except TileError as exc:
-        raise web.HTTPNotFound(text=str(exc)) from None
+        raise _missing(str(exc)) from None
     size = await _checkpoint_size(checkpointer)
     scale = TILE_WIDTH ** (tile.level or 0)
     if (tile.first + tile.width) * scale > size:  # only what a signed checkpoint covers
-        raise web.HTTPNotFound(text=f"{path}: not in the log's checkpoint of size {size}")
+        raise _missing(f"{path}: not in the log's checkpoint of size {size}")
     store = checkpointer.store
     if tile.level is None:
         data = bundle(await checkpointer.run(store.log_leaves, tile.first, tile.width))
@@ -181,7 +189,7 @@ async def serve_tile(checkpointer: Checkpointer, path: str) -> web.Response:
 async def inclusion(checkpointer: Checkpointer, request: web.Request) -> web.Response:
     index, size = _int(request, "index"), _int(request, "size", 1)
     if size > await _checkpoint_size(checkpointer) or index >= size:
-        raise web.HTTPNotFound(text="no such entry in a signed checkpoint of that size")
+        raise _missing("no such entry in a signed checkpoint of that size")
     proof = await checkpointer.run(checkpointer.store.log_inclusion_proof, index, size)
     return web.json_response({"index": index, "size": size, "proof": _b64(proof)})
 
@@ -189,17 +197,17 @@ async def inclusion(checkpointer: Checkpointer, request: web.Request) -> web.Res
 async def consistency(checkpointer: Checkpointer, request: web.Request) -> web.Response:
     old, new = _int(request, "old", 1), _int(request, "new", 1)
     if old > new or new > await _checkpoint_size(checkpointer):
-        raise web.HTTPNotFound(text="old must be at most new, and new at most the newest checkpoint's size")
+        raise _missing("old must be at most new, and new at most the newest checkpoint's size")
     proof = await checkpointer.run(checkpointer.store.log_consistency_proof, old, new)
     return web.json_response({"old": old, "new": new, "proof": _b64(proof)})
 
 
 async def entry(checkpointer: Checkpointer, index_text: str) -> web.Response:
     if not index_text.isdigit() or len(index_text) > 19:
-        raise web.HTTPNotFound(text="an entry index is a non-negative integer")
+        raise _missing("an entry index is a non-negative integer")
     index = int(index_text)
     if index >= await _checkpoint_size(checkpointer):
-        raise web.HTTPNotFound(text=f"entry {index} is not in the newest checkpoint")
+        raise _missing(f"entry {index} is not in the newest checkpoint")
     [leaf] = await checkpointer.run(checkpointer.store.log_leaves, index, 1)
     return web.Response(body=leaf, content_type="application/json")
 
@@ -233,7 +241,7 @@ async def _reader(request: web.Request) -> Checkpointer:
     if st.config.log_read == "auditor":
         await authenticate(st, request)  # an admin or auditor token
     if st.log is None:
-        raise web.HTTPServiceUnavailable(text="the log is not ready")
+        raise ProtocolError("LogUnavailable", "the log is not ready", status=503, reason="log_unavailable")
     return st.log
 
 
@@ -288,7 +296,7 @@ async def get_checkpoints(request: web.Request) -> web.Response:
 async def sign_checkpoint(request: web.Request, st: BrokerState, who: AdminIdentity) -> web.Response:
     """A checkpoint now (for an operator about to publish one); the tree as it stands."""
     if st.log is None:
-        raise web.HTTPServiceUnavailable(text="the log is not ready")
+        raise ProtocolError("LogUnavailable", "the log is not ready", status=503, reason="log_unavailable")
     try:
         signed = await st.log.checkpoint()
     except LogInconsistent as exc:
