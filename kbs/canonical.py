@@ -12,6 +12,12 @@ package on generated values):
 - object members sorted by their keys' UTF-16 code units;
 - numbers: ECMAScript's Number::toString, which for an integral value below 2^53 is its decimal
   digits and for 1e-6 <= |x| < 1e16 is Python's shortest round-trip repr (without a ".0").
+
+The common case (what log entries and row MACs are: string keys in ASCII, strings, integers below 2^53,
+booleans, null, and floats only as top-level members, such as an entry's time) goes to orjson with sorted
+keys, whose bytes are RFC 8785's for those values (its string escaping is JSON.stringify's, ASCII keys sort
+the same by UTF-16 code units as by code points), floats written by `_number` as orjson Fragments: ~1 us
+instead of ~17 us for a log entry.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import math
 from typing import Any
 
+import orjson
 import rfc8785
 
 _MAX_SAFE = 2**53
@@ -33,10 +40,51 @@ class _Unusual(Exception):
 
 def dumps(value: Any) -> bytes:
     """The RFC 8785 bytes of `value`."""
+    fast = _fast(value)
+    if fast is not None:
+        return fast
     try:
         return "".join(_parts(value)).encode("utf-8")
     except (_Unusual, UnicodeEncodeError):
         return rfc8785.dumps(value)
+
+
+def _fast(value: Any) -> bytes | None:
+    """orjson's bytes when they are RFC 8785's (module docstring), else None."""
+    if type(value) is dict:
+        floats = {}
+        for key, member in value.items():
+            if type(key) is not str or not key.isascii():
+                return None
+            if type(member) is float:
+                try:
+                    floats[key] = orjson.Fragment(_number(member))
+                except _Unusual:
+                    return None
+            elif not _plain(member):
+                return None
+        if floats:
+            value = {**value, **floats}
+    elif not _plain(value):
+        return None
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return None
+
+
+def _plain(value: Any) -> bool:
+    """JSON values orjson and RFC 8785 write alike: no floats, integers below 2^53, ASCII keys, exact types."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_MAX_SAFE < value < _MAX_SAFE
+    if kind is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v) for v in value)
+    return False
 
 
 def _parts(value: Any) -> list[str]:

@@ -49,3 +49,19 @@ def test_keys_sort_by_utf16_code_units_and_log_entries_match() -> None:
     record = ReleaseRecord(dt.datetime.now(dt.UTC), "release", "policy", "r/t/é", 3, "s", "snp", "p", "h", "a",
                            detail="line 1\nsaw \"x\"\t\x01", evidence=json.dumps([{"m": "ab", "n": 1}]))
     assert canonical.dumps(record.body()) == rfc8785.dumps(record.body())
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(values, st.dictionaries(st.text(max_size=8), values, max_size=8)))
+def test_the_orjson_path_writes_rfc8785_or_steps_aside(value: Any) -> None:
+    fast = canonical._fast(value)
+    if fast is not None:
+        assert fast == rfc8785.dumps(value)
+
+
+def test_log_entries_and_row_macs_take_the_orjson_path() -> None:
+    record = ReleaseRecord(dt.datetime.now(dt.UTC), "release", "policy", "r/t/é", 3, "s", "snp", "p", "h", "a",
+                           evidence=json.dumps({"cpu0": {"verifier": "snp", "tcb": 7}}))
+    assert canonical._fast(record.body()) == rfc8785.dumps(record.body())
+    assert canonical._fast(("log_heads", "releases", 1, "ab" * 32, None)) is not None
+    assert canonical._fast({"t": 1.0, "u": [0.5]}) is None  # a nested float: the general encoder

@@ -14,6 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kbs.errors import UsageError
 from kbs.keys import jwe
@@ -392,3 +394,21 @@ def test_encrypt_usage_errors(tee_keys: dict[str, TeeKey]) -> None:
         jwe.encrypt(SECRET, tee_keys["EC-P256"].jwk, ephemeral_key=ec.generate_private_key(ec.SECP521R1()))
     with pytest.raises(UsageError):
         jwe.encrypt(SECRET, tee_keys["RSA-OAEP-256"].jwk, ephemeral_key=ec.generate_private_key(ec.SECP256R1()))
+
+
+def test_thumbprint_is_rfc7638s_example() -> None:
+    # RFC 7638 §3.1: the RSA key of RFC 7517 Appendix A.1 and its thumbprint.
+    n = ("0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3"
+         "oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6"
+         "qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8aw"
+         "apJzKnqDKgw")
+    assert jwe.jwk_thumbprint({"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"}) == \
+        "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(), st.text(), st.text(alphabet=st.characters(exclude_categories=())))
+def test_thumbprint_hashes_what_json_dumps_writes(crv: str, x: str, y: str) -> None:
+    jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
+    expected = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
+    assert jwe.jwk_thumbprint(jwk) == jwe.b64u(hashlib.sha256(expected.encode()).digest())

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeAlias
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -119,8 +120,14 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
     if members is None or not all(isinstance(jwk.get(m), str) for m in members):
         raise JweKeyInvalid(f"no RFC 7638 thumbprint for a JWK of type {_show(jwk.get('kty'))}")
-    canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
-    return b64u(hashlib.sha256(canonical.encode()).digest())
+    required = {m: jwk[m] for m in members}
+    try:
+        canonical = orjson.dumps(required, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate, which json.dumps escapes
+        canonical = b"\x80"
+    if not canonical.isascii() or b"\x7f" in canonical:  # where json.dumps escapes and orjson does not
+        canonical = json.dumps(required, separators=(",", ":"), sort_keys=True).encode()
+    return b64u(hashlib.sha256(canonical).digest())
 
 
 def _show(value: object) -> str:

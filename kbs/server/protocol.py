@@ -87,6 +87,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def json_response(value: Any) -> web.Response:
+    """A JSON answer encoded by orjson (about half of aiohttp's json.dumps default on this hot path)."""
+    return web.Response(body=jsondoc.dumps(value), content_type="application/json", charset="utf-8")
+
+
 def _cookie(st: BrokerState, session: Session) -> str:
     expires = session.expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")
     return f"{COOKIE}={st.sessions.seal(session)}; Expires={expires}; HttpOnly"
@@ -184,7 +189,7 @@ async def _auth(request: web.Request, st: BrokerState, now: datetime) -> web.Res
         raise ProtocolError("AttestationError", f"TEE {_show(tee)} is not enabled on this broker; enabled: "
                             f"{', '.join(st.attestor.tees)}", reason="tee")
     session = st.sessions.new_session(tee, now)  # in the signed cookie: nothing is written
-    response = web.json_response({"nonce": session.nonce, "extra-params": ""})
+    response = json_response({"nonce": session.nonce, "extra-params": ""})
     response.headers["Set-Cookie"] = _cookie(st, session)
     return response
 
@@ -279,7 +284,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
 
 
 def _token_response(st: BrokerState, session: Session, token: str) -> web.Response:
-    response = web.json_response({"token": token})
+    response = json_response({"token": token})
     response.headers["Set-Cookie"] = _cookie(st, session)
     return response
 
@@ -434,7 +439,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
                             decision="error") from exc
     await _log(st, RELEASES, replace(record, decision="release", reason="policy", version=resource.version))
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, claims: dict[str, Any],
@@ -485,4 +490,4 @@ async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, cla
     del shares
     await _log(st, RELEASES, replace(record, decision="release", reason="policy",
                                      detail=f"derived from {len(owned.shares)} owners' shares"))
-    return web.json_response(body)
+    return json_response(body)

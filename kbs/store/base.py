@@ -90,9 +90,12 @@ class ReleaseRecord:
         neither backend can encode a lone surrogate (which JSON's \\udXXX escapes can produce), and
         the entry must still be written, hashing the same on every backend, rather than fail.
         """
+        texts = [v for v in map(self.__getattribute__, _RECORD_FIELDS) if isinstance(v, str)]
+        if not _UNSTORABLE.search("\x01".join(texts)):  # the common case, in one search
+            return self
         changes: dict[str, Any] = {k: _UNSTORABLE.sub("\ufffd", v) for k, v in self._fields().items()
                                    if isinstance(v, str) and _UNSTORABLE.search(v)}
-        return replace(self, **changes) if changes else self
+        return replace(self, **changes)
 
     def body(self) -> dict[str, Any]:
         """What the hash chain and the Merkle tree commit to: every field but the position and the hash itself.
@@ -106,7 +109,10 @@ class ReleaseRecord:
 
     def _fields(self) -> dict[str, Any]:
         """The fields by name (all scalars: no deep copy, unlike dataclasses.asdict)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ReleaseRecord))
 
 
 @dataclass(frozen=True)
