@@ -119,7 +119,10 @@ enum kbs_status {
     KBS_ERR_SPDM_PADDING = 532,                 /* zero bytes after the signature, with KBS_SPDM_NO_PADDING */
     KBS_ERR_SPDM_KEY = 533,                     /* the leaf key is not an uncompressed P-384 point on the curve */
     KBS_ERR_SPDM_SIG_RANGE = 534,               /* signature r or s is 0 or >= n */
-    KBS_ERR_SPDM_SIG_INVALID = 535              /* signature does not verify with the leaf key */
+    KBS_ERR_SPDM_SIG_INVALID = 535,             /* signature does not verify with the leaf key */
+
+    /* Not an error: kbs_snp_coco_decode leaves this message to the Python path, which names any error */
+    KBS_SNP_COCO_NOT_FAST = 600
 };
 
 #define KBS_SNP_REPORT_SIZE 1184
@@ -434,6 +437,57 @@ int kbs_spdm_verify(const uint8_t *buf, size_t len, unsigned int flags, const ui
 /* kbs_spdm_verify with the leaf key already turned into a table (a GPU signs every report it makes). */
 int kbs_spdm_verify_with_table(const uint8_t *buf, size_t len, unsigned int flags,
                                const struct kbs_p384_key_table *table, struct kbs_spdm_report *out);
+
+/* ---- A CoCo guest's SEV-SNP attestation message in one pass (native/snp_coco_json.c; issue 12) ----
+ * The body of /attest (KBS protocol 0.4.0) whose primary evidence is sev's serde JSON of the
+ * report, {"attestation_report": {...}, "cert_chain": [...] | null}, re-encoded into the binary
+ * report as kbs/evidence/snp/coco.py does.  A fast path only: it accepts a strict subset of what
+ * the Python path (orjson + kbs.jsondoc.check_shape + coco.report_from_coco) accepts, with the same
+ * result, and returns KBS_SNP_COCO_NOT_FAST for everything else (any byte >= 0x80, an escaped UTF-16
+ * surrogate, a number that is not a plain integer below 2^64, a duplicate member it reads, any
+ * value report_from_coco refuses, ...).  It never says what is wrong: the Python path does.
+ * The limits are kbs.jsondoc's and coco.py's (tests/test_snp_coco_fast.py holds them equal). */
+#define KBS_SNP_COCO_MAX_DEPTH 32
+#define KBS_SNP_COCO_MAX_NODES 100000
+#define KBS_SNP_COCO_MAX_CERTS 16
+#define KBS_SNP_COCO_MAX_CERT_SIZE 16384
+
+/* cert_type, sev's CertType names (an {"OTHER": guid} entry is left to the Python path) */
+#define KBS_SNP_COCO_CERT_EMPTY 0
+#define KBS_SNP_COCO_CERT_ARK 1
+#define KBS_SNP_COCO_CERT_ASK 2
+#define KBS_SNP_COCO_CERT_VCEK 3
+#define KBS_SNP_COCO_CERT_VLEK 4
+#define KBS_SNP_COCO_CERT_CRL 5
+
+/* One cert_chain entry: its DER is cert_buf[offset, offset + length). */
+struct kbs_snp_coco_cert {
+    uint8_t cert_type;
+    size_t offset;
+    size_t length;
+};
+
+/* The message, split: spans are body[offset, offset + length) of a member's JSON value, length 0
+ * when the member is absent (a JSON value is never empty). */
+struct kbs_snp_coco_message {
+    uint8_t report[1184];               /* the binary report; format rules not checked (kbs_snp_parse) */
+    size_t cert_count;                  /* 0 for a null or absent cert_chain */
+    struct kbs_snp_coco_cert certs[16];
+    size_t runtime_data_offset;         /* top-level "runtime-data" (always present) */
+    size_t runtime_data_length;
+    size_t init_data_offset;            /* top-level "init-data" */
+    size_t init_data_length;
+    size_t additional_evidence_offset;  /* tee-evidence "additional_evidence" */
+    size_t additional_evidence_length;
+};
+
+/*
+ * Validate the whole body as strict JSON (bounded depth and value count, as kbs.jsondoc) and decode
+ * tee-evidence.primary_evidence: KBS_OK with `out` filled and the certificates' DER in cert_buf (a
+ * buffer of len bytes always suffices), or KBS_SNP_COCO_NOT_FAST.  Reads nothing past body[len).
+ */
+int kbs_snp_coco_decode(const uint8_t *body, size_t len, uint8_t *cert_buf, size_t cert_buf_len,
+                        struct kbs_snp_coco_message *out);
 
 /* END CDEF */
 

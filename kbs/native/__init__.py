@@ -5,7 +5,8 @@ nothing else in the package imports the extension.  Every call below runs in C w
 the GIL released (cffi API mode), so verification scales with threads.
 
 One module per C concern: `_ffi` (the loaded library and the status-code -> exception map),
-`snp` (SEV-SNP reports and certificate tables), `tdx` (Intel TDX quotes), `spdm` (NVIDIA GPU and NVSwitch
+`snp` (SEV-SNP reports and certificate tables), `snp_coco` (a CoCo guest's SNP attestation
+message in one pass), `tdx` (Intel TDX quotes), `spdm` (NVIDIA GPU and NVSwitch
 attestation reports: SPDM 1.1 GET_MEASUREMENTS + MEASUREMENTS), `p384` (ECDSA P-384:
 key tables, key cache, batch), `p256` (ECDSA P-256: key tables, key cache), `keycache` (the LRU of
 key tables both curves use), `hashing` (SHA-384, SHA-256).
@@ -50,6 +51,15 @@ from kbs.native.snp import (
     snp_verify_cached,
     snp_verify_status,
 )
+from kbs.native.snp_coco import (
+    COCO_CERT_TYPES,
+    COCO_MAX_CERT_SIZE,
+    COCO_MAX_CERTS,
+    COCO_MAX_DEPTH,
+    COCO_MAX_NODES,
+    CocoSnpMessage,
+    snp_coco_decode,
+)
 from kbs.native.spdm import (
     SPDM_NONCE_SIZE,
     SPDM_REQUEST_SIZE,
@@ -78,6 +88,11 @@ from kbs.native.tdx import (
 )
 
 __all__ = [
+    "COCO_CERT_TYPES",
+    "COCO_MAX_CERTS",
+    "COCO_MAX_CERT_SIZE",
+    "COCO_MAX_DEPTH",
+    "COCO_MAX_NODES",
     "INTEL_QE_VENDOR_ID",
     "P256_POINT_SIZE",
     "P256_SCALAR_SIZE",
@@ -94,6 +109,7 @@ __all__ = [
     "TDX_HEADER_SIZE",
     "TDX_QE_REPORT_SIZE",
     "CertTableEntry",
+    "CocoSnpMessage",
     "KeyTableCache",
     "MeasurementBlock",
     "NativeStatusError",
@@ -123,6 +139,7 @@ __all__ = [
     "sha256",
     "sha384",
     "snp_certtable_parse",
+    "snp_coco_decode",
     "snp_parse",
     "snp_verify",
     "snp_verify_cached",
