@@ -412,3 +412,15 @@ def test_thumbprint_hashes_what_json_dumps_writes(crv: str, x: str, y: str) -> N
     jwk = {"kty": "EC", "crv": crv, "x": x, "y": y}
     expected = json.dumps({m: jwk[m] for m in ("crv", "kty", "x", "y")}, separators=(",", ":"), sort_keys=True)
     assert jwe.jwk_thumbprint(jwk) == jwe.b64u(hashlib.sha256(expected.encode()).digest())
+
+
+def test_parsed_points_are_remembered_within_a_byte_budget() -> None:
+    jwk = jwe.generate_tee_key("EC-P256").jwk
+    assert jwe.parse_tee_jwk(jwk).key is jwe.parse_tee_jwk(dict(jwk)).key  # the second parse: no new key object
+    off_curve = dict(jwk, y=jwe.b64u((int.from_bytes(jwe.b64u_decode(jwk["y"]), "big") ^ 1).to_bytes(32, "big")))
+    for _ in range(2):  # a refused point is never remembered
+        with pytest.raises(JweKeyInvalid, match="not on the curve"):
+            jwe.parse_tee_jwk(off_curve)
+    for _ in range(3000):
+        jwe.parse_tee_jwk(jwe.generate_tee_key("EC-P256").jwk)
+    assert 0 < jwe._points.bytes_used <= jwe.POINT_CACHE_BYTES

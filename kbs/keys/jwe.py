@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from kbs.cache import ByteBoundedCache
 from kbs.errors import KbsError, UsageError
 
 ENC = "A256GCM"
@@ -51,6 +52,8 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], int, int]] = {
     "P-256": (ec.SECP256R1, 32, 2**256 - 2**224 + 2**192 + 2**96 - 1),
     "P-521": (ec.SECP521R1, 66, 2**521 - 1),
 }
+POINT_CACHE_BYTES = 1 << 20
+POINT_OVERHEAD = 512  # a key object and the cache's own entry, roughly
 _CRV_BY_CURVE_NAME = {"secp256r1": "P-256", "secp521r1": "P-521"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # The members each key type defines (RFC 7517 §4, RFC 7518 §6) that a TEE key may carry; anything
@@ -156,7 +159,28 @@ def _bytes_member(obj: Mapping[str, Any], name: str, error: type[KbsError], wher
         raise error(f"{where} member {name!r} is not base64url without padding") from None
 
 
+def _point_cost(entry: tuple[int, ec.EllipticCurvePublicKey]) -> int:
+    return entry[0] + POINT_OVERHEAD
+
+
+# Points already validated, by their JWK text: a guest's key is parsed at /attest and again to wrap each
+# key it is released (OpenSSL's point construction is most of a parse).  Public keys only; bounded by bytes.
+_points: ByteBoundedCache[tuple[str, str, str], tuple[int, ec.EllipticCurvePublicKey]] = ByteBoundedCache(
+    POINT_CACHE_BYTES, _point_cost)
+
+
 def _ec_point(obj: Mapping[str, Any], crv: str, error: type[KbsError], where: str) -> ec.EllipticCurvePublicKey:
+    x, y = obj.get("x"), obj.get("y")
+    if type(x) is str and type(y) is str:
+        known = _points.get((crv, x, y))
+        if known is not None:
+            return known[1]
+    public = _new_ec_point(obj, crv, error, where)
+    _points.put((crv, str(x), str(y)), (len(crv) + len(str(x)) + len(str(y)), public))
+    return public
+
+
+def _new_ec_point(obj: Mapping[str, Any], crv: str, error: type[KbsError], where: str) -> ec.EllipticCurvePublicKey:
     curve, size, prime = _CURVES[crv]
     coords = []
     for name in ("x", "y"):

@@ -141,15 +141,14 @@ async def _refusals_logged(request: web.Request, resource: str, step: Step) -> w
     """Run a step before any token exists: whatever refuses the request is in the refusal log."""
     st = _state(request)
     now = st.clock()
-    record = _refusal(now, resource, request, new_reference())
     try:
         return await step(request, st, now)
     except ProtocolError as exc:
-        await _log_refusal(st, REFUSALS, record, exc)
+        await _log_refusal(st, REFUSALS, _refusal(now, resource, request, new_reference()), exc)
         raise
     except Exception as exc:
         failure = _failure(exc)
-        await _log_refusal(st, REFUSALS, record, failure)
+        await _log_refusal(st, REFUSALS, _refusal(now, resource, request, new_reference()), failure)
         raise failure from exc
 
 
