@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import rfc8785
 
-from kbs.store.base import AttestationRecord, Session, StoreError
+from kbs.audit import merkle
+from kbs.audit.chain import REFUSALS, RELEASES
+from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
 from kbs.store.group_commit import GroupCommitWriter, can_batch
+from kbs.store.integrity import StoreIntegrityError
 from kbs.store.sqlite import SqliteStore
 
 NOW = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
@@ -172,3 +177,55 @@ def test_a_failed_call_leaves_the_rest_of_its_batch(tmp_path: Path) -> None:
     other = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
     assert other.get_session(f"{1:032x}") is not None and other.get_session(f"{3:032x}") is not None
     assert other.get_session(f"{2:032x}") is None
+
+
+def _entry(i: int) -> ReleaseRecord:
+    return ReleaseRecord(NOW, "release", "policy", f"r/t/{i}", 1, None, "snp", "p", "h", None)
+
+
+def test_appends_in_a_batch_start_from_the_batchs_own_tail(tmp_path: Path) -> None:
+    """Inside a batch only the first append of each log reads and checks its head and tree edge; the rest start
+    from what the batch wrote.  Calls undone in the middle take their appends with them, and the logs and the
+    tree come out exactly as appends one by one would leave them."""
+    store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    store.append_log(RELEASES, _entry(0))
+    expected = [0]
+
+    def append_then_fail(i: int) -> None:
+        with store._tx() as db:  # one store call: its savepoint is undone when it raises
+            store._append(db, RELEASES, _entry(i))
+            raise StoreError("undone")
+
+    with store.batch():
+        for i in range(1, 40):
+            if i % 7 == 3:
+                with pytest.raises(StoreError):
+                    append_then_fail(i)
+                continue
+            store.append_log(RELEASES if i % 5 else REFUSALS, _entry(i))
+            if i % 5:
+                expected.append(i)
+    reopened = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    assert {h.chain: h.entries for h in reopened.verify_logs()}[RELEASES] == len(expected)  # chains and MACs hold
+    logged = reopened.log_entries(RELEASES, limit=100)
+    assert [e.resource for e in logged] == [f"r/t/{i}" for i in expected]
+    leaves = reopened.log_leaves(0, 100)
+    assert leaves == [rfc8785.dumps(e.body()) for e in logged]
+    hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+    assert reopened.log_root(len(leaves)) == merkle.tree_hash(len(hashes), lambda wanted: [
+        _mth(hashes[i << lv:(i + 1) << lv]) for lv, i in wanted])
+
+    # A tree edited between batches is still caught, by the next batch's first append.
+    level, index = merkle.right_edge(len(leaves))[0]  # what the next append reads
+    sqlite3.connect(tmp_path / "kbs.sqlite3").execute("UPDATE log_tree SET hash = ? WHERE level = ? AND idx = ?",
+                                                      (bytes(32), level, index)).connection.commit()
+    with pytest.raises(StoreIntegrityError, match="tree does not give the root"), store.batch():
+        store.append_log(RELEASES, _entry(99))
+
+
+def _mth(hashes: list[bytes]) -> bytes:
+    """RFC 9162's MTH over leaf hashes, recursively (independent of the store's edge arithmetic)."""
+    if len(hashes) == 1:
+        return hashes[0]
+    split = 1 << ((len(hashes) - 1).bit_length() - 1)
+    return merkle.node_hash(_mth(hashes[:split]), _mth(hashes[split:]))

@@ -204,6 +204,12 @@ class RootBuilder:
         builder.size = size
         return builder
 
+    def copy(self) -> RootBuilder:
+        twin = RootBuilder()
+        twin._edge = list(self._edge)
+        twin.size = self.size
+        return twin
+
     def push(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
         """Append a leaf; returns what a store keeps of it: (level, index, hash) of the leaf and of every
         subtree it completes, lowest first (as `hashes_to_store`)."""

@@ -448,8 +448,8 @@ class PostgresStore(StoreReads):
         return self._tx(lambda cur: self._append(cur, chain, record))
 
     def _append(self, cur: Cursor, chain: str, record: ReleaseRecord) -> ReleaseRecord:
-        appended, head = tlog.append_entry(_Sql(cur), self._rows, self._head(cur, chain, lock=True), record.loggable())
-        self._write_head(cur, head)
+        appended, tail = tlog.append_entry(_Sql(cur), self._rows, self._head(cur, chain, lock=True), record.loggable())
+        self._write_head(cur, tail.head)
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -102,6 +102,7 @@ class SqliteStore(StoreReads):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._thread_writer = threading.Lock()
         self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
+        self._tails: dict[str, tlog.Tail] = {}  # where each log stands in the open batch's transaction
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._shm_fd: int | None = None  # other_users' probe, kept open (see there)
         try:
@@ -217,6 +218,7 @@ class SqliteStore(StoreReads):
         try:
             if self._batch_db is None:
                 self._batch_db = self._open(same_thread=False)
+            self._tails = {}
             self._batch_db.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             self._unlock_writer()
@@ -244,6 +246,7 @@ class SqliteStore(StoreReads):
                 db.execute("ROLLBACK")
             raise StoreError(f"database {self.path} could not commit: {exc}") from exc
         finally:
+            self._tails = {}
             self._unlock_writer()
 
     def rollback_batch(self) -> None:
@@ -252,6 +255,7 @@ class SqliteStore(StoreReads):
         try:
             db.execute("ROLLBACK")
         finally:
+            self._tails = {}
             self._unlock_writer()
 
     @contextmanager
@@ -268,17 +272,20 @@ class SqliteStore(StoreReads):
 
     @contextmanager
     def _savepoint(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """A store call inside a batch: undone alone if it fails."""
+        """A store call inside a batch: undone alone if it fails (the logs' tails with it)."""
+        tails = dict(self._tails)
         db.execute("SAVEPOINT call")
         try:
             yield db
         except sqlite3.Error as exc:
             db.execute("ROLLBACK TO call")
             db.execute("RELEASE call")
+            self._tails = tails
             raise StoreError(f"database {self.path} write failed: {exc}") from exc
         except BaseException:
             db.execute("ROLLBACK TO call")
             db.execute("RELEASE call")
+            self._tails = tails
             raise
         db.execute("RELEASE call")
 
@@ -502,6 +509,7 @@ class SqliteStore(StoreReads):
         return self._rows.head(chain, db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone())
 
     def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
+        self._tails.pop(head.chain, None)  # whoever moves a head other than _append: the next append re-reads it
         db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
@@ -512,8 +520,14 @@ class SqliteStore(StoreReads):
             return self._append(db, chain, record)
 
     def _append(self, db: sqlite3.Connection, chain: str, record: ReleaseRecord) -> ReleaseRecord:
-        appended, head = tlog.append_entry(_Sql(db), self._rows, self._head(db, chain), record.loggable())
-        self._write_head(db, head)
+        # Inside a group commit's batch, the log's head and tree edge are read and checked by its first append;
+        # the others start from the tail the batch's own transaction left (kbs.store.tlog.Tail).
+        in_batch = db is self._batch_db
+        start = (self._tails.get(chain) if in_batch else None) or self._head(db, chain)
+        appended, tail = tlog.append_entry(_Sql(db), self._rows, start, record.loggable())
+        self._write_head(db, tail.head)
+        if in_batch:
+            self._tails[chain] = tail
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

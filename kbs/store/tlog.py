@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from kbs.audit import chain as chains
 from kbs.audit import merkle
@@ -50,26 +50,41 @@ def reader(sql: Sql) -> HashReader:
     return read
 
 
-def append(sql: Sql, index: int, entry: bytes, root: str | None = None) -> bytes:
-    """Store leaf `index` (its predecessors stored) and the subtrees it completes; the tree's new root.  One read:
-    the tree's right edge, which gives the root before (checked against `root`, the head's, when given), the
-    left siblings the new leaf completes subtrees with, and the root after."""
-    builder = merkle.RootBuilder.from_edge(index, reader(sql)(merkle.right_edge(index)))
-    if root is not None and builder.root().hex() != root:
-        raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it was "
-                                  "changed outside the broker")
+def append(sql: Sql, index: int, entry: bytes, root: str | None = None,
+           builder: merkle.RootBuilder | None = None) -> merkle.RootBuilder:
+    """Store leaf `index` (its predecessors stored) and the subtrees it completes; the tree's builder after it.
+    One read: the tree's right edge, which gives the root before (checked against `root`, the head's, when
+    given), the left siblings the new leaf completes subtrees with, and the root after; none when `builder`
+    (the edge this transaction itself left) is given."""
+    if builder is None:
+        builder = merkle.RootBuilder.from_edge(index, reader(sql)(merkle.right_edge(index)))
+        if root is not None and builder.root().hex() != root:
+            raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it "
+                                      "was changed outside the broker")
     sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", builder.push(merkle.leaf_hash(entry)))
-    return builder.root()
+    return builder
 
 
-def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tuple[ReleaseRecord, Head]:
-    """Append `record` to the log whose recorded head is `head` (read, and on PostgreSQL locked, by the caller,
-    who writes the new head it returns): the row with its hashes and MAC, and, for the release log, the
-    tree's new leaf and subtrees.  Every backend, one transaction."""
+@dataclass(frozen=True)
+class Tail:
+    """Where a log stands after an append inside the open transaction: its head and, for the release log, its
+    tree's right edge.  The next append in the same transaction (a group commit's batch) starts from it rather
+    than re-reading and re-checking what the transaction itself wrote."""
+
+    head: Head
+    tree: merkle.RootBuilder | None
+
+
+def append_entry(sql: Sql, rows: Rows, start: Head | Tail, record: ReleaseRecord) -> tuple[ReleaseRecord, Tail]:
+    """Append `record` to the log whose recorded head is `start` (read, and on PostgreSQL locked, by the caller,
+    who writes the new head it returns), or whose Tail this transaction left: the row with its hashes and MAC,
+    and, for the release log, the tree's new leaf and subtrees.  Every backend, one transaction."""
+    head = start.head if isinstance(start, Tail) else start
     chain = head.chain
     table = log_table(chain)
-    newest = sql.rows(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1")
-    check_head(head, (int(newest[0]["seq"]), newest[0]["entry_hash"]) if newest else None)
+    if not isinstance(start, Tail):
+        newest = sql.rows(f"SELECT seq, entry_hash FROM {table} ORDER BY seq DESC LIMIT 1")
+        check_head(head, (int(newest[0]["seq"]), newest[0]["entry_hash"]) if newest else None)
     leaf = canonical(record.body())  # its RFC 8785 form, once: the chain's body hash or the tree's leaf
     prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
     seq = head.head_seq + 1
@@ -80,8 +95,13 @@ def append_entry(sql: Sql, rows: Rows, head: Head, record: ReleaseRecord) -> tup
                  record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                  record.ref, record.actor, record.detail, prev, hashed, rows.log_mac(chain, seq, prev, hashed),
                  record.evidence, record.tee_key, record.refs_hash))
-    head_hash = append(sql, seq - 1, leaf, head.head_hash).hex() if chain in TREES else hashed
-    return replace(record, seq=seq, entry_hash=hashed), Head(chain, head.first_seq, head.anchor_hash, seq, head_hash)
+    tree = None
+    if chain in TREES:
+        known = start.tree.copy() if isinstance(start, Tail) and start.tree is not None else None
+        tree = append(sql, seq - 1, leaf, head.head_hash, known)
+    head_hash = tree.root().hex() if tree is not None else hashed
+    return (replace(record, seq=seq, entry_hash=hashed),
+            Tail(Head(chain, head.first_seq, head.anchor_hash, seq, head_hash), tree))
 
 
 def check_head(head: Head, newest: tuple[int, str] | None) -> None:
