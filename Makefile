@@ -101,7 +101,7 @@ $(FUZZ_DIR)/obj/p384_mont_portable.o: native/p384_mont.c $(filter %.h,$(NATIVE_S
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -DKBS_P384_PORTABLE_ONLY -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 
-$(FUZZ_DIR)/fuzz_%: fuzz/libfuzzer/fuzz_%.c $(wildcard fuzz/libfuzzer/*.h) $(FUZZ_OBJS)
+$(FUZZ_DIR)/fuzz_%: fuzz/libfuzzer/fuzz_%.c $(wildcard fuzz/libfuzzer/*.h) $(wildcard native/tests/*.h) $(FUZZ_OBJS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_OBJS) -lcrypto
 
 $(FUZZ_DIR)/fuzz_p384_verify_portable: fuzz/libfuzzer/fuzz_p384_verify.c fuzz/libfuzzer/fuzz_common.h \

@@ -37,6 +37,7 @@ HARNESSES = {
     "fuzz_tdx_quote": (3_000, 300),
     "fuzz_p256_verify": (3_000, 300),
     "fuzz_spdm_report": (2_000, 200),
+    "fuzz_snp_coco": (20_000, 500),
 }
 SECONDS = int(os.environ.get("KBS_LIBFUZZER_TEST_SECONDS", "8"))
 

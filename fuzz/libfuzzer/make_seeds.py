@@ -197,7 +197,7 @@ def main(out: Path) -> None:
     root = vectors_dir()
     harnesses = ("fuzz_snp_report", "fuzz_snp_verify", "fuzz_certtable", "fuzz_p384_verify",
                  "fuzz_p384_verify_portable", "fuzz_p384_batch", "fuzz_tdx_quote", "fuzz_p256_verify",
-                 "fuzz_spdm_report")
+                 "fuzz_spdm_report", "fuzz_snp_coco")
     for harness in harnesses:
         shutil.rmtree(out / harness, ignore_errors=True)
         (out / harness).mkdir(parents=True)
@@ -319,6 +319,37 @@ def main(out: Path) -> None:
             keys = b"".join(hashlib.sha384(bytes([shape, mutation, j])).digest() for j in range(3))
             layout = bytes([shape, ntlvs, mutation % 8, 3 * mutation % 25, 7 * mutation, 2 * mutation + 1])
             write(out, "fuzz_spdm_report", f"built-{shape}-{mutation}", header + keys + layout + bytes(range(256)) * 80)
+
+    # fuzz_snp_coco: mode 1 = a message built in the harness from report bytes (the first byte picks the
+    # version: 2 + byte % 4), certificates, a style and one edit; mode 0 = a message as raw text.
+    def coco_built(turin: int, style: int, certs: list[tuple[int, bytes]], at: int, action: int, token: int,
+                   report: bytes, poison: int = 0) -> bytes:
+        head = bytes([1, turin, style, len(certs)]) + b"".join(struct.pack("<BH", k, len(d)) for k, d in certs)
+        return head + struct.pack("<HBBHB", at, action, token, 0x1234 + at, poison) + report + \
+            b"".join(d for _, d in certs)
+
+    body = bytes(range(256)) * 5
+    for version in (2, 3, 4, 5):
+        for turin in (0, 1):
+            report = bytes([version - 2]) + hashlib.sha512(bytes([version, turin])).digest() * 19
+            for style in (0, 7, 24, 63):
+                certs = [(3, body[:300]), (2, body[7:107]), (1, body[:50])][: style % 4]
+                for action in (0, 3, 4, 7, 10):  # none; each edit kind (action // 3 % 4)
+                    write(out, "fuzz_snp_coco", f"built-v{version}-t{turin}-s{style}-a{action}",
+                          coco_built(turin, style, certs, 17 * action + style, action, version + style, report,
+                                     200 + (11 * action + version) % 56 if style == 24 else 0))
+    for name, report, _, certs in vectors:
+        version = int.from_bytes(report[:4], "little")
+        chain = [(3, d) for d in certs[:1] if len(d) < 600]
+        write(out, "fuzz_snp_coco", f"real-{name}",
+              coco_built(0, 8, chain, 0, 0, 0, bytes([(version - 2) % 4]) + report[1:]))
+    if evidence.is_file():
+        text = evidence.read_bytes().strip()
+        write(out, "fuzz_snp_coco", "raw-trustee-e2e",
+              b'\0{"runtime-data":{"nonce":"n","tee-pubkey":{}},"tee-evidence":{"primary_evidence":' + text
+              + b',"additional_evidence":""}}')
+    for i, raw in enumerate((b"{}", b'{"runtime-data":1,"tee-evidence":{}}', b"[1,2,{\"a\":null}]")):
+        write(out, "fuzz_snp_coco", f"raw-small-{i}", b"\0" + raw)
 
     counts = {h.name: len(list(h.iterdir())) for h in sorted(out.iterdir()) if h.is_dir()}
     print(f"libfuzzer seeds from {root if vectors else 'synthetic data only (no vectors at ' + str(root) + ')'}: "

@@ -8,6 +8,10 @@ The primary (CPU) evidence is bound to SHA-384(JCS({"additional-evidence", "nonc
 every additional (device) evidence to SHA-384(JCS({"nonce", "tee-pubkey"})), both rebuilt from the
 broker's own nonce.  Each verifier returns its appraisals; together they become the submods
 cpu0, gpu0, gpu1, ... of the claims document.
+
+A primary verifier may offer a `MessageDecoder` (SNP's one-pass C scanner): it decodes the whole
+message faster than the JSON path, or declines, and the JSON path (the reference, and the source of
+every error message) runs as before.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kbs import jsondoc
 from kbs.errors import KbsError, MalformedEvidence
@@ -26,6 +30,16 @@ from kbs.keys.jwe import parse_tee_jwk
 
 MAX_NONCE_CHARS = 256
 MAX_DEVICE_EVIDENCE = 16  # TEE entries in additional_evidence (a GPU verifier covers all its GPUs)
+
+
+class MessageDecoder(Protocol):
+    """A primary verifier's fast decoder of a whole attestation message (its `decode_message`, optional)."""
+
+    def __call__(self, raw: bytes) -> dict[str, Any] | None:
+        """The body exactly as `jsondoc.loads` would return it, but for `tee-evidence.primary_evidence`,
+        already decoded into what the verifier's `verify` takes; or None, and the JSON path decodes it.
+        It must decline every message the JSON path would refuse."""
+        ...
 
 
 class AttestationRefused(KbsError):
@@ -65,8 +79,11 @@ class AttestationMessage:
                    additional_evidence=additional, init_data=parse_init_data(body.get("init-data")))
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> AttestationMessage:
-        return cls.parse(jsondoc.loads(raw, what="the attestation message", check="attestation.format"))
+    def from_bytes(cls, raw: bytes, decoder: MessageDecoder | None = None) -> AttestationMessage:
+        body = decoder(raw) if decoder is not None else None
+        if body is None:
+            body = jsondoc.loads(raw, what="the attestation message", check="attestation.format")
+        return cls.parse(body)
 
     def devices(self) -> dict[str, Any]:
         """additional_evidence as {tee: evidence}; empty when the guest sent ""."""

@@ -28,9 +28,19 @@ enum coco_absent { ABSENT_OTHER = 0, ABSENT_REFUSED = 1, ABSENT_SAME = 2 };
 /* Tokens no member the scanner reads may take (the Python path refuses each of them there). */
 static const char *const COCO_BAD_TOKENS[] = {
     "true", "false", "\"x\"", "1.5", "-1", "1e2", "01", "18446744073709551616", "{}", "{\"OTHER\":\"x\"}",
-    "[true]", "\"\\u0041\"", "-0",
+    "[true]", "\"\\u0041\"", "-0", "[1]", "[0,0]",
 };
 enum { COCO_BAD_TOKEN_COUNT = sizeof COCO_BAD_TOKENS / sizeof COCO_BAD_TOKENS[0] };
+
+/* JSON the scanner declines anywhere, even in a member nobody reads (`poison` puts it there): what
+ * orjson refuses, and what it accepts but the scanner leaves to it (surrogates, non-ASCII, floats). */
+static const char *const COCO_POISON[] = {
+    "\"\\ud800\"", "\"\\udc00\"", "\"\\uDBFF\\uDFFF\"", "\"\\x\"", "\"\\u12\"", "\"\x01\"", "\"\xc3\xa9\"",
+    "\"\x80\"", "-1", "1.0", "1e5", "1E5", "01", "00", "18446744073709551616", "[1,]", "[,1]", "{\"a\"}",
+    "{\"a\":1,}", "{1:2}", "tru", "nul", "falsy", "'a'", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+    "\"abc", "[", "{", "",
+};
+enum { COCO_POISON_COUNT = sizeof COCO_POISON / sizeof COCO_POISON[0] };
 
 struct coco_message {
     /* input */
@@ -45,6 +55,7 @@ struct coco_message {
     int edit_at;                 /* member to edit, -1 for none */
     enum coco_edit_action action;
     const char *token;           /* for EDIT_REPLACE */
+    const char *poison;          /* a value for an ignored top member that makes the scanner bail */
     const char *find;            /* a member name to look for (NULL: none) */
     int found_at;                /* the number of its first occurrence, -1 if not written */
     /* output */
@@ -346,11 +357,12 @@ static void coco_build(struct coco_message *m)
     cj_put(m, "", 0);
     cj_space(m);
     cj_open(m, 0);
-    if (m->style & 32) {
+    if ((m->style & 32) || m->poison) {
         struct cj_member x;
         static const char ignored[] = "[1,{\"a\":null,\"b\":\"\\n\\u00e9\"},[[]],true,\"\\\"\"]";
         if (cj_begin(m, &x, "ignored", 0, 0, ABSENT_SAME)) {
-            cj_put(m, ignored, strlen(ignored));
+            const char *value = m->poison ? m->poison : ignored;
+            cj_put(m, value, strlen(value));
             cj_end(m, &x);
         }
     }
@@ -387,7 +399,7 @@ static void coco_build(struct coco_message *m)
                                 cj_printf(m, "\"%s\"", COCO_CERT_NAMES[m->cert_type[i]]);
                                 cj_end(m, &t);
                             }
-                            if (cj_begin(m, &d, "data", 1, 1, ABSENT_REFUSED)) {
+                            if (cj_begin(m, &d, "data", 2, 1, ABSENT_REFUSED)) {
                                 cj_bytes(m, m->cert_der[i], m->cert_len[i]);
                                 cj_end(m, &d);
                             }
@@ -414,11 +426,16 @@ static void coco_build(struct coco_message *m)
  * as built (an edit the Python path ignores, or none), -1 when it depends (not checked). */
 static int coco_edit_must_bail(const struct coco_message *m)
 {
+    if (m->poison && m->edit_applied && m->edit_at == 0) /* the poisoned member itself, written first */
+        return m->action == EDIT_DELETE ? 0 : m->action == EDIT_REPLACE ? -1 : 1;
+    if (m->poison)
+        return 1;
     if (!m->edit_applied)
         return 0;
     switch (m->action) {
-    case EDIT_REPLACE: /* a span's value: the scanner only checks it is JSON it takes anywhere */
-        return m->edited_typed ? 1 : -1;
+    case EDIT_REPLACE: /* a span's value: the scanner only checks it is JSON it takes anywhere; a
+                          * certificate's data may be any array of bytes */
+        return m->edited_typed == 1 ? 1 : -1;
     case EDIT_DUPLICATE:
         return m->edited_read ? 1 : 0;
     case EDIT_DELETE:

@@ -171,6 +171,30 @@ static void test_edits(void)
     CHECK(bailed > 1000 && decoded > 50, "edits: %ld bailed, %ld decoded", bailed, decoded);
 }
 
+/* JSON the scanner declines anywhere, in a member no one reads. */
+static void test_poison(void)
+{
+    uint8_t report[KBS_SNP_REPORT_SIZE];
+    char what[96];
+    for (int i = 0; i < COCO_POISON_COUNT; i++) {
+        struct coco_message m = {0};
+        int turin = 0;
+        fresh_report(report, 3, &turin);
+        m.report = report;
+        m.turin = turin;
+        m.edit_at = -1;
+        m.poison = COCO_POISON[i];
+        coco_build(&m);
+        snprintf(what, sizeof what, "poison %d (%s)", i, COCO_POISON[i]);
+        check_bails(m.text, m.len, what);
+        m.edit_at = 0; /* the poisoned member deleted: decodes */
+        m.action = EDIT_DELETE;
+        coco_build(&m);
+        check_exact(&m, what);
+        free(m.text);
+    }
+}
+
 /* Every truncation bails (but where only whitespace was cut), every byte set to 0x80 or NUL bails. */
 static void test_truncations_and_bytes(void)
 {
@@ -259,6 +283,11 @@ static void test_fields(void)
     CHECK(with_token(report, 0, 0, "family_id", "[9 ,8, 7,6,5,4,3,2,1,0,1,2,3,4,5,255 ]", &out) == KBS_OK &&
               out.report[0x10] == 9 && out.report[0x1F] == 255, "family_id with spaces");
     CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5,25.0]", &out) == NF, "float");
+    CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5,01]", &out) == NF, "leading zero");
+    CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5,-1]", &out) == NF, "negative");
+    CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5,1e1]", &out) == NF, "exponent");
+    CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5,1,]", &out) == NF, "trailing comma");
+    CHECK(with_token(report, 0, 0, "family_id", "[9,8,7,6,5,4,3,2,1,0,1,2,3,4,5 6]", &out) == NF, "no comma");
     CHECK(with_token(report, 0, 0, "r", "[]", &out) == NF, "empty r");
     CHECK(with_token(report, 0, 0, "cert_chain", "[]", &out) == KBS_OK && out.cert_count == 0, "empty chain");
     CHECK(with_token(report, 0, 0, "cert_chain", "[{\"cert_type\":\"VLEK\",\"data\":[]}]", &out) == KBS_OK &&
@@ -269,6 +298,10 @@ static void test_fields(void)
                                                   "f4b93be8accd\"},\"data\":[]}]", &out) == NF, "OTHER");
     CHECK(with_token(report, 0, 0, "cert_chain", "[{\"cert_type\":\"VCEK\",\"data\":[],\"cert_type\":\"ARK\"}]",
                      &out) == NF, "duplicate cert_type");
+
+    fresh_report(report, 4, &milan);
+    CHECK(with_token(report, 0, 0, "launch_mit_vector", "0", &out) == NF, "v4 mitigation vector 0");
+    CHECK(with_token(report, 0, 0, "current_mit_vector", "null", &out) == KBS_OK, "v4 mitigation vector null");
 
     fresh_report(report, 2, &turin); /* v2: the layout follows fmc */
     CHECK(with_token(report, 1, 0, "cpuid_fam_id", "0", &out) == NF, "v2 cpuid set");
@@ -403,6 +436,7 @@ int main(void)
     test_round_trips();
     test_edits();
     test_truncations_and_bytes();
+    test_poison();
     test_fields();
     test_limits();
     test_vector();

@@ -33,6 +33,7 @@ from kbs.evidence.base import (
 from kbs.evidence.binding import check_init_data, check_report_data
 from kbs.evidence.snp.cli import SnpVerifyCommand
 from kbs.evidence.snp.coco import CocoSnpEvidence, report_from_coco
+from kbs.evidence.snp.coco_fast import decode_message
 from kbs.evidence.snp.collateral import gather_snp_collateral
 from kbs.evidence.snp.report import SnpReport, parse_report
 from kbs.evidence.snp.verify import DEFAULT_VMPLS, check_vmpl, verify_snp
@@ -125,10 +126,15 @@ class SnpVerifier:
                                      prepared.report, inline=self._has_table(collateral.certificates))
         return [snp_appraisal(verification.claims())]
 
+    def decode_message(self, raw: bytes) -> dict[str, Any] | None:
+        """The attestation message in one C pass, its CoCo JSON already a CocoSnpEvidence (composite.MessageDecoder),
+        or None: the JSON path decodes it."""
+        return decode_message(raw)
+
     def _prepare(self, evidence: Any, binding: Binding) -> _Prepared:
-        """The report out of the CoCo JSON (bounded: a 1184-byte report, byte arrays decoded in C) and the
-        checks that need nothing else."""
-        coco = report_from_coco(evidence)
+        """The report out of the CoCo JSON (bounded: a 1184-byte report, byte arrays decoded in C), unless
+        `decode_message` did that already, and the checks that need nothing else."""
+        coco = evidence if isinstance(evidence, CocoSnpEvidence) else report_from_coco(evidence)
         report = coco.parsed or parse_report(coco.report)
         check_report_data(report.raw.report_data, binding.report_data)
         check_vmpl(report, self.allowed_vmpls)
