@@ -258,7 +258,7 @@ static int object_next(struct scan *s, size_t *count, const uint8_t **name, size
 static int member_index(const uint8_t *name, size_t len, const char *const *names, int n)
 {
     for (int i = 0; i < n; i++)
-        if (strlen(names[i]) == len && memcmp(name, names[i], len) == 0)
+        if (len > 0 && (uint8_t)names[i][0] == name[0] && strlen(names[i]) == len && memcmp(name, names[i], len) == 0)
             return i;
     return -1;
 }
@@ -291,43 +291,51 @@ static int nullable_uint(struct scan *s, uint64_t max, uint64_t *out, uint8_t *i
     return c >= '0' && c <= '9' && uint_token(s, max, out);
 }
 
+static int is_ws(uint8_t c)
+{
+    return c <= ' ' && (c == ' ' || c == '\n' || c == '\r' || c == '\t');
+}
+
 /* An array of integers 0..255 into out[0, cap): exactly cap of them if `exact`, else at most cap;
- * *got is how many.  The hot loop: most of a message is these arrays. */
+ * *got is how many.  The hot loop (most of a message is these arrays) works on locals: stores to
+ * out (uint8_t, which aliases anything) would otherwise reload the scanner's state each element. */
 static int byte_array(struct scan *s, unsigned depth, uint8_t *out, size_t cap, int exact, size_t *got)
 {
     if (value_start(s) != '[' || depth > KBS_SNP_COCO_MAX_DEPTH)
         return NO;
-    s->pos++;
-    size_t n = 0;
-    skip_ws(s);
-    if (s->pos < s->len && s->p[s->pos] == ']') {
-        s->pos++;
+    const uint8_t *p = s->p;
+    size_t len = s->len, pos = s->pos + 1, nodes = s->nodes, n = 0;
+    while (pos < len && is_ws(p[pos]))
+        pos++;
+    if (pos < len && p[pos] == ']') {
+        pos++;
     } else {
         for (;;) {
-            skip_ws(s);
-            if (s->pos >= s->len || n >= cap || ++s->nodes > KBS_SNP_COCO_MAX_NODES)
+            while (pos < len && is_ws(p[pos]))
+                pos++;
+            if (pos >= len || n >= cap || ++nodes > KBS_SNP_COCO_MAX_NODES)
                 return NO;
-            unsigned v = (unsigned)s->p[s->pos] - '0';
+            unsigned v = (unsigned)p[pos] - '0', d;
             if (v > 9)
                 return NO;
-            s->pos++;
+            pos++;
             if (v == 0) {
-                if (s->pos < s->len && (unsigned)s->p[s->pos] - '0' <= 9)
+                if (pos < len && (unsigned)p[pos] - '0' <= 9)
                     return NO; /* leading zero */
             } else {
-                unsigned d;
-                while (s->pos < s->len && (d = (unsigned)s->p[s->pos] - '0') <= 9) {
+                while (pos < len && (d = (unsigned)p[pos] - '0') <= 9) {
                     v = v * 10 + d;
                     if (v > 255)
                         return NO;
-                    s->pos++;
+                    pos++;
                 }
             }
             out[n++] = (uint8_t)v;
-            skip_ws(s); /* then ',' or ']': a '.', 'e' or other byte after the digits bails here */
-            if (s->pos >= s->len)
+            while (pos < len && is_ws(p[pos])) /* then ',' or ']': a '.', 'e' or other byte bails here */
+                pos++;
+            if (pos >= len)
                 return NO;
-            uint8_t next = s->p[s->pos++];
+            uint8_t next = p[pos++];
             if (next == ']')
                 break;
             if (next != ',')
@@ -336,6 +344,8 @@ static int byte_array(struct scan *s, unsigned depth, uint8_t *out, size_t cap, 
     }
     if (exact && n != cap)
         return NO;
+    s->pos = pos;
+    s->nodes = nodes;
     *got = n;
     return YES;
 }
@@ -481,7 +491,8 @@ static int attestation_report(struct scan *s, unsigned depth, uint8_t report[KBS
     while ((r = object_next(s, &count, &name, &len)) == 1) {
         int i = -1;
         for (int k = 0; k < NFIELDS && i < 0; k++)
-            if (strlen(FIELDS[k].name) == len && memcmp(name, FIELDS[k].name, len) == 0)
+            if (len > 0 && (uint8_t)FIELDS[k].name[0] == name[0] && strlen(FIELDS[k].name) == len &&
+                memcmp(name, FIELDS[k].name, len) == 0)
                 i = k;
         if (i < 0 || seen[i])
             return NO;
