@@ -126,9 +126,10 @@ def bench_decode(cases: list[tuple[bytes, list[Certificate], dt.datetime]], args
     sizes = sorted(len(b) for b in bodies)
     print(f"SNP attestation message decoding, {len(bodies)} real reports as CoCo messages "
           f"({sizes[0]}-{sizes[-1]} bytes), {args.rounds} rounds x {args.seconds}s:")
-    paths = {"Python: orjson+check_shape+coco": python_path, "fast: coco_fast.decode_message": fast_path,
-             "  of which the C scan alone": c_scan, "AttestationMessage, Python path": message_python,
-             "AttestationMessage, fast path": message_fast}
+    paths: dict[str, Callable[[], object]] = {
+        "Python: orjson+check_shape+coco": python_path, "fast: coco_fast.decode_message": fast_path,
+        "  of which the C scan alone": c_scan, "AttestationMessage, Python path": message_python,
+        "AttestationMessage, fast path": message_fast}
     results = interleaved(paths, args.rounds, args.seconds, per_call=len(bodies))
     print_rates(results, "Python: orjson+check_shape+coco", "messages/s")
     for name in paths:
