@@ -187,12 +187,11 @@ def _new_ec_point(obj: Mapping[str, Any], crv: str, error: type[KbsError], where
         raw = _bytes_member(obj, name, error, where)
         if len(raw) != size:
             raise error(f"{where} coordinate {name!r} must be {size} bytes for {crv}, got {len(raw)}")
-        value = int.from_bytes(raw, "big")
-        if value >= prime:
+        if int.from_bytes(raw, "big") >= prime:
             raise error(f"{where} coordinate {name!r} is not below the {crv} field prime")
-        coords.append(value)
-    try:
-        return ec.EllipticCurvePublicNumbers(coords[0], coords[1], curve()).public_key()
+        coords.append(raw)
+    try:  # the SEC 1 uncompressed point: OpenSSL checks it is on the curve (cheaper than from numbers)
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve(), b"\x04" + coords[0] + coords[1])
     except ValueError:
         raise error(f"{where} point (x, y) is not on the curve {crv}") from None
 
