@@ -95,7 +95,7 @@ class Config:
     max_claims_bytes: int = 128 * 1024
     token_cache_bytes: int = 2 * 1024 * 1024
     refusal_retention_days: int = 30
-    max_connections: int = 400  # per worker process: with max_in_flight, what bounds a worker's memory
+    max_connections: int = 320  # per worker process: with max_in_flight, what bounds a worker's memory
     max_connections_per_client: int = 32
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
