@@ -8,6 +8,7 @@ SQLite-only behaviour (file modes, WAL, the version-1 upgrade) stays in test_sto
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import multiprocessing
 import sqlite3
@@ -29,6 +30,7 @@ from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import OpenStore, open_store
 from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoredCheckpoint, StoreError
+from kbs.store.group_commit import GroupCommitWriter, can_batch
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
 from kbs.store.rows import Rows
 from tests.postgres import PostgresServer
@@ -505,6 +507,46 @@ def test_concurrent_appends_keep_one_tree(backend: Backend) -> None:
     replicas = [backend.open() for _ in range(3)]
     on_threads(9, lambda t: [replicas[t % 3].append_log(RELEASES, entry(t * 100 + i)) for i in range(8)])
     assert check_tree(replicas[0]) == 72
+
+
+def test_group_commit_batches_on_two_replicas(backend: Backend) -> None:
+    """The guest protocol's writes through each replica's group-commit writer: each nonce consumed once across
+    replicas, every acknowledged append in its log once, a failing call undone alone, one RFC 9162 tree."""
+    replicas = [backend.open() for _ in range(2)]
+
+    assert replicas[0].mark_attested(session("f" * 32), "d", "t", NOW, AttestationRecord("taken", NOW, "f" * 32,
+                                                                                         "snp", {}))
+
+    def attest_and_log(store: OpenStore, i: int) -> bool:  # every 17th fails at its last insert: undone alone
+        attestation = "taken" if i % 17 == 5 else f"att-{i}"
+        return store.mark_attested(session(f"{i % 60:032x}"), "d", "t", NOW,
+                                   AttestationRecord(attestation, NOW, f"{i % 60:032x}", "snp", {}),
+                                   entry(1000 + i, "attest"))
+
+    async def storm() -> list[Any]:
+        writers = [GroupCommitWriter(store) for store in replicas]
+        assert all(can_batch(store) for store in replicas)
+        calls = [writers[i % 2].write(attest_and_log, replicas[i % 2], i) for i in range(120)]
+        calls += [writers[i % 2].write(replicas[i % 2].append_log, RELEASES, entry(i, "release")) for i in range(80)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for writer in writers:
+            await writer.close()
+        assert sum(w.batches for w in writers) < 200  # batched
+        return results
+    results = asyncio.run(storm())
+    attested, appended = results[:120], results[120:]
+    failed = {i for i in range(120) if i % 17 == 5}
+    # A failing call lost its session to the other index first (False) or failed and was undone (StoreError)
+    assert all(attested[i] is False or isinstance(attested[i], StoreError) for i in failed)
+    assert any(isinstance(attested[i], StoreError) for i in failed)
+    winners = sorted(i for i in range(120) if attested[i] is True)
+    assert sorted({i % 60 for i in winners}) == list(range(60))  # each session's other index won if it failed
+    assert len(winners) == len({i % 60 for i in winners})  # one winner per session, across the replicas
+    assert all(isinstance(r, ReleaseRecord) for r in appended)
+    logged = sorted(e.resource for e in replicas[1].log_entries(RELEASES, limit=500))
+    assert logged == sorted([f"r/t/{1000 + i}" for i in winners] + [f"r/t/{i}" for i in range(80)])
+    assert check_tree(replicas[0]) == len(winners) + 80
+    assert {h.chain: h.entries for h in replicas[0].verify_logs()}[RELEASES] == len(winners) + 80
 
 
 def _append(url: str, chain: str, count: int, tag: int) -> None:

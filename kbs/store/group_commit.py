@@ -14,8 +14,10 @@ steps.  On a writer thread, every step released and re-took the GIL in competiti
 that hand-off cost more than the calls (measured: ~0.5 ms of CPU per release).  On the loop the calls are
 a few tens of microseconds each and the only thread hops are the commit's (and the lock's, when taken).
 
-The store must offer the batch steps (SqliteStore: try_begin_batch, begin_batch, batch_calls, commit_batch,
-rollback_batch).  A store without them (PostgreSQL, which commits concurrently) gets no writer.
+The store must offer the batch steps (try_begin_batch, begin_batch, batch_calls, commit_batch, rollback_batch).
+A store whose calls wait on the network (PostgreSQL: `calls_on_loop = False`) has each whole batch run on the
+writer's thread instead: one thread hop per batch, and one transaction (so one wait for the logs' heads, which
+replicas share) for many appends, where each append was a transaction queueing on those heads.
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ class GroupCommitWriter:
 
     async def _write_batch(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
+        if not getattr(self._store, "calls_on_loop", True):
+            try:  # shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task
+                results = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
+            except Exception as exc:  # no transaction, or its COMMIT failed: nothing of the batch is durable
+                _settle_all(jobs, exc)
+                return
+            self._settled(jobs, results)
+            return
         try:
             if not self._store.try_begin_batch():
                 begin = loop.run_in_executor(self._thread, self._store.begin_batch)
@@ -112,6 +122,21 @@ class GroupCommitWriter:
         except Exception as exc:  # COMMIT failed: nothing of the batch is durable
             _settle_all(jobs, exc)
             return
+        self._settled(jobs, results)
+
+    def _whole_batch(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network."""
+        self._store.begin_batch()
+        try:
+            with self._store.batch_calls():
+                results = [_call(job) for job in jobs]
+        except BaseException:
+            self._store.rollback_batch()
+            raise
+        self._store.commit_batch()
+        return results
+
+    def _settled(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
         self.batches += 1
         self.writes += len(jobs)
         for job, (ok, value) in zip(jobs, results, strict=True):

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
 import psycopg
+import psycopg_pool
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
@@ -101,6 +104,7 @@ class PostgresStore(StoreReads):
         """`url`: a libpq URL or conninfo (postgresql://user@host/db); libpq's PG* variables and
         ~/.pgpass fill what it leaves out, so passwords need not sit in the configuration."""
         self.name = describe(url)
+        self._tails = tlog.Tails()  # where each log stands in the open batch's transaction (group commit)
         self._auth = RowAuthenticator(row_key)
         self._rows = Rows(self._auth)
         params = {} if "connect_timeout" in conninfo_to_dict(url) else {"connect_timeout": _CONNECT_TIMEOUT}
@@ -114,6 +118,8 @@ class PostgresStore(StoreReads):
             conninfo, connection_class=psycopg.Connection[DictRow], min_size=1, max_size=max(pool_size, 1),
             timeout=pool_timeout, kwargs={"autocommit": True, "row_factory": dict_row}, open=True,
             name="kbs-store")
+        self._local = threading.local()
+        self._batch_conn: psycopg.Connection[DictRow] | None = None  # the group-commit batch's, while open
 
     def _create_schema(self, conn: psycopg.Connection[DictRow]) -> None:
         """Create or upgrade the tables, once, even when several replicas start together."""
@@ -148,8 +154,85 @@ class PostgresStore(StoreReads):
 
     # -- connection and transactions -------------------------------------------------------
 
+    # -- group commit (kbs.store.group_commit): the guest protocol's writes, a batch per transaction ------------
+
+    calls_on_loop = False  # each call is network round trips: the writer runs a whole batch on its thread
+
+    def try_begin_batch(self) -> bool:
+        return False  # a batch begins on the writer's thread (a connection and a round trip)
+
+    def begin_batch(self) -> None:
+        """Open the batch's transaction and lock both logs' heads, in one order: batches of replicas follow one
+        another on the heads (as single appends did), never deadlock on them, and each pays for the lock once."""
+        try:
+            conn = self._pool.getconn()
+        except psycopg_pool.PoolTimeout as exc:
+            raise StoreError(f"{self.name} is unavailable: {exc}") from exc
+        self._tails.reset()
+        try:
+            conn.execute("BEGIN")
+            conn.execute("SELECT chain FROM log_heads ORDER BY chain FOR UPDATE")
+        except psycopg.Error as exc:
+            self._end_batch(conn, "ROLLBACK")
+            raise StoreError(f"{self.name} failed: {exc}") from exc
+        self._batch_conn = conn
+
+    @contextmanager
+    def batch_calls(self) -> Iterator[None]:
+        """Store calls made by this thread inside this block join the open batch (each as a savepoint)."""
+        self._local.batch = self._batch_conn
+        try:
+            yield
+        finally:
+            self._local.batch = None
+
+    def commit_batch(self) -> None:
+        self._tails.reset()
+        conn, self._batch_conn = self._batch_conn, None
+        assert conn is not None
+        try:
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            self._end_batch(conn, "ROLLBACK")
+            raise StoreError(f"{self.name} could not commit: {exc}") from exc
+        self._pool.putconn(conn)
+
+    def rollback_batch(self) -> None:
+        self._tails.reset()
+        conn, self._batch_conn = self._batch_conn, None
+        if conn is not None:
+            self._end_batch(conn, "ROLLBACK")
+
+    def _end_batch(self, conn: psycopg.Connection[DictRow], statement: str) -> None:
+        try:
+            conn.execute(statement)
+        except psycopg.Error:
+            conn.close()  # the pool replaces a broken connection
+        self._pool.putconn(conn)
+
+    def _in_batch(self, conn: psycopg.Connection[DictRow], fn: Callable[[Cursor], T], lock: int | None) -> T:
+        """A store call inside the open batch: a savepoint, undone alone if it fails (and retried alone after a
+        deadlock, which rolled back only its own statement)."""
+        for attempt in range(_RETRIES):
+            try:
+                with self._tails.call(), conn.transaction():
+                    cur = conn.cursor()
+                    if lock is not None:
+                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+                    return fn(cur)
+            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
+                if attempt == _RETRIES - 1:
+                    raise StoreError(f"{self.name}: transaction kept conflicting with others: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.name} failed: {exc}") from exc
+        raise AssertionError("unreachable")
+
     def _tx(self, fn: Callable[[Cursor], T], *, snapshot: bool = False, lock: int | None = None) -> T:
-        """Run `fn` in one transaction; `snapshot`: one consistent read-only view; `lock`: an advisory lock first."""
+        """Run `fn` in one transaction; `snapshot`: one consistent read-only view; `lock`: an advisory lock first.
+        A write made by the group-commit writer's thread inside a batch is a savepoint of the batch instead."""
+        batch = getattr(self._local, "batch", None)
+        if batch is not None and not snapshot:
+            return self._in_batch(batch, fn, lock)
         for attempt in range(_RETRIES):
             try:
                 with self._pool.connection() as conn, conn.transaction():
@@ -435,6 +518,7 @@ class PostgresStore(StoreReads):
                                                   (chain,)).fetchone())
 
     def _write_head(self, cur: Cursor, head: Head) -> None:
+        self._tails.moved(head.chain)
         cur.execute("INSERT INTO log_heads VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO UPDATE SET "
                     "first_seq = EXCLUDED.first_seq, anchor_hash = EXCLUDED.anchor_hash, "
                     "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
@@ -448,8 +532,15 @@ class PostgresStore(StoreReads):
         return self._tx(lambda cur: self._append(cur, chain, record))
 
     def _append(self, cur: Cursor, chain: str, record: ReleaseRecord) -> ReleaseRecord:
-        appended, tail = tlog.append_entry(_Sql(cur), self._rows, self._head(cur, chain, lock=True), record.loggable())
+        in_batch = cur.connection is self._batch_conn
+
+        def read_head() -> Head:
+            return self._head(cur, chain, lock=True)
+        start = self._tails.start(chain, read_head) if in_batch else read_head()
+        appended, tail = tlog.append_entry(_Sql(cur), self._rows, start, record.loggable())
         self._write_head(cur, tail.head)
+        if in_batch:
+            self._tails.appended(tail)
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

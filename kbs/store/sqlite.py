@@ -102,7 +102,7 @@ class SqliteStore(StoreReads):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._thread_writer = threading.Lock()
         self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
-        self._tails: dict[str, tlog.Tail] = {}  # where each log stands in the open batch's transaction
+        self._tails = tlog.Tails()  # where each log stands in the open batch's transaction
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._shm_fd: int | None = None  # other_users' probe, kept open (see there)
         try:
@@ -218,7 +218,7 @@ class SqliteStore(StoreReads):
         try:
             if self._batch_db is None:
                 self._batch_db = self._open(same_thread=False)
-            self._tails = {}
+            self._tails.reset()
             self._batch_db.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
             self._unlock_writer()
@@ -246,7 +246,7 @@ class SqliteStore(StoreReads):
                 db.execute("ROLLBACK")
             raise StoreError(f"database {self.path} could not commit: {exc}") from exc
         finally:
-            self._tails = {}
+            self._tails.reset()
             self._unlock_writer()
 
     def rollback_batch(self) -> None:
@@ -255,7 +255,7 @@ class SqliteStore(StoreReads):
         try:
             db.execute("ROLLBACK")
         finally:
-            self._tails = {}
+            self._tails.reset()
             self._unlock_writer()
 
     @contextmanager
@@ -273,21 +273,19 @@ class SqliteStore(StoreReads):
     @contextmanager
     def _savepoint(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """A store call inside a batch: undone alone if it fails (the logs' tails with it)."""
-        tails = dict(self._tails)
-        db.execute("SAVEPOINT call")
-        try:
-            yield db
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK TO call")
+        with self._tails.call():
+            db.execute("SAVEPOINT call")
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                raise StoreError(f"database {self.path} write failed: {exc}") from exc
+            except BaseException:
+                db.execute("ROLLBACK TO call")
+                db.execute("RELEASE call")
+                raise
             db.execute("RELEASE call")
-            self._tails = tails
-            raise StoreError(f"database {self.path} write failed: {exc}") from exc
-        except BaseException:
-            db.execute("ROLLBACK TO call")
-            db.execute("RELEASE call")
-            self._tails = tails
-            raise
-        db.execute("RELEASE call")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -509,7 +507,7 @@ class SqliteStore(StoreReads):
         return self._rows.head(chain, db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone())
 
     def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
-        self._tails.pop(head.chain, None)  # whoever moves a head other than _append: the next append re-reads it
+        self._tails.moved(head.chain)
         db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
@@ -523,11 +521,11 @@ class SqliteStore(StoreReads):
         # Inside a group commit's batch, the log's head and tree edge are read and checked by its first append;
         # the others start from the tail the batch's own transaction left (kbs.store.tlog.Tail).
         in_batch = db is self._batch_db
-        start = (self._tails.get(chain) if in_batch else None) or self._head(db, chain)
+        start = self._tails.start(chain, lambda: self._head(db, chain)) if in_batch else self._head(db, chain)
         appended, tail = tlog.append_entry(_Sql(db), self._rows, start, record.loggable())
         self._write_head(db, tail.head)
         if in_batch:
-            self._tails[chain] = tail
+            self._tails.appended(tail)
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -15,7 +15,8 @@ Written once over `kbs.store.kek_state.Sql` (an open transaction, `?` placeholde
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from kbs.audit import chain as chains
@@ -73,6 +74,38 @@ class Tail:
 
     head: Head
     tree: merkle.RootBuilder | None
+
+
+class Tails:
+    """Each log's Tail inside a store's open batch (a group commit's transaction): the batch's first append of a
+    log reads and checks its head (and tree edge), the others start from where the previous one left it."""
+
+    def __init__(self) -> None:
+        self._by_chain: dict[str, Tail] = {}
+
+    def reset(self) -> None:
+        """A batch begins or ends: nothing is known."""
+        self._by_chain = {}
+
+    def start(self, chain: str, read_head: Callable[[], Head]) -> Head | Tail:
+        return self._by_chain.get(chain) or read_head()
+
+    def appended(self, tail: Tail) -> None:
+        self._by_chain[tail.head.chain] = tail
+
+    def moved(self, chain: str) -> None:
+        """A head written other than by an append (a purge moves its anchor): read it again next time."""
+        self._by_chain.pop(chain, None)
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        """One store call of the batch (a savepoint): if it fails, its appends are undone, and so forgotten."""
+        before = dict(self._by_chain)
+        try:
+            yield
+        except BaseException:
+            self._by_chain = before
+            raise
 
 
 def append_entry(sql: Sql, rows: Rows, start: Head | Tail, record: ReleaseRecord) -> tuple[ReleaseRecord, Tail]:
