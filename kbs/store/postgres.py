@@ -210,33 +210,25 @@ class PostgresStore(StoreReads):
             conn.close()  # the pool replaces a broken connection
         self._pool.putconn(conn)
 
-    def _in_batch(self, conn: psycopg.Connection[DictRow], fn: Callable[[Cursor], T], lock: int | None) -> T:
-        """A store call inside the open batch: a savepoint, undone alone if it fails (and retried alone after a
-        deadlock, which rolled back only its own statement)."""
-        for attempt in range(_RETRIES):
-            try:
-                with self._tails.call(), conn.transaction():
-                    cur = conn.cursor()
-                    if lock is not None:
-                        cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-                    return fn(cur)
-            except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                if attempt == _RETRIES - 1:
-                    raise StoreError(f"{self.name}: transaction kept conflicting with others: {exc}") from exc
-            except psycopg.Error as exc:
-                raise StoreError(f"{self.name} failed: {exc}") from exc
-        raise AssertionError("unreachable")
+    @contextmanager
+    def _transaction(self, batch: psycopg.Connection[DictRow] | None) -> Iterator[Cursor]:
+        """A transaction of its own, or inside the open batch a savepoint (undone alone if it fails, its appends'
+        tails with it)."""
+        if batch is not None:
+            with self._tails.call(), batch.transaction():
+                yield batch.cursor()
+            return
+        with self._pool.connection() as conn, conn.transaction():
+            yield conn.cursor()
 
     def _tx(self, fn: Callable[[Cursor], T], *, snapshot: bool = False, lock: int | None = None) -> T:
         """Run `fn` in one transaction; `snapshot`: one consistent read-only view; `lock`: an advisory lock first.
-        A write made by the group-commit writer's thread inside a batch is a savepoint of the batch instead."""
-        batch = getattr(self._local, "batch", None)
-        if batch is not None and not snapshot:
-            return self._in_batch(batch, fn, lock)
+        A write made by the group-commit writer's thread inside a batch is a savepoint of the batch instead (a
+        deadlock rolls back only its own statement, so it is retried alone)."""
+        batch = None if snapshot else getattr(self._local, "batch", None)
         for attempt in range(_RETRIES):
             try:
-                with self._pool.connection() as conn, conn.transaction():
-                    cur = conn.cursor()
+                with self._transaction(batch) as cur:
                     if snapshot:
                         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     if lock is not None:
