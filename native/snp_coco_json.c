@@ -254,12 +254,16 @@ static int object_next(struct scan *s, size_t *count, const uint8_t **name, size
     return 1;
 }
 
-/* Which of `names` (n of them) a member name is, or -1. */
-static int member_index(const uint8_t *name, size_t len, const char *const *names, int n)
+/* Which of n names a member name is, or -1.  The names are names[0] and each next one `stride`
+ * bytes on: a plain array of names, or a table whose rows start with one. */
+static int member_index(const uint8_t *name, size_t len, const char *const *names, size_t stride, int n)
 {
-    for (int i = 0; i < n; i++)
-        if (len > 0 && (uint8_t)names[i][0] == name[0] && strlen(names[i]) == len && memcmp(name, names[i], len) == 0)
+    const char *row = (const char *)names;
+    for (int i = 0; i < n; i++, row += stride) {
+        const char *candidate = *(const char *const *)(const void *)row;
+        if (len > 0 && (uint8_t)candidate[0] == name[0] && strlen(candidate) == len && memcmp(name, candidate, len) == 0)
             return i;
+    }
     return -1;
 }
 
@@ -270,6 +274,44 @@ static int first_time(uint32_t *seen, int i)
         return NO;
     *seen |= 1u << i;
     return YES;
+}
+
+/* An object this scanner reads: its member names (as member_index takes them, at most 32), the
+ * members it must have (bit i for name i), whether other members are skipped (validated: the
+ * Python path ignores them) or declined, and what reads a member's value.  member() gets the
+ * value's depth and the member's index, with the scanner at the value. */
+struct object {
+    const char *const *names;
+    size_t stride;
+    int count;
+    uint32_t required;
+    int skip_others;
+    int (*member)(struct scan *s, unsigned depth, int index, void *ctx);
+};
+
+/* The names argument of struct object for a plain array of names. */
+#define NAMES(array) (array), sizeof *(array), (int)(sizeof(array) / sizeof *(array))
+
+/* An object o at container depth `depth`, each known member read once by o->member. */
+static int members(struct scan *s, unsigned depth, const struct object *o, void *ctx)
+{
+    if (!object_open(s, depth))
+        return NO;
+    uint32_t seen = 0;
+    size_t count = 0, len;
+    const uint8_t *name;
+    int r;
+    while ((r = object_next(s, &count, &name, &len)) == 1) {
+        int i = member_index(name, len, o->names, o->stride, o->count);
+        int ok;
+        if (i < 0)
+            ok = o->skip_others && skip_value(s, depth + 1);
+        else
+            ok = first_time(&seen, i) && o->member(s, depth + 1, i, ctx);
+        if (!ok)
+            return NO;
+    }
+    return r == 0 && (seen & o->required) == o->required;
 }
 
 /* An integer 0..max: no bool, null, string or other number form. */
@@ -355,7 +397,7 @@ static int byte_array(struct scan *s, unsigned depth, uint8_t *out, size_t cap, 
 enum kind { UINT, BYTES, TCB, FIRMWARE, CPUID, MIT, SIGNATURE };
 
 struct field {
-    const char *name;
+    const char *name; /* first: members() looks the names up in this table */
     uint16_t offset;
     uint8_t kind;
     uint8_t size;
@@ -407,68 +449,47 @@ struct tcb {
     uint8_t part[5]; /* fmc, bootloader, tee, snp, microcode */
 };
 
-/* {"fmc": u8 | null (or absent), "bootloader", "tee", "snp", "microcode": u8} */
-static int tcb(struct scan *s, unsigned depth, struct tcb *t)
+/* {"fmc": u8 | null (or absent), "bootloader", "tee", "snp", "microcode": u8} into a struct tcb */
+static int tcb_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[5] = {"fmc", "bootloader", "tee", "snp", "microcode"};
-    if (!object_open(s, depth))
+    struct tcb *t = ctx;
+    uint64_t v = 0;
+    uint8_t is_null = 0;
+    (void)depth;
+    if (i == 0 ? !nullable_uint(s, 0xFF, &v, &is_null) : !uint_value(s, 0xFF, &v))
         return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 5);
-        uint64_t v = 0;
-        uint8_t is_null = 0;
-        if (i < 0 || !first_time(&seen, i))
-            return NO;
-        if (i == 0 ? !nullable_uint(s, 0xFF, &v, &is_null) : !uint_value(s, 0xFF, &v))
-            return NO;
-        t->part[i] = (uint8_t)v;
-        if (i == 0)
-            t->has_fmc = !is_null;
-    }
-    return r == 0 && (seen & 0x1Eu) == 0x1Eu;
+    t->part[i] = (uint8_t)v;
+    if (i == 0)
+        t->has_fmc = !is_null;
+    return YES;
 }
+
+static const char *const TCB_NAMES[] = {"fmc", "bootloader", "tee", "snp", "microcode"};
+static const struct object TCB_OBJECT = {NAMES(TCB_NAMES), 0x1Eu, NO, tcb_member};
 
 /* {"major", "minor", "build": u8} -> build, minor, major */
-static int firmware(struct scan *s, unsigned depth, uint8_t out[3])
+static int firmware_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[3] = {"build", "minor", "major"};
-    if (!object_open(s, depth))
+    uint64_t v;
+    (void)depth;
+    if (!uint_value(s, 0xFF, &v))
         return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 3);
-        uint64_t v;
-        if (i < 0 || !first_time(&seen, i) || !uint_value(s, 0xFF, &v))
-            return NO;
-        out[i] = (uint8_t)v;
-    }
-    return r == 0 && seen == 7u;
+    ((uint8_t *)ctx)[i] = (uint8_t)v;
+    return YES;
 }
 
+static const char *const FIRMWARE_NAMES[] = {"build", "minor", "major"};
+static const struct object FIRMWARE_OBJECT = {NAMES(FIRMWARE_NAMES), 7u, NO, firmware_member};
+
 /* {"r", "s": 72 bytes each, little-endian} -> r || s */
-static int signature(struct scan *s, unsigned depth, uint8_t out[2 * SIG_PART])
+static int signature_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[2] = {"r", "s"};
-    if (!object_open(s, depth))
-        return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len, got;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 2);
-        if (i < 0 || !first_time(&seen, i) || !byte_array(s, depth + 1, out + i * SIG_PART, SIG_PART, YES, &got))
-            return NO;
-    }
-    return r == 0 && seen == 3u;
+    size_t got;
+    return byte_array(s, depth, (uint8_t *)ctx + i * SIG_PART, SIG_PART, YES, &got);
 }
+
+static const char *const SIGNATURE_NAMES[] = {"r", "s"};
+static const struct object SIGNATURE_OBJECT = {NAMES(SIGNATURE_NAMES), 3u, NO, signature_member};
 
 static void put_le(uint8_t *out, uint64_t v, unsigned size)
 {
@@ -476,70 +497,63 @@ static void put_le(uint8_t *out, uint64_t v, unsigned size)
         out[i] = (uint8_t)(v >> 8 * i);
 }
 
+/* An attestation_report's members as read, before the layout rules. */
+struct report {
+    uint8_t *out; /* the binary report: byte arrays, firmware versions and the signature go here */
+    uint64_t value[NFIELDS];
+    uint8_t null[NFIELDS]; /* a CPUID or mitigation vector null or absent (coco._nullable's None) */
+    struct tcb tcbs[NFIELDS];
+};
+
+static int report_member(struct scan *s, unsigned depth, int i, void *ctx)
+{
+    struct report *r = ctx;
+    const struct field *f = &FIELDS[i];
+    size_t got;
+    switch (f->kind) {
+    case UINT:
+        return uint_value(s, max_of(f->size), &r->value[i]);
+    case BYTES:
+        return byte_array(s, depth, r->out + f->offset, f->size, YES, &got);
+    case TCB:
+        return members(s, depth, &TCB_OBJECT, &r->tcbs[i]);
+    case FIRMWARE:
+        return members(s, depth, &FIRMWARE_OBJECT, r->out + f->offset);
+    case CPUID:
+    case MIT:
+        return nullable_uint(s, max_of(f->size), &r->value[i], &r->null[i]);
+    default:
+        return members(s, depth, &SIGNATURE_OBJECT, r->out + f->offset);
+    }
+}
+
 /* coco._encode_report: every member known, each once, every non-Option one present. */
 static int attestation_report(struct scan *s, unsigned depth, uint8_t report[KBS_SNP_REPORT_SIZE])
 {
-    uint8_t seen[NFIELDS] = {0}, is_null[NFIELDS] = {0};
-    uint64_t value[NFIELDS] = {0};
-    struct tcb tcbs[NFIELDS];
-    memset(tcbs, 0, sizeof tcbs);
-    if (!object_open(s, depth))
-        return NO;
-    size_t count = 0, len, got;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = -1;
-        for (int k = 0; k < NFIELDS && i < 0; k++)
-            if (len > 0 && (uint8_t)FIELDS[k].name[0] == name[0] && strlen(FIELDS[k].name) == len &&
-                memcmp(name, FIELDS[k].name, len) == 0)
-                i = k;
-        if (i < 0 || seen[i])
-            return NO;
-        seen[i] = 1;
-        const struct field *f = &FIELDS[i];
-        int ok;
-        switch (f->kind) {
-        case UINT:
-            ok = uint_value(s, max_of(f->size), &value[i]);
-            break;
-        case BYTES:
-            ok = byte_array(s, depth + 1, report + f->offset, f->size, YES, &got);
-            break;
-        case TCB:
-            ok = tcb(s, depth + 1, &tcbs[i]);
-            break;
-        case FIRMWARE:
-            ok = firmware(s, depth + 1, report + f->offset);
-            break;
-        case CPUID:
-        case MIT:
-            ok = nullable_uint(s, max_of(f->size), &value[i], &is_null[i]);
-            break;
-        default:
-            ok = signature(s, depth + 1, report + f->offset);
-            break;
-        }
-        if (!ok)
-            return NO;
-    }
-    if (r != 0)
-        return NO;
+    _Static_assert(NFIELDS <= 32, "a report's members are bits of a uint32_t");
+    struct report r;
+    memset(&r, 0, sizeof r);
+    memset(r.null, 1, sizeof r.null);
+    r.out = report;
+    uint32_t required = 0;
     for (int i = 0; i < NFIELDS; i++)
-        if (!seen[i] && FIELDS[i].kind != CPUID && FIELDS[i].kind != MIT)
-            return NO;
-    uint64_t version = value[F_VERSION];
+        if (FIELDS[i].kind != CPUID && FIELDS[i].kind != MIT)
+            required |= 1u << i;
+    const struct object object = {&FIELDS[0].name, sizeof FIELDS[0], NFIELDS, required, NO, report_member};
+    if (!members(s, depth, &object, &r))
+        return NO;
+    uint64_t version = r.value[F_VERSION];
     if (version < 2 || version > 5)
         return NO; /* the C core names an unsupported version */
 
     /* coco._turin_layout: CPUID family from version 3, else current_tcb's fmc; every TCB agrees. */
     int turin;
     if (version >= 3) {
-        if (!seen[F_CPUID_FAM_ID] || is_null[F_CPUID_FAM_ID])
+        if (r.null[F_CPUID_FAM_ID])
             return NO;
-        turin = value[F_CPUID_FAM_ID] >= TURIN_CPUID_FAMILY;
+        turin = r.value[F_CPUID_FAM_ID] >= TURIN_CPUID_FAMILY;
     } else {
-        turin = tcbs[F_CURRENT_TCB].has_fmc;
+        turin = r.tcbs[F_CURRENT_TCB].has_fmc;
     }
     for (int i = 0; i < NFIELDS; i++) {
         const struct field *f = &FIELDS[i];
@@ -547,11 +561,11 @@ static int attestation_report(struct scan *s, unsigned depth, uint8_t report[KBS
         int present; /* coco._nullable: whether this version has the field */
         switch (f->kind) {
         case UINT:
-            put_le(at, value[i], f->size);
+            put_le(at, r.value[i], f->size);
             break;
         case TCB: {
-            const uint8_t *t = tcbs[i].part;
-            if (tcbs[i].has_fmc != turin)
+            const uint8_t *t = r.tcbs[i].part;
+            if (r.tcbs[i].has_fmc != turin)
                 return NO;
             if (turin) { /* coco._tcb_bytes: fmc, bl, tee, snp, 0, 0, 0, ucode */
                 memcpy(at, t, 4);
@@ -568,13 +582,13 @@ static int attestation_report(struct scan *s, unsigned depth, uint8_t report[KBS
         case MIT:
             present = f->kind == CPUID ? version >= 3 : version >= 5;
             if (!present) {
-                if (seen[i] && !is_null[i])
+                if (!r.null[i])
                     return NO;
-            } else if (!seen[i] || is_null[i]) {
+            } else if (r.null[i]) {
                 if (f->kind == CPUID)
                     return NO; /* a missing mitigation vector is zero, a missing CPUID an error */
             } else {
-                put_le(at, value[i], f->size);
+                put_le(at, r.value[i], f->size);
             }
             break;
         default:
@@ -584,7 +598,7 @@ static int attestation_report(struct scan *s, unsigned depth, uint8_t report[KBS
     return YES;
 }
 
-/* ---- cert_chain ---- */
+/* ---- cert_chain, and the objects around the report ---- */
 
 struct certs {
     uint8_t *buf;
@@ -592,53 +606,50 @@ struct certs {
     size_t used;
 };
 
+/* What the objects from the top level down to a cert_chain entry write. */
+struct decode {
+    struct certs certs;
+    struct kbs_snp_coco_message *out;
+};
+
 static int cert_type(struct scan *s, uint8_t *out)
 {
-    static const char *const names[6] = {"Empty", "ARK", "ASK", "VCEK", "VLEK", "CRL"};
+    static const char *const names[] = {"Empty", "ARK", "ASK", "VCEK", "VLEK", "CRL"};
     size_t a, b;
     if (value_start(s) != '"' || string(s, &a, &b) != 1)
         return NO; /* {"OTHER": guid} and escaped names are the Python path's */
-    int i = member_index(s->p + a, b - a, names, 6);
+    int i = member_index(s->p + a, b - a, NAMES(names));
     if (i < 0)
         return NO;
     *out = (uint8_t)i;
     return YES;
 }
 
-/* {"cert_type": name, "data": [bytes]} */
-static int cert_entry(struct scan *s, unsigned depth, struct certs *c, struct kbs_snp_coco_cert *out)
+/* {"cert_type": name, "data": [bytes]} into out->certs[out->cert_count], the entry being read */
+static int cert_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[2] = {"cert_type", "data"};
-    if (!object_open(s, depth))
+    struct decode *d = ctx;
+    struct certs *c = &d->certs;
+    struct kbs_snp_coco_cert *cert = &d->out->certs[d->out->cert_count];
+    if (i == 0)
+        return cert_type(s, &cert->cert_type);
+    size_t room = c->cap - c->used, got;
+    uint8_t *dst = c->buf ? c->buf + c->used : NULL; /* NULL only with no room: never written */
+    if (!byte_array(s, depth, dst, room < KBS_SNP_COCO_MAX_CERT_SIZE ? room : KBS_SNP_COCO_MAX_CERT_SIZE, NO, &got))
         return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len, got;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 2);
-        if (i < 0 || !first_time(&seen, i))
-            return NO;
-        if (i == 0) {
-            if (!cert_type(s, &out->cert_type))
-                return NO;
-        } else {
-            size_t room = c->cap - c->used;
-            uint8_t *dst = c->buf ? c->buf + c->used : NULL; /* NULL only with no room: never written */
-            if (!byte_array(s, depth + 1, dst, room < KBS_SNP_COCO_MAX_CERT_SIZE ? room : KBS_SNP_COCO_MAX_CERT_SIZE,
-                            NO, &got))
-                return NO;
-            out->offset = c->used;
-            out->length = got;
-            c->used += got;
-        }
-    }
-    return r == 0 && seen == 3u;
+    cert->offset = c->used;
+    cert->length = got;
+    c->used += got;
+    return YES;
 }
 
+static const char *const CERT_NAMES[] = {"cert_type", "data"};
+static const struct object CERT_OBJECT = {NAMES(CERT_NAMES), 3u, NO, cert_member};
+
 /* null or [entry, ...] with at most KBS_SNP_COCO_MAX_CERTS entries */
-static int cert_chain(struct scan *s, unsigned depth, struct certs *c, struct kbs_snp_coco_message *out)
+static int cert_chain(struct scan *s, unsigned depth, struct decode *d)
 {
+    struct kbs_snp_coco_message *out = d->out;
     int ch = value_start(s);
     if (ch == 'n')
         return literal(s, "null", 4);
@@ -651,7 +662,7 @@ static int cert_chain(struct scan *s, unsigned depth, struct certs *c, struct kb
         return YES;
     }
     for (;;) {
-        if (out->cert_count >= KBS_SNP_COCO_MAX_CERTS || !cert_entry(s, depth + 1, c, &out->certs[out->cert_count]))
+        if (out->cert_count >= KBS_SNP_COCO_MAX_CERTS || !members(s, depth + 1, &CERT_OBJECT, d))
             return NO;
         out->cert_count++;
         skip_ws(s);
@@ -666,79 +677,47 @@ static int cert_chain(struct scan *s, unsigned depth, struct certs *c, struct kb
 }
 
 /* {"attestation_report": {...}, "cert_chain": [...] | null (or absent)}: coco.report_from_coco */
-static int primary_evidence(struct scan *s, unsigned depth, struct certs *c, struct kbs_snp_coco_message *out)
+static int primary_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[2] = {"attestation_report", "cert_chain"};
-    if (!object_open(s, depth))
-        return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 2);
-        if (i < 0 || !first_time(&seen, i))
-            return NO;
-        if (i == 0 ? !attestation_report(s, depth + 1, out->report) : !cert_chain(s, depth + 1, c, out))
-            return NO;
-    }
-    return r == 0 && (seen & 1u);
+    struct decode *d = ctx;
+    return i == 0 ? attestation_report(s, depth, d->out->report) : cert_chain(s, depth, d);
 }
+
+static const char *const PRIMARY_NAMES[] = {"attestation_report", "cert_chain"};
+static const struct object PRIMARY_OBJECT = {NAMES(PRIMARY_NAMES), 1u, NO, primary_member};
 
 /* tee-evidence: primary_evidence (decoded), additional_evidence (a span); other members are
  * ignored by the Python path (.get), so only validated here. */
-static int tee_evidence(struct scan *s, unsigned depth, struct certs *c, struct kbs_snp_coco_message *out)
+static int tee_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[2] = {"primary_evidence", "additional_evidence"};
-    if (!object_open(s, depth))
-        return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 2);
-        int ok;
-        if (i < 0)
-            ok = skip_value(s, depth + 1);
-        else if (!first_time(&seen, i))
-            ok = NO;
-        else if (i == 0)
-            ok = primary_evidence(s, depth + 1, c, out);
-        else
-            ok = span(s, depth + 1, &out->additional_evidence_offset, &out->additional_evidence_length);
-        if (!ok)
-            return NO;
-    }
-    return r == 0 && (seen & 1u);
+    struct decode *d = ctx;
+    if (i == 0)
+        return members(s, depth, &PRIMARY_OBJECT, d);
+    return span(s, depth, &d->out->additional_evidence_offset, &d->out->additional_evidence_length);
 }
 
-static int message(struct scan *s, struct certs *c, struct kbs_snp_coco_message *out)
+static const char *const TEE_NAMES[] = {"primary_evidence", "additional_evidence"};
+static const struct object TEE_OBJECT = {NAMES(TEE_NAMES), 1u, YES, tee_member};
+
+/* The top level: runtime-data (a span), init-data (a span, optional), tee-evidence; other members
+ * validated and ignored. */
+static int message_member(struct scan *s, unsigned depth, int i, void *ctx)
 {
-    static const char *const names[3] = {"runtime-data", "init-data", "tee-evidence"};
-    if (!object_open(s, 1))
-        return NO;
-    uint32_t seen = 0;
-    size_t count = 0, len;
-    const uint8_t *name;
-    int r;
-    while ((r = object_next(s, &count, &name, &len)) == 1) {
-        int i = member_index(name, len, names, 3);
-        int ok;
-        if (i < 0)
-            ok = skip_value(s, 2);
-        else if (!first_time(&seen, i))
-            ok = NO;
-        else if (i == 0)
-            ok = span(s, 2, &out->runtime_data_offset, &out->runtime_data_length);
-        else if (i == 1)
-            ok = span(s, 2, &out->init_data_offset, &out->init_data_length);
-        else
-            ok = tee_evidence(s, 2, c, out);
-        if (!ok)
-            return NO;
-    }
-    if (r != 0 || (seen & 5u) != 5u)
+    struct decode *d = ctx;
+    struct kbs_snp_coco_message *out = d->out;
+    if (i == 0)
+        return span(s, depth, &out->runtime_data_offset, &out->runtime_data_length);
+    if (i == 1)
+        return span(s, depth, &out->init_data_offset, &out->init_data_length);
+    return members(s, depth, &TEE_OBJECT, d);
+}
+
+static const char *const MESSAGE_NAMES[] = {"runtime-data", "init-data", "tee-evidence"};
+static const struct object MESSAGE_OBJECT = {NAMES(MESSAGE_NAMES), 5u, YES, message_member};
+
+static int message(struct scan *s, struct decode *d)
+{
+    if (!members(s, 1, &MESSAGE_OBJECT, d))
         return NO;
     skip_ws(s);
     return s->pos == s->len; /* nothing but whitespace after the document */
@@ -751,8 +730,8 @@ int kbs_snp_coco_decode(const uint8_t *body, size_t len, uint8_t *cert_buf, size
         return KBS_ERR_NULL_ARGUMENT;
     memset(out, 0, sizeof *out);
     struct scan s = {body, len, 0, 0};
-    struct certs c = {cert_buf, cert_buf_len, 0};
-    if (len == 0 || !message(&s, &c, out)) {
+    struct decode d = {{cert_buf, cert_buf_len, 0}, out};
+    if (len == 0 || !message(&s, &d)) {
         memset(out, 0, sizeof *out);
         return KBS_SNP_COCO_NOT_FAST;
     }
