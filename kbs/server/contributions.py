@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -140,10 +139,10 @@ async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("InvalidRequestPath", f"{path} is not a deposit slot", status=404,
                             reason="deposit_not_slot")
     _, policy_id, resolved, _ = await st.read(st.decisions.get, path)
-    record = replace(record, policy_id=policy_id)
+    record = record.updated(policy_id=policy_id)
     decision, version, refs_hash = await judge(st, request, "deposit", parts, policy_id, resolved, claims, now,
                                                "the slot's policy")
-    record = replace(record, policy_hash=version.content_hash, refs_hash=refs_hash)
+    record = record.updated(policy_hash=version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         failure = ProtocolError("PolicyDeny", f"deposit refused: policy {policy_id!r} (version {version.version}) "
                                 f"denied: {_first_failure(decision.explanation)}", reason="deposit_policy",
@@ -160,7 +159,7 @@ async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("SerdeError", f"deposit refused: {exc}", status=400, reason="deposit_invalid") from exc
     sealed = st.kek.seal(value, f"resource:{path}")
     del value
-    entry = replace(record, decision="deposit", reason="deposited", detail="a value deposited by an attested TEE")
+    entry = record.updated(decision="deposit", reason="deposited", detail="a value deposited by an attested TEE")
     by = f"deposit {record.attestation_id or uuid.uuid4().hex}"[:64]
     try:
         version_no = await st.run(st.store.deposit, path, sealed, by, now, entry)

@@ -20,7 +20,6 @@ import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -120,7 +119,7 @@ async def _log_refusal(st: BrokerState, chain: str, record: ReleaseRecord, exc: 
     if exc.logged:
         return
     exc.logged = True
-    await _log(st, chain, replace(record, decision=exc.decision, reason=exc.reason, detail=exc.detail[:MAX_DETAIL]))
+    await _log(st, chain, record.updated(decision=exc.decision, reason=exc.reason, detail=exc.detail[:MAX_DETAIL]))
 
 
 def _failure(exc: Exception) -> ProtocolError:
@@ -349,10 +348,10 @@ async def attested_step(request: web.Request, step: AttestedStep) -> web.Respons
         if not all(SEGMENT.fullmatch(p) for p in parts):
             raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag, each 1..128 of "
                                 "[A-Za-z0-9_.-] not starting with '.'", status=404, reason="path")
-        record = replace(record, resource="/".join(parts))
+        record = record.updated(resource="/".join(parts))
         claims, session_id = await _token_claims(request, now)
         cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
-        record = replace(record, session_id=session_id, tee=next(iter(cpu0), None),
+        record = record.updated(session_id=session_id, tee=next(iter(cpu0), None),
                          attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
                          tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
         chain = RELEASES
@@ -404,10 +403,9 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     tee_pubkey = _tee_pubkey(claims)
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
     resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
-    record = replace(record, policy_id=policy_id)
     decision, policy_version, refs_hash = await judge(st, request, "resource", parts, policy_id, resolved, claims,
                                                       now, "the release policy")
-    record = replace(record, policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
+    record = record.updated(policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
         engine_failure = why.split(":", 1)[0]  # a Rego worker that crashed, timed out, ran out of memory...
@@ -437,7 +435,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     except KbsError as exc:
         raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
                             decision="error") from exc
-    await _log(st, RELEASES, replace(record, decision="release", reason="policy", version=resource.version))
+    await _log(st, RELEASES, record.updated(decision="release", reason="policy", version=resource.version))
     return json_response(body)
 
 
@@ -487,6 +485,6 @@ async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, cla
         raise ProtocolError("JweError", f"cannot derive or wrap the contributed key: {exc}", reason=exc.check,
                             decision="error") from exc
     del shares
-    await _log(st, RELEASES, replace(record, decision="release", reason="policy",
+    await _log(st, RELEASES, record.updated(decision="release", reason="policy",
                                      detail=f"derived from {len(owned.shares)} owners' shares"))
     return json_response(body)

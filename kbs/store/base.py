@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -83,6 +83,16 @@ class ReleaseRecord:
     seq: int | None = None
     entry_hash: str | None = None
 
+    def updated(self, **changes: Any) -> ReleaseRecord:
+        """`dataclasses.replace` without re-running `__init__` (~1 us instead of ~5 for these 20 fields; a
+        guest's release builds its record in five steps)."""
+        unknown = changes.keys() - _RECORD_FIELD_SET
+        if unknown:
+            raise TypeError(f"ReleaseRecord has no field(s) {sorted(unknown)}")
+        twin = object.__new__(ReleaseRecord)
+        twin.__dict__.update(self.__dict__, **changes)
+        return twin
+
     def loggable(self) -> ReleaseRecord:
         """The record as every store logs it: NUL and lone surrogates become U+FFFD.
 
@@ -95,7 +105,7 @@ class ReleaseRecord:
             return self
         changes: dict[str, Any] = {k: _UNSTORABLE.sub("\ufffd", v) for k, v in self._fields().items()
                                    if isinstance(v, str) and _UNSTORABLE.search(v)}
-        return replace(self, **changes)
+        return self.updated(**changes)
 
     def body(self) -> dict[str, Any]:
         """What the hash chain and the Merkle tree commit to: every field but the position and the hash itself.
@@ -113,6 +123,7 @@ class ReleaseRecord:
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(ReleaseRecord))
+_RECORD_FIELD_SET = frozenset(_RECORD_FIELDS)
 
 
 @dataclass(frozen=True)

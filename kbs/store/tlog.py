@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from kbs.audit import chain as chains
 from kbs.audit import merkle
@@ -133,7 +133,7 @@ def append_entry(sql: Sql, rows: Rows, start: Head | Tail, record: ReleaseRecord
         known = start.tree.copy() if isinstance(start, Tail) and start.tree is not None else None
         tree = append(sql, seq - 1, leaf, head.head_hash, known)
     head_hash = tree.root().hex() if tree is not None else hashed
-    return (replace(record, seq=seq, entry_hash=hashed),
+    return (record.updated(seq=seq, entry_hash=hashed),
             Tail(Head(chain, head.first_seq, head.anchor_hash, seq, head_hash), tree))
 
 
