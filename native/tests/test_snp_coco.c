@@ -98,6 +98,19 @@ static void fresh_report(uint8_t report[KBS_SNP_REPORT_SIZE], unsigned version, 
     coco_normalise(report, turin);
 }
 
+/* A message around a fresh report of `version` (Turin layout when `layout` and the version allows it). */
+static struct coco_message message_for(uint8_t *report, unsigned version, int layout, unsigned style)
+{
+    struct coco_message m = {0};
+    int turin = layout;
+    fresh_report(report, version, &turin);
+    m.report = report;
+    m.turin = turin;
+    m.edit_at = -1;
+    m.style = style;
+    return m;
+}
+
 static void test_round_trips(void)
 {
     uint8_t report[KBS_SNP_REPORT_SIZE];
@@ -105,16 +118,10 @@ static void test_round_trips(void)
     for (unsigned version = 2; version <= 5; version++) {
         for (int layout = 0; layout < 2; layout++) {
             for (unsigned style = 0; style < 64; style++) {
-                struct coco_message m = {0};
-                int turin = layout;
-                fresh_report(report, version, &turin);
-                m.report = report;
-                m.turin = turin;
-                m.edit_at = -1;
-                m.style = style;
+                struct coco_message m = message_for(report, version, layout, style);
                 set_certs(&m, style % 4 == 3 ? 3 : style % 4, 0);
                 coco_build(&m);
-                snprintf(what, sizeof what, "v%u %s style %u", version, turin ? "Turin" : "Milan", style);
+                snprintf(what, sizeof what, "v%u %s style %u", version, m.turin ? "Turin" : "Milan", style);
                 check_exact(&m, what);
                 free(m.text);
             }
@@ -130,13 +137,8 @@ static void test_edits(void)
     long bailed = 0, decoded = 0;
     for (unsigned version = 2; version <= 5; version++) {
         for (int layout = 0; layout < 2; layout++) {
-            struct coco_message m = {0};
-            int turin = layout;
-            fresh_report(report, version, &turin);
-            m.report = report;
-            m.turin = turin;
-            m.edit_at = -1;
-            m.style = (version * 8u + (unsigned)layout * 3u) & 63u; /* some optional parts in, some out */
+            /* some optional parts in, some out */
+            struct coco_message m = message_for(report, version, layout, (version * 8u + (unsigned)layout * 3u) & 63u);
             set_certs(&m, 2, 40);
             coco_build(&m);
             int members = m.members;
@@ -177,12 +179,7 @@ static void test_poison(void)
     uint8_t report[KBS_SNP_REPORT_SIZE];
     char what[96];
     for (int i = 0; i < COCO_POISON_COUNT; i++) {
-        struct coco_message m = {0};
-        int turin = 0;
-        fresh_report(report, 3, &turin);
-        m.report = report;
-        m.turin = turin;
-        m.edit_at = -1;
+        struct coco_message m = message_for(report, 3, 0, 0);
         m.poison = COCO_POISON[i];
         coco_build(&m);
         snprintf(what, sizeof what, "poison %d (%s)", i, COCO_POISON[i]);
@@ -200,13 +197,7 @@ static void test_truncations_and_bytes(void)
 {
     uint8_t report[KBS_SNP_REPORT_SIZE];
     for (unsigned style = 0; style < 2; style++) {
-        struct coco_message m = {0};
-        int turin = 0;
-        fresh_report(report, 5, &turin);
-        m.report = report;
-        m.turin = turin;
-        m.edit_at = -1;
-        m.style = 8 | 16 | 32 | style;
+        struct coco_message m = message_for(report, 5, 0, 8 | 16 | 32 | style);
         set_certs(&m, 3, 100);
         coco_build(&m);
         for (size_t n = 0; n < m.len; n++) {
