@@ -86,6 +86,12 @@ def synth_milan() -> SyntheticAmd:
     return SyntheticAmd("Milan")
 
 
+@pytest.fixture(scope="module")
+def pki() -> SyntheticAmd:
+    """A Milan PKI of the module's own (modules that start brokers trust its ARK)."""
+    return SyntheticAmd("Milan")
+
+
 @pytest.fixture(scope="session")
 def synth_turin() -> SyntheticAmd:
     return SyntheticAmd("Turin")

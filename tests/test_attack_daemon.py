@@ -58,11 +58,6 @@ def put(broker: Broker, path: str, **kwargs: Any) -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("attack")
     # No per-client rate limits here (test_rate_limits_on_guest_routes has its own broker): these tests send

@@ -89,11 +89,6 @@ class KdsThread:
         return self.kds.total
 
 
-@pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
 @pytest.fixture
 def kds() -> Iterator[KdsThread]:
     with KdsThread() as thread:

@@ -62,11 +62,6 @@ def pem(der: bytes) -> bytes:
     return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
 
 
-@pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
 @pytest.fixture
 def files(tmp_path: Path, pki: SyntheticAmd) -> dict[str, Path]:
     """The synthetic PKI's ARK, ASK and a chain file, as an operator would have them."""

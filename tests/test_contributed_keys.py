@@ -34,11 +34,6 @@ M_OTHER = b"\x7e" * 48
 
 
 @pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("contributed")
     with run_broker(tmp, broker_config(tmp, pki)) as b:

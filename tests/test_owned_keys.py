@@ -34,11 +34,6 @@ def policy(measurement_set: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("owned")
     with run_broker(tmp, broker_config(tmp, pki)) as b:

@@ -42,11 +42,6 @@ SAMPLE_POLICY = json.dumps({"version": "1.0.0", "anyOf": [{"authority": "local:s
     {"claim": "sample.svn", "equals": "1"}]}]})
 
 
-@pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
 def broker_config(tmp: Path, pki: SyntheticAmd, extra: str = "", snp: str = "") -> str:
     """A broker trusting the synthetic ARK, offline; `snp` adds lines to [verifiers.snp], `extra` other tables."""
     (tmp / "ark.pem").write_bytes(pki.ark_pem)

@@ -271,11 +271,6 @@ def test_message_errors_after_a_fast_decode_are_the_python_paths(evidence: Json)
 
 # --- the broker uses it -------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
 def test_attestor_verifies_through_the_fast_path(pki: SyntheticAmd, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole verification in process, with report_from_coco made to fail: the fast path did the decoding."""

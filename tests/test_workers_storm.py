@@ -29,11 +29,6 @@ NO_RATE_LIMITS = "[limits]\nauth_per_second = 0\nattest_per_second = 0\nresource
 
 
 @pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
-@pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Iterator[Broker]:
     tmp = tmp_path_factory.mktemp("storm")
     with run_broker(tmp, broker_config(tmp, pki, NO_RATE_LIMITS), workers=2) as b:

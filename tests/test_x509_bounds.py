@@ -40,11 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(os.environ.get("KBS_VECTORS", REPO.parent / "shared" / "vectors"))
 
 
-@pytest.fixture(scope="module")
-def pki() -> SyntheticAmd:
-    return SyntheticAmd("Milan")
-
-
 @pytest.fixture
 def no_pyasn1(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """pyasn1's DER decoder fails the test if called; yields nothing to count (it must stay unused)."""
