@@ -125,10 +125,10 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
         raise JweKeyInvalid(f"no RFC 7638 thumbprint for a JWK of type {_show(jwk.get('kty'))}")
     required = {m: jwk[m] for m in members}
     try:
-        canonical = orjson.dumps(required, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:  # a lone surrogate, which json.dumps escapes
-        canonical = b"\x80"
-    if not canonical.isascii() or b"\x7f" in canonical:  # where json.dumps escapes and orjson does not
+        canonical: bytes | None = orjson.dumps(required, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate
+        canonical = None
+    if canonical is None or not canonical.isascii() or b"\x7f" in canonical:  # where json.dumps escapes, orjson not
         canonical = json.dumps(required, separators=(",", ":"), sort_keys=True).encode()
     return b64u(hashlib.sha256(canonical).digest())
 

@@ -142,12 +142,11 @@ async def _refusals_logged(request: web.Request, resource: str, step: Step) -> w
     now = st.clock()
     try:
         return await step(request, st, now)
-    except ProtocolError as exc:
-        await _log_refusal(st, REFUSALS, _refusal(now, resource, request, new_reference()), exc)
-        raise
-    except Exception as exc:
-        failure = _failure(exc)
+    except Exception as exc:  # the record is made only now: most requests are not refused
+        failure = exc if isinstance(exc, ProtocolError) else _failure(exc)
         await _log_refusal(st, REFUSALS, _refusal(now, resource, request, new_reference()), failure)
+        if failure is exc:
+            raise
         raise failure from exc
 
 
