@@ -565,3 +565,55 @@ def test_open_routes_refuse_deep_huge_and_forged_input_and_the_broker_stays_up(b
     with urllib.request.urlopen(f"{broker.url}/readyz", timeout=10) as ready:
         assert ready.status == 200
     assert rss_kib(broker) - before < 64 * 1024  # bounded: no megabyte-sized body was kept
+
+
+# -- this stop's hot path: the C message scanner and the cached TEE points ------------------------------
+
+def test_snp_messages_crafted_against_the_scanner_and_many_tee_keys(broker: Broker, pki: SyntheticAmd) -> None:
+    """SNP bodies at and past the one-pass scanner's limits (a 17th certificate, a certificate past 10,000
+    bytes, 33 levels of init-data, escapes everywhere, every 97th truncation) get 4xx with JSON errors from
+    a live broker; then 300 guests with 300 distinct TEE keys get their key: the point cache and the token
+    cache stay within their byte budgets (RSS bounded)."""
+    guest = SnpGuest(pki)
+
+    async def post(edit: Any) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+            nonce = await auth(http, broker.url, "snp")
+            raw = edit(attestation(nonce, generate_tee_key("EC-P256"), "snp", guest))
+            async with http.post(f"{broker.url}/kbs/v0/attest", data=raw,
+                                 headers={"Content-Type": "application/json"}) as r:
+                return r.status, await r.json(content_type=None)
+
+    def evidence(change: Any) -> Any:
+        def apply(body: dict[str, Any]) -> bytes:
+            change(body["tee-evidence"]["primary_evidence"])
+            return json.dumps(body).encode()
+        return apply
+
+    def nested_init_data(body: dict[str, Any]) -> bytes:
+        body["init-data"] = {"format": "toml", "body": "x"}
+        for _ in range(33):
+            body["init-data"] = {"format": "toml", "body": body["init-data"]}
+        return json.dumps(body).encode()
+
+    refused = [
+        evidence(lambda e: e.__setitem__("cert_chain", e["cert_chain"] * 6)),  # 18 certificates
+        evidence(lambda e: e["cert_chain"][0].__setitem__("data", [48] * 10_001)),
+        evidence(lambda e: e["attestation_report"].__setitem__("measurement", [0] * 49)),
+        evidence(lambda e: e["attestation_report"].__setitem__("version", 2**70)),
+        nested_init_data,
+        lambda body: json.dumps(body).replace('"version"', '"\\u0076ersion"').replace("[", "[ ").encode()[:-3],
+        *(lambda body, cut=cut: json.dumps(body).encode()[:cut] for cut in range(1, 16_000, 97 * 17)),
+    ]
+    before = rss_kib(broker)
+    for edit in refused:
+        status, answer = asyncio.run(post(edit))
+        assert status in (400, 401, 413) and answer.get("detail"), (status, answer)
+    escaped = asyncio.run(post(lambda body: json.dumps(body).replace('"vmpl"', '"\\u0076mpl"').encode()))
+    assert escaped[0] == 200, escaped  # declined by the scanner, accepted by the JSON path
+
+    async def guests() -> list[int]:
+        return [(await full_flow(broker.url, "snp", "prod/key/snp", guest=guest))[0] for _ in range(300)]
+    assert set(asyncio.run(guests())) == {200}
+    growth = rss_kib(broker) - before
+    assert broker.process.poll() is None and growth < 48 * 1024, f"RSS grew by {growth} KiB"
