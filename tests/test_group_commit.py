@@ -223,6 +223,47 @@ def test_appends_in_a_batch_start_from_the_batchs_own_tail(tmp_path: Path) -> No
         store.append_log(RELEASES, _entry(99))
 
 
+def test_a_batch_writes_each_moved_head_once_and_before_anything_reads_it(tmp_path: Path) -> None:
+    """Appends inside a batch leave the logs' head rows to the batch's end, each written once before the COMMIT,
+    or earlier when something in the batch reads it (a purge of the refusal log moves its anchor from the current
+    head); a call that fails after such a read takes that write back with it, and the end writes it again."""
+    store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    store.append_log(RELEASES, _entry(0))
+    store.begin_batch()
+    store.rollback_batch()  # the batch's connection now exists: watch what it runs
+    assert store._batch_db is not None
+    statements: list[str] = []
+    store._batch_db.set_trace_callback(statements.append)
+
+    def head_writes() -> int:
+        return sum(1 for sql in statements if sql.startswith("INSERT OR REPLACE INTO log_heads"))
+
+    def read_then_fail() -> None:
+        with store._tx() as db:
+            store._head(db, RELEASES)
+            raise StoreError("undone")
+
+    with store.batch():
+        for i in range(1, 11):
+            store.append_log(RELEASES if i % 2 else REFUSALS, _entry(i))
+        assert head_writes() == 0  # ten appends, no head row written yet
+        assert store.purge_refusals(NOW + dt.timedelta(seconds=1)) == 5
+        assert head_writes() == 2  # the refusal log's head, before the purge read it; the purge's own
+        with pytest.raises(StoreError):
+            read_then_fail()
+        assert head_writes() == 3  # the release log's head, before the read; undone with the call
+        for i in range(11, 14):
+            store.append_log(REFUSALS, _entry(i))
+    assert head_writes() == 5  # at the end: each log's head once
+    reopened = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    heads = {h.chain: h for h in reopened.verify_logs()}  # hashes, MACs and heads agree with the rows
+    assert (heads[RELEASES].entries, heads[REFUSALS].entries) == (6, 3)
+    assert [e.resource for e in reopened.log_entries(REFUSALS, limit=10)] == [f"r/t/{i}" for i in (11, 12, 13)]
+    leaves = reopened.log_leaves(0, 100)
+    assert len(leaves) == 6 and reopened.log_root(6) == merkle.tree_hash(6, lambda wanted: [
+        _mth([merkle.leaf_hash(leaf) for leaf in leaves][i << lv:(i + 1) << lv]) for lv, i in wanted])
+
+
 def _mth(hashes: list[bytes]) -> bytes:
     """RFC 9162's MTH over leaf hashes, recursively (independent of the store's edge arithmetic)."""
     if len(hashes) == 1:

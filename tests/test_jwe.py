@@ -424,3 +424,12 @@ def test_parsed_points_are_remembered_within_a_byte_budget() -> None:
     for _ in range(3000):
         jwe.parse_tee_jwk(jwe.generate_tee_key("EC-P256").jwk)
     assert 0 < jwe._points.bytes_used <= jwe.POINT_CACHE_BYTES
+
+
+def test_an_ephemeral_key_is_not_remembered() -> None:
+    """A JWE's `epk` is used once: decrypting does not put it among the remembered TEE points."""
+    key = jwe.generate_tee_key("EC-P256")
+    sealed = [jwe.encrypt(b"secret", key.jwk) for _ in range(3)]
+    jwe._points.clear()
+    assert [jwe.decrypt(s, key.private_key) for s in sealed] == [b"secret"] * 3
+    assert len(jwe._points) == 0

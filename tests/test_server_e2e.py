@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,6 +365,37 @@ def test_two_replicas_share_sessions(tmp_path: Path, pki: SyntheticAmd, guest: S
             return decrypt(out, key.private_key)
         assert asyncio.run(go()) == SECRET
     time.sleep(0)  # the other replica is stopped; the shared broker keeps serving
+
+
+def test_an_attested_session_is_remembered_by_its_worker_and_read_elsewhere(tmp_path: Path, pki: SyntheticAmd,
+                                                                           guest: SnpGuest, broker: Broker) -> None:
+    """The worker that stored a session as attested keeps it (with its token) for the guest's resource request;
+    another `kbs serve` on the same store (here one that keeps nothing) reads the stored session.  Shown by
+    deleting the stored row behind both: the remembering worker still serves the cookie, the other no longer."""
+    config = broker_config(tmp_path, pki, "[limits]\nsession_cache_bytes = 0\n")
+    with run_broker(tmp_path, config, state_dir=broker.state_dir) as other:
+        async def go() -> list[tuple[str, int, str]]:
+            key = generate_tee_key("EC-P256")
+            out = []
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, broker.url, "snp")
+                status, body = await attest(http, broker.url, attestation(nonce, key, "snp", guest))
+                assert status == 200, body
+                session_id = next(c.value for c in http.cookie_jar).split(".")[1]
+                for when in ("stored", "deleted"):
+                    if when == "deleted":
+                        with sqlite3.connect(broker.state_dir / "kbs.sqlite3") as db:
+                            assert db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,)).rowcount == 1
+                    for name, url in (("remembering", broker.url), ("reading", other.url)):
+                        status, got = await get_resource(http, url, "prod/key/disk")
+                        if status == 200:
+                            assert decrypt(got, key.private_key) == SECRET
+                        out.append((f"{when}/{name}", status, "" if status == 200 else got["detail"]))
+            return out
+        results = asyncio.run(go())
+    assert [(w, s) for w, s, _ in results] == [("stored/remembering", 200), ("stored/reading", 200),
+                                               ("deleted/remembering", 200), ("deleted/reading", 401)]
+    assert "has not attested" in results[3][2]
 
 
 def test_init_data_bound_into_host_data(broker: Broker, guest: SnpGuest) -> None:

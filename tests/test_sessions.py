@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kbs.server.sessions import MAX_COOKIE_CHARS, SessionCookies, session_id_of
+from kbs.server.sessions import MAX_COOKIE_CHARS, SESSION_OVERHEAD, AttestedSessions, SessionCookies, session_id_of
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=dt.UTC)
 COOKIES = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))
@@ -62,3 +63,21 @@ def test_no_string_opens_or_crashes(value: str) -> None:
 def test_a_tee_name_no_cookie_could_carry_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="cannot be carried"):
         COOKIES.new_session("SNP.v2", NOW)
+
+
+def test_attested_sessions_are_bounded_by_their_tokens_bytes() -> None:
+    """Each remembered session is charged its token plus a fixed overhead; the least recently used go first,
+    and a session too big for the whole budget is not kept."""
+    token_chars = 5000
+    budget = 3 * (token_chars + SESSION_OVERHEAD)
+    remembered = AttestedSessions(budget)
+    sessions = [dataclasses.replace(COOKIES.new_session("snp", NOW), state="attested", token="t" * token_chars)
+                for _ in range(5)]
+    for session in sessions:
+        remembered.remember(session)
+    assert [remembered.get(s.session_id) for s in sessions] == [None, None, *sessions[2:]]
+    assert remembered.bytes_used == budget
+    huge = dataclasses.replace(sessions[0], token="t" * budget)
+    remembered.remember(huge)
+    assert remembered.get(huge.session_id) is None and remembered.bytes_used == budget
+    assert AttestedSessions(0).get(sessions[0].session_id) is None

@@ -233,3 +233,22 @@ def test_cached_key_table_path_agrees_with_cold_path(snp_vector: SnpVector) -> N
         data[offset] ^= 0x01
         with pytest.raises(SignatureInvalid):
             native.snp_verify_cached(bytes(data), point, cache)
+
+
+def test_signature_check_without_a_parse_agrees_with_the_parsing_paths(snp_vector: SnpVector) -> None:
+    """`snp_check_signature` (what the verifier uses: the report is parsed already) passes and fails exactly
+    where `snp_verify` does, with a key table and without one."""
+    point = _point(snp_vector)
+    cache = native.P384KeyCache(max_tables=4, build_after=1)
+    for tables in (None, cache, cache):  # the second run with the cache uses its table
+        native.snp_check_signature(snp_vector.report, point, tables)
+        for offset in (0x050, 0x090, 0x2A0, 0x2E8):
+            data = bytearray(snp_vector.report)
+            data[offset] ^= 0x01
+            with pytest.raises(SignatureInvalid):
+                native.snp_verify(bytes(data), point)
+            with pytest.raises(SignatureInvalid):
+                native.snp_check_signature(bytes(data), point, tables)
+    assert len(cache) == 1
+    with pytest.raises(EvidenceError):  # a truncated report: the parse inside the C call refuses it
+        native.snp_check_signature(snp_vector.report[:-1], point, cache)

@@ -23,6 +23,7 @@ import pytest
 import rfc8785
 from psycopg.rows import dict_row
 
+from kbs import jsondoc
 from kbs.audit import chain as chains
 from kbs.audit import merkle
 from kbs.audit.chain import REFUSALS, RELEASES
@@ -283,8 +284,12 @@ def test_attestation_records(store: OpenStore) -> None:
     got = store.get_attestation("att1")
     assert got is not None and got.claims == {"submods": {"cpu0": {"x": [1, "é"]}}} and got.at == NOW
     assert store.get_attestation("x") is None
+    # The claims already encoded by the caller (the token's payload) are stored as they are, and authenticate.
+    claims = {"submods": {"cpu0": {"n": 2**40, "s": "\u2028"}}}
+    store.record_attestation(AttestationRecord("att2", NOW, "s", "snp", claims, jsondoc.dumps(claims)))
+    assert store.get_attestation("att2") == AttestationRecord("att2", NOW, "s", "snp", claims)
     assert store.purge_attestations(NOW) == 0  # not older than NOW
-    assert store.purge_attestations(NOW + dt.timedelta(seconds=1)) == 1 and store.get_attestation("att1") is None
+    assert store.purge_attestations(NOW + dt.timedelta(seconds=1)) == 2 and store.get_attestation("att1") is None
 
 
 def test_replicas_starting_together_create_one_schema(backend: Backend) -> None:

@@ -354,7 +354,7 @@ def _unwrap_cek(header: Mapping[str, Any], encrypted_key: bytes, private_key: Te
         epk = header.get("epk")
         if not isinstance(epk, dict) or epk.get("kty") != "EC" or epk.get("crv") != crv:
             raise JweInvalid(f"JWE epk must be an EC JWK on {crv}, the private key's curve")
-        peer = _ec_point(epk, crv, JweInvalid, "JWE epk")
+        peer = _new_ec_point(epk, crv, JweInvalid, "JWE epk")  # ephemeral: one JWE's, never seen again, not cached
         kek = concat_kdf(private_key.exchange(ec.ECDH(), peer))
         try:
             return aes_key_unwrap(kek, encrypted_key)

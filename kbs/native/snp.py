@@ -106,12 +106,23 @@ def snp_certtable_parse(table: bytes) -> list[CertTableEntry]:
 
 def snp_verify_cached(report: bytes, public_key: bytes, cache: P384KeyCache) -> RawSnpReport:
     """`snp_verify`, using the key's precomputed table once the cache has one (a VCEK seen before)."""
+    return _from_struct(_verified(report, public_key, cache)[0])
+
+
+def snp_check_signature(report: bytes, public_key: bytes, cache: P384KeyCache | None = None) -> None:
+    """`snp_verify_cached` (or `snp_verify` without a cache) for a caller that parsed the report already:
+    the same checks, no Python objects built from the C parse."""
+    _verified(report, public_key, cache)
+
+
+def _verified(report: bytes, public_key: bytes, cache: P384KeyCache | None) -> Any:
+    out = ffi.new("struct kbs_snp_report *")
     try:
-        table = cache.table_for(public_key)
+        table = cache.table_for(public_key) if cache is not None else None
     except SignatureInvalid:
         table = None  # the cold path names the key problem
     if table is None:
-        return snp_verify(report, public_key)
-    out = ffi.new("struct kbs_snp_report *")
-    raise_for(lib.kbs_snp_verify_with_table(report, len(report), table.c_pointer(), out))
-    return _from_struct(out[0])
+        raise_for(lib.kbs_snp_verify(report, len(report), public_key, len(public_key), out))
+    else:
+        raise_for(lib.kbs_snp_verify_with_table(report, len(report), table.c_pointer(), out))
+    return out

@@ -42,7 +42,7 @@ from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connec
 from kbs.server.metrics import REFRESH_SECONDS, Metrics
 from kbs.server.metrics_access import MetricsAccess
 from kbs.server.protocol import STATE
-from kbs.server.sessions import SessionCookies
+from kbs.server.sessions import AttestedSessions, SessionCookies
 from kbs.server.state import AdminIdentity, BrokerState
 from kbs.server.tls import check_listen, server_ssl_context
 from kbs.server.tokens import TokenSigner
@@ -222,6 +222,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer,
                         sessions=SessionCookies.from_kek(kek, config.session_lifetime),
+                        attested=AttestedSessions(config.session_cache_bytes),
                         decisions=DecisionInputs(store, registry))
     state.log = tlog.Checkpointer(store, tlog.log_signer(store.get_or_create_secret, kek, config.log_origin),
                                   state.run, config.log_witness_hook)

@@ -15,7 +15,7 @@
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
     [limits]   max_body_bytes = 2097152, request_timeout_seconds = 30, verify_threads = 0 (0: one per core),
                attestation_retention_days = 30, refusal_retention_days = 30, max_attest_body_bytes,
-               max_claims_bytes, token_cache_bytes, max_connections, max_connections_per_client,
+               max_claims_bytes, token_cache_bytes, session_cache_bytes, max_connections, max_connections_per_client,
                header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst,
                max_in_flight = 128 (requests in flight per worker; beyond it 503 with Retry-After)
     [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
@@ -94,6 +94,7 @@ class Config:
     max_attest_body_bytes: int = 1024 * 1024
     max_claims_bytes: int = 128 * 1024
     token_cache_bytes: int = 2 * 1024 * 1024
+    session_cache_bytes: int = 1024 * 1024
     refusal_retention_days: int = 30
     max_connections: int = 320  # per worker process: with max_in_flight, what bounds a worker's memory
     max_connections_per_client: int = 32
@@ -204,7 +205,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
                "verify_threads": "verify_threads",
                "attestation_retention_days": "attestation_retention_days",
                "max_attest_body_bytes": "max_attest_body_bytes", "max_claims_bytes": "max_claims_bytes",
-               "token_cache_bytes": "token_cache_bytes", "refusal_retention_days": "refusal_retention_days",
+               "token_cache_bytes": "token_cache_bytes", "session_cache_bytes": "session_cache_bytes",
+               "refusal_retention_days": "refusal_retention_days",
                "max_connections": "max_connections", "max_connections_per_client": "max_connections_per_client",
                "header_timeout_seconds": "header_timeout", "keepalive_timeout_seconds": "keepalive_timeout",
                "auth_per_second": "auth_rate", "attest_per_second": "attest_rate",

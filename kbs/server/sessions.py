@@ -17,10 +17,10 @@ import base64
 import hmac
 import re
 import secrets
-import uuid
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 
+from kbs.cache import ByteBoundedCache
 from kbs.keys.kek import Kek
 from kbs.store.base import Session
 
@@ -33,6 +33,7 @@ _FORM = re.compile(rf"v1\.([0-9a-f]{{32}})\.({_TEE})\.([0-9]{{1,12}})\.([0-9]{{1
                    r"([0-9a-f]{64})\.([A-Za-z0-9_-]{43})")
 _TEE_NAME = re.compile(_TEE)
 MAX_COOKIE_CHARS = 256
+SESSION_OVERHEAD = 1024  # a stored Session's object, its other strings and the cache's entry, beyond its token
 
 
 class SessionCookies:
@@ -49,8 +50,9 @@ class SessionCookies:
         if not _TEE_NAME.fullmatch(tee):  # a cookie that could never open again
             raise ValueError(f"TEE name {tee!r} cannot be carried in a session cookie")
         created = now.replace(microsecond=0)
-        return Session(session_id=uuid.uuid4().hex, tee=tee, nonce=base64.b64encode(secrets.token_bytes(32)).decode(),
-                       created_at=created, expires_at=created + self.lifetime, state="authed")
+        return Session(session_id=secrets.token_hex(16), tee=tee,
+                       nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=created,
+                       expires_at=created + self.lifetime, state="authed")
 
     def seal(self, session: Session) -> str:
         """The cookie value carrying `session` (made by `new_session`)."""
@@ -77,6 +79,30 @@ class SessionCookies:
     def _mac(self, body: str) -> str:
         digest = hmac.new(self._key, body.encode(), sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+class AttestedSessions:
+    """Sessions this worker stored as attested, by id, each with its token: the guest's resource request, which
+    comes on the same connection and so to the same worker, finds its session without a read.  Safe to keep: a
+    stored session never changes (it is only deleted once expired, and the cookie's expiry is checked on every
+    request).  Bounded by bytes (a token is most of an entry); a miss reads the store."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._cache: ByteBoundedCache[str, Session] = ByteBoundedCache(max_bytes, _session_cost)
+
+    def remember(self, session: Session) -> None:
+        self._cache.put(session.session_id, session)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._cache.get(session_id)
+
+    @property
+    def bytes_used(self) -> int:
+        return self._cache.bytes_used
+
+
+def _session_cost(session: Session) -> int:
+    return len(session.token or "") + SESSION_OVERHEAD
 
 
 def session_id_of(value: str | None) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,7 +18,7 @@ from kbs.server.attestation import Attestor
 from kbs.server.config import Config
 from kbs.server.decisions import DecisionInputs
 from kbs.server.metrics import Metrics
-from kbs.server.sessions import SessionCookies
+from kbs.server.sessions import AttestedSessions, SessionCookies
 from kbs.server.tokens import TokenSigner
 from kbs.store.base import Store, StoreError
 from kbs.store.group_commit import GroupCommitWriter
@@ -53,6 +53,7 @@ class BrokerState:
     writer: GroupCommitWriter | None = None  # the guest protocol's writes, group-committed
     log: Checkpointer | None = None  # the release log's checkpoints and tiles (kbs.server.tlog)
     shares: ShareKey | None = None  # what owners' shares and TEEs' deposits are encrypted to (issue 15)
+    attested: AttestedSessions = field(default_factory=lambda: AttestedSessions(1 << 20))  # sized by the config
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:

@@ -6,7 +6,6 @@ with the same key and a token from one replica is accepted by another (the Beare
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import Any
 
 import jwt
 import orjson
+import pybase64
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -38,13 +38,13 @@ class TokenInvalid(KbsError):
 
 
 def _b64url(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    return pybase64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 def _claims_of(token: str) -> dict[str, Any]:
     """The payload of a token whose signature was checked before (the same bytes: the cache key)."""
     payload = token.split(".", 2)[1]
-    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    raw = pybase64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     try:
         claims: dict[str, Any] = orjson.loads(raw)
     except orjson.JSONDecodeError:  # integers beyond 64 bits

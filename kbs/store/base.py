@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -171,6 +171,8 @@ class AttestationRecord:
     session_id: str
     tee: str
     claims: dict[str, Any]
+    # The claims as kbs.jsondoc.dumps encodes them, when the caller has that already (the token's payload).
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class Store(PolicyStore, Protocol):

@@ -187,14 +187,16 @@ class PostgresStore(StoreReads):
             self._local.batch = None
 
     def commit_batch(self) -> None:
-        self._tails.reset()
         conn, self._batch_conn = self._batch_conn, None
         assert conn is not None
         try:
+            self._write_unwritten_heads(conn.cursor())
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} could not commit: {exc}") from exc
+        finally:
+            self._tails.reset()
         self._pool.putconn(conn)
 
     def rollback_batch(self) -> None:
@@ -505,16 +507,27 @@ class PostgresStore(StoreReads):
 
     def _head(self, cur: Cursor, chain: str, *, lock: bool = False) -> Head:
         """The recorded head; `lock` takes its row for the rest of the transaction (appends queue on it)."""
+        if self._batch_conn is not None and cur.connection is self._batch_conn:
+            self._write_unwritten_heads(cur, chain)  # the batch's appends may have moved it
         locking = " FOR UPDATE" if lock else ""
         return self._rows.head(chain, cur.execute(f"SELECT * FROM log_heads WHERE chain=%s{locking}",
                                                   (chain,)).fetchone())
 
     def _write_head(self, cur: Cursor, head: Head) -> None:
         self._tails.moved(head.chain)
+        self._store_head(cur, head)
+
+    def _store_head(self, cur: Cursor, head: Head) -> None:
         cur.execute("INSERT INTO log_heads VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (chain) DO UPDATE SET "
                     "first_seq = EXCLUDED.first_seq, anchor_hash = EXCLUDED.anchor_hash, "
                     "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
                     self._rows.head_values(head))
+
+    def _write_unwritten_heads(self, cur: Cursor, chain: str | None = None) -> None:
+        """The heads the batch's appends moved (of `chain`, or all of them, before the COMMIT), each written once."""
+        for head in self._tails.unwritten(chain):
+            self._store_head(cur, head)
+            self._tails.written(head.chain)
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a log; durable when this returns.  The head row is locked first, so replicas append one at
@@ -530,9 +543,10 @@ class PostgresStore(StoreReads):
             return self._head(cur, chain, lock=True)
         start = self._tails.start(chain, read_head) if in_batch else read_head()
         appended, tail = tlog.append_entry(_Sql(cur), self._rows, start, record.loggable())
-        self._write_head(cur, tail.head)
         if in_batch:
-            self._tails.appended(tail)
+            self._tails.appended(tail)  # its head row written once, at the batch's end
+        else:
+            self._write_head(cur, tail.head)
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -100,7 +100,7 @@ class Rows:
     # attestations
     def attestation_values(self, record: AttestationRecord) -> tuple[object, ...]:
         """The row of an attestation: its columns in table order, MAC last."""
-        claims = jsondoc.dumps(record.claims).decode()
+        claims = (record.encoded or jsondoc.dumps(record.claims)).decode()
         return (record.attestation_id, ts(record.at), record.session_id, record.tee, claims,
                 self.auth.mac("attestations", record.attestation_id, ts(record.at), record.session_id, record.tee,
                               digest(claims)))

@@ -240,6 +240,7 @@ class SqliteStore(StoreReads):
         db = self._batch_db
         assert db is not None
         try:
+            self._write_unwritten_heads(db)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
@@ -504,11 +505,19 @@ class SqliteStore(StoreReads):
     # -- the logs --------------------------------------------------------------------------
 
     def _head(self, db: sqlite3.Connection, chain: str) -> Head:
+        if db is self._batch_db:  # the batch's appends may have moved it: what is read must be current
+            self._write_unwritten_heads(db, chain)
         return self._rows.head(chain, db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone())
 
     def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
         self._tails.moved(head.chain)
         db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
+
+    def _write_unwritten_heads(self, db: sqlite3.Connection, chain: str | None = None) -> None:
+        """The heads the batch's appends moved (of `chain`, or all of them, before the COMMIT), each written once."""
+        for head in self._tails.unwritten(chain):
+            db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
+            self._tails.written(head.chain)
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a log; durable when this returns (synchronous=FULL).  A log truncated or edited outside
@@ -520,12 +529,14 @@ class SqliteStore(StoreReads):
     def _append(self, db: sqlite3.Connection, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         # Inside a group commit's batch, the log's head and tree edge are read and checked by its first append;
         # the others start from the tail the batch's own transaction left (kbs.store.tlog.Tail).
+        # The head row is then written once, at the batch's end (kbs.store.tlog.Tails).
         in_batch = db is self._batch_db
         start = self._tails.start(chain, lambda: self._head(db, chain)) if in_batch else self._head(db, chain)
         appended, tail = tlog.append_entry(_Sql(db), self._rows, start, record.loggable())
-        self._write_head(db, tail.head)
         if in_batch:
             self._tails.appended(tail)
+        else:
+            self._write_head(db, tail.head)
         return appended
 
     def add_log_checkpoint(self, checkpoint: StoredCheckpoint) -> bool:

@@ -78,40 +78,57 @@ class Tail:
 
 class Tails:
     """Each log's Tail inside a store's open batch (a group commit's transaction): the batch's first append of a
-    log reads and checks its head (and tree edge), the others start from where the previous one left it."""
+    log reads and checks its head (and tree edge), the others start from where the previous one left it.  The
+    head row itself is written once per log at the end of the batch (`unwritten`), or before anything in the
+    batch reads it, not after every append."""
 
     def __init__(self) -> None:
         self._by_chain: dict[str, Tail] = {}
+        self._unwritten: set[str] = set()
 
     def reset(self) -> None:
         """A batch begins or ends: nothing is known."""
         self._by_chain = {}
+        self._unwritten = set()
 
     def start(self, chain: str, read_head: Callable[[], Head]) -> Head | Tail:
         return self._by_chain.get(chain) or read_head()
 
     def appended(self, tail: Tail) -> None:
+        """An append inside the batch left the log at `tail`; its head row is not written yet."""
         self._by_chain[tail.head.chain] = tail
+        self._unwritten.add(tail.head.chain)
+
+    def unwritten(self, chain: str | None = None) -> list[Head]:
+        """The heads (of `chain`, or of every log) that appends moved and nobody wrote yet, in chain order."""
+        chains = sorted(self._unwritten) if chain is None else [chain] if chain in self._unwritten else []
+        return [self._by_chain[c].head for c in chains]
+
+    def written(self, chain: str) -> None:
+        self._unwritten.discard(chain)
 
     def moved(self, chain: str) -> None:
         """A head written other than by an append (a purge moves its anchor): read it again next time."""
         self._by_chain.pop(chain, None)
+        self._unwritten.discard(chain)
 
     @contextmanager
     def call(self) -> Iterator[None]:
-        """One store call of the batch (a savepoint): if it fails, its appends are undone, and so forgotten."""
-        before = dict(self._by_chain)
+        """One store call of the batch (a savepoint): if it fails, its appends (and any head it wrote) are undone,
+        and so forgotten."""
+        before, unwritten = dict(self._by_chain), set(self._unwritten)
         try:
             yield
         except BaseException:
-            self._by_chain = before
+            self._by_chain, self._unwritten = before, unwritten
             raise
 
 
 def append_entry(sql: Sql, rows: Rows, start: Head | Tail, record: ReleaseRecord) -> tuple[ReleaseRecord, Tail]:
     """Append `record` to the log whose recorded head is `start` (read, and on PostgreSQL locked, by the caller,
-    who writes the new head it returns), or whose Tail this transaction left: the row with its hashes and MAC,
-    and, for the release log, the tree's new leaf and subtrees.  Every backend, one transaction."""
+    who writes the new head it returns: at once, or at the end of its batch), or whose Tail this transaction
+    left: the row with its hashes and MAC, and, for the release log, the tree's new leaf and subtrees.  Every
+    backend, one transaction."""
     head = start.head if isinstance(start, Tail) else start
     chain = head.chain
     table = log_table(chain)

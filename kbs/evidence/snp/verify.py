@@ -45,10 +45,7 @@ def verify_signature(report: SnpReport, chain: AmdChain, key_tables: native.P384
     With `key_tables` (the verifier's per-key precomputed tables: one VCEK signs every report of
     its host, so from its second report on it verifies ~3x faster), the key's table is used."""
     try:
-        if key_tables is None:
-            native.snp_verify(report.data, chain.vek_public_point)
-        else:
-            native.snp_verify_cached(report.data, chain.vek_public_point, key_tables)
+        native.snp_check_signature(report.data, chain.vek_public_point, key_tables)
     except SignatureInvalid as exc:
         raise SignatureInvalid(f"report signature does not verify with the {chain.kind} key ({exc})",
                                check=exc.check) from exc
