@@ -308,6 +308,23 @@ def test_database_holder_cannot_rebind_a_key_or_rewrite_the_log(tmp_path: Path, 
         assert asyncio.run(attest_status(b.url, SnpGuest(pki))) == 503
 
 
+def test_a_policy_edited_in_the_database_is_named_in_its_refusal(tmp_path: Path, pki: SyntheticAmd) -> None:
+    """A database holder rewrites a policy's text: the policy no longer authenticates, nothing is released, and the
+    release log's entry for the refused guest names that policy (what a key owner looks for)."""
+    with run_broker(tmp_path, broker_config(tmp_path, pki)) as b:
+        assert put(b, "/kbs/v0/admin/policies/snp-ok", method="PUT", data=ALLOW_SNP)[0] == 200
+        assert put(b, "/kbs/v0/resource/prod/key/disk?policy=snp-ok", data=SECRET)[0] == 200
+        status, _, _ = asyncio.run(full_flow(b.url, "snp", "prod/key/disk", guest=SnpGuest(pki)))
+        assert status == 200
+        with sqlite3.connect(b.state_dir / "kbs.sqlite3") as db:
+            db.execute("UPDATE policies SET text = ? WHERE policy_id = 'snp-ok'",
+                       ('{"version": "1.0.0", "anyOf": [{"authority": "local:snp", "allOf": []}]}',))
+        status, body, _ = asyncio.run(full_flow(b.url, "snp", "prod/key/disk", guest=SnpGuest(pki)))
+        assert status == 401 and "could not be evaluated" in body["detail"] and "ciphertext" not in body
+        entry = logged(b, body["reference"])
+        assert (entry["decision"], entry["reason"], entry["policy_id"]) == ("error", "store.integrity", "snp-ok")
+
+
 async def attest_status(url: str, guest: SnpGuest) -> int:
     async with aiohttp.ClientSession(cookie_jar=jar()) as http:
         nonce = await auth(http, url, "snp")

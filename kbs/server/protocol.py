@@ -404,8 +404,13 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     tee_pubkey = _tee_pubkey(claims)
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
     resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
-    decision, policy_version, refs_hash = await judge(st, request, "resource", parts, policy_id, resolved, claims,
-                                                      now, "the release policy")
+    try:
+        decision, policy_version, refs_hash = await judge(st, request, "resource", parts, policy_id, resolved, claims,
+                                                          now, "the release policy")
+    except ProtocolError as exc:  # the policy could not be evaluated: its entry still names the policy
+        policy_hash = None if isinstance(resolved, KbsError) else resolved[0].content_hash
+        await _log_refusal(st, RELEASES, record.updated(policy_id=policy_id, policy_hash=policy_hash), exc)
+        raise
     record = record.updated(policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
     if not decision.allow:
         why = _first_failure(decision.explanation)
