@@ -52,7 +52,7 @@ _CURVES: dict[str, tuple[type[ec.EllipticCurve], int, int]] = {
     "P-256": (ec.SECP256R1, 32, 2**256 - 2**224 + 2**192 + 2**96 - 1),
     "P-521": (ec.SECP521R1, 66, 2**521 - 1),
 }
-POINT_CACHE_BYTES = 1 << 20
+POINT_CACHE_BYTES = 1 << 19  # ~200 points: a guest's key is parsed at /attest and used again moments later
 POINT_OVERHEAD = 2560  # a key object (OpenSSL's included: ~2.1 KB measured) and the cache's entry
 _CRV_BY_CURVE_NAME = {"secp256r1": "P-256", "secp521r1": "P-521"}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})

@@ -94,7 +94,7 @@ class Config:
     max_attest_body_bytes: int = 1024 * 1024
     max_claims_bytes: int = 128 * 1024
     token_cache_bytes: int = 2 * 1024 * 1024
-    session_cache_bytes: int = 1024 * 1024
+    session_cache_bytes: int = 512 * 1024
     refusal_retention_days: int = 30
     max_connections: int = 320  # per worker process: with max_in_flight, what bounds a worker's memory
     max_connections_per_client: int = 32
