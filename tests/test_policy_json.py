@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kbs.policy.ear import ear_document
 from kbs.policy.json_policy import JsonPolicy
@@ -41,7 +43,9 @@ def decide(text: str, claims: dict[str, Any] | None = None, refs: ReferenceValue
            at: dt.datetime = NOW) -> bool:
     refs = refs or ReferenceValues()
     p = validate_policy(text, refs)
-    return p.evaluate(claims if claims is not None else doc(), refs, REQUEST, at).allow
+    decision = p.evaluate(claims if claims is not None else doc(), refs, REQUEST, at)
+    assert decision.explanation.ok is decision.allow  # the explanation, built later, agrees with the decision
+    return decision.allow
 
 
 # (condition, allowed on SNP above) — each operator with a case that allows and one that denies.
@@ -233,3 +237,30 @@ def test_hex_reference_values_match_in_any_case() -> None:
     assert decide(text, refs=refs)
     kept = ["ABC", "Milan", "UpToDate", "8BE4DF61-93CA-11D2", "ABCDEF", "ABCDEF0", 7, True]
     assert list(ReferenceValues.from_json({"x": kept}).get("x").values) == kept  # type: ignore[union-attr]
+
+
+_CONDITIONS = [c for c, _ in OPERATOR_CASES] + [{"claim": "nvidia.measres", "equals": "success"},
+                                                {"claim": "nvidia.driver_version", "versionGreaterOrEquals": "550"}]
+
+
+def _groups(depth: int) -> st.SearchStrategy[dict[str, Any]]:
+    leaf = st.sampled_from(_CONDITIONS)
+    if depth == 0:
+        return leaf
+    return st.one_of(leaf, st.builds(lambda kind, children: {kind: children}, st.sampled_from(["allOf", "anyOf"]),
+                                     st.lists(_groups(depth - 1), min_size=1, max_size=4)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(st.tuples(st.sampled_from(["local:snp", "local:nvgpu", "local:tdx"]),
+                                 st.sampled_from(["allOf", "anyOf"]), st.lists(_groups(2), min_size=1, max_size=4)),
+                       min_size=1, max_size=3),
+       combine=st.sampled_from(["allOf", "anyOf"]), gpus=st.integers(0, 2), debug=st.booleans())
+def test_the_decision_is_what_its_explanation_says(blocks: list[tuple[str, str, list[dict[str, Any]]]],
+                                                   combine: str, gpus: int, debug: bool) -> None:
+    """A JSON policy decides without building its explanation; built afterwards, the explanation's verdict is the
+    decision, for any nesting of groups and authorities, with or without GPUs."""
+    text = json.dumps({"version": "1.0.0", combine: [{"authority": a, kind: body} for a, kind, body in blocks]})
+    claims = doc(dict(SNP, policy_debug_allowed=debug), [GPU] * gpus)
+    decision = JsonPolicy.parse(text).evaluate(claims, ReferenceValues(), REQUEST, NOW)
+    assert decision.explanation.ok is decision.allow

@@ -270,6 +270,13 @@ def _explain_condition(cond: ClaimCondition, context: Mapping[str, Any], refs: R
                               f"{json.dumps(shown) if seen is not _MISSING else '(missing)'}; {why}")
 
 
+def _holds_group(group: Group, context: Mapping[str, Any], refs: ReferenceValues, at: datetime) -> bool:
+    """`_explain_group(...).ok` without building the explanation (every condition judged there too)."""
+    results = [_judge(c, _resolve(context, c.claim), refs, at)[0] if isinstance(c, ClaimCondition)
+               else _holds_group(c, context, refs, at) for c in group.children]
+    return any(results) if group.kind == "anyOf" else all(results)
+
+
 def _explain_group(group: Group, context: Mapping[str, Any], refs: ReferenceValues,
                    at: datetime) -> Explanation:
     children = tuple(_explain_condition(c, context, refs, at) if isinstance(c, ClaimCondition)
@@ -320,32 +327,49 @@ class JsonPolicy:
 
     def evaluate(self, claims: Mapping[str, Any], refs: ReferenceValues, request: ResourceRequest,
                  at: datetime) -> Decision:
+        """The decision now; its explanation (the same walk, with every node's text) when first asked for."""
         if not isinstance(claims, Mapping):
             claims = {}
         by_tee = submods_by_tee(claims)
+        results = [self._holds_block(b, claims, by_tee, refs, at) for b in self.blocks]
+        held = any(results) if self.combine == "anyOf" else all(results)
+        return Decision(held, explain=lambda: self._explain(claims, by_tee, refs, at))
+
+    def _explain(self, claims: Mapping[str, Any], by_tee: Mapping[str, list[Mapping[str, Any]]],
+                 refs: ReferenceValues, at: datetime) -> Explanation:
         children = tuple(self._explain_block(b, claims, by_tee, refs, at) for b in self.blocks)
         held = any(c.ok for c in children) if self.combine == "anyOf" else all(c.ok for c in children)
-        root = Explanation(kind="policy", ok=held, where="policy", line=self.line, children=children,
+        return Explanation(kind="policy", ok=held, where="policy", line=self.line, children=children,
                            detail=f"policy {'allows' if held else 'denies'} ({self.combine} over "
                                   f"{len(children)} authorit{'y' if len(children) == 1 else 'ies'})")
-        return Decision(allow=held, explanation=root)
 
     @staticmethod
-    def _explain_block(block: AuthorityBlock, claims: Mapping[str, Any],
+    def _contexts(block: AuthorityBlock, claims: Mapping[str, Any],
+                  by_tee: Mapping[str, list[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+        """What the block's claim paths resolve against, one per submod of its verifier.  Paths may start at the
+        annotated evidence: the verifier's claims under its Trustee name (`snp.`, `tdx.`, `nvidia.` for
+        local:nvgpu), `report_data`, `init_data_claims` …"""
+        out: list[Mapping[str, Any]] = []
+        for sub in by_tee.get(block.authority.removeprefix("local:"), []):
+            evidence = sub.get("ear.veraison.annotated-evidence")
+            out.append({**claims, **(evidence if isinstance(evidence, Mapping) else {}), "submod": sub})
+        return out
+
+    @classmethod
+    def _holds_block(cls, block: AuthorityBlock, claims: Mapping[str, Any],
+                     by_tee: Mapping[str, list[Mapping[str, Any]]], refs: ReferenceValues, at: datetime) -> bool:
+        contexts = cls._contexts(block, claims, by_tee)
+        return bool(contexts) and all([_holds_group(block.body, c, refs, at) for c in contexts])
+
+    @classmethod
+    def _explain_block(cls, block: AuthorityBlock, claims: Mapping[str, Any],
                        by_tee: Mapping[str, list[Mapping[str, Any]]], refs: ReferenceValues,
                        at: datetime) -> Explanation:
-        tee = block.authority.removeprefix("local:")
-        subs = by_tee.get(tee, [])
-        if not subs:
+        contexts = cls._contexts(block, claims, by_tee)
+        if not contexts:
             return Explanation(kind="authority", ok=False, where=block.where, line=block.line,
                                detail=f"{block.authority}: the claims hold no evidence from this verifier")
-        per_sub = []
-        for sub in subs:
-            evidence = sub.get("ear.veraison.annotated-evidence")
-            # Paths may start at the annotated evidence: the verifier's claims under its Trustee name
-            # (`snp.`, `tdx.`, `nvidia.` for local:nvgpu), `report_data`, `init_data_claims` …
-            context = {**claims, **(evidence if isinstance(evidence, Mapping) else {}), "submod": sub}
-            per_sub.append(_explain_group(block.body, context, refs, at))
+        per_sub = [_explain_group(block.body, context, refs, at) for context in contexts]
         held = all(e.ok for e in per_sub)
         return Explanation(kind="authority", ok=held, where=block.where, line=block.line,
                            children=tuple(per_sub),

@@ -7,7 +7,7 @@ no: every condition with the value it saw and whether it held.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -79,10 +79,29 @@ class Explanation:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
 class Decision:
-    allow: bool
-    explanation: Explanation
+    """Whether a policy allows, and why.  The explanation may be given, or built when first asked for: a JSON
+    policy's allow (most decisions) never needs its tree of condition texts."""
+
+    __slots__ = ("_explain", "_explanation", "allow")
+
+    def __init__(self, allow: bool, explanation: Explanation | None = None, *,
+                 explain: Callable[[], Explanation] | None = None) -> None:
+        if (explanation is None) == (explain is None):
+            raise TypeError("a Decision needs an explanation or a way to build one (not both)")
+        self.allow = allow
+        self._explanation = explanation
+        self._explain = explain
+
+    @property
+    def explanation(self) -> Explanation:
+        if self._explanation is None:
+            assert self._explain is not None
+            self._explanation, self._explain = self._explain(), None
+        return self._explanation
+
+    def __repr__(self) -> str:
+        return f"Decision(allow={self.allow!r}, explanation={self.explanation!r})"
 
     def to_json(self) -> dict[str, Any]:
         return {"allow": self.allow, "explanation": self.explanation.to_json()}
