@@ -84,8 +84,9 @@ class _Recorder:
         self.events.append("begin (waited)")
 
     @contextmanager
-    def batch_calls(self) -> Iterator[None]:
+    def batch_calls(self, savepoints: bool = True) -> Iterator[None]:
         self._on("calls")
+        self.events.append("calls" if savepoints else "calls without savepoints")
         yield
 
     def commit_batch(self) -> None:
@@ -116,16 +117,21 @@ def test_answers_come_after_the_commit_and_a_failed_commit_fails_all() -> None:
             store.events.append(f"answered {value}")
             return result
         assert await one("a") == "a"
-        assert store.events == ["begin", "put a", "commit", "answered a"]
+        assert store.events == ["begin", "calls without savepoints", "put a", "commit", "answered a"]
+        del store.events[:]
         results = await asyncio.gather(one("x"), one("bad"), one("y"), return_exceptions=True)
         assert results[0] == "x" and isinstance(results[1], ValueError) and results[2] == "y"
+        # "bad" failed without savepoints: all undone, then the batch again with a savepoint per call.
+        assert store.events[:8] == ["begin", "calls without savepoints", "put x", "rollback", "begin", "calls",
+                                    "put x", "put y"]
+        assert writer.retried == 1
         store.fail_commit = True
         results = await asyncio.gather(one("x"), one("bad"), one("y"), return_exceptions=True)
         assert isinstance(results[0], StoreError) and isinstance(results[2], StoreError)
         assert store.events.count("answered x") == 1  # from the first round only
         store.fail_commit, store.lock_busy = False, True
         assert await one("z") == "z"
-        assert store.events[-4:] == ["begin (waited)", "put z", "commit", "answered z"]
+        assert store.events[-5:] == ["begin (waited)", "calls without savepoints", "put z", "commit", "answered z"]
         await writer.close()
     asyncio.run(go())
     # The calls run on the loop's thread; waiting for the lock and the COMMIT's fsync on the writer's thread.

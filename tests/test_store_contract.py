@@ -9,6 +9,7 @@ SQLite-only behaviour (file modes, WAL, the version-1 upgrade) stays in test_sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import multiprocessing
 import sqlite3
@@ -34,6 +35,7 @@ from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, 
 from kbs.store.group_commit import GroupCommitWriter, can_batch
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
 from kbs.store.rows import Rows
+from kbs.store.sqlite import SqliteStore
 from tests.postgres import PostgresServer
 
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
@@ -537,6 +539,8 @@ def test_group_commit_batches_on_two_replicas(backend: Backend) -> None:
         for writer in writers:
             await writer.close()
         assert sum(w.batches for w in writers) < 200  # batched
+        # Batches run without a savepoint per call; those with a failing call ran again with savepoints.
+        assert 0 < sum(w.retried for w in writers) < sum(w.batches for w in writers)
         return results
     results = asyncio.run(storm())
     attested, appended = results[:120], results[120:]
@@ -552,6 +556,42 @@ def test_group_commit_batches_on_two_replicas(backend: Backend) -> None:
     assert logged == sorted([f"r/t/{1000 + i}" for i in winners] + [f"r/t/{i}" for i in range(80)])
     assert check_tree(replicas[0]) == len(winners) + 80
     assert {h.chain: h.entries for h in replicas[0].verify_logs()}[RELEASES] == len(winners) + 80
+
+
+def test_a_statement_failing_inside_a_call_that_carries_on_never_commits_the_batch(backend: Backend) -> None:
+    """A call that catches its own failed statement and returns: without savepoints, the batch's transaction may
+    be unusable (PostgreSQL aborts it); the batch runs again with a savepoint per call, where that call's
+    failure is its own, and everything else commits."""
+    store = backend.open()
+
+    def swallowing() -> str:
+        if isinstance(store, SqliteStore):
+            with store._tx() as db, contextlib.suppress(sqlite3.Error):
+                db.execute("INSERT INTO no_such_table VALUES (1)")
+        else:
+            def step(cur: Any) -> None:
+                with contextlib.suppress(psycopg.Error):
+                    cur.execute("INSERT INTO no_such_table VALUES (1)")
+            store._tx(step)
+        return "carried on"
+
+    async def go() -> list[Any]:
+        writer = GroupCommitWriter(store)
+        calls = [writer.write(store.append_log, RELEASES, entry(1)), writer.write(swallowing),
+                 writer.write(store.append_log, RELEASES, entry(2))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await writer.close()
+        # SQLite carries on after a failed statement; PostgreSQL aborts the transaction: the batch runs again.
+        assert writer.retried == (0 if isinstance(store, SqliteStore) else 1)
+        return results
+    results = asyncio.run(go())
+    assert isinstance(results[0], ReleaseRecord)
+    assert results[1] == "carried on" if isinstance(store, SqliteStore) else isinstance(results[1], StoreError)
+    # Whatever failed was reported; every acknowledged append is in the log, and nothing else.
+    acknowledged = [r.resource for r in results if isinstance(r, ReleaseRecord)]
+    assert all(isinstance(r, ReleaseRecord | StoreError) or r == "carried on" for r in results)
+    assert [e.resource for e in store.log_entries(RELEASES, limit=10)] == acknowledged
+    assert {h.chain: h.entries for h in store.verify_logs()}[RELEASES] == len(acknowledged)
 
 
 def _append(url: str, chain: str, count: int, tag: int) -> None:

@@ -4,10 +4,13 @@ caller is answered only after its batch is durable.
 In a storm, writes arrive faster than one fsync each can keep up with; waiting writers (each with its own
 transaction and fsync) were what made the latency tail.  Here a request's write joins the batch being
 gathered; one batch at a time is written: the write lock is taken (at once when it is free, else on a
-thread, so the loop never waits for another process's commit), the calls run on the event loop, each as
-its own savepoint (a call that fails is undone alone and fails alone), and the COMMIT, which waits for the
-disk, runs on a thread.  Nothing is answered before the COMMIT returns: if it fails, every call of the
-batch fails, so a request that depends on its write fails closed.
+thread, so the loop never waits for another process's commit), the calls run on the event loop, and the
+COMMIT, which waits for the disk, runs on a thread.  The calls run first without a savepoint each (every
+call usually succeeds; a savepoint is two more statements a call, two more round trips on a network
+database); if one fails, the whole transaction is rolled back and the batch runs again with each call in
+its own savepoint, so that the failing call is undone alone and fails alone.  Nothing is answered before
+the COMMIT returns: if it fails, every call of the batch fails, so a request that depends on its write
+fails closed.
 
 Why the calls run on the loop: a store call is Python (rows, MACs, canonical JSON) between short SQLite
 steps.  On a writer thread, every step released and re-took the GIL in competition with the loop, and
@@ -37,7 +40,7 @@ DEFAULT_MAX_BATCH = 64
 class BatchingStore(Protocol):
     def try_begin_batch(self) -> bool: ...
     def begin_batch(self) -> None: ...
-    def batch_calls(self) -> Any: ...  # a context manager
+    def batch_calls(self, savepoints: bool = True) -> Any: ...  # a context manager
     def commit_batch(self) -> None: ...
     def rollback_batch(self) -> None: ...
 
@@ -64,6 +67,7 @@ class GroupCommitWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbs-commit")
         self.batches = 0  # transactions committed (tests and metrics read these)
         self.writes = 0
+        self.retried = 0  # batches run again with a savepoint per call, after a call failed without
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the store call `fn(*args)` in the next batch; its result once that batch is durable."""
@@ -97,25 +101,32 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         if not getattr(self._store, "calls_on_loop", True):
             try:  # shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task
-                results = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
+                whole = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
             except Exception as exc:  # no transaction, or its COMMIT failed: nothing of the batch is durable
                 _settle_all(jobs, exc)
                 return
-            self._settled(jobs, results)
+            self._settled(jobs, whole)
             return
         try:
-            if not self._store.try_begin_batch():
-                begin = loop.run_in_executor(self._thread, self._store.begin_batch)
-                try:
-                    await asyncio.shield(begin)
-                except asyncio.CancelledError:  # the thread still gets the lock: give it back
-                    begin.add_done_callback(lambda f: None if f.exception() else self._store.rollback_batch())
-                    raise
+            await self._begin(loop)
         except Exception as exc:  # no transaction: nothing of the batch ran
             _settle_all(jobs, exc)
             return
+        results = self._optimistic(jobs)
+        if results is not None:
+            await self._commit(loop, jobs, results)
+            return
+        try:  # a call failed: everything was undone; again, each call in a savepoint
+            await self._begin(loop)
+        except Exception as exc:
+            _settle_all(jobs, exc)
+            return
         with self._store.batch_calls():
-            results = [_call(job) for job in jobs]
+            again = [_call(job) for job in jobs]
+        await self._commit(loop, jobs, again)
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
+                      results: list[tuple[bool, Any]]) -> None:
         try:
             # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
             await asyncio.shield(loop.run_in_executor(self._thread, self._store.commit_batch))
@@ -124,17 +135,48 @@ class GroupCommitWriter:
             return
         self._settled(jobs, results)
 
+    async def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread."""
+        if self._store.try_begin_batch():
+            return
+        begin = loop.run_in_executor(self._thread, self._store.begin_batch)
+        try:
+            await asyncio.shield(begin)
+        except asyncio.CancelledError:  # the thread still gets the lock: give it back
+            begin.add_done_callback(lambda f: None if f.exception() else self._store.rollback_batch())
+            raise
+
+    def _optimistic(self, jobs: list[_Job]) -> list[tuple[bool, Any]] | None:
+        """The calls in the open batch without a savepoint each (the common case: every call succeeds, and a
+        savepoint is two more statements a call, two more round trips on a network database).  If one fails,
+        the whole transaction is rolled back and None returned: the caller runs the batch again, each call in
+        its own savepoint, so that the failing call fails alone."""
+        try:
+            with self._store.batch_calls(savepoints=False):
+                return [(True, job.fn(*job.args)) for job in jobs]
+        except BaseException as exc:
+            self._store.rollback_batch()
+            if not isinstance(exc, Exception):
+                raise
+            self.retried += 1
+            return None
+
     def _whole_batch(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network."""
         self._store.begin_batch()
+        results = self._optimistic(jobs)
+        if results is not None:
+            self._store.commit_batch()
+            return results
+        self._store.begin_batch()
         try:
             with self._store.batch_calls():
-                results = [_call(job) for job in jobs]
+                again = [_call(job) for job in jobs]
         except BaseException:
             self._store.rollback_batch()
             raise
         self._store.commit_batch()
-        return results
+        return again
 
     def _settled(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
         self.batches += 1

@@ -37,6 +37,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
@@ -178,11 +179,15 @@ class PostgresStore(StoreReads):
         self._batch_conn = conn
 
     @contextmanager
-    def batch_calls(self) -> Iterator[None]:
-        """Store calls made by this thread inside this block join the open batch (each as a savepoint)."""
-        self._local.batch = self._batch_conn
+    def batch_calls(self, savepoints: bool = True) -> Iterator[None]:
+        """Store calls made by this thread inside this block join the open batch, each as a savepoint (undone alone
+        if it fails), or without (`savepoints=False`: the caller rolls the whole batch back if one fails)."""
+        self._local.batch, self._local.savepoints = self._batch_conn, savepoints
         try:
             yield
+            conn = self._batch_conn
+            if conn is not None and conn.info.transaction_status == TransactionStatus.INERROR:
+                raise StoreError(f"{self.name}: a statement of the batch failed")  # and was swallowed: never COMMIT
         finally:
             self._local.batch = None
 
@@ -190,6 +195,8 @@ class PostgresStore(StoreReads):
         conn, self._batch_conn = self._batch_conn, None
         assert conn is not None
         try:
+            if conn.info.transaction_status == TransactionStatus.INERROR:  # COMMIT would answer ROLLBACK, silently
+                raise psycopg.OperationalError("a statement of the batch failed and its transaction is aborted")
             self._write_unwritten_heads(conn.cursor())
             conn.execute("COMMIT")
         except psycopg.Error as exc:
@@ -217,6 +224,9 @@ class PostgresStore(StoreReads):
         """A transaction of its own, or inside the open batch a savepoint (undone alone if it fails, its appends'
         tails with it)."""
         if batch is not None:
+            if not getattr(self._local, "savepoints", True):
+                yield batch.cursor()
+                return
             with self._tails.call(), batch.transaction():
                 yield batch.cursor()
             return
@@ -228,7 +238,10 @@ class PostgresStore(StoreReads):
         A write made by the group-commit writer's thread inside a batch is a savepoint of the batch instead (a
         deadlock rolls back only its own statement, so it is retried alone)."""
         batch = None if snapshot else getattr(self._local, "batch", None)
-        for attempt in range(_RETRIES):
+        # Without a savepoint a failed statement fails the batch's whole transaction: no retry here, the writer
+        # runs the batch again with savepoints.
+        retries = 1 if batch is not None and not getattr(self._local, "savepoints", True) else _RETRIES
+        for attempt in range(retries):
             try:
                 with self._transaction(batch) as cur:
                     if snapshot:
@@ -237,7 +250,7 @@ class PostgresStore(StoreReads):
                         cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
                     return fn(cur)
             except (errors.DeadlockDetected, errors.SerializationFailure) as exc:
-                if attempt == _RETRIES - 1:
+                if attempt == retries - 1:
                     raise StoreError(f"{self.name}: transaction kept conflicting with others: {exc}") from exc
                 time.sleep(0.005 * (attempt + 1))
             except psycopg.Error as exc:

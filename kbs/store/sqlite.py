@@ -227,11 +227,14 @@ class SqliteStore(StoreReads):
             raise
 
     @contextmanager
-    def batch_calls(self) -> Iterator[None]:
-        """Store calls made by this thread inside this block join the open batch (as savepoints)."""
-        self._local.batch_db = self._batch_db
+    def batch_calls(self, savepoints: bool = True) -> Iterator[None]:
+        """Store calls made by this thread inside this block join the open batch, each as a savepoint (undone alone
+        if it fails), or without (`savepoints=False`: the caller rolls the whole batch back if one fails)."""
+        self._local.batch_db, self._local.savepoints = self._batch_db, savepoints
         try:
             yield
+            if self._batch_db is not None and not self._batch_db.in_transaction:  # SQLite rolled it back (disk full)
+                raise StoreError(f"database {self.path}: the batch's transaction was rolled back by SQLite")
         finally:
             self._local.batch_db = None
 
@@ -254,7 +257,8 @@ class SqliteStore(StoreReads):
         db = self._batch_db
         assert db is not None
         try:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
+                db.execute("ROLLBACK")
         finally:
             self._tails.reset()
             self._unlock_writer()
@@ -294,6 +298,12 @@ class SqliteStore(StoreReads):
         a batch on this thread, a savepoint of the batch's transaction instead."""
         batch_db: sqlite3.Connection | None = getattr(self._local, "batch_db", None)
         if batch_db is not None:
+            if not self._local.savepoints:  # a failure fails the whole batch (kbs.store.group_commit)
+                try:
+                    yield batch_db
+                except sqlite3.Error as exc:
+                    raise StoreError(f"database {self.path} write failed: {exc}") from exc
+                return
             with self._savepoint(batch_db) as inner:
                 yield inner
             return

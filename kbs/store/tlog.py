@@ -62,7 +62,9 @@ def append(sql: Sql, index: int, entry: bytes, root: str | None = None,
         if root is not None and builder.root().hex() != root:
             raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it "
                                       "was changed outside the broker")
-    sql.executemany("INSERT INTO log_tree (level, idx, hash) VALUES (?, ?, ?)", builder.push(merkle.leaf_hash(entry)))
+    stored = builder.push(merkle.leaf_hash(entry))  # the leaf and the subtrees it completes: one statement
+    sql.execute("INSERT INTO log_tree (level, idx, hash) VALUES " + ", ".join(["(?, ?, ?)"] * len(stored)),
+                tuple(value for row in stored for value in row))
     return builder
 
 
