@@ -182,10 +182,14 @@ class PostgresStore(StoreReads):
     def batch_calls(self, savepoints: bool = True) -> Iterator[None]:
         """Store calls made by this thread inside this block join the open batch, each as a savepoint (undone alone
         if it fails), or without (`savepoints=False`: the caller rolls the whole batch back if one fails)."""
-        self._local.batch, self._local.savepoints = self._batch_conn, savepoints
+        conn = self._batch_conn
+        self._local.batch, self._local.savepoints = conn, savepoints
         try:
-            yield
-            conn = self._batch_conn
+            if savepoints or conn is None:
+                yield
+            else:  # each statement sent without waiting for its answer until one is read (psycopg's pipeline mode)
+                with conn.pipeline():
+                    yield
             if conn is not None and conn.info.transaction_status == TransactionStatus.INERROR:
                 raise StoreError(f"{self.name}: a statement of the batch failed")  # and was swallowed: never COMMIT
         finally:
@@ -283,10 +287,11 @@ class PostgresStore(StoreReads):
             return False
 
         def step(cur: Cursor) -> bool:
-            cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s) ON CONFLICT (session_id) "
-                        "DO NOTHING", (session.session_id, session.tee, session.nonce, _ts(session.created_at),
-                                       _ts(session.expires_at), evidence_digest, token))
-            won = cur.rowcount == 1
+            # RETURNING: the answer is read (in a pipelined batch, rowcount is not known until then)
+            won = cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s) ON CONFLICT (session_id) "
+                              "DO NOTHING RETURNING 1", (session.session_id, session.tee, session.nonce,
+                                                         _ts(session.created_at), _ts(session.expires_at),
+                                                         evidence_digest, token)).fetchone() is not None
             if won and record is not None:
                 self._insert_attestation(cur, record)
             if won and summary is not None:
