@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -67,6 +68,7 @@ class _Recorder:
         self.events: list[str] = []
         self.threads: dict[str, set[str]] = {}
         self.fail_commit = False
+        self.fail_rollback = False
         self.lock_busy = False
 
     def _on(self, step: str) -> None:
@@ -97,6 +99,8 @@ class _Recorder:
 
     def rollback_batch(self) -> None:
         self.events.append("rollback")
+        if self.fail_rollback:
+            raise StoreError("connection lost")
 
     def put(self, value: str) -> str:
         self._on("put")
@@ -138,6 +142,25 @@ def test_answers_come_after_the_commit_and_a_failed_commit_fails_all() -> None:
     main = threading.current_thread().name
     assert store.threads["put"] == store.threads["calls"] == store.threads["try_begin"] == {main}
     assert store.threads["commit"] == store.threads["begin"] and main not in store.threads["commit"]
+
+
+def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting() -> None:
+    """A call fails in the savepoint-free run and the rollback fails too (the connection is gone): every call of
+    the batch is answered with an error at once (none is left waiting, none committed), and the writer goes on."""
+    store = _Recorder()
+    store.fail_rollback = True
+
+    async def go() -> list[Any]:
+        writer = GroupCommitWriter(store)
+        results = await asyncio.wait_for(asyncio.gather(writer.write(store.put, "x"), writer.write(store.put, "bad"),
+                                                        return_exceptions=True), 5)
+        store.fail_rollback = False
+        results.append(await writer.write(store.put, "after"))
+        await writer.close()
+        return results
+    results = asyncio.run(go())
+    assert [type(r) for r in results[:2]] == [StoreError, StoreError] and results[2] == "after"
+    assert "commit" not in store.events[:store.events.index("put after")]
 
 
 def test_a_writer_waits_for_another_process_lock_without_holding_the_loop(tmp_path: Path) -> None:

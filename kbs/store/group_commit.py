@@ -112,18 +112,15 @@ class GroupCommitWriter:
         except Exception as exc:  # no transaction: nothing of the batch ran
             _settle_all(jobs, exc)
             return
-        results = self._optimistic(jobs)
-        if results is not None:
-            await self._commit(loop, jobs, results)
-            return
-        try:  # a call failed: everything was undone; again, each call in a savepoint
-            await self._begin(loop)
-        except Exception as exc:
+        try:
+            results = self._optimistic(jobs)
+            if results is None:  # a call failed: everything was undone; again, each call in a savepoint
+                await self._begin(loop)
+                results = self._with_savepoints(jobs)
+        except Exception as exc:  # the batch could not be undone or begun again: nothing of it is durable
             _settle_all(jobs, exc)
             return
-        with self._store.batch_calls():
-            again = [_call(job) for job in jobs]
-        await self._commit(loop, jobs, again)
+        await self._commit(loop, jobs, results)
 
     async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
                       results: list[tuple[bool, Any]]) -> None:
@@ -165,18 +162,20 @@ class GroupCommitWriter:
         """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network."""
         self._store.begin_batch()
         results = self._optimistic(jobs)
-        if results is not None:
-            self._store.commit_batch()
-            return results
-        self._store.begin_batch()
+        if results is None:
+            self._store.begin_batch()
+            results = self._with_savepoints(jobs)
+        self._store.commit_batch()
+        return results
+
+    def _with_savepoints(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """The calls in the open batch, each in its own savepoint: a call that fails is undone and fails alone."""
         try:
             with self._store.batch_calls():
-                again = [_call(job) for job in jobs]
+                return [_call(job) for job in jobs]
         except BaseException:
             self._store.rollback_batch()
             raise
-        self._store.commit_batch()
-        return again
 
     def _settled(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
         self.batches += 1
