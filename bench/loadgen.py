@@ -8,9 +8,10 @@ broker's):
 - TEE keys (P-256) are generated before the run; a guest takes one from the pool.
 - The SNP report must bind the /auth nonce, so it is signed per exchange, cheaply: the template report
   and the CoCo JSON body are built once, and per exchange only report_data, r and s change.  ECDSA
-  P-384 uses nonces k_i = k_0 + i*step whose points are one affine addition apart (~20 us in Python)
-  instead of a scalar multiplication in OpenSSL (~1 ms): the signatures are ordinary, valid ECDSA
-  signatures the broker verifies fully.  (Related nonces would leak a real key; this one is synthetic.)
+  P-384 uses nonces k_i = k_0 + i*step whose points are one point addition apart, inverted a block at a
+  time (~15 us a signature in Python) instead of a scalar multiplication in OpenSSL (~1 ms): the
+  signatures are ordinary, valid ECDSA signatures the broker verifies fully (and the generator checks
+  some at start).  (Related nonces would leak a real key; this one is synthetic.)
 - A 503 is retried after its Retry-After; a refused or reset connection is retried after a short,
   growing, jittered pause.  Every step, retry and failure is counted.
 
@@ -34,8 +35,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from kbs.evidence.binding import primary_runtime_digest
 from kbs.evidence.snp.coco import report_to_coco
@@ -53,30 +55,75 @@ _DECIMAL = [str(b) for b in range(256)]
 # -- evidence ------------------------------------------------------------------------------------
 
 class ReportSigner:
-    """ECDSA P-384 signatures of SNP reports with the VCEK key, one cheap nonce per signature."""
+    """ECDSA P-384 signatures of SNP reports with the VCEK key, one cheap nonce per signature.
+
+    The nonces are k_i = k_0 + i*step: each nonce point is the previous one plus step*G, one mixed
+    Jacobian addition; a block of them is brought to affine coordinates, and the block's nonces inverted,
+    with one modular inversion each (Montgomery's trick), so a signature costs a few multiplications, a
+    SHA-384 and no inversion of its own (~60 us per signature with two inversions each)."""
+
+    BLOCK = 128
 
     def __init__(self, private_key: ec.EllipticCurvePrivateKey) -> None:
         self.d = private_key.private_numbers().private_value
         start, step = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
         self.k = start.private_numbers().private_value
-        self.x, self.y = _point(start)
+        x, y = _point(start)
+        self.jacobian = (x, y, 1)
         self.step = step.private_numbers().private_value
         self.sx, self.sy = _point(step)
+        self.ready: list[tuple[int, int]] = []  # (r, k^-1 mod n) of the nonces to come, last one next
+
+    def _refill(self) -> None:
+        x1, y1, z1 = self.jacobian
+        sx, sy, k = self.sx, self.sy, self.k
+        xs, zs, ks = [], [], []
+        for _ in range(self.BLOCK):  # (x1, y1, z1) += (sx, sy): madd-2007-bl, the curve's a not needed
+            zz = z1 * z1 % P384_P
+            h = (sx * zz - x1) % P384_P
+            assert h, "a nonce point met step*G: start again"  # probability ~2^-384
+            hh = h * h % P384_P
+            i = 4 * hh % P384_P
+            j = h * i % P384_P
+            r = 2 * (sy * z1 * zz - y1) % P384_P
+            v = x1 * i % P384_P
+            x1 = (r * r - j - 2 * v) % P384_P
+            y1 = (r * (v - x1) - 2 * y1 * j) % P384_P
+            z1 = ((z1 + h) ** 2 - zz - hh) % P384_P
+            k = (k + self.step) % P384_N
+            xs.append(x1)
+            zs.append(z1)
+            ks.append(k)
+        self.jacobian, self.k = (x1, y1, z1), k
+        z_inverses, k_inverses = _inverses(zs, P384_P), _inverses(ks, P384_N)
+        self.ready = [(x * zi * zi % P384_P % P384_N, ki) for x, zi, ki in zip(xs, z_inverses, k_inverses, strict=True)]
+        self.ready.reverse()
 
     def sign(self, report: bytearray) -> tuple[bytes, bytes]:
         """Store r and s (72 bytes little-endian each) in report[0x2A0:0x330] and return them."""
-        x, y, sx, sy = self.x, self.y, self.sx, self.sy
-        lam = (sy - y) * pow(sx - x, -1, P384_P) % P384_P  # (k + step)G = kG + step*G
-        x3 = (lam * lam - x - sx) % P384_P
-        self.x, self.y = x3, (lam * (x - x3) - y) % P384_P
-        self.k = k = (self.k + self.step) % P384_N
+        if not self.ready:
+            self._refill()
+        r, k_inverse = self.ready.pop()
         z = int.from_bytes(hashlib.sha384(memoryview(report)[:0x2A0]).digest(), "big")
-        r = x3 % P384_N
-        s = pow(k, -1, P384_N) * (z + r * self.d) % P384_N
+        s = k_inverse * (z + r * self.d) % P384_N
         rb, sb = r.to_bytes(72, "little"), s.to_bytes(72, "little")
         report[0x2A0:0x2E8] = rb
         report[0x2E8:0x330] = sb
         return rb, sb
+
+
+def _inverses(values: list[int], modulus: int) -> list[int]:
+    """Every value's inverse modulo a prime, with one modular inversion (Montgomery's trick)."""
+    prefix, running = [], 1
+    for value in values:
+        prefix.append(running)
+        running = running * value % modulus
+    inverse = pow(running, -1, modulus)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inverse * prefix[i] % modulus
+        inverse = inverse * values[i] % modulus
+    return out
 
 
 def _point(key: ec.EllipticCurvePrivateKey) -> tuple[int, int]:
@@ -260,6 +307,7 @@ class Guests:
         self.setup = setup
         vcek = serialization.load_pem_private_key(setup.vcek_key_pem, None)
         assert isinstance(vcek, ec.EllipticCurvePrivateKey)
+        self.vcek_public = vcek.public_key()
         template = sign_report(build_report(chip_id=setup.chip, measurement=setup.measurement, policy=setup.policy),
                                vcek)
         self.body = AttestBody(template, setup.certificates, ReportSigner(vcek))
@@ -290,11 +338,18 @@ class Guests:
         self.rng = random.Random(setup.seed)
 
     def self_check(self) -> None:
-        """The templated body binds exactly what kbs.evidence.binding computes."""
+        """The templated body binds exactly what kbs.evidence.binding computes, and the signer's signatures verify
+        (past a block boundary) with the VCEK's key."""
         nonce = "bm9uY2Utc2VsZi1jaGVjaw"
         expected = primary_runtime_digest(nonce, self.keys[0].jwk, "")
         body = json.loads(self.body.build(nonce, self.jwk_json[0], self.tails[0]))
         assert bytes(body["tee-evidence"]["primary_evidence"]["attestation_report"]["report_data"][:48]) == expected
+        report = bytearray(self.body.report)
+        for i in range(ReportSigner.BLOCK + 2):
+            report[0x50] = i % 256
+            r, s = self.body.signer.sign(report)
+            self.vcek_public.verify(encode_dss_signature(int.from_bytes(r, "little"), int.from_bytes(s, "little")),
+                                    bytes(report[:0x2A0]), ec.ECDSA(hashes.SHA384()))
 
     async def _call(self, conn: HttpConn | None, index: int, kind: int,
                     data: bytes) -> tuple[HttpConn, int, bytes, bytes]:
