@@ -42,13 +42,20 @@ static int rest_is_ws(const uint8_t *p, size_t from, size_t len)
     return 1;
 }
 
+/* A block of exactly `size` bytes (at least one), or the run stops. */
+static uint8_t *block_of(size_t size)
+{
+    uint8_t *block = malloc(size ? size : 1);
+    if (block == NULL)
+        fuzz_fail("out of memory");
+    return block;
+}
+
 /* Decode body[0, len) from an exact block; certificates into an exact block of len bytes, copied out. */
 static int decode(const uint8_t *body, size_t len, struct kbs_snp_coco_message *out, uint8_t *certs_copy)
 {
-    uint8_t *block = malloc(len ? len : 1);
-    uint8_t *certs = malloc(len ? len : 1);
-    if (block == NULL || certs == NULL)
-        fuzz_fail("out of memory");
+    uint8_t *block = block_of(len);
+    uint8_t *certs = block_of(len);
     if (len)
         memcpy(block, body, len);
     int rc = kbs_snp_coco_decode(block, len, certs, len, out);
@@ -126,9 +133,7 @@ static void check_decoded(const uint8_t *body, size_t len, const struct kbs_snp_
     m.edit_at = -1;
     coco_build(&m);
     struct kbs_snp_coco_message again;
-    uint8_t *certs_again = malloc(m.len);
-    if (certs_again == NULL)
-        fuzz_fail("out of memory");
+    uint8_t *certs_again = block_of(m.len);
     int rc = decode((const uint8_t *)m.text, m.len, &again, certs_again);
     if (rc != KBS_OK || memcmp(again.report, out->report, REPORT) != 0 || again.cert_count != out->cert_count)
         fuzz_fail("the decoded report, written again as JSON, decodes to something else (status %d)", rc);
@@ -143,9 +148,7 @@ static void check_decoded(const uint8_t *body, size_t len, const struct kbs_snp_
 static void raw_case(const uint8_t *data, size_t size)
 {
     struct kbs_snp_coco_message out;
-    uint8_t *certs = malloc(size ? size : 1);
-    if (certs == NULL)
-        fuzz_fail("out of memory");
+    uint8_t *certs = block_of(size);
     if (decode(data, size, &out, certs) == KBS_OK)
         check_decoded(data, size, &out, certs);
     free(certs);
@@ -189,9 +192,7 @@ static void built_case(const uint8_t *data, size_t size)
     coco_build(&m);
 
     struct kbs_snp_coco_message out;
-    uint8_t *certs = malloc(m.len);
-    if (certs == NULL)
-        fuzz_fail("out of memory");
+    uint8_t *certs = block_of(m.len);
     int rc = decode((const uint8_t *)m.text, m.len, &out, certs);
     int must = coco_edit_must_bail(&m);
     if (must == 1 && rc != KBS_SNP_COCO_NOT_FAST)

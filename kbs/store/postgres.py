@@ -201,7 +201,8 @@ class PostgresStore(StoreReads):
         try:
             if conn.info.transaction_status == TransactionStatus.INERROR:  # COMMIT would answer ROLLBACK, silently
                 raise psycopg.OperationalError("a statement of the batch failed and its transaction is aborted")
-            self._write_unwritten_heads(conn.cursor())
+            cur = conn.cursor()
+            self._tails.write_heads(lambda head: self._store_head(cur, head))
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
@@ -526,7 +527,7 @@ class PostgresStore(StoreReads):
     def _head(self, cur: Cursor, chain: str, *, lock: bool = False) -> Head:
         """The recorded head; `lock` takes its row for the rest of the transaction (appends queue on it)."""
         if self._batch_conn is not None and cur.connection is self._batch_conn:
-            self._write_unwritten_heads(cur, chain)  # the batch's appends may have moved it
+            self._tails.write_heads(lambda head: self._store_head(cur, head), chain)  # appends may have moved it
         locking = " FOR UPDATE" if lock else ""
         return self._rows.head(chain, cur.execute(f"SELECT * FROM log_heads WHERE chain=%s{locking}",
                                                   (chain,)).fetchone())
@@ -540,12 +541,6 @@ class PostgresStore(StoreReads):
                     "first_seq = EXCLUDED.first_seq, anchor_hash = EXCLUDED.anchor_hash, "
                     "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
                     self._rows.head_values(head))
-
-    def _write_unwritten_heads(self, cur: Cursor, chain: str | None = None) -> None:
-        """The heads the batch's appends moved (of `chain`, or all of them, before the COMMIT), each written once."""
-        for head in self._tails.unwritten(chain):
-            self._store_head(cur, head)
-            self._tails.written(head.chain)
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a log; durable when this returns.  The head row is locked first, so replicas append one at

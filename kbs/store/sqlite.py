@@ -243,7 +243,7 @@ class SqliteStore(StoreReads):
         db = self._batch_db
         assert db is not None
         try:
-            self._write_unwritten_heads(db)
+            self._tails.write_heads(lambda head: self._store_head(db, head))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:  # SQLite may have rolled back already (a full disk, an I/O error)
@@ -516,18 +516,15 @@ class SqliteStore(StoreReads):
 
     def _head(self, db: sqlite3.Connection, chain: str) -> Head:
         if db is self._batch_db:  # the batch's appends may have moved it: what is read must be current
-            self._write_unwritten_heads(db, chain)
+            self._tails.write_heads(lambda head: self._store_head(db, head), chain)
         return self._rows.head(chain, db.execute("SELECT * FROM log_heads WHERE chain=?", (chain,)).fetchone())
 
     def _write_head(self, db: sqlite3.Connection, head: Head) -> None:
         self._tails.moved(head.chain)
-        db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
+        self._store_head(db, head)
 
-    def _write_unwritten_heads(self, db: sqlite3.Connection, chain: str | None = None) -> None:
-        """The heads the batch's appends moved (of `chain`, or all of them, before the COMMIT), each written once."""
-        for head in self._tails.unwritten(chain):
-            db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
-            self._tails.written(head.chain)
+    def _store_head(self, db: sqlite3.Connection, head: Head) -> None:
+        db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
     def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         """Append to a log; durable when this returns (synchronous=FULL).  A log truncated or edited outside

@@ -81,7 +81,7 @@ class Tail:
 class Tails:
     """Each log's Tail inside a store's open batch (a group commit's transaction): the batch's first append of a
     log reads and checks its head (and tree edge), the others start from where the previous one left it.  The
-    head row itself is written once per log at the end of the batch (`unwritten`), or before anything in the
+    head row itself is written once per log at the end of the batch (`write_heads`), or before anything in the
     batch reads it, not after every append."""
 
     def __init__(self) -> None:
@@ -101,13 +101,12 @@ class Tails:
         self._by_chain[tail.head.chain] = tail
         self._unwritten.add(tail.head.chain)
 
-    def unwritten(self, chain: str | None = None) -> list[Head]:
-        """The heads (of `chain`, or of every log) that appends moved and nobody wrote yet, in chain order."""
-        chains = sorted(self._unwritten) if chain is None else [chain] if chain in self._unwritten else []
-        return [self._by_chain[c].head for c in chains]
-
-    def written(self, chain: str) -> None:
-        self._unwritten.discard(chain)
+    def write_heads(self, store_head: Callable[[Head], None], chain: str | None = None) -> None:
+        """Write (with `store_head`, the store's own statement) each head that appends moved and nobody wrote
+        yet, of `chain` or of every log: before the COMMIT, or before something in the batch reads it."""
+        for name in sorted(self._unwritten) if chain is None else [chain] if chain in self._unwritten else []:
+            store_head(self._by_chain[name].head)
+            self._unwritten.discard(name)
 
     def moved(self, chain: str) -> None:
         """A head written other than by an append (a purge moves its anchor): read it again next time."""
