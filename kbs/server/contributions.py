@@ -18,7 +18,6 @@ from typing import Any
 from aiohttp import web
 
 from kbs import owners as rules
-from kbs.audit.chain import RELEASES
 from kbs.errors import KbsError
 from kbs.keys.shares import ShareKey, contribution_statement
 from kbs.owners import Contribution, OwnerError
@@ -29,11 +28,12 @@ from kbs.server.owned_guard import log_owner_event
 from kbs.server.owners import _bad, json_body
 from kbs.server.protocol import (
     STATE,
+    Entry,
     _first_failure,
     _json,
-    _log_refusal,
     attested_step,
     judge,
+    policy_fields,
     read_body,
 )
 from kbs.server.state import BrokerState
@@ -132,23 +132,20 @@ async def deposit(request: web.Request) -> web.Response:
 
 
 async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
-                   claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
+                   claims: dict[str, Any], entry: Entry) -> web.Response:
     path = "/".join(parts)
     owned = await st.read(st.decisions.owned, path)
     if owned is None or owned.key.kind != "deposit":
         raise ProtocolError("InvalidRequestPath", f"{path} is not a deposit slot", status=404,
                             reason="deposit_not_slot")
     _, policy_id, resolved, _ = await st.read(st.decisions.get, path)
-    record = record.updated(policy_id=policy_id)
-    decision, version, refs_hash = await judge(st, request, "deposit", parts, policy_id, resolved, claims, now,
-                                               "the slot's policy")
-    record = record.updated(policy_hash=version.content_hash, refs_hash=refs_hash)
+    entry.update(**policy_fields(policy_id, resolved))  # every refusal from here on names the policy
+    decision, version = await judge(st, request, "deposit", parts, policy_id, resolved, claims, now,
+                                    "the slot's policy")
     if not decision.allow:
-        failure = ProtocolError("PolicyDeny", f"deposit refused: policy {policy_id!r} (version {version.version}) "
-                                f"denied: {_first_failure(decision.explanation)}", reason="deposit_policy",
-                                public="the slot's policy denied this deposit")
-        await _log_refusal(st, RELEASES, record, failure)
-        raise failure
+        raise ProtocolError("PolicyDeny", f"deposit refused: policy {policy_id!r} (version {version.version}) "
+                            f"denied: {_first_failure(decision.explanation)}", reason="deposit_policy",
+                            public="the slot's policy denied this deposit")
     body = _json(await read_body(request, MAX_DEPOSIT_BODY), "the deposit")
     if not isinstance(body, dict) or set(body) != {"value"} or not isinstance(body["value"], dict):
         raise ProtocolError("SerdeError", 'the body must be {"value": JWE encrypted to GET /kbs/v0/owners/share-key}',
@@ -159,10 +156,11 @@ async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: 
         raise ProtocolError("SerdeError", f"deposit refused: {exc}", status=400, reason="deposit_invalid") from exc
     sealed = st.kek.seal(value, f"resource:{path}")
     del value
-    entry = record.updated(decision="deposit", reason="deposited", detail="a value deposited by an attested TEE")
+    record = entry.record
+    deposited = record.updated(decision="deposit", reason="deposited", detail="a value deposited by an attested TEE")
     by = f"deposit {record.attestation_id or uuid.uuid4().hex}"[:64]
     try:
-        version_no = await st.run(st.store.deposit, path, sealed, by, now, entry)
+        version_no = await st.run(st.store.deposit, path, sealed, by, now, deposited)
     except OwnerError as exc:
         raise ProtocolError("DepositRefused", f"deposit refused: {exc}", status=409,
                             reason="deposit_exists" if exc.check == "deposit.exists" else "deposit_not_slot") from exc

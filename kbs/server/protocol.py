@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -332,8 +333,20 @@ def _first_failure(explanation: Explanation) -> str:
     return _first_failure(failing[0])
 
 
-# What a step for an attested guest does with the request, once the path is valid and the token verified.
-AttestedStep = Callable[[web.Request, BrokerState, datetime, tuple[str, str, str], dict[str, Any], ReleaseRecord],
+@dataclass
+class Entry:
+    """The log entry of a request on a resource path, refined as its step learns more (the resource, the
+    token's evidence, the policy): whatever refuses the request is logged with what is known by then."""
+
+    record: ReleaseRecord
+
+    def update(self, **changes: Any) -> None:
+        self.record = self.record.updated(**changes)
+
+
+# What a step for an attested guest does with the request, once the path is valid and the token verified; a
+# refusal it raises is logged (once) by attested_step with the step's entry as it stands.
+AttestedStep = Callable[[web.Request, BrokerState, datetime, tuple[str, str, str], dict[str, Any], Entry],
                         Awaitable[web.Response]]
 
 
@@ -342,27 +355,26 @@ async def attested_step(request: web.Request, step: AttestedStep) -> web.Respons
     token verified first, everything refused until then in the refusal log, everything after (with the
     evidence's identity and the TEE key's thumbprint) in the release log, durable before the answer."""
     st, now = _state(request), _state(request).clock()
-    record = _refusal(now, "(invalid path)", request, new_reference())
+    entry = Entry(_refusal(now, "(invalid path)", request, new_reference()))
     chain = REFUSALS  # until the caller shows a valid token
     try:
         parts = (request.match_info["repo"], request.match_info["type"], request.match_info["tag"])
         if not all(SEGMENT.fullmatch(p) for p in parts):
             raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag, each 1..128 of "
                                 "[A-Za-z0-9_.-] not starting with '.'", status=404, reason="path")
-        record = record.updated(resource="/".join(parts))
+        entry.update(resource="/".join(parts))
         claims, session_id = await _token_claims(request, now)
         cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
-        record = record.updated(session_id=session_id, tee=next(iter(cpu0), None),
-                         attestation_id=claims.get(ATTESTATION_ID_CLAIM), evidence=evidence_identity(claims),
-                         tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
+        entry.update(session_id=session_id, tee=next(iter(cpu0), None), attestation_id=claims.get(ATTESTATION_ID_CLAIM),
+                     evidence=evidence_identity(claims), tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
         chain = RELEASES
-        return await step(request, st, now, parts, claims, record)
+        return await step(request, st, now, parts, claims, entry)
     except ProtocolError as exc:
-        await _log_refusal(st, chain, record, exc)
+        await _log_refusal(st, chain, entry.record, exc)
         raise
     except Exception as exc:
         failure = _failure(exc)
-        await _log_refusal(st, chain, record, failure)
+        await _log_refusal(st, chain, entry.record, failure)
         raise failure from exc
 
 
@@ -371,17 +383,25 @@ async def get_resource(request: web.Request) -> web.Response:
     return await attested_step(request, _release)
 
 
+def policy_fields(policy_id: str, resolved: Resolved) -> dict[str, Any]:
+    """What a log entry says of the policy deciding it: its id, and its version's hash and the digest of the
+    reference sets it reads, once they could be read."""
+    if isinstance(resolved, KbsError):
+        return {"policy_id": policy_id}
+    return {"policy_id": policy_id, "policy_hash": resolved[0].content_hash, "refs_hash": resolved[3]}
+
+
 async def judge(st: BrokerState, request: web.Request, plugin: str, parts: tuple[str, str, str], policy_id: str,
                 resolved: Resolved, claims: dict[str, Any], now: datetime,
-                what: str) -> tuple[Decision, PolicyVersion, str]:
-    """The decision of a resolved policy (kbs.server.decisions) on the claims, its version and the digest of the
-    reference sets it used; a policy that cannot be evaluated is a PolicyEngineError naming `what`."""
+                what: str) -> tuple[Decision, PolicyVersion]:
+    """The decision of a resolved policy (kbs.server.decisions) on the claims, and its version; a policy that
+    cannot be evaluated is a PolicyEngineError naming `what`."""
     try:
         if isinstance(resolved, KbsError):
             raise resolved
-        version, policy, refs, refs_hash = resolved
+        version, policy, refs, _ = resolved
         req = ResourceRequest(plugin=plugin, path=parts, query=dict(request.query))
-        return await _evaluate(st, policy, len(version.text), claims, refs, req, now), version, refs_hash
+        return await _evaluate(st, policy, len(version.text), claims, refs, req, now), version
     except KbsError as exc:
         raise ProtocolError("PolicyEngineError", f"policy {policy_id!r} could not be evaluated: {exc}",
                             reason=exc.check, decision="error", public=f"{what} could not be evaluated") from exc
@@ -399,72 +419,57 @@ async def _evaluate(st: BrokerState, policy: Policy, chars: int, claims: dict[st
 
 
 async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
-                   claims: dict[str, Any], record: ReleaseRecord) -> web.Response:
-    path = record.resource
+                   claims: dict[str, Any], entry: Entry) -> web.Response:
+    path = entry.record.resource
     tee_pubkey = _tee_pubkey(claims)
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
     resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
-    try:
-        decision, policy_version, refs_hash = await judge(st, request, "resource", parts, policy_id, resolved, claims,
-                                                          now, "the release policy")
-    except ProtocolError as exc:  # the policy could not be evaluated: its entry still names the policy
-        policy_hash = None if isinstance(resolved, KbsError) else resolved[0].content_hash
-        await _log_refusal(st, RELEASES, record.updated(policy_id=policy_id, policy_hash=policy_hash), exc)
-        raise
-    record = record.updated(policy_id=policy_id, policy_hash=policy_version.content_hash, refs_hash=refs_hash)
+    entry.update(**policy_fields(policy_id, resolved))  # every refusal from here on names the policy
+    decision, policy_version = await judge(st, request, "resource", parts, policy_id, resolved, claims, now,
+                                           "the release policy")
     if not decision.allow:
         why = _first_failure(decision.explanation)
         engine_failure = why.split(":", 1)[0]  # a Rego worker that crashed, timed out, ran out of memory...
-        failure = ProtocolError("PolicyDeny", f"policy {policy_id!r} (version {policy_version.version}) denied: {why}",
-                                reason=engine_failure if engine_failure in FAILURE_LABELS else "policy",
-                                public="the release policy denied this request")
-        await _log_refusal(st, RELEASES, record, failure)
-        raise failure
+        raise ProtocolError("PolicyDeny", f"policy {policy_id!r} (version {policy_version.version}) denied: {why}",
+                            reason=engine_failure if engine_failure in FAILURE_LABELS else "policy",
+                            public="the release policy denied this request")
     if resource is None:
         owned = await st.read(st.decisions.owned, path)  # only keys with no active value get here
         if owned is not None:
             assert not isinstance(resolved, KbsError)  # judge() raised for it
             req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-            return await _release_owned(st, now, owned, claims, resolved[2], req, record, tee_pubkey)
-    if resource is None:  # logged here, with the policy that allowed the guest
+            return await _release_owned(st, now, owned, claims, resolved[2], req, entry, tee_pubkey)
+    if resource is None:  # logged with the policy that allowed the guest
         if disabled:  # the operator's doing, not the guest's: named so in the log
-            missing = ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
-                                    reason="disabled", public=f"resource not found: {path}")
-        else:
-            missing = ProtocolError("PluginInternalError", f"resource not found: {path}", status=404,
-                                    reason="not_found")
-        await _log_refusal(st, RELEASES, record, missing)
-        raise missing
+            raise ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
+                                reason="disabled", public=f"resource not found: {path}")
+        raise ProtocolError("PluginInternalError", f"resource not found: {path}", status=404, reason="not_found")
     try:
         plaintext = st.kek.unseal(resource.sealed, f"resource:{path}")
         body = jwe.encrypt(plaintext, tee_pubkey)
     except KbsError as exc:
         raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
                             decision="error") from exc
-    await _log(st, RELEASES, record.updated(decision="release", reason="policy", version=resource.version))
+    await _log(st, RELEASES, entry.record.updated(decision="release", reason="policy", version=resource.version))
     return json_response(body)
 
 
 async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, claims: dict[str, Any],
-                         refs: ReferenceValues, req: ResourceRequest, record: ReleaseRecord,
+                         refs: ReferenceValues, req: ResourceRequest, entry: Entry,
                          tee_pubkey: dict[str, Any]) -> web.Response:
     """An owned key with no active value, once its own policy allowed the guest (issue 15): a deposit slot not
     yet filled is refused; a contributed key is released only when every owner contributed and every owner's
     own policy allows the same claims, as the derivation of the shares in owner order (kbs.keys.shares)."""
-    path = record.resource
+    path = entry.record.resource
     if owned.key.kind == "deposit":
-        refused = ProtocolError("PluginInternalError", f"resource {path}: nothing deposited yet", status=404,
-                                reason="empty", public=f"resource {path} holds no value yet")
-        await _log_refusal(st, RELEASES, record, refused)
-        raise refused
+        raise ProtocolError("PluginInternalError", f"resource {path}: nothing deposited yet", status=404,
+                            reason="empty", public=f"resource {path} holds no value yet")
     if owned.missing:
         given = len(owned.key.owners) - len(owned.missing)
-        refused = ProtocolError("PluginInternalError", f"resource {path}: {given} of {len(owned.key.owners)} owners "
-                                f"contributed; waiting for {', '.join(owned.missing)}", status=404, reason="incomplete",
-                                public=f"resource {path} is incomplete: {given} of {len(owned.key.owners)} owners "
-                                "contributed")
-        await _log_refusal(st, RELEASES, record, refused)
-        raise refused
+        raise ProtocolError("PluginInternalError", f"resource {path}: {given} of {len(owned.key.owners)} owners "
+                            f"contributed; waiting for {', '.join(owned.missing)}", status=404, reason="incomplete",
+                            public=f"resource {path} is incomplete: {given} of {len(owned.key.owners)} owners "
+                            "contributed")
     for contribution, _ in owned.shares:
         policy = owned.policies.get(contribution.owner)
         if policy is None:
@@ -479,11 +484,9 @@ async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, cla
                                 reason="owner_policy", decision="error",
                                 public=f"the policy of owner {who!r} could not be evaluated") from exc
         if not decision.allow:
-            failure = ProtocolError("PolicyDeny", f"owner {who!r}'s policy (sha256 {contribution.policy_hash}) "
-                                    f"denied: {_first_failure(decision.explanation)}", reason="owner_policy",
-                                    public=f"the policy of owner {who!r} denied this request")
-            await _log_refusal(st, RELEASES, record, failure)
-            raise failure
+            raise ProtocolError("PolicyDeny", f"owner {who!r}'s policy (sha256 {contribution.policy_hash}) "
+                                f"denied: {_first_failure(decision.explanation)}", reason="owner_policy",
+                                public=f"the policy of owner {who!r} denied this request")
     try:
         shares = [st.kek.unseal(sealed, share_secret(path, c.owner)) for c, sealed in owned.shares]
         body = jwe.encrypt(derive(shares, path), tee_pubkey)
@@ -491,6 +494,6 @@ async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, cla
         raise ProtocolError("JweError", f"cannot derive or wrap the contributed key: {exc}", reason=exc.check,
                             decision="error") from exc
     del shares
-    await _log(st, RELEASES, record.updated(decision="release", reason="policy",
-                                     detail=f"derived from {len(owned.shares)} owners' shares"))
+    await _log(st, RELEASES, entry.record.updated(decision="release", reason="policy",
+                                                  detail=f"derived from {len(owned.shares)} owners' shares"))
     return json_response(body)
