@@ -234,6 +234,11 @@ class PostgresStore(StoreReads):
                 return
             with self._tails.call(), batch.transaction():
                 yield batch.cursor()
+                if batch.info.transaction_status == TransactionStatus.INERROR:
+                    # A statement failed and the call carried on: raised here, inside the savepoint, so that it is
+                    # rolled back and this call fails alone (psycopg would only fail to RELEASE it, leaving the
+                    # batch's transaction aborted for every call after it).
+                    raise StoreError(f"{self.name}: a statement of this call failed (the call carried on)")
             return
         with self._pool.connection() as conn, conn.transaction():
             yield conn.cursor()
