@@ -195,6 +195,38 @@ def test_only_stores_with_batch_steps_get_a_writer(tmp_path: Path) -> None:
     assert not can_batch(Plain()) and can_batch(SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32))
 
 
+def test_each_committed_batch_is_observed_after_its_answers_and_a_failing_observer_changes_nothing() -> None:
+    """The observer (the broker's metrics) hears of every committed batch: its size, the seconds it held the
+    write lock, whether it was run again with savepoints; never of a batch whose COMMIT failed.  An observer that
+    raises is logged: every caller is still answered."""
+    store = _Recorder()
+    seen: list[tuple[int, float, bool]] = []
+
+    def observe(writes: int, seconds: float, retried: bool) -> None:
+        store.events.append("observed")
+        seen.append((writes, seconds, retried))
+        if writes == 4:
+            raise RuntimeError("a broken metrics backend")
+
+    async def go() -> list[Any]:
+        writer = GroupCommitWriter(store, observe=observe)
+        results: list[Any] = [await writer.write(store.put, "a")]
+        results += await asyncio.gather(*(writer.write(store.put, v) for v in ("x", "bad", "y")),
+                                        return_exceptions=True)
+        store.fail_commit = True
+        results += await asyncio.gather(writer.write(store.put, "lost"), return_exceptions=True)
+        store.fail_commit = False
+        results += await asyncio.wait_for(asyncio.gather(*(writer.write(store.put, v) for v in "pqrs")), 5)
+        await writer.close()
+        return results
+    results = asyncio.run(go())
+    assert results[0] == "a" and results[1:4:2] == ["x", "y"] and isinstance(results[2], ValueError)
+    assert isinstance(results[4], StoreError) and results[5:] == list("pqrs")
+    assert [(writes, retried) for writes, _, retried in seen] == [(1, False), (3, True), (4, False)]
+    assert all(0 <= seconds < 5 for _, seconds, _ in seen)
+    assert store.events[store.events.index("commit"):][:2] == ["commit", "observed"]
+
+
 def test_a_failed_call_leaves_the_rest_of_its_batch(tmp_path: Path) -> None:
     """A call that fails inside a batch is undone alone (its savepoint), the others are durable."""
     store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)

@@ -163,6 +163,12 @@ def test_two_workers_share_the_port_the_keys_and_the_metrics(tmp_path: Path) -> 
         assert metric(text, "kbs_resource_requests_total", decision="release") == 24
         assert metric(text, "kbs_worker_starts_total") == 2
         assert metric(text, "kbs_build_info") == 1  # a max across workers, not a sum
+        # Every release is two durable writes (the nonce consumed with its attestation, the release's log entry),
+        # each in one of the group commit's batches, on both workers; no batch was retried.
+        batches = metric(text, "kbs_store_batch_writes_count")
+        assert metric(text, "kbs_store_batch_writes_sum") == 48 and 1 <= batches <= 48, text
+        assert metric(text, "kbs_store_batch_seconds_count") == batches and metric(text, "kbs_store_batch_seconds_sum") > 0
+        assert metric(text, "kbs_store_batch_retries_total") == 0
         assert "kbs_open_connections" in text and "kbs_requests_in_flight" in text
 
         status, _, body = get(broker, "/readyz?all")

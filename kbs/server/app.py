@@ -218,7 +218,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
     attestor = Attestor(verifiers, verify_pool)
     # The guest protocol's writes are group-committed (kbs.store.group_commit): on SQLite one writer at a time
     # anyway; on PostgreSQL one transaction, and one wait for the logs' heads, per batch instead of per write.
-    writer = GroupCommitWriter(store) if can_batch(store) else None
+    writer = GroupCommitWriter(store, observe=metrics.store_batch) if can_batch(store) else None
     state = BrokerState(config=config, store=store, kek=kek, signer=signer, registry=registry, attestor=attestor,
                         metrics=metrics, admins=_admin_identities(config), io=io, policy=policy_pool, writer=writer,
                         sessions=SessionCookies.from_kek(kek, config.session_lifetime),

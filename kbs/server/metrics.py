@@ -61,6 +61,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REFRESH_SECONDS = 10.0  # how often each worker copies its process readings and collateral expiries
 MAX_EXPIRIES = 4096  # expiring artefacts remembered per source (CRLs, TCB infos, OCSP responses)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # writes per batch (the writer takes at most 64)
+BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 POLICY_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
 
 
@@ -105,6 +107,15 @@ class Metrics:
                                                           0.25, 1, 5), registry=self.registry))
         self.request_seconds = Labelled(Histogram("kbs_http_request_duration_seconds", "Request latency", ["route"],
                                                   registry=self.registry))
+        # The group commit (kbs.store.group_commit): how many writes share a durable transaction, and how long each
+        # holds the write lock; retried: batches run again with a savepoint per call after a call failed.
+        self.batch_writes = Histogram("kbs_store_batch_writes", "Guest-protocol writes per committed batch",
+                                      buckets=BATCH_SIZE_BUCKETS, registry=self.registry)
+        self.batch_seconds = Histogram("kbs_store_batch_seconds", "A committed batch's time from BEGIN to the "
+                                       "COMMIT's return (the write lock held)", buckets=BATCH_SECONDS_BUCKETS,
+                                       registry=self.registry)
+        self.batch_retries = Counter("kbs_store_batch_retries_total", "Batches run again with a savepoint per call "
+                                     "after one of their calls failed", registry=self.registry)
         self.audit_failures = Counter("kbs_release_log_write_failures_total",
                                       "Release log writes that failed (the request failed too)",
                                       registry=self.registry)
@@ -149,6 +160,13 @@ class Metrics:
         build.labels(version=__version__).set(1)
 
     # -- kbs.trust.observe.CollateralObserver ----------------------------------------------------------
+
+    def store_batch(self, writes: int, seconds: float, retried: bool) -> None:
+        """A group-commit batch committed (kbs.store.group_commit.BatchObserver)."""
+        self.batch_writes.observe(writes)
+        self.batch_seconds.observe(seconds)
+        if retried:
+            self.batch_retries.inc()
 
     def collateral_cache(self, source: str, result: str) -> None:
         self.collateral_cache_counts.labels(source=source, result=result).inc()

@@ -26,6 +26,8 @@ replicas share) for many appends, where each append was a transaction queueing o
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from kbs.store.base import StoreError
 
 T = TypeVar("T")
 DEFAULT_MAX_BATCH = 64
+log = logging.getLogger(__name__)
 
 
 class BatchingStore(Protocol):
@@ -57,10 +60,18 @@ class _Job:
     future: asyncio.Future[Any]
 
 
+# Told of each committed batch, after its callers are answered: its number of writes, the seconds from its
+# (last) BEGIN to its COMMIT's return (the write lock's hold, across processes: what writers queue behind in a
+# storm), and whether it ran again with savepoints (a call failed the first time).  The broker's metrics.
+BatchObserver = Callable[[int, float, bool], None]
+
+
 class GroupCommitWriter:
-    def __init__(self, store: BatchingStore, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, store: BatchingStore, max_batch: int = DEFAULT_MAX_BATCH,
+                 observe: BatchObserver | None = None) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._observe = observe
         self._pending: list[_Job] = []
         self._flushing: asyncio.Task[None] | None = None
         # Commits and contended lock waits: one batch at a time, so one thread.
@@ -99,49 +110,55 @@ class GroupCommitWriter:
 
     async def _write_batch(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
+        retried = self.retried
         if not getattr(self._store, "calls_on_loop", True):
             try:  # shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task
-                whole = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
+                whole, held = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
             except Exception as exc:  # no transaction, or its COMMIT failed: nothing of the batch is durable
                 _settle_all(jobs, exc)
                 return
-            self._settled(jobs, whole)
+            self._settled(jobs, whole, held, self.retried != retried)
             return
         try:
-            await self._begin(loop)
+            begun = await self._begin(loop)
         except Exception as exc:  # no transaction: nothing of the batch ran
             _settle_all(jobs, exc)
             return
         try:
             results = self._optimistic(jobs)
             if results is None:  # a call failed: everything was undone; again, each call in a savepoint
-                await self._begin(loop)
+                begun = await self._begin(loop)
                 results = self._with_savepoints(jobs)
         except Exception as exc:  # the batch could not be undone or begun again: nothing of it is durable
             _settle_all(jobs, exc)
             return
-        await self._commit(loop, jobs, results)
+        await self._commit(loop, jobs, results, begun, self.retried != retried)
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job],
-                      results: list[tuple[bool, Any]]) -> None:
+    async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], results: list[tuple[bool, Any]],
+                      begun: float, retried: bool) -> None:
         try:
             # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
             await asyncio.shield(loop.run_in_executor(self._thread, self._store.commit_batch))
         except Exception as exc:  # COMMIT failed: nothing of the batch is durable
             _settle_all(jobs, exc)
             return
-        self._settled(jobs, results)
+        self._settled(jobs, results, time.perf_counter() - begun, retried)
 
-    async def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread."""
+    async def _begin(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread.
+        When it was begun (the lock taken), by perf_counter."""
         if self._store.try_begin_batch():
-            return
-        begin = loop.run_in_executor(self._thread, self._store.begin_batch)
+            return time.perf_counter()
+        begin = loop.run_in_executor(self._thread, self._timed_begin)
         try:
-            await asyncio.shield(begin)
+            return await asyncio.shield(begin)
         except asyncio.CancelledError:  # the thread still gets the lock: give it back
             begin.add_done_callback(lambda f: None if f.exception() else self._store.rollback_batch())
             raise
+
+    def _timed_begin(self) -> float:
+        self._store.begin_batch()
+        return time.perf_counter()
 
     def _optimistic(self, jobs: list[_Job]) -> list[tuple[bool, Any]] | None:
         """The calls in the open batch without a savepoint each (the common case: every call succeeds, and a
@@ -158,15 +175,16 @@ class GroupCommitWriter:
             self.retried += 1
             return None
 
-    def _whole_batch(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
-        """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network."""
-        self._store.begin_batch()
+    def _whole_batch(self, jobs: list[_Job]) -> tuple[list[tuple[bool, Any]], float]:
+        """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network.  The
+        results, and the seconds from the (last) BEGIN to the COMMIT's return."""
+        begun = self._timed_begin()
         results = self._optimistic(jobs)
         if results is None:
-            self._store.begin_batch()
+            begun = self._timed_begin()
             results = self._with_savepoints(jobs)
         self._store.commit_batch()
-        return results
+        return results, time.perf_counter() - begun
 
     def _with_savepoints(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         """The calls in the open batch, each in its own savepoint: a call that fails is undone and fails alone."""
@@ -177,11 +195,16 @@ class GroupCommitWriter:
             self._store.rollback_batch()
             raise
 
-    def _settled(self, jobs: list[_Job], results: list[tuple[bool, Any]]) -> None:
+    def _settled(self, jobs: list[_Job], results: list[tuple[bool, Any]], held: float, retried: bool) -> None:
         self.batches += 1
         self.writes += len(jobs)
         for job, (ok, value) in zip(jobs, results, strict=True):
             _settle(job.future, ok, value)
+        if self._observe is not None:
+            try:  # after the answers: an observer's failure must never leave a caller waiting
+                self._observe(len(jobs), held, retried)
+            except Exception:
+                log.exception("the group commit's batch observer failed")
 
 
 def _call(job: _Job) -> tuple[bool, Any]:
