@@ -126,7 +126,8 @@ class Target:
 
 
 def scrape(urls: list[str]) -> dict[str, float]:
-    """Per route: request duration sum and count (summed over replicas); and 503s of admission control."""
+    """Per route: request duration sum and count (summed over replicas); 503s of admission control; the group
+    commit's batches (writes, and the seconds each held the write lock)."""
     out: dict[str, float] = {}
     for url in urls:
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
@@ -138,8 +139,11 @@ def scrape(urls: list[str]) -> dict[str, float]:
                 if route in ROUTES:
                     key = f"{ROUTES[route]}.{'sum' if '_sum{' in metric else 'count'}"
                     out[key] = out.get(key, 0.0) + float(value)
-            elif line.startswith("kbs_overloaded_total "):
-                out["overloaded"] = out.get("overloaded", 0.0) + float(line.split()[1])
+            elif line.startswith(("kbs_overloaded_total ", "kbs_store_batch_writes_sum ",
+                                  "kbs_store_batch_writes_count ", "kbs_store_batch_seconds_sum ")):
+                name, value = line.split()
+                key = name.removeprefix("kbs_").removesuffix("_total")
+                out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
@@ -201,8 +205,11 @@ def report(tag: str, target: Target, m: Measured, unit: str = "releases") -> Non
                                                                                            strict=True))
     server = "  ".join(f"{name} {ms(m.server[f'{name}.sum'] / m.server[f'{name}.count'])}"
                        for name in ENDPOINTS if m.server.get(f"{name}.count"))
+    batches = m.server.get("store_batch_writes_count", 0.0)
+    commits = (f" | group commit: {m.server['store_batch_writes_sum'] / batches:.1f} writes per batch, write lock held"
+               f" {ms(m.server['store_batch_seconds_sum'] / batches)} ms per batch" if batches else "")
     print(f"[{tag}] per endpoint, client p50/p99 ms (retries included): {client}"
-          f"{f' | server mean ms: {server}' if server else ''}", flush=True)
+          f"{f' | server mean ms: {server}' if server else ''}{commits}", flush=True)
     procs = ", ".join(f"{role} {mib * 1.048576:.0f}" for _, role, mib in m.peaks)
     print(f"[{tag}] {target.name} memory: peak total RSS {m.memory.peak_rss / MB:.0f} MB,"
           f" PSS {m.memory.peak_pss / MB:.0f} MB ({m.memory.peak_procs} processes);"

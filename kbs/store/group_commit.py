@@ -138,11 +138,11 @@ class GroupCommitWriter:
                       begun: float, retried: bool) -> None:
         try:
             # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
-            await asyncio.shield(loop.run_in_executor(self._thread, self._store.commit_batch))
+            committed = await asyncio.shield(loop.run_in_executor(self._thread, self._timed_commit))
         except Exception as exc:  # COMMIT failed: nothing of the batch is durable
             _settle_all(jobs, exc)
             return
-        self._settled(jobs, results, time.perf_counter() - begun, retried)
+        self._settled(jobs, results, committed - begun, retried)
 
     async def _begin(self, loop: asyncio.AbstractEventLoop) -> float:
         """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread.
@@ -158,6 +158,11 @@ class GroupCommitWriter:
 
     def _timed_begin(self) -> float:
         self._store.begin_batch()
+        return time.perf_counter()
+
+    def _timed_commit(self) -> float:
+        """Commit; when the lock was let go (on this thread: the loop may take a while to hear of it)."""
+        self._store.commit_batch()
         return time.perf_counter()
 
     def _optimistic(self, jobs: list[_Job]) -> list[tuple[bool, Any]] | None:
@@ -183,8 +188,7 @@ class GroupCommitWriter:
         if results is None:
             begun = self._timed_begin()
             results = self._with_savepoints(jobs)
-        self._store.commit_batch()
-        return results, time.perf_counter() - begun
+        return results, self._timed_commit() - begun
 
     def _with_savepoints(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         """The calls in the open batch, each in its own savepoint: a call that fails is undone and fails alone."""
