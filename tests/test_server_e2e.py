@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kbs.keys.jwe import TeeKey, decrypt, generate_tee_key
+from kbs.keys.jwe import TeeKey, decrypt, generate_tee_key, jwk_thumbprint
 from tests.amd_synth import SyntheticAmd
 from tests.broker import (
     Broker,
@@ -373,15 +373,21 @@ def test_an_attested_session_is_remembered_by_its_worker_and_read_elsewhere(tmp_
     another `kbs serve` on the same store (here one that keeps nothing) reads the stored session.  Shown by
     deleting the stored row behind both: the remembering worker still serves the cookie, the other no longer."""
     config = broker_config(tmp_path, pki, "[limits]\nsession_cache_bytes = 0\n")
+    key_jwk: list[dict[str, str]] = []
+    session_ids: list[str] = []
     with run_broker(tmp_path, config, state_dir=broker.state_dir) as other:
         async def go() -> list[tuple[str, int, str]]:
             key = generate_tee_key("EC-P256")
+            key_jwk.append(key.jwk)
             out = []
             async with aiohttp.ClientSession(cookie_jar=jar()) as http:
                 nonce = await auth(http, broker.url, "snp")
+                issued = next(c.value for c in http.cookie_jar)
                 status, body = await attest(http, broker.url, attestation(nonce, key, "snp", guest))
                 assert status == 200, body
-                session_id = next(c.value for c in http.cookie_jar).split(".")[1]
+                assert next(c.value for c in http.cookie_jar) == issued  # /attest sets the same cookie again
+                session_id = issued.split(".")[1]
+                session_ids.append(session_id)
                 for when in ("stored", "deleted"):
                     if when == "deleted":
                         with sqlite3.connect(broker.state_dir / "kbs.sqlite3") as db:
@@ -396,6 +402,13 @@ def test_an_attested_session_is_remembered_by_its_worker_and_read_elsewhere(tmp_
     assert [(w, s) for w, s, _ in results] == [("stored/remembering", 200), ("stored/reading", 200),
                                                ("deleted/remembering", 200), ("deleted/reading", 401)]
     assert "has not attested" in results[3][2]
+    # The remembering worker logs the evidence identity and TEE key thumbprint it computed at /attest; the
+    # other recomputes them from the token: the same values, the key's RFC 7638 thumbprint.
+    with sqlite3.connect(broker.state_dir / "kbs.sqlite3") as db:
+        logged = db.execute("SELECT evidence, tee_key FROM release_log WHERE decision = 'release' AND session_id = ?",
+                            (session_ids[0],)).fetchall()
+    assert len(logged) == 3 and len(set(logged)) == 1, logged
+    assert logged[0][1] == jwk_thumbprint(key_jwk[0]) and '"submod":"cpu0"' in logged[0][0]
 
 
 def test_init_data_bound_into_host_data(broker: Broker, guest: SnpGuest) -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kbs.server.sessions import MAX_COOKIE_CHARS, SESSION_OVERHEAD, AttestedSessions, SessionCookies, session_id_of
+from kbs.server.sessions import (
+    MAX_COOKIE_CHARS,
+    SESSION_OVERHEAD,
+    Attested,
+    AttestedSessions,
+    SessionCookies,
+    session_id_of,
+)
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0, 123456, tzinfo=dt.UTC)
 COOKIES = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))
@@ -66,18 +73,22 @@ def test_a_tee_name_no_cookie_could_carry_is_refused_at_once() -> None:
 
 
 def test_attested_sessions_are_bounded_by_their_tokens_bytes() -> None:
-    """Each remembered session is charged its token plus a fixed overhead; the least recently used go first,
-    and a session too big for the whole budget is not kept."""
-    token_chars = 5000
-    budget = 3 * (token_chars + SESSION_OVERHEAD)
-    remembered = AttestedSessions(budget)
+    """Each remembered session is found by the cookie that carried it and charged its token, its identity, the
+    longest cookie and a fixed overhead; the least recently used go first, and one too big for the whole budget
+    is not kept."""
+    token_chars, identity = 5000, '[{"submod":"cpu0"}]'
+    per_entry = token_chars + len(identity) + MAX_COOKIE_CHARS + SESSION_OVERHEAD
+    remembered = AttestedSessions(3 * per_entry)
     sessions = [dataclasses.replace(COOKIES.new_session("snp", NOW), state="attested", token="t" * token_chars)
                 for _ in range(5)]
-    for session in sessions:
-        remembered.remember(session)
-    assert [remembered.get(s.session_id) for s in sessions] == [None, None, *sessions[2:]]
-    assert remembered.bytes_used == budget
-    huge = dataclasses.replace(sessions[0], token="t" * budget)
-    remembered.remember(huge)
-    assert remembered.get(huge.session_id) is None and remembered.bytes_used == budget
-    assert AttestedSessions(0).get(sessions[0].session_id) is None
+    cookies = [COOKIES.seal(session) for session in sessions]
+    entries = [Attested(session, identity, "thumbprint") for session in sessions]
+    for cookie, entry in zip(cookies, entries, strict=True):
+        remembered.remember(cookie, entry)
+    assert [remembered.get(c) for c in cookies] == [None, None, *entries[2:]]
+    assert remembered.get(sessions[4].session_id) is None  # the cookie, not the session id, finds it
+    assert remembered.bytes_used == 3 * per_entry
+    huge = Attested(dataclasses.replace(sessions[0], token="t" * 3 * per_entry), identity, "thumbprint")
+    remembered.remember(cookies[0], huge)
+    assert remembered.get(cookies[0]) is None and remembered.bytes_used == 3 * per_entry
+    assert AttestedSessions(0).get(cookies[0]) is None

@@ -40,7 +40,7 @@ from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.decisions import OwnedInputs, Resolved
 from kbs.server.errors import ProtocolError
 from kbs.server.identity import evidence_identity
-from kbs.server.sessions import session_id_of
+from kbs.server.sessions import Attested, session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
 from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
@@ -91,9 +91,11 @@ def json_response(value: Any) -> web.Response:
     return web.Response(body=jsondoc.dumps(value), content_type="application/json", charset="utf-8")
 
 
-def _cookie(st: BrokerState, session: Session) -> str:
+def _cookie(st: BrokerState, session: Session, sealed: str | None = None) -> str:
+    """The Set-Cookie value carrying `session`; `sealed`: its cookie value as the guest sent it (the same string
+    sealing would make: the MAC is a function of the fields)."""
     expires = session.expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return f"{COOKIE}={st.sessions.seal(session)}; Expires={expires}; HttpOnly"
+    return f"{COOKIE}={sealed or st.sessions.seal(session)}; Expires={expires}; HttpOnly"
 
 
 async def _log(st: BrokerState, chain: str, record: ReleaseRecord) -> None:
@@ -206,13 +208,19 @@ def _cookie_session(request: web.Request, now: datetime) -> Session:
     return session
 
 
-async def _live_session(request: web.Request, now: datetime) -> Session:
-    """The cookie's session: as stored once it attested (remembered by the worker that stored it), else as the
-    cookie carries it."""
-    session = _cookie_session(request, now)
+async def _live_session(request: web.Request, now: datetime) -> tuple[Session, Attested | None]:
+    """The cookie's session: as stored once it attested (remembered, with its token's evidence identity and TEE key
+    thumbprint, by the worker that stored it), else as the cookie carries it."""
     st = _state(request)
-    stored = st.attested.get(session.session_id) or await st.read(st.store.get_session, session.session_id)
-    return stored if stored is not None else session
+    value = request.cookies.get(COOKIE)
+    remembered = st.attested.get(value) if value is not None else None
+    if remembered is not None:  # this very cookie string was opened (its MAC checked) at /attest here
+        if now >= remembered.session.expires_at:
+            raise ProtocolError("AttestationError", "session expired: call /kbs/v0/auth again", reason="session")
+        return remembered.session, remembered
+    session = _cookie_session(request, now)
+    stored = await st.read(st.store.get_session, session.session_id)
+    return (stored if stored is not None else session), None
 
 
 # -- /attest --------------------------------------------------------------------------------
@@ -274,32 +282,36 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
         st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
         raise ProtocolError("AttestationError", "this session is already attested with other evidence: its nonce "
                             "is already used; call /kbs/v0/auth again", reason="replay")
-    st.attested.remember(Session(session.session_id, session.tee, session.nonce, session.created_at,
-                                 session.expires_at, "attested", evidence_digest, token))  # as stored
+    cookie = request.cookies[COOKIE]  # opened by _cookie_session above
+    st.attested.remember(cookie, Attested(Session(session.session_id, session.tee, session.nonce, session.created_at,
+                                                  session.expires_at, "attested", evidence_digest, token),  # as stored
+                                          summary.evidence or "", summary.tee_key or ""))
     st.metrics.attestations.labels(tee=session.tee, result="ok").inc()
     log.info("attested", extra={"session": session.session_id, "tee": session.tee,
                                 "attestation_id": attestation_id,
                                 "status": document["submods"]["cpu0"]["ear.status"]})
-    return _token_response(st, session, token)
+    return _token_response(st, session, token, cookie)
 
 
-def _token_response(st: BrokerState, session: Session, token: str) -> web.Response:
+def _token_response(st: BrokerState, session: Session, token: str, sealed: str | None = None) -> web.Response:
     response = json_response({"token": token})
-    response.headers["Set-Cookie"] = _cookie(st, session)
+    response.headers["Set-Cookie"] = _cookie(st, session, sealed)
     return response
 
 
 # -- resources ------------------------------------------------------------------------------
 
-async def _token_claims(request: web.Request, now: datetime) -> tuple[dict[str, Any], str | None]:
-    """Claims of the Bearer token, or of the cookie session's token (re-verified either way)."""
+async def _token_claims(request: web.Request,
+                       now: datetime) -> tuple[dict[str, Any], str | None, Attested | None]:
+    """Claims of the Bearer token, or of the cookie session's token (re-verified either way); for a cookie session
+    this worker remembers, the entry (its token's evidence identity and TEE key thumbprint, computed at /attest)."""
     st = _state(request)
     header = request.headers.get("Authorization", "")
-    session_id = None
+    session_id, remembered = None, None
     if header.startswith("Bearer "):
         token = header.removeprefix("Bearer ").strip()
     elif request.cookies.get(COOKIE) is not None:
-        session = await _live_session(request, now)
+        session, remembered = await _live_session(request, now)
         if session.state != "attested" or not session.token:
             raise ProtocolError("TokenNotFound", "this session has not attested: call /kbs/v0/attest",
                                 reason="token")
@@ -308,7 +320,7 @@ async def _token_claims(request: web.Request, now: datetime) -> tuple[dict[str, 
         raise ProtocolError("TokenNotFound", "no attestation token: send Authorization: Bearer <token> "
                             "or the kbs-session-id cookie", reason="token")
     try:
-        return st.signer.verify(token, now), session_id
+        return st.signer.verify(token, now), session_id, remembered
     except TokenInvalid as exc:
         raise ProtocolError("TokenVerifierError", str(exc), reason="token") from exc
 
@@ -363,10 +375,14 @@ async def attested_step(request: web.Request, step: AttestedStep) -> web.Respons
             raise ProtocolError("InvalidRequestPath", "resource path must be repo/type/tag, each 1..128 of "
                                 "[A-Za-z0-9_.-] not starting with '.'", status=404, reason="path")
         entry.update(resource="/".join(parts))
-        claims, session_id = await _token_claims(request, now)
+        claims, session_id, remembered = await _token_claims(request, now)
         cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+        if remembered is not None and remembered.identity and remembered.tee_key:  # computed from this token's claims
+            identity, tee_key = remembered.identity, remembered.tee_key
+        else:
+            identity, tee_key = evidence_identity(claims), jwe.jwk_thumbprint(_tee_pubkey(claims))
         entry.update(session_id=session_id, tee=next(iter(cpu0), None), attestation_id=claims.get(ATTESTATION_ID_CLAIM),
-                     evidence=evidence_identity(claims), tee_key=jwe.jwk_thumbprint(_tee_pubkey(claims)))
+                     evidence=identity, tee_key=tee_key)
         chain = RELEASES
         return await step(request, st, now, parts, claims, entry)
     except ProtocolError as exc:

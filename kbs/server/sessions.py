@@ -17,6 +17,7 @@ import base64
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 
@@ -33,7 +34,8 @@ _FORM = re.compile(rf"v1\.([0-9a-f]{{32}})\.({_TEE})\.([0-9]{{1,12}})\.([0-9]{{1
                    r"([0-9a-f]{64})\.([A-Za-z0-9_-]{43})")
 _TEE_NAME = re.compile(_TEE)
 MAX_COOKIE_CHARS = 256
-SESSION_OVERHEAD = 1024  # a stored Session's object, its other strings and the cache's entry, beyond its token
+SESSION_OVERHEAD = 1024  # a stored Session's object, its other strings and the cache's entry, beyond its token,
+# the cookie (charged at its longest) and the identity
 
 
 class SessionCookies:
@@ -81,28 +83,40 @@ class SessionCookies:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """A session this worker stored as attested, with what its resource requests would otherwise recompute from
+    its token's claims: the evidence's identity (JSON text) and the TEE key's RFC 7638 thumbprint."""
+
+    session: Session
+    identity: str
+    tee_key: str
+
+
 class AttestedSessions:
-    """Sessions this worker stored as attested, by id, each with its token: the guest's resource request, which
-    comes on the same connection and so to the same worker, finds its session without a read.  Safe to keep: a
-    stored session never changes (it is only deleted once expired, and the cookie's expiry is checked on every
-    request).  Bounded by bytes (a token is most of an entry); a miss reads the store."""
+    """Sessions this worker stored as attested, by the cookie value that carried them to /attest (whose MAC was
+    checked there): the guest's resource request, which comes on the same connection and so to the same worker,
+    finds its session without a read, and the same cookie string needs no second MAC check (the MAC is a
+    function of the string).  Safe to keep: a stored session never changes (it is only deleted once expired,
+    and the session's expiry is checked on every request).  Bounded by bytes (a token is most of an entry); a
+    miss opens the cookie and reads the store."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._cache: ByteBoundedCache[str, Session] = ByteBoundedCache(max_bytes, _session_cost)
+        self._cache: ByteBoundedCache[str, Attested] = ByteBoundedCache(max_bytes, _attested_cost)
 
-    def remember(self, session: Session) -> None:
-        self._cache.put(session.session_id, session)
+    def remember(self, cookie: str, attested: Attested) -> None:
+        self._cache.put(cookie, attested)
 
-    def get(self, session_id: str) -> Session | None:
-        return self._cache.get(session_id)
+    def get(self, cookie: str) -> Attested | None:
+        return self._cache.get(cookie)
 
     @property
     def bytes_used(self) -> int:
         return self._cache.bytes_used
 
 
-def _session_cost(session: Session) -> int:
-    return len(session.token or "") + SESSION_OVERHEAD
+def _attested_cost(attested: Attested) -> int:
+    return len(attested.session.token or "") + len(attested.identity) + MAX_COOKIE_CHARS + SESSION_OVERHEAD
 
 
 def session_id_of(value: str | None) -> str | None:
