@@ -42,9 +42,9 @@ class Admission:
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         self.in_flight += 1
-        self._metrics.in_flight.inc()
+        self._metrics.in_flight_now = self.in_flight  # published to the shared gauge by Metrics.publish_live
         try:
             return await handler(request)
         finally:
             self.in_flight -= 1
-            self._metrics.in_flight.dec()
+            self._metrics.in_flight_now = self.in_flight

@@ -39,7 +39,7 @@ from kbs.server.config import AdminKey, Config, ConfigError
 from kbs.server.decisions import DEFAULT_POLICY, DecisionInputs
 from kbs.server.errors import ProtocolError, ServeError, http_error
 from kbs.server.limits import ConnectionLimiter, RateLimiter, client_key, connection_guard
-from kbs.server.metrics import REFRESH_SECONDS, Metrics
+from kbs.server.metrics import LIVE_SECONDS, REFRESH_SECONDS, Metrics
 from kbs.server.metrics_access import MetricsAccess
 from kbs.server.protocol import STATE
 from kbs.server.sessions import AttestedSessions, SessionCookies
@@ -277,17 +277,27 @@ async def _metrics_upkeep(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(StoreError):  # counted as a store error; the scrape still answers
             metrics.sessions.set(await st.run(st.store.count_live_sessions, st.clock()))
 
+    async def before_scrape() -> None:
+        metrics.publish_live()  # this worker's own counts, as they are now
+        await count_sessions()
+
     async def refresh() -> None:
         while True:
             metrics.refresh()
             await asyncio.sleep(REFRESH_SECONDS)
 
-    app[METRICS_ACCESS].before_render = count_sessions
-    task = asyncio.create_task(refresh())
+    async def publish() -> None:
+        while True:
+            metrics.publish_live()
+            await asyncio.sleep(LIVE_SECONDS)
+
+    app[METRICS_ACCESS].before_render = before_scrape
+    tasks = [asyncio.create_task(refresh()), asyncio.create_task(publish())]
     try:
         yield
     finally:
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         unwatch()
 
 
@@ -422,7 +432,7 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
     limiter = ConnectionLimiter(_connection_cap(config.max_connections), config.max_connections_per_client,
                                 head_bytes=field_size + 32 * 1024,
                                 on_refused=lambda why: metrics.connections_refused.labels(limit=why).inc(),
-                                on_open=metrics.connections.set)
+                                on_open=metrics.connections_open)
     assert runner.server is not None
     try:
         server = await asyncio.get_running_loop().create_server(

@@ -60,6 +60,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 REFRESH_SECONDS = 10.0  # how often each worker copies its process readings and collateral expiries
+LIVE_SECONDS = 0.5  # how often each worker publishes its requests in flight and open connections (and at a scrape)
 MAX_EXPIRIES = 4096  # expiring artefacts remembered per source (CRLs, TCB infos, OCSP responses)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # writes per batch (the writer takes at most 64)
 BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -127,6 +128,8 @@ class Metrics:
                                  multiprocess_mode="livesum")
         self.in_flight = Gauge("kbs_requests_in_flight", "Requests being served (health and metrics excluded)",
                                registry=self.registry, multiprocess_mode="livesum")
+        self.in_flight_now = 0  # this worker's own counts, published by publish_live
+        self.open_now = 0
         self.overloaded = Counter("kbs_overloaded_total", "Requests refused with 503 at once: the worker already "
                                   "had [limits] max_in_flight requests in flight", registry=self.registry)
         self.worker_starts = Counter("kbs_worker_starts_total", "Worker processes started (restarts included)",
@@ -160,6 +163,17 @@ class Metrics:
         build.labels(version=__version__).set(1)
 
     # -- kbs.trust.observe.CollateralObserver ----------------------------------------------------------
+
+    def publish_live(self) -> None:
+        """This worker's requests in flight and open connections into the gauges the workers share.  Counted in
+        plain integers as they change (kbs.server.admission, kbs.server.limits) and published every LIVE_SECONDS
+        and before a scrape of this worker: a gauge write per change was several shared-memory writes a
+        request."""
+        self.in_flight.set(self.in_flight_now)
+        self.connections.set(self.open_now)
+
+    def connections_open(self, count: int) -> None:
+        self.open_now = count
 
     def store_batch(self, writes: int, seconds: float, retried: bool) -> None:
         """A group-commit batch committed (kbs.store.group_commit.BatchObserver)."""
