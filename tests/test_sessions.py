@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kbs.server.sessions import (
+    ISSUED_ENTRY_COST,
     MAX_COOKIE_CHARS,
     SESSION_OVERHEAD,
     Attested,
@@ -26,7 +27,8 @@ def test_a_sealed_session_opens_to_itself() -> None:
     session = COOKIES.new_session("snp", NOW)
     assert session.created_at == NOW.replace(microsecond=0)
     assert session.expires_at - session.created_at == COOKIES.lifetime
-    assert COOKIES.open(COOKIES.seal(session)) == session
+    elsewhere = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))  # another worker: opens it by its MAC
+    assert elsewhere.open(COOKIES.seal(session)) == session == COOKIES.open(COOKIES.seal(session))
     assert session_id_of(COOKIES.seal(session)) == session.session_id
     other = COOKIES.new_session("snp", NOW)
     assert (other.session_id, other.nonce) != (session.session_id, session.nonce)  # fresh id and nonce each time
@@ -46,6 +48,30 @@ def test_any_edited_part_is_refused(part: int) -> None:
         edited = edited[:-1] + ("0" if edited[-1] != "0" else "1")
     forged = ".".join([*pieces[:part], edited, *pieces[part + 1:]])
     assert forged != value and COOKIES.open(forged) is None
+
+
+def test_a_cookie_sealed_here_opens_without_a_second_mac_and_only_that_exact_string(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker that sealed a cookie (at /auth) remembers it for the guest's /attest: that exact string opens to
+    its session without the MAC computed again; any other string, an edited copy included, is checked as ever;
+    what is remembered is bounded by bytes."""
+    cookies = SessionCookies(b"k" * 32, dt.timedelta(minutes=5), issued_bytes=3 * ISSUED_ENTRY_COST)
+    sessions = [cookies.new_session("snp", NOW) for _ in range(4)]
+    values = [cookies.seal(s) for s in sessions]
+
+    def no_mac(body: str) -> str:
+        raise AssertionError("the MAC was computed")
+    monkeypatch.setattr(cookies, "_mac", no_mac)
+    assert [cookies.open(v) for v in values[1:]] == sessions[1:]  # the last three, remembered
+    with pytest.raises(AssertionError, match="MAC was computed"):
+        cookies.open(values[0])  # the oldest fell out: opened by its MAC
+    edited = values[3][:-1] + ("A" if values[3][-1] != "A" else "B")
+    with pytest.raises(AssertionError, match="MAC was computed"):
+        cookies.open(edited)
+    monkeypatch.undo()
+    assert cookies.open(edited) is None and cookies.open(values[0]) == sessions[0]
+    nothing = SessionCookies(b"k" * 32, dt.timedelta(minutes=5), issued_bytes=0)
+    assert nothing.open(nothing.seal(sessions[0])) == sessions[0]  # remembers nothing, still opens
 
 
 def test_a_cookie_made_with_another_key_is_refused() -> None:
