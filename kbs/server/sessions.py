@@ -34,7 +34,7 @@ _FORM = re.compile(rf"v1\.([0-9a-f]{{32}})\.({_TEE})\.([0-9]{{1,12}})\.([0-9]{{1
                    r"([0-9a-f]{64})\.([A-Za-z0-9_-]{43})")
 _TEE_NAME = re.compile(_TEE)
 MAX_COOKIE_CHARS = 256
-ISSUED_CACHE_BYTES = 1 << 18  # cookies sealed by this worker, remembered until their /attest (~300)
+ISSUED_CACHE_BYTES = 1 << 17  # cookies sealed by this worker, remembered until their /attest (~150)
 ISSUED_ENTRY_COST = 896  # the cookie string, the Session with its strings and datetimes, the cache's entry
 SESSION_OVERHEAD = 1024  # a stored Session's object, its other strings and the cache's entry, beyond its token,
 # the cookie (charged at its longest) and the identity
