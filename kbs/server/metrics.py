@@ -162,8 +162,6 @@ class Metrics:
                       multiprocess_mode="max")
         build.labels(version=__version__).set(1)
 
-    # -- kbs.trust.observe.CollateralObserver ----------------------------------------------------------
-
     def publish_live(self) -> None:
         """This worker's requests in flight and open connections into the gauges the workers share.  Counted in
         plain integers as they change (kbs.server.admission, kbs.server.limits) and published every LIVE_SECONDS
@@ -181,6 +179,8 @@ class Metrics:
         self.batch_seconds.observe(seconds)
         if retried:
             self.batch_retries.inc()
+
+    # -- kbs.trust.observe.CollateralObserver ----------------------------------------------------------
 
     def collateral_cache(self, source: str, result: str) -> None:
         self.collateral_cache_counts.labels(source=source, result=result).inc()
