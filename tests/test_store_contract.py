@@ -686,6 +686,30 @@ def test_every_change_to_decision_inputs_bumps_the_generation(backend: Backend, 
     assert store.decision_generation() == seen[-1]
 
 
+def test_the_event_loop_reads_the_decision_generation_and_reconnects_once(backend: Backend) -> None:
+    """PostgreSQL answers the generation on the event loop too (no thread hop per resource request), the same
+    number as the pool's, moving with a change; a connection killed under it is opened again once."""
+    if backend.kind != "postgresql":
+        pytest.skip("SQLite reads on the loop anyway (kbs.server.state.BrokerState.read)")
+    store = backend.open()
+    on_loop = store.decision_generation_async  # type: ignore[union-attr]
+
+    async def go() -> list[int]:
+        seen = [await on_loop()]
+        PolicyRegistry(store).put("p", POLICY_TEXT, created_by="a", at=NOW)
+        seen.append(await on_loop())
+        first = store._loop_conn  # type: ignore[union-attr]
+        killed = backend.query("SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE pid <> "
+                               "pg_backend_pid() AND query = 'SELECT value FROM decision_generation WHERE id = 1'")
+        assert [r["killed"] for r in killed] == [True]  # the loop's connection, the only one that asked
+        seen.append(await on_loop())  # a new connection answers
+        assert store._loop_conn is not first  # type: ignore[union-attr]
+        await store.aclose()  # type: ignore[union-attr]
+        return seen
+    seen = asyncio.run(go())
+    assert seen[0] != seen[1] == seen[2] == store.decision_generation()
+
+
 def test_a_policy_is_deleted_only_when_no_key_is_bound_to_it(store: OpenStore) -> None:
     registry = PolicyRegistry(store)
     registry.put("p", POLICY_TEXT, created_by="a", at=NOW)

@@ -86,6 +86,19 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
                     status, out = await get_resource(fresh, replica.url, "prod/key/disk", token=token)
                 assert status == 200, out
                 assert decrypt(out, key.private_key) == SECRET
+            # A change on one replica decides the other's next request (each reads the decision generation on
+            # its event loop, and its cached inputs answer only for that generation).
+            status, body = await admin(one, "PUT", "/kbs/v0/admin/refs/measurements", json={"values": ["00" * 48]})
+            assert status == 200, body
+            async with aiohttp.ClientSession() as fresh:
+                status, out = await get_resource(fresh, two.url, "prod/key/disk", token=token)
+            assert status == 401 and "denied" in out["detail"], out
+            status, body = await admin(one, "PUT", "/kbs/v0/admin/refs/measurements",
+                                       json={"values": [MEASUREMENT.hex()]})
+            assert status == 200, body
+            async with aiohttp.ClientSession() as fresh:
+                status, out = await get_resource(fresh, two.url, "prod/key/disk", token=token)
+            assert status == 200 and decrypt(out, key.private_key) == SECRET, out
             # A NUL (valid JSON, which PostgreSQL text cannot hold) in a logged field: refused and logged, not a
             # 503; a lone surrogate is not JSON at all (400), and logged as well.
             for hostile, expected in ((b'{"version": "0.4\\u0000", "tee": "snp", "extra-params": {}}', 401),
@@ -103,5 +116,5 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
         asyncio.run(go())
     with psycopg.connect(database) as conn:
         rows = conn.execute("SELECT decision, resource FROM release_log WHERE decision = 'release'").fetchall()
-        assert rows == [("release", "prod/key/disk")] * 2
+        assert rows == [("release", "prod/key/disk")] * 3
         assert conn.execute("SELECT version FROM kbs_schema").fetchone() == (SCHEMA_VERSION,)

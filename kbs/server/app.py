@@ -245,6 +245,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         io.shutdown(wait=True)
         if writer is not None:
             await writer.close()
+        aclose = getattr(store, "aclose", None)  # a connection of the event loop's own (PostgreSQL)
+        if aclose is not None:
+            await aclose()
         store.close()
 
 

@@ -138,7 +138,7 @@ async def _deposit(request: web.Request, st: BrokerState, now: datetime, parts: 
     if owned is None or owned.key.kind != "deposit":
         raise ProtocolError("InvalidRequestPath", f"{path} is not a deposit slot", status=404,
                             reason="deposit_not_slot")
-    _, policy_id, resolved, _ = await st.read(st.decisions.get, path)
+    _, policy_id, resolved, _ = await st.release_inputs(path)
     entry.update(**policy_fields(policy_id, resolved))  # every refusal from here on names the policy
     decision, version = await judge(st, request, "deposit", parts, policy_id, resolved, claims, now,
                                     "the slot's policy")

@@ -85,13 +85,23 @@ class DecisionInputs:
     def get(self, path: str) -> ReleaseInputs:
         """The resource at `path`, its policy id, and the policy's current version, parsed, with the reference
         values (or why they could not be read: a policy failure, reported as such by the caller)."""
-        generation = self._store.decision_generation()
+        return self.get_at(path, self._store.decision_generation())
+
+    def cached(self, path: str, generation: int) -> ReleaseInputs | None:
+        """`get`'s answer when it is in memory for `generation` (the store's current one, read by the caller)."""
         with self._lock:
             self._move_to(generation)
             cached = self._cache.get(path)
             if cached is not None:
                 self.hits += 1
-                return cached
+            return cached
+
+    def get_at(self, path: str, generation: int) -> ReleaseInputs:
+        """`get` for a generation the caller read from the store just before."""
+        cached = self.cached(path, generation)
+        if cached is not None:
+            return cached
+        with self._lock:
             self.misses += 1
         inputs = self._read(path, generation)
         with self._lock:

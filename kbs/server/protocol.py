@@ -439,7 +439,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     path = entry.record.resource
     tee_pubkey = _tee_pubkey(claims)
     # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
-    resource, policy_id, resolved, disabled = await st.read(st.decisions.get, path)
+    resource, policy_id, resolved, disabled = await st.release_inputs(path)
     entry.update(**policy_fields(policy_id, resolved))  # every refusal from here on names the policy
     decision, policy_version = await judge(st, request, "resource", parts, policy_id, resolved, claims, now,
                                            "the release policy")

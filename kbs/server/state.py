@@ -16,7 +16,7 @@ from kbs.keys.shares import ShareKey
 from kbs.policy.lifecycle import PolicyRegistry
 from kbs.server.attestation import Attestor
 from kbs.server.config import Config
-from kbs.server.decisions import DecisionInputs
+from kbs.server.decisions import DecisionInputs, ReleaseInputs
 from kbs.server.metrics import Metrics
 from kbs.server.sessions import AttestedSessions, SessionCookies
 from kbs.server.tokens import TokenSigner
@@ -89,6 +89,20 @@ class BrokerState:
                 self._store_failed(exc)
                 raise
         return await self.run(fn, *args)
+
+    async def release_inputs(self, path: str) -> ReleaseInputs:
+        """`decisions.get(path)` for a request: a store that reads the decision generation on the event loop
+        (PostgreSQL) is asked there, and the inputs cached for it need no thread hop; anything else as `read`."""
+        on_loop = getattr(self.store, "decision_generation_async", None)
+        if on_loop is None:
+            return await self.read(self.decisions.get, path)
+        try:
+            generation: int = await on_loop()
+        except StoreError as exc:
+            self._store_failed(exc)
+            raise
+        cached = self.decisions.cached(path, generation)
+        return cached if cached is not None else await self.read(self.decisions.get_at, path, generation)
 
     async def evaluate(self, fn: Callable[..., T], *args: object) -> T:
         """Run a policy evaluation on its own pool (Rego goes on to a worker process from there)."""

@@ -23,6 +23,8 @@ Commits are durable when they return with the server's default `synchronous_comm
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -51,7 +53,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import StoreReads
+from kbs.store.reads import GENERATION_QUERY, StoreReads
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -121,6 +123,9 @@ class PostgresStore(StoreReads):
             name="kbs-store")
         self._local = threading.local()
         self._batch_conn: psycopg.Connection[DictRow] | None = None  # the group-commit batch's, while open
+        self._conninfo, self._timeout = conninfo, pool_timeout
+        self._loop_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None  # decision_generation_async's
+        self._loop_connecting = asyncio.Lock()
 
     def _create_schema(self, conn: psycopg.Connection[DictRow]) -> None:
         """Create or upgrade the tables, once, even when several replicas start together."""
@@ -282,6 +287,37 @@ class PostgresStore(StoreReads):
 
     def close(self) -> None:
         self._pool.close()
+
+    async def decision_generation_async(self) -> int:
+        """`decision_generation` on the event loop: every resource request asks it, and through the I/O pool
+        it cost a thread hop each.  One autocommit connection of this store's own, opened at first use and
+        opened again once if it broke; bounded by the pool's timeout."""
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    async with self._loop_connecting:  # one connection, however many requests ask at once
+                        if self._loop_conn is None or self._loop_conn.closed:
+                            self._loop_conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                        conn = self._loop_conn
+                    row = await (await conn.execute(GENERATION_QUERY)).fetchone()
+            except (psycopg.OperationalError, TimeoutError) as exc:  # the connection broke, or the server is slow
+                await self.aclose()
+                if attempt == 2:
+                    raise StoreError(f"{self.name} failed: {str(exc) or type(exc).__name__}") from exc
+                continue
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.name} failed: {exc}") from exc
+            if row is None:
+                raise StoreError(f"{self.name} has no decision generation row: it was removed outside the broker")
+            return int(row[0])
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close the event loop's connection (before `close`, on the loop that used it)."""
+        conn, self._loop_conn = self._loop_conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     # -- sessions --------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceV
 from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
 
+GENERATION_QUERY = "SELECT value FROM decision_generation WHERE id = 1"
+
 
 class _Reads:
     """Plain reads as kbs.store.tlog runs them: each its own statement (the tree's rows never change once
@@ -79,7 +81,7 @@ class StoreReads:
 
     def decision_generation(self) -> int:
         """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
-        return int(self._select("SELECT value FROM decision_generation WHERE id = 1")[0]["value"])
+        return int(self._select(GENERATION_QUERY)[0]["value"])
 
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
                     query: LogQuery | None = None) -> list[ReleaseRecord]:
