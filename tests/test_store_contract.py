@@ -700,7 +700,8 @@ def test_the_event_loop_reads_the_decision_generation_and_reconnects_once(backen
         seen.append(await on_loop())
         first = store._loop_conn  # type: ignore[union-attr]
         killed = backend.query("SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE pid <> "
-                               "pg_backend_pid() AND query = 'SELECT value FROM decision_generation WHERE id = 1'")
+                               "pg_backend_pid() AND datname = current_database() "
+                               "AND query = 'SELECT value FROM decision_generation WHERE id = 1'")
         assert [r["killed"] for r in killed] == [True]  # the loop's connection, the only one that asked
         seen.append(await on_loop())  # a new connection answers
         assert store._loop_conn is not first  # type: ignore[union-attr]
