@@ -203,6 +203,10 @@ def _cookie_session(request: web.Request, now: datetime) -> Session:
     if session is None:
         raise ProtocolError("AttestationError", "the kbs-session-id cookie is not one this broker issued: "
                             "call /kbs/v0/auth again", reason="session")
+    return _unexpired(session, now)
+
+
+def _unexpired(session: Session, now: datetime) -> Session:
     if now >= session.expires_at:
         raise ProtocolError("AttestationError", "session expired: call /kbs/v0/auth again", reason="session")
     return session
@@ -215,9 +219,7 @@ async def _live_session(request: web.Request, now: datetime) -> tuple[Session, A
     value = request.cookies.get(COOKIE)
     remembered = st.attested.get(value) if value is not None else None
     if remembered is not None:  # this very cookie string was opened (its MAC checked) at /attest here
-        if now >= remembered.session.expires_at:
-            raise ProtocolError("AttestationError", "session expired: call /kbs/v0/auth again", reason="session")
-        return remembered.session, remembered
+        return _unexpired(remembered.session, now), remembered
     session = _cookie_session(request, now)
     stored = await st.read(st.store.get_session, session.session_id)
     return (stored if stored is not None else session), None
@@ -271,10 +273,10 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     # One durable write: the nonce consumed and the attestation recorded together, or neither.
     record = AttestationRecord(attestation_id, now, session.session_id, session.tee, document, payload)
     # Its summary in the release log (the transparency log): which evidence, which TEE key, what status.
+    identity, tee_key = evidence_identity(document), jwe.jwk_thumbprint(tee_pubkey)
     summary = ReleaseRecord(at=now, decision="attest", reason=document[OVERALL_STATUS], resource="", version=None,
                             session_id=session.session_id, tee=session.tee, policy_id=None, policy_hash=None,
-                            attestation_id=attestation_id, evidence=evidence_identity(document),
-                            tee_key=jwe.jwk_thumbprint(tee_pubkey))
+                            attestation_id=attestation_id, evidence=identity, tee_key=tee_key)
     if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record, summary):
         stored = await st.read(st.store.get_session, session.session_id)
         if stored is not None and stored.evidence_digest == evidence_digest and stored.token:
@@ -285,7 +287,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     cookie = request.cookies[COOKIE]  # opened by _cookie_session above
     st.attested.remember(cookie, Attested(Session(session.session_id, session.tee, session.nonce, session.created_at,
                                                   session.expires_at, "attested", evidence_digest, token),  # as stored
-                                          summary.evidence or "", summary.tee_key or ""))
+                                          identity, tee_key))
     st.metrics.attestations.labels(tee=session.tee, result="ok").inc()
     log.info("attested", extra={"session": session.session_id, "tee": session.tee,
                                 "attestation_id": attestation_id,
@@ -377,7 +379,7 @@ async def attested_step(request: web.Request, step: AttestedStep) -> web.Respons
         entry.update(resource="/".join(parts))
         claims, session_id, remembered = await _token_claims(request, now)
         cpu0 = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
-        if remembered is not None and remembered.identity and remembered.tee_key:  # computed from this token's claims
+        if remembered is not None:  # computed at /attest from this token's claims
             identity, tee_key = remembered.identity, remembered.tee_key
         else:
             identity, tee_key = evidence_identity(claims), jwe.jwk_thumbprint(_tee_pubkey(claims))
