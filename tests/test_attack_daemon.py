@@ -555,6 +555,43 @@ def test_forged_session_cookies_are_refused_and_auth_writes_nothing(broker: Brok
 
 # -- 9. the routes that take no admin token: owners', the log's, deposits ---------------------------------------
 
+def test_an_auth_flood_keeps_remembered_cookies_bounded_and_only_exact_strings_open(broker: Broker) -> None:
+    """2,000 /auth requests from one client without credentials, 50 at a time: the worker remembers only the newest
+    cookies it sealed (128 KiB, tests/test_sessions.py proves the bound); over HTTP the broker keeps serving with
+    RSS within 16 MB of where it was, a cookie pushed out of that memory still opens by its MAC, the newest opens,
+    and the newest with one character of its MAC changed opens neither way (401, nothing attested)."""
+    def sample_body(nonce: str) -> dict[str, Any]:
+        jwk = generate_tee_key("EC-P256").jwk
+        digest = primary_runtime_digest(nonce, jwk, "")
+        return {"init-data": None, "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
+                "tee-evidence": {"primary_evidence": {"svn": "1", "report_data": base64.b64encode(digest).decode()},
+                                 "additional_evidence": ""}}
+
+    async def one_auth(http: aiohttp.ClientSession) -> tuple[str, str]:
+        async with http.post(f"{broker.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample",
+                                                                "extra-params": {}}) as r:
+            assert r.status == 200
+            return r.cookies["kbs-session-id"].value, (await r.json())["nonce"]
+
+    async def go() -> list[tuple[int, dict[str, Any]]]:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            issued = [pair for _ in range(40) for pair in await asyncio.gather(*(one_auth(http) for _ in range(50)))]
+        (oldest, oldest_nonce), (newest, newest_nonce) = issued[0], issued[-1]
+        edited = newest[:-1] + ("A" if newest[-1] != "A" else "B")
+        answers = []
+        for cookie, nonce in ((edited, newest_nonce), (oldest, oldest_nonce), (newest, newest_nonce)):
+            async with aiohttp.ClientSession(cookies={"kbs-session-id": cookie}) as http:
+                answers.append(await attest(http, broker.url, sample_body(nonce)))
+        return answers
+
+    before = rss_kib(broker)
+    (edited_status, edited_answer), (oldest_status, _), (newest_status, _) = asyncio.run(go())
+    growth = rss_kib(broker) - before
+    assert edited_status == 401 and "not one this broker issued" in edited_answer["detail"], edited_answer
+    assert oldest_status == 200 and newest_status == 200
+    assert growth < 16 * 1024, f"RSS grew by {growth} KiB after 2,000 sealed cookies"
+
+
 def test_open_routes_refuse_deep_huge_and_forged_input_and_the_broker_stays_up(broker: Broker) -> None:
     deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
     huge = b'{"owner": "' + b"x" * 3_000_000 + b'"}'
