@@ -26,7 +26,10 @@ COOKIES = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))
 def test_a_sealed_session_opens_to_itself() -> None:
     session = COOKIES.new_session("snp", NOW)
     assert session.created_at == NOW.replace(microsecond=0)
-    assert session.expires_at - session.created_at == COOKIES.lifetime
+    # Whole seconds in the cookie: never less than the lifetime from `now`, at most a second more.
+    assert NOW + COOKIES.lifetime <= session.expires_at < NOW + COOKIES.lifetime + dt.timedelta(seconds=1)
+    on_the_second = COOKIES.new_session("snp", NOW.replace(microsecond=0))
+    assert on_the_second.expires_at == NOW.replace(microsecond=0) + COOKIES.lifetime
     elsewhere = SessionCookies(b"k" * 32, dt.timedelta(minutes=5))  # another worker: opens it by its MAC
     assert elsewhere.open(COOKIES.seal(session)) == session == COOKIES.open(COOKIES.seal(session))
     assert session_id_of(COOKIES.seal(session)) == session.session_id

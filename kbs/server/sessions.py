@@ -54,13 +54,17 @@ class SessionCookies:
         return cls(kek.derive(COOKIE_KEY_PURPOSE), timedelta(seconds=lifetime_seconds))
 
     def new_session(self, tee: str, now: datetime) -> Session:
-        """A fresh session: a random id and 32-byte nonce, valid for the lifetime from `now` (whole seconds)."""
+        """A fresh session: a random id and 32-byte nonce, valid for at least the lifetime from `now`.
+
+        The cookie carries whole seconds: the creation is rounded down and the expiry up, so a short lifetime
+        is never cut to a fraction of itself by where in its second the guest happened to call /auth."""
         if not _TEE_NAME.fullmatch(tee):  # a cookie that could never open again
             raise ValueError(f"TEE name {tee!r} cannot be carried in a session cookie")
         created = now.replace(microsecond=0)
+        expires = created + self.lifetime + (timedelta(seconds=1) if now.microsecond else timedelta())
         return Session(session_id=secrets.token_hex(16), tee=tee,
                        nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=created,
-                       expires_at=created + self.lifetime, state="authed")
+                       expires_at=expires, state="authed")
 
     def seal(self, session: Session) -> str:
         """The cookie value carrying `session` (made by `new_session`)."""
