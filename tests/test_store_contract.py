@@ -31,7 +31,15 @@ from kbs.audit.chain import REFUSALS, RELEASES
 from kbs.policy.lifecycle import BindingLocked, PolicyConflict, PolicyRegistry
 from kbs.policy.refvalues import ReferenceSet
 from kbs.store import OpenStore, open_store
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, Session, StoredCheckpoint, StoreError
+from kbs.store.base import (
+    AttestationRecord,
+    LogQuery,
+    ReleaseRecord,
+    Session,
+    StaleDecision,
+    StoredCheckpoint,
+    StoreError,
+)
 from kbs.store.group_commit import GroupCommitWriter, can_batch
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
 from kbs.store.rows import Rows
@@ -684,6 +692,34 @@ def test_every_change_to_decision_inputs_bumps_the_generation(backend: Backend, 
     store.append_log(RELEASES, entry(1, "release"))
     store.append_log(REFUSALS, entry(2))
     assert store.decision_generation() == seen[-1]
+
+
+def test_a_release_is_written_only_under_the_generation_it_was_decided_under(backend: Backend,
+                                                                            store: OpenStore) -> None:
+    """A release decided on inputs in memory carries their generation: written while the store is still there;
+    after a change on another replica, refused as StaleDecision with nothing written, alone and inside a
+    group-commit batch, where the other calls commit."""
+    decided = store.decision_generation()
+    store.append_log(RELEASES, entry(1, "release"), decided)
+    PolicyRegistry(backend.open()).put("p", POLICY_TEXT, created_by="a", at=NOW)
+    with pytest.raises(StaleDecision, match=f"decided under decision generation {decided}, the store is at "):
+        store.append_log(RELEASES, entry(2, "release"), decided)
+    current = store.decision_generation()
+
+    async def batch() -> tuple[list[object], GroupCommitWriter]:
+        writer = GroupCommitWriter(store)
+        results = await asyncio.gather(*(writer.write(store.append_log, RELEASES, entry(10 + i, "release"),
+                                                      decided if i == 3 else current) for i in range(6)),
+                                       return_exceptions=True)
+        await writer.close()
+        return results, writer
+    results, writer = asyncio.run(batch())
+    assert isinstance(results[3], StaleDecision)
+    assert all(isinstance(r, ReleaseRecord) for i, r in enumerate(results) if i != 3), results
+    assert (writer.batches, writer.retried) == (1, 1)  # the stale call failed the first run; it alone failed
+    logged = sorted(e.resource for e in store.log_entries(RELEASES, limit=50))
+    assert logged == sorted(["r/t/1"] + [f"r/t/{10 + i}" for i in range(6) if i != 3])
+    assert {h.chain: h.entries for h in store.verify_logs()}[RELEASES] == 6
 
 
 def test_the_event_loop_reads_the_decision_generation_and_reconnects_once(backend: Backend) -> None:

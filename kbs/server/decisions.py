@@ -9,6 +9,12 @@ decision depends on has changed since, and the cached inputs are the store's cur
 cache is emptied and refilled from the store.  Reading the generation before the inputs means the cache
 never holds inputs older than its generation.
 
+A guest's release need not even read the number first (`latest`): it is decided on the inputs in memory, and
+its release-log entry is written only if the store is still at their generation, checked in the write's own
+transaction (on PostgreSQL, read once as each group-commit batch begins).  A release so refused was never
+answered; it is decided again on inputs read from the store.  A refusal decided on remembered inputs stands
+only if the generation read after it is theirs.
+
 Rows are checked (MACs) when they are read from the store, as before; cached entries are charged their
 sealed bytes, so the cache is bounded by bytes.
 
@@ -95,6 +101,18 @@ class DecisionInputs:
             if cached is not None:
                 self.hits += 1
             return cached
+
+    def latest(self, path: str) -> tuple[int, ReleaseInputs] | None:
+        """The inputs in memory for `path` and the generation they were read under, without asking the store
+        whether it moved on: a release decided on them must be written with that generation, which the store
+        checks in the write's transaction (kbs.store.base.StaleDecision)."""
+        with self._lock:
+            cached = self._cache.get(path) if self._generation is not None else None
+            if cached is None:
+                return None
+            self.hits += 1
+            assert self._generation is not None
+            return self._generation, cached
 
     def get_at(self, path: str, generation: int) -> ReleaseInputs:
         """`get` for a generation the caller read from the store just before."""

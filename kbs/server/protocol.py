@@ -37,13 +37,13 @@ from kbs.policy.lifecycle import PolicyVersion
 from kbs.policy.model import Decision, Explanation, Policy, ResourceRequest
 from kbs.policy.refvalues import ReferenceValues
 from kbs.policy.rego_pool import FAILURE_LABELS
-from kbs.server.decisions import OwnedInputs, Resolved
+from kbs.server.decisions import OwnedInputs, ReleaseInputs, Resolved
 from kbs.server.errors import ProtocolError
 from kbs.server.identity import evidence_identity
 from kbs.server.sessions import Attested, session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
-from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StoreError
+from kbs.store.base import AttestationRecord, ReleaseRecord, Session, StaleDecision, StoreError
 
 PROTOCOL_VERSION = "0.4.0"
 COOKIE = "kbs-session-id"
@@ -98,10 +98,11 @@ def _cookie(st: BrokerState, session: Session, sealed: str | None = None) -> str
     return f"{COOKIE}={sealed or st.sessions.seal(session)}; Expires={expires}; HttpOnly"
 
 
-async def _log(st: BrokerState, chain: str, record: ReleaseRecord) -> None:
-    """Write the entry first; if the log cannot be written, the request fails closed (503)."""
+async def _log(st: BrokerState, chain: str, record: ReleaseRecord, generation: int | None = None) -> None:
+    """Write the entry first; if the log cannot be written, the request fails closed (503).  `generation`: the
+    decision generation the release was decided under; a StaleDecision (nothing written) if the store moved on."""
     try:
-        await st.write(st.store.append_log, chain, record)
+        await st.write(st.store.append_log, chain, record, generation)
     except (StoreError, OSError) as exc:
         st.metrics.audit_failures.inc()
         log.error("log write failed", extra={"log": chain, "resource": record.resource, "error": str(exc)})
@@ -438,10 +439,29 @@ async def _evaluate(st: BrokerState, policy: Policy, chars: int, claims: dict[st
 
 async def _release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
                    claims: dict[str, Any], entry: Entry) -> web.Response:
+    """Decided on the inputs in memory when there are any, without asking the store first (kbs.server.decisions):
+    a release is then written only if the store is still at their generation, and a refusal stands only if the
+    generation read after it is theirs; otherwise (or with nothing in memory) decided on what the store holds."""
+    remembered = st.decisions.latest(entry.record.resource)
+    if remembered is not None:
+        generation, inputs = remembered
+        try:
+            return await _decide_release(request, st, now, parts, claims, entry, inputs, generation)
+        except StaleDecision:
+            pass  # a resource, policy or reference set changed since: nothing was written or sent
+        except ProtocolError:
+            if await st.decision_generation() == generation:
+                raise
+    inputs = await st.release_inputs(entry.record.resource)  # everything the decision reads: one call at most
+    return await _decide_release(request, st, now, parts, claims, entry, inputs, None)
+
+
+async def _decide_release(request: web.Request, st: BrokerState, now: datetime, parts: tuple[str, str, str],
+                          claims: dict[str, Any], entry: Entry, inputs: ReleaseInputs,
+                          generation: int | None) -> web.Response:
     path = entry.record.resource
     tee_pubkey = _tee_pubkey(claims)
-    # Everything the decision reads, in one call (one thread hop at most), cached while unchanged.
-    resource, policy_id, resolved, disabled = await st.release_inputs(path)
+    resource, policy_id, resolved, disabled = inputs
     entry.update(**policy_fields(policy_id, resolved))  # every refusal from here on names the policy
     decision, policy_version = await judge(st, request, "resource", parts, policy_id, resolved, claims, now,
                                            "the release policy")
@@ -456,7 +476,7 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
         if owned is not None:
             assert not isinstance(resolved, KbsError)  # judge() raised for it
             req = ResourceRequest(plugin="resource", path=parts, query=dict(request.query))
-            return await _release_owned(st, now, owned, claims, resolved[2], req, entry, tee_pubkey)
+            return await _release_owned(st, now, owned, claims, resolved[2], req, entry, tee_pubkey, generation)
     if resource is None:  # logged with the policy that allowed the guest
         if disabled:  # the operator's doing, not the guest's: named so in the log
             raise ProtocolError("PluginInternalError", f"resource {path}: every version is disabled", status=404,
@@ -468,13 +488,14 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
     except KbsError as exc:
         raise ProtocolError("JweError", f"cannot wrap the resource to the TEE key: {exc}", reason=exc.check,
                             decision="error") from exc
-    await _log(st, RELEASES, entry.record.updated(decision="release", reason="policy", version=resource.version))
+    await _log(st, RELEASES, entry.record.updated(decision="release", reason="policy", version=resource.version),
+               generation)
     return json_response(body)
 
 
 async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, claims: dict[str, Any],
                          refs: ReferenceValues, req: ResourceRequest, entry: Entry,
-                         tee_pubkey: dict[str, Any]) -> web.Response:
+                         tee_pubkey: dict[str, Any], generation: int | None) -> web.Response:
     """An owned key with no active value, once its own policy allowed the guest (issue 15): a deposit slot not
     yet filled is refused; a contributed key is released only when every owner contributed and every owner's
     own policy allows the same claims, as the derivation of the shares in owner order (kbs.keys.shares)."""
@@ -513,5 +534,6 @@ async def _release_owned(st: BrokerState, now: datetime, owned: OwnedInputs, cla
                             decision="error") from exc
     del shares
     await _log(st, RELEASES, entry.record.updated(decision="release", reason="policy",
-                                                  detail=f"derived from {len(owned.shares)} owners' shares"))
+                                                  detail=f"derived from {len(owned.shares)} owners' shares"),
+               generation)
     return json_response(body)

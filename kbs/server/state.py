@@ -90,17 +90,24 @@ class BrokerState:
                 raise
         return await self.run(fn, *args)
 
-    async def release_inputs(self, path: str) -> ReleaseInputs:
-        """`decisions.get(path)` for a request: a store that reads the decision generation on the event loop
-        (PostgreSQL) is asked there, and the inputs cached for it need no thread hop; anything else as `read`."""
+    async def decision_generation(self) -> int:
+        """The store's decision generation: on the event loop where the store can (PostgreSQL), else as `read`."""
         on_loop = getattr(self.store, "decision_generation_async", None)
         if on_loop is None:
-            return await self.read(self.decisions.get, path)
+            return await self.read(self.store.decision_generation)
         try:
             generation: int = await on_loop()
         except StoreError as exc:
             self._store_failed(exc)
             raise
+        return generation
+
+    async def release_inputs(self, path: str) -> ReleaseInputs:
+        """`decisions.get(path)` for a request: a store that reads the decision generation on the event loop
+        (PostgreSQL) is asked there, and the inputs cached for it need no thread hop; anything else as `read`."""
+        if getattr(self.store, "decision_generation_async", None) is None:
+            return await self.read(self.decisions.get, path)
+        generation = await self.decision_generation()
         cached = self.decisions.cached(path, generation)
         return cached if cached is not None else await self.read(self.decisions.get_at, path, generation)
 

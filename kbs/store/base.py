@@ -27,6 +27,16 @@ class StoreError(KbsError):
     check = "store"
 
 
+class StaleDecision(KbsError):
+    """A release decided under a decision generation the store has moved past (a resource, policy or reference
+    set changed meanwhile): nothing was written; the caller decides again on what the store holds now."""
+
+    check = "stale_decision"
+
+    def __init__(self, decided: int, current: int) -> None:
+        super().__init__(f"decided under decision generation {decided}, the store is at {current}")
+
+
 @dataclass(frozen=True)
 class Session:
     session_id: str
@@ -206,7 +216,9 @@ class Store(PolicyStore, Protocol):
     def record_attestation(self, record: AttestationRecord) -> None: ...
     def get_attestation(self, attestation_id: str) -> AttestationRecord | None: ...
     def purge_attestations(self, before: datetime) -> int: ...
-    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord: ...
+    def append_log(self, chain: str, record: ReleaseRecord, generation: int | None = None) -> ReleaseRecord:
+        """Append to a log, durable when this returns; with `generation`, only while the decision generation is
+        still that one, checked in the append's own transaction (else StaleDecision, nothing written)."""
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
                     query: LogQuery | None = None) -> list[ReleaseRecord]: ...
     def log_counts(self, chain: str, query: LogQuery | None = None) -> dict[str, int]:

@@ -53,7 +53,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import GENERATION_QUERY, StoreReads
+from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -91,6 +91,13 @@ class _Sql:
 
 
 
+def _generation(cur: Cursor) -> int:
+    row = cur.execute(GENERATION_QUERY).fetchone()
+    if row is None:
+        raise StoreError("the decision generation row was removed outside the broker")
+    return int(row["value"])
+
+
 def describe(url: str) -> str:
     """The database as errors name it: host, port and name, never the password the URL may hold."""
     try:
@@ -123,6 +130,7 @@ class PostgresStore(StoreReads):
             name="kbs-store")
         self._local = threading.local()
         self._batch_conn: psycopg.Connection[DictRow] | None = None  # the group-commit batch's, while open
+        self._batch_generation = 0  # the decision generation read as the batch began
         self._conninfo, self._timeout = conninfo, pool_timeout
         self._loop_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None  # decision_generation_async's
         self._loop_connecting = asyncio.Lock()
@@ -169,19 +177,26 @@ class PostgresStore(StoreReads):
 
     def begin_batch(self) -> None:
         """Open the batch's transaction and lock both logs' heads, in one order: batches of replicas follow one
-        another on the heads (as single appends did), never deadlock on them, and each pays for the lock once."""
+        another on the heads (as single appends did), never deadlock on them, and each pays for the lock once.
+        The decision generation is read with them (one round trip): the batch's releases are checked against it."""
         try:
             conn = self._pool.getconn()
         except psycopg_pool.PoolTimeout as exc:
             raise StoreError(f"{self.name} is unavailable: {exc}") from exc
         self._tails.reset()
         try:
-            conn.execute("BEGIN")
-            conn.execute("SELECT chain FROM log_heads ORDER BY chain FOR UPDATE")
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                conn.execute("SELECT chain FROM log_heads ORDER BY chain FOR UPDATE")
+                generation = conn.execute(GENERATION_QUERY)
+            row = generation.fetchone()
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} failed: {exc}") from exc
-        self._batch_conn = conn
+        if row is None:
+            self._end_batch(conn, "ROLLBACK")
+            raise StoreError(f"{self.name} has no decision generation row: it was removed outside the broker")
+        self._batch_conn, self._batch_generation = conn, int(row["value"])
 
     @contextmanager
     def batch_calls(self, savepoints: bool = True) -> Iterator[None]:
@@ -207,8 +222,9 @@ class PostgresStore(StoreReads):
             if conn.info.transaction_status == TransactionStatus.INERROR:  # COMMIT would answer ROLLBACK, silently
                 raise psycopg.OperationalError("a statement of the batch failed and its transaction is aborted")
             cur = conn.cursor()
-            self._tails.write_heads(lambda head: self._store_head(cur, head))
-            conn.execute("COMMIT")
+            with conn.pipeline():  # the heads and the COMMIT in one round trip
+                self._tails.write_heads(lambda head: self._store_head(cur, head))
+                conn.execute("COMMIT")
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} could not commit: {exc}") from exc
@@ -596,12 +612,19 @@ class PostgresStore(StoreReads):
                     "head_seq = EXCLUDED.head_seq, head_hash = EXCLUDED.head_hash, mac = EXCLUDED.mac",
                     self._rows.head_values(head))
 
-    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+    def append_log(self, chain: str, record: ReleaseRecord, generation: int | None = None) -> ReleaseRecord:
         """Append to a log; durable when this returns.  The head row is locked first, so replicas append one at
         a time, each on the head the previous one committed; a log truncated or edited outside the broker
-        stops every append (and so every release) until an operator looks (kbs.store.tlog)."""
+        stops every append (and so every release) until an operator looks (kbs.store.tlog).  `generation`:
+        only while the decision generation is still that one (in a batch: as the batch began)."""
         _table(chain)  # an unknown log is refused before anything is written
-        return self._tx(lambda cur: self._append(cur, chain, record))
+
+        def step(cur: Cursor) -> ReleaseRecord:
+            if generation is not None:
+                in_batch = cur.connection is self._batch_conn
+                check_generation(generation, self._batch_generation if in_batch else _generation(cur))
+            return self._append(cur, chain, record)
+        return self._tx(step)
 
     def _append(self, cur: Cursor, chain: str, record: ReleaseRecord) -> ReleaseRecord:
         in_batch = cur.connection is self._batch_conn

@@ -15,11 +15,25 @@ from kbs.audit import merkle
 from kbs.owners import Approval, Contribution, OwnedKey, Owner, Proposal, Referenced
 from kbs.policy.refvalues import ReferenceValues
 from kbs.store import owners, tlog
-from kbs.store.base import AttestationRecord, LogQuery, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint
+from kbs.store.base import (
+    AttestationRecord,
+    LogQuery,
+    ReleaseRecord,
+    ResourceVersion,
+    Session,
+    StaleDecision,
+    StoredCheckpoint,
+)
 from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
 
 GENERATION_QUERY = "SELECT value FROM decision_generation WHERE id = 1"
+
+
+def check_generation(decided: int, current: int) -> None:
+    """A release decided under generation `decided` may be written only while the store is still there."""
+    if current != decided:
+        raise StaleDecision(decided, current)
 
 
 class _Reads:

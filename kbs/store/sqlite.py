@@ -36,7 +36,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, digest
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import StoreReads
+from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
 from kbs.store.rows import log_table as _table
@@ -526,11 +526,15 @@ class SqliteStore(StoreReads):
     def _store_head(self, db: sqlite3.Connection, head: Head) -> None:
         db.execute("INSERT OR REPLACE INTO log_heads VALUES (?,?,?,?,?,?)", self._rows.head_values(head))
 
-    def append_log(self, chain: str, record: ReleaseRecord) -> ReleaseRecord:
+    def append_log(self, chain: str, record: ReleaseRecord, generation: int | None = None) -> ReleaseRecord:
         """Append to a log; durable when this returns (synchronous=FULL).  A log truncated or edited outside
-        the broker stops every append (and so every release) until an operator looks (kbs.store.tlog)."""
+        the broker stops every append (and so every release) until an operator looks (kbs.store.tlog).
+        `generation`: only while the decision generation is still that (under the write lock, so no change
+        commits between the check and the append)."""
         _table(chain)  # an unknown log is refused before anything is written
         with self._tx() as db:
+            if generation is not None:
+                check_generation(generation, int(db.execute(GENERATION_QUERY).fetchone()[0]))
             return self._append(db, chain, record)
 
     def _append(self, db: sqlite3.Connection, chain: str, record: ReleaseRecord) -> ReleaseRecord:
