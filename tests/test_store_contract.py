@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import multiprocessing
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -508,6 +509,37 @@ def test_an_edited_chain_is_not_upgraded(backend: Backend, store: OpenStore) -> 
     backend.execute("UPDATE release_log SET decision = 'release' WHERE seq = 3")
     with pytest.raises(StoreError, match="release log entry 3 was edited|does not match its hash chain"):
         backend.open()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("UPDATE log_tree SET hash = ? WHERE level = 2 AND idx = 0", "tree does not give the root its recorded head"),
+    ("DELETE FROM log_tree WHERE level = 1 AND idx = 2", "tree has no hash at level 1 index 2"),
+    ("DELETE FROM release_log WHERE seq = 6", "newest entry is 5 but its recorded head is 6"),
+    ("UPDATE log_heads SET head_seq = 7 WHERE chain = 'release'", "release log head"),
+])
+def test_an_edited_release_log_fails_its_appends_in_a_batch_alone(backend: Backend, store: OpenStore, edit: str,
+                                                                   message: str) -> None:
+    """Inside a group-commit batch (on PostgreSQL the logs' heads, newest rows and the tree's edge are read with
+    its BEGIN): the release log edited behind the broker fails each release append, with the check that saw
+    it; the refusal log's appends in the same batch commit."""
+    for i in range(6):
+        store.append_log(RELEASES, entry(i, "release"))
+    backend.execute(edit, (bytes(32),) if "?" in edit else ())
+
+    async def batch() -> list[object]:
+        writer = GroupCommitWriter(store)
+        results = await asyncio.gather(*(writer.write(store.append_log, RELEASES if i % 2 else REFUSALS,
+                                                      entry(100 + i)) for i in range(6)), return_exceptions=True)
+        await writer.close()
+        return results
+    results = asyncio.run(batch())
+    for i, result in enumerate(results):
+        if i % 2:
+            assert isinstance(result, StoreError), result
+            assert re.search(message, str(result)), result
+        else:
+            assert isinstance(result, ReleaseRecord), result
+    assert [e.resource for e in store.log_entries(REFUSALS)] == ["r/t/100", "r/t/102", "r/t/104"]
 
 
 def test_a_tree_edited_behind_the_broker_stops_appends(backend: Backend, store: OpenStore) -> None:

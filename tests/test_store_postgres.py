@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from kbs.audit import merkle
 from kbs.audit.chain import RELEASES
 from kbs.server.config import ConfigError, parse_config
 from kbs.store import open_store
@@ -78,3 +79,22 @@ def test_database_url_kinds() -> None:
     assert "secret" not in str(info.value)
     with pytest.raises(StoreError, match="no store for database 'mysql'"):
         open_store("mysql://db/kbs", KEY)
+
+
+def test_a_batch_reads_the_trees_edge_by_index_whatever_its_size(database: str) -> None:
+    """The right edge read with each batch's BEGIN probes the tree's primary key for each (level, index): a plan
+    that scanned a level (its own filter on idx) would read every leaf of the release log in each batch."""
+    from kbs.store.postgres import _RIGHT_EDGE
+    store = open_store(database, KEY)
+    for i in range(1501):  # an odd size: level 0 is on the edge, the level with a row per entry
+        store.append_log(RELEASES, ReleaseRecord(NOW, "release", "policy", f"r/t/{i}", 1, "s", "snp", "default",
+                                                 "hash", None))
+    store.close()
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("ANALYZE")
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN (ANALYZE, COSTS OFF) " + _RIGHT_EDGE, (RELEASES,)).fetchall())  # type: ignore[operator]
+        edge = conn.execute(_RIGHT_EDGE, (RELEASES,)).fetchall()  # type: ignore[arg-type]
+    assert "Index Cond: ((level = edge.level) AND (idx = edge.idx))" in plan, plan
+    assert "Join Filter" not in plan.split("CTE Scan on edge")[1], plan
+    assert sorted((level, idx) for level, idx, _ in edge) == sorted(merkle.right_edge(1501))  # the SQL's = Python's

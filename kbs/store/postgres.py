@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -67,6 +68,12 @@ Cursor = psycopg.Cursor[DictRow]
 # Transaction-scoped advisory lock keys (64-bit, "kbs" in the high bytes): schema changes, admin changes.
 _SCHEMA_LOCK = 0x6B6273_00000001
 _ADMIN_LOCK = 0x6B6273_00000002
+# The `log_tree` rows on the right edge of a log's tree as its head stands (kbs.audit.merkle.right_edge: for each
+# set bit of the tree's size, the subtree ending there), read with the batch's BEGIN instead of once its size is known.
+_RIGHT_EDGE = ("WITH edge AS MATERIALIZED (SELECT b.bit AS level, ((h.head_seq::bigint >> b.bit) - 1)::int AS idx "
+               "FROM log_heads h CROSS JOIN generate_series(0, 62) AS b(bit) "
+               "WHERE h.chain = %s AND ((h.head_seq::bigint >> b.bit) & 1) = 1) "
+               "SELECT t.level, t.idx, t.hash FROM edge JOIN log_tree t ON t.level = edge.level AND t.idx = edge.idx")
 _RETRIES = 5  # deadlocks and serialization failures: the transaction is rolled back whole, so retrying is safe
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says otherwise
 # What a KEK rotation locks: every table holding sealed values or MACs, so no connection reads a half-rotated state.
@@ -187,16 +194,29 @@ class PostgresStore(StoreReads):
         try:
             with conn.pipeline():
                 conn.execute("BEGIN")
-                conn.execute("SELECT chain FROM log_heads ORDER BY chain FOR UPDATE")
+                heads = conn.execute("SELECT * FROM log_heads ORDER BY chain FOR UPDATE")
+                newest = {chain: conn.execute(f"SELECT seq, entry_hash FROM {_table(chain)} ORDER BY seq DESC LIMIT 1")
+                          for chain in CHAINS}
+                edge = conn.execute(_RIGHT_EDGE, (RELEASES,))
                 generation = conn.execute(GENERATION_QUERY)
             row = generation.fetchone()
+            begun = {r["chain"]: r for r in heads.fetchall()}
+            newest_rows = {chain: cur.fetchone() for chain, cur in newest.items()}
+            edge_rows = edge.fetchall()
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} failed: {exc}") from exc
         if row is None:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} has no decision generation row: it was removed outside the broker")
+        for chain in CHAINS:  # each log's reads checked when an append first needs them: an edited log fails alone
+            self._tails.begun(chain, functools.partial(self._begun_tail, chain, begun.get(chain), newest_rows[chain],
+                                                       edge_rows))
         self._batch_conn, self._batch_generation = conn, int(row["value"])
+
+    def _begun_tail(self, chain: str, head: DictRow | None, newest: DictRow | None, edge: list[DictRow]) -> tlog.Tail:
+        return tlog.begun_tail(self._rows.head(chain, head),
+                               (int(newest["seq"]), newest["entry_hash"]) if newest else None, edge)
 
     @contextmanager
     def batch_calls(self, savepoints: bool = True) -> Iterator[None]:

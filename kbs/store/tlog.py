@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from kbs.audit import chain as chains
 from kbs.audit import merkle
@@ -41,14 +42,39 @@ def reader(sql: Sql) -> HashReader:
             return []
         where = " OR ".join("(level = ? AND idx = ?)" for _ in wanted)  # each an index lookup
         args = tuple(v for pair in wanted for v in pair)
-        rows = sql.rows(f"SELECT level, idx, hash FROM log_tree WHERE {where}", args)
-        found = {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
-        missing = [pair for pair in wanted if pair not in found]
-        if missing:
-            raise StoreIntegrityError(f"the release log's tree has no hash at level {missing[0][0]} index "
-                                      f"{missing[0][1]}: it was changed outside the broker")
-        return [found[pair] for pair in wanted]
+        return _wanted(sql.rows(f"SELECT level, idx, hash FROM log_tree WHERE {where}", args), wanted)
     return read
+
+
+def _wanted(rows: Sequence[Any], wanted: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The hashes at `wanted` (level, index) among `log_tree` rows read for them, each one there."""
+    found = {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in rows}
+    missing = [pair for pair in wanted if pair not in found]
+    if missing:
+        raise StoreIntegrityError(f"the release log's tree has no hash at level {missing[0][0]} index "
+                                  f"{missing[0][1]}: it was changed outside the broker")
+    return [found[pair] for pair in wanted]
+
+
+def _edge_builder(index: int, hashes: Sequence[bytes], root: str | None) -> merkle.RootBuilder:
+    """The builder of the tree before leaf `index`, from its right edge's hashes, its root checked against
+    `root` (the recorded head's) when given."""
+    builder = merkle.RootBuilder.from_edge(index, hashes)
+    if root is not None and builder.root().hex() != root:
+        raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it "
+                                  "was changed outside the broker")
+    return builder
+
+
+def begun_tail(head: Head, newest: tuple[int, str] | None, edge_rows: Sequence[Any]) -> Tail:
+    """Where a log stands as a batch begins, from what the store read with the batch's BEGIN (its head, its
+    newest row and, for the release log, the tree's `log_tree` rows on the head's right edge), checked as
+    `append_entry` checks what it reads itself."""
+    check_head(head, newest)
+    if head.chain not in TREES:
+        return Tail(head, None)
+    wanted = merkle.right_edge(head.head_seq)
+    return Tail(head, _edge_builder(head.head_seq, _wanted(edge_rows, wanted), head.head_hash))
 
 
 def append(sql: Sql, index: int, entry: bytes, root: str | None = None,
@@ -58,10 +84,7 @@ def append(sql: Sql, index: int, entry: bytes, root: str | None = None,
     given), the left siblings the new leaf completes subtrees with, and the root after; none when `builder`
     (the edge this transaction itself left) is given."""
     if builder is None:
-        builder = merkle.RootBuilder.from_edge(index, reader(sql)(merkle.right_edge(index)))
-        if root is not None and builder.root().hex() != root:
-            raise StoreIntegrityError("the release log's tree does not give the root its recorded head holds: it "
-                                      "was changed outside the broker")
+        builder = _edge_builder(index, reader(sql)(merkle.right_edge(index)), root)
     stored = builder.push(merkle.leaf_hash(entry))  # the leaf and the subtrees it completes: one statement
     sql.execute("INSERT INTO log_tree (level, idx, hash) VALUES " + ", ".join(["(?, ?, ?)"] * len(stored)),
                 tuple(value for row in stored for value in row))
@@ -87,14 +110,25 @@ class Tails:
     def __init__(self) -> None:
         self._by_chain: dict[str, Tail] = {}
         self._unwritten: set[str] = set()
+        self._begun: dict[str, Callable[[], Tail]] = {}  # read with the batch's BEGIN, checked at first use
 
     def reset(self) -> None:
         """A batch begins or ends: nothing is known."""
         self._by_chain = {}
         self._unwritten = set()
+        self._begun = {}
+
+    def begun(self, chain: str, tail: Callable[[], Tail]) -> None:
+        """What the store read of a log with the batch's BEGIN: `tail` checks it (`begun_tail`) when an append
+        first needs it, so a log found edited fails that append alone, not the batch's other writes."""
+        self._begun[chain] = tail
 
     def start(self, chain: str, read_head: Callable[[], Head]) -> Head | Tail:
-        return self._by_chain.get(chain) or read_head()
+        known = self._by_chain.get(chain)
+        if known is not None:
+            return known
+        begun = self._begun.get(chain)
+        return begun() if begun is not None else read_head()
 
     def appended(self, tail: Tail) -> None:
         """An append inside the batch left the log at `tail`; its head row is not written yet."""
@@ -112,16 +146,17 @@ class Tails:
         """A head written other than by an append (a purge moves its anchor): read it again next time."""
         self._by_chain.pop(chain, None)
         self._unwritten.discard(chain)
+        self._begun.pop(chain, None)
 
     @contextmanager
     def call(self) -> Iterator[None]:
         """One store call of the batch (a savepoint): if it fails, its appends (and any head it wrote) are undone,
         and so forgotten."""
-        before, unwritten = dict(self._by_chain), set(self._unwritten)
+        before, unwritten, begun = dict(self._by_chain), set(self._unwritten), dict(self._begun)
         try:
             yield
         except BaseException:
-            self._by_chain, self._unwritten = before, unwritten
+            self._by_chain, self._unwritten, self._begun = before, unwritten, begun
             raise
 
 
