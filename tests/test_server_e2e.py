@@ -132,6 +132,12 @@ def metric(broker: Broker, name: str, **labels: str) -> float:
     return 0.0 if wanted else float("nan")
 
 
+async def _verifications(broker: Broker) -> float:
+    text = await _metrics(broker)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("kbs_verification_seconds_count{"))
+
+
 async def _metrics(broker: Broker) -> str:
     async with aiohttp.ClientSession() as http, http.get(f"{broker.url}/metrics") as r:
         return await r.text()
@@ -176,13 +182,19 @@ def test_report_data_must_bind_nonce_and_key(broker: Broker, guest: SnpGuest) ->
 
 
 def test_replayed_nonce_refused(broker: Broker, guest: SnpGuest) -> None:
+    """Once a session attested, the worker that stored it answers its /attest without verifying again: the same
+    evidence gets the same token (an idempotent retry), other evidence a refusal."""
     async def go() -> list[tuple[int, dict[str, Any]]]:
         key = generate_tee_key("EC-P256")
         async with aiohttp.ClientSession(cookie_jar=jar()) as http:
             nonce = await auth(http, broker.url, "snp")
             first = attestation(nonce, key, "snp", guest)
             ok = await attest(http, broker.url, first)
+            verified = await _verifications(broker)
+            retried = await attest(http, broker.url, first)
+            assert retried == ok, (retried, ok)
             again = await attest(http, broker.url, attestation(nonce, key, "snp", guest))  # other evidence
+            assert await _verifications(broker) == verified  # neither answer verified the evidence again
             nonce2 = await auth(http, broker.url, "snp")  # new session, old message
             replay = await attest(http, broker.url, first)
             assert nonce2 != nonce

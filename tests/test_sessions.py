@@ -13,6 +13,7 @@ from kbs.server.sessions import (
     ISSUED_ENTRY_COST,
     MAX_COOKIE_CHARS,
     SESSION_OVERHEAD,
+    USED_ENTRY_COST,
     Attested,
     AttestedSessions,
     SessionCookies,
@@ -121,3 +122,15 @@ def test_attested_sessions_are_bounded_by_their_tokens_bytes() -> None:
     remembered.remember(cookies[0], huge)
     assert remembered.get(cookies[0]) is None and remembered.bytes_used == 3 * per_entry
     assert AttestedSessions(0).get(cookies[0]) is None
+
+
+def test_sessions_found_used_are_remembered_by_id_and_bounded() -> None:
+    """A session whose nonce this worker found used is remembered by its id (any cookie carrying it), in a budget
+    of USED_ENTRY_COST bytes a session: the oldest go first."""
+    remembered = AttestedSessions(1 << 16, used_bytes=3 * USED_ENTRY_COST)
+    ids = [COOKIES.new_session("snp", NOW).session_id for _ in range(5)]
+    assert not any(remembered.used(i) for i in ids)
+    for session_id in ids:
+        remembered.mark_used(session_id)
+    assert [remembered.used(i) for i in ids] == [False, False, True, True, True]
+    assert remembered.get(ids[4]) is None  # the used ids are not attested sessions by cookie

@@ -86,8 +86,8 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
                     status, out = await get_resource(fresh, replica.url, "prod/key/disk", token=token)
                 assert status == 200, out
                 assert decrypt(out, key.private_key) == SECRET
-            # A change on one replica decides the other's next request (each reads the decision generation on
-            # its event loop, and its cached inputs answer only for that generation).
+            # A change on one replica decides the other's next request (its release is written only if the store
+            # is still at the generation of the inputs it decided on, and a refusal stands only if it is).
             status, body = await admin(one, "PUT", "/kbs/v0/admin/refs/measurements", json={"values": ["00" * 48]})
             assert status == 200, body
             async with aiohttp.ClientSession() as fresh:
@@ -118,3 +118,57 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
         rows = conn.execute("SELECT decision, resource FROM release_log WHERE decision = 'release'").fetchall()
         assert rows == [("release", "prod/key/disk")] * 3
         assert conn.execute("SELECT version FROM kbs_schema").fetchone() == (SCHEMA_VERSION,)
+
+
+async def _counted(broker: Broker) -> dict[str, float]:
+    """The replica's verifications and batches run again (kbs_store_batch_retries_total)."""
+    async with aiohttp.ClientSession() as http, http.get(f"{broker.url}/metrics") as r:
+        text = await r.text()
+    counts = {"verifications": 0.0, "retries": 0.0}
+    for line in text.splitlines():
+        if line.startswith("kbs_verification_seconds_count{"):
+            counts["verifications"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("kbs_store_batch_retries_total "):
+            counts["retries"] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_a_captured_attest_replayed_at_another_replica_is_verified_and_written_once(tmp_path: Path,
+                                                                                      database: str) -> None:
+    """A guest's /attest (cookie and evidence) replayed at the other replica: the first replay is verified and
+    loses the nonce there (on PostgreSQL its batch runs again call by call); the replica then knows the session
+    is attested, and every later replay is answered (the same token for the same evidence, refused for other
+    evidence) without a verification or a write.  Without that, each replay of one captured request would cost
+    a verification and a whole batch run again."""
+    pki = SyntheticAmd("Milan")
+    guest = SnpGuest(pki, measurement=MEASUREMENT)
+    (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
+    one_state, two_state = tmp_path / "host-one", tmp_path / "host-two"
+
+    def config(kek: str = "") -> str:
+        return (f'database_url = "{database}"\n{kek}[verifiers.snp]\ntrust_roots = ["{tmp_path / "ark.pem"}"]\n'
+                f'offline = true\ncache_dir = "{tmp_path / "kds"}"\n')
+
+    with run_broker(tmp_path, config(), state_dir=one_state) as one, \
+            run_broker(tmp_path, config(f'kek_file = "{one_state / "kek"}"\n'), state_dir=two_state) as two:
+
+        async def go() -> None:
+            async with aiohttp.ClientSession(cookie_jar=jar()) as http:
+                nonce = await auth(http, one.url, "snp")
+                captured = attestation(nonce, generate_tee_key("EC-P256"), "snp", guest)
+                status, first = await attest(http, one.url, captured)
+                assert status == 200, first
+                cookie = {c.key: c.value for c in http.cookie_jar}
+            before = await _counted(two)
+            async with aiohttp.ClientSession(cookies=cookie) as replayer:
+                replies = [await attest(replayer, two.url, captured) for _ in range(12)]
+                other = await attest(replayer, two.url, attestation(nonce, generate_tee_key("EC-P256"), "snp", guest))
+            after = await _counted(two)
+            assert [(s, r.get("token")) for s, r in replies] == [(200, first["token"])] * 12, replies
+            assert other[0] == 401 and "already attested" in other[1]["detail"], other
+            assert after["verifications"] - before["verifications"] == 1, (before, after)
+            assert after["retries"] - before["retries"] <= 1, (before, after)
+        asyncio.run(go())
+    with psycopg.connect(database) as conn:
+        attests = conn.execute("SELECT count(*) FROM release_log WHERE decision = 'attest'").fetchone()
+    assert attests == (1,)

@@ -239,6 +239,9 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
     session = _cookie_session(request, now)
     raw = await read_body(request, st.config.max_attest_body_bytes)
     evidence_digest = hashlib.sha256(raw).hexdigest()
+    known = await _known_attested(request, st, session, evidence_digest)
+    if known is not None:
+        return known
     started = time.perf_counter()
     try:
         async with asyncio.timeout(st.config.request_timeout):  # no task of its own, unlike wait_for
@@ -279,12 +282,9 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             session_id=session.session_id, tee=session.tee, policy_id=None, policy_hash=None,
                             attestation_id=attestation_id, evidence=identity, tee_key=tee_key)
     if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record, summary):
-        stored = await st.read(st.store.get_session, session.session_id)
-        if stored is not None and stored.evidence_digest == evidence_digest and stored.token:
-            return _token_response(st, stored, stored.token)  # the same evidence again: its token, as Trustee
-        st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
-        raise ProtocolError("AttestationError", "this session is already attested with other evidence: its nonce "
-                            "is already used; call /kbs/v0/auth again", reason="replay")
+        st.attested.mark_used(session.session_id)
+        return _attested_before(st, session, await st.read(st.store.get_session, session.session_id),
+                                evidence_digest)
     cookie = request.cookies[COOKIE]  # opened by _cookie_session above
     st.attested.remember(cookie, Attested(Session(session.session_id, session.tee, session.nonce, session.created_at,
                                                   session.expires_at, "attested", evidence_digest, token),  # as stored
@@ -294,6 +294,30 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                                 "attestation_id": attestation_id,
                                 "status": document["submods"]["cpu0"]["ear.status"]})
     return _token_response(st, session, token, cookie)
+
+
+async def _known_attested(request: web.Request, st: BrokerState, session: Session,
+                          evidence_digest: str) -> web.Response | None:
+    """The answer to an /attest for a session this worker knows is attested (it stored it, or found its nonce
+    used), given before verifying the evidence again: a replay costs no verification and no write (on PostgreSQL a
+    used nonce fails its batch's first run, which then runs again call by call, so each replay of one captured
+    request would cost a whole batch's writes again)."""
+    remembered = st.attested.get(request.cookies[COOKIE])  # opened by _cookie_session
+    if remembered is not None:
+        return _attested_before(st, session, remembered.session, evidence_digest)
+    if st.attested.used(session.session_id):
+        return _attested_before(st, session, await st.read(st.store.get_session, session.session_id),
+                                evidence_digest)
+    return None
+
+
+def _attested_before(st: BrokerState, session: Session, stored: Session | None, evidence_digest: str) -> web.Response:
+    """A session attested before this request: its token for the same evidence again (as Trustee), else refused."""
+    if stored is not None and stored.evidence_digest == evidence_digest and stored.token:
+        return _token_response(st, stored, stored.token)
+    st.metrics.attestations.labels(tee=session.tee, result="replay").inc()
+    raise ProtocolError("AttestationError", "this session is already attested with other evidence: its nonce "
+                        "is already used; call /kbs/v0/auth again", reason="replay")
 
 
 def _token_response(st: BrokerState, session: Session, token: str, sealed: str | None = None) -> web.Response:

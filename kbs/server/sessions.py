@@ -36,6 +36,8 @@ _TEE_NAME = re.compile(_TEE)
 MAX_COOKIE_CHARS = 256
 ISSUED_CACHE_BYTES = 1 << 17  # cookies sealed by this worker, remembered until their /attest (~150)
 ISSUED_ENTRY_COST = 896  # the cookie string, the Session with its strings and datetimes, the cache's entry
+USED_CACHE_BYTES = 1 << 16  # sessions whose nonce this worker found used by another (~400)
+USED_ENTRY_COST = 160  # a session id string and the cache's entry
 SESSION_OVERHEAD = 1024  # a stored Session's object, its other strings and the cache's entry, beyond its token,
 # the cookie (charged at its longest) and the identity
 
@@ -116,14 +118,22 @@ class AttestedSessions:
     and the session's expiry is checked on every request).  Bounded by bytes (a token is most of an entry); a
     miss opens the cookie and reads the store."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, used_bytes: int = USED_CACHE_BYTES) -> None:
         self._cache: ByteBoundedCache[str, Attested] = ByteBoundedCache(max_bytes, _attested_cost)
+        self._used: ByteBoundedCache[str, bool] = ByteBoundedCache(used_bytes, lambda _: USED_ENTRY_COST)
 
     def remember(self, cookie: str, attested: Attested) -> None:
         self._cache.put(cookie, attested)
 
     def get(self, cookie: str) -> Attested | None:
         return self._cache.get(cookie)
+
+    def mark_used(self, session_id: str) -> None:
+        """The session's nonce was found used (by another /attest, here or on another worker or replica)."""
+        self._used.put(session_id, True)
+
+    def used(self, session_id: str) -> bool:
+        return self._used.get(session_id) is not None
 
     @property
     def bytes_used(self) -> int:
