@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,11 @@ async def provision(broker: Broker) -> None:
     assert status == 200 and body["version"] == 1, body
 
 
-def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
+@contextmanager
+def two_replicas(tmp_path: Path, database: str) -> Iterator[tuple[Broker, Broker, SnpGuest]]:
+    """Two `kbs serve` on the one database, each with its own state directory (as on two hosts) and one KEK, and
+    a synthetic SNP guest their verifiers trust."""
     pki = SyntheticAmd("Milan")
-    guest = SnpGuest(pki, measurement=MEASUREMENT)
     (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
     one_state, two_state = tmp_path / "host-one", tmp_path / "host-two"
 
@@ -63,6 +66,11 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
     with run_broker(tmp_path, config(), state_dir=one_state) as one, \
             run_broker(tmp_path, config(f'kek_file = "{one_state / "kek"}"\n'), state_dir=two_state) as two:
         assert not (one_state / "kbs.sqlite3").exists() and not (two_state / "kbs.sqlite3").exists()
+        yield one, two, SnpGuest(pki, measurement=MEASUREMENT)
+
+
+def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
+    with two_replicas(tmp_path, database) as (one, two, guest):
 
         async def go() -> None:
             await provision(one)
@@ -140,17 +148,7 @@ def test_a_captured_attest_replayed_at_another_replica_is_verified_and_written_o
     is attested, and every later replay is answered (the same token for the same evidence, refused for other
     evidence) without a verification or a write.  Without that, each replay of one captured request would cost
     a verification and a whole batch run again."""
-    pki = SyntheticAmd("Milan")
-    guest = SnpGuest(pki, measurement=MEASUREMENT)
-    (tmp_path / "ark.pem").write_bytes(pki.ark_pem)
-    one_state, two_state = tmp_path / "host-one", tmp_path / "host-two"
-
-    def config(kek: str = "") -> str:
-        return (f'database_url = "{database}"\n{kek}[verifiers.snp]\ntrust_roots = ["{tmp_path / "ark.pem"}"]\n'
-                f'offline = true\ncache_dir = "{tmp_path / "kds"}"\n')
-
-    with run_broker(tmp_path, config(), state_dir=one_state) as one, \
-            run_broker(tmp_path, config(f'kek_file = "{one_state / "kek"}"\n'), state_dir=two_state) as two:
+    with two_replicas(tmp_path, database) as (one, two, guest):
 
         async def go() -> None:
             async with aiohttp.ClientSession(cookie_jar=jar()) as http:
