@@ -96,7 +96,7 @@ class Config:
     token_cache_bytes: int = 2 * 1024 * 1024
     session_cache_bytes: int = 512 * 1024
     refusal_retention_days: int = 30
-    max_connections: int = 320  # per worker process: with max_in_flight, what bounds a worker's memory
+    max_connections: int = 256  # per worker process: with max_in_flight, what bounds a worker's memory
     max_connections_per_client: int = 32
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
