@@ -107,6 +107,8 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
             async with aiohttp.ClientSession() as fresh:
                 status, out = await get_resource(fresh, two.url, "prod/key/disk", token=token)
             assert status == 200 and decrypt(out, key.private_key) == SECRET, out
+            redone = await _counted(two)  # the release refused at its write, the refusal whose generation moved
+            assert (redone["redone release"], redone["redone refusal"]) == (1, 1), redone
             # A NUL (valid JSON, which PostgreSQL text cannot hold) in a logged field: refused and logged, not a
             # 503; a lone surrogate is not JSON at all (400), and logged as well.
             for hostile, expected in ((b'{"version": "0.4\\u0000", "tee": "snp", "extra-params": {}}', 401),
@@ -129,15 +131,19 @@ def test_two_replicas_on_one_postgresql(tmp_path: Path, database: str) -> None:
 
 
 async def _counted(broker: Broker) -> dict[str, float]:
-    """The replica's verifications and batches run again (kbs_store_batch_retries_total)."""
+    """The replica's verifications, batches run again (kbs_store_batch_retries_total) and decisions made again
+    (kbs_release_decisions_redone_total, by outcome)."""
     async with aiohttp.ClientSession() as http, http.get(f"{broker.url}/metrics") as r:
         text = await r.text()
-    counts = {"verifications": 0.0, "retries": 0.0}
+    counts = {"verifications": 0.0, "retries": 0.0, "redone release": 0.0, "redone refusal": 0.0}
     for line in text.splitlines():
+        value = float(line.rsplit(" ", 1)[1]) if line and not line.startswith("#") else 0.0
         if line.startswith("kbs_verification_seconds_count{"):
-            counts["verifications"] += float(line.rsplit(" ", 1)[1])
+            counts["verifications"] += value
         elif line.startswith("kbs_store_batch_retries_total "):
-            counts["retries"] += float(line.rsplit(" ", 1)[1])
+            counts["retries"] += value
+        elif line.startswith("kbs_release_decisions_redone_total{"):
+            counts["redone " + line.split('outcome="', 1)[1].split('"', 1)[0]] += value
     return counts
 
 

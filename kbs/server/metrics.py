@@ -117,6 +117,12 @@ class Metrics:
                                        registry=self.registry)
         self.batch_retries = Counter("kbs_store_batch_retries_total", "Batches run again with a savepoint per call "
                                      "after one of their calls failed", registry=self.registry)
+        # Decisions on the inputs in memory whose store had moved on (kbs.server.decisions): a release refused at its
+        # write (StaleDecision), or a refusal whose generation had moved; each was decided again on fresh inputs.
+        self.decisions_redone = Labelled(Counter("kbs_release_decisions_redone_total", "Resource decisions made "
+                                                 "again because a resource, policy or reference set changed "
+                                                 "after the inputs in memory were read", ["outcome"],
+                                                 registry=self.registry))
         self.audit_failures = Counter("kbs_release_log_write_failures_total",
                                       "Release log writes that failed (the request failed too)",
                                       registry=self.registry)
