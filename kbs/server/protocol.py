@@ -473,8 +473,8 @@ async def _release(request: web.Request, st: BrokerState, now: datetime, parts: 
             return await _decide_release(request, st, now, parts, claims, entry, inputs, generation)
         except StaleDecision:  # a resource, policy or reference set changed since: nothing was written or sent
             st.metrics.decisions_redone.labels(outcome="release").inc()
-        except ProtocolError:
-            if await st.decision_generation() == generation:
+        except ProtocolError as exc:
+            if exc.logged or await st.decision_generation() == generation:  # logged: the log failed, not a decision
                 raise
             st.metrics.decisions_redone.labels(outcome="refusal").inc()
     inputs = await st.release_inputs(entry.record.resource)  # everything the decision reads: one call at most
