@@ -330,9 +330,10 @@ class PostgresStore(StoreReads):
         self._pool.close()
 
     async def decision_generation_async(self) -> int:
-        """`decision_generation` on the event loop: every resource request asks it, and through the I/O pool
-        it cost a thread hop each.  One autocommit connection of this store's own, opened at first use and
-        opened again once if it broke; bounded by the pool's timeout."""
+        """`decision_generation` on the event loop: a resource request with nothing in memory for its path, or a
+        refusal decided on remembered inputs, asks it (through the I/O pool it cost a thread hop each).  One
+        autocommit connection of this store's own, opened at first use and opened again once if it broke;
+        bounded by the pool's timeout."""
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self._timeout):
