@@ -754,6 +754,32 @@ def test_a_release_is_written_only_under_the_generation_it_was_decided_under(bac
     assert {h.chain: h.entries for h in store.verify_logs()}[RELEASES] == 6
 
 
+def test_a_removed_decision_generation_row_fails_closed(backend: Backend, store: OpenStore) -> None:
+    """The row deleted behind the broker: every read of the generation, and a release written against one (alone
+    or in a batch), is a StoreError naming it; nothing is written."""
+    decided = store.decision_generation()
+    backend.execute("DELETE FROM decision_generation")
+    removed = "no decision generation row: it was removed outside the broker"
+    with pytest.raises(StoreError, match=removed):
+        store.decision_generation()
+    with pytest.raises(StoreError, match=removed):
+        store.append_log(RELEASES, entry(1, "release"), decided)
+
+    async def batch() -> list[object]:
+        writer = GroupCommitWriter(store)
+        results = await asyncio.gather(writer.write(store.append_log, RELEASES, entry(2, "release"), decided),
+                                       return_exceptions=True)
+        await writer.close()
+        if backend.kind == "postgresql":
+            with pytest.raises(StoreError, match=removed):
+                await store.decision_generation_async()  # type: ignore[union-attr]
+            await store.aclose()  # type: ignore[union-attr]
+        return results
+    [result] = asyncio.run(batch())
+    assert isinstance(result, StoreError) and removed in str(result), result
+    assert store.log_entries(RELEASES) == []
+
+
 def test_the_event_loop_reads_the_decision_generation_and_reconnects_once(backend: Backend) -> None:
     """PostgreSQL answers the generation on the event loop too (no thread hop per resource request), the same
     number as the pool's, moving with a change; a connection killed under it is opened again once."""

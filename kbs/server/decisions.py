@@ -107,12 +107,12 @@ class DecisionInputs:
         whether it moved on: a release decided on them must be written with that generation, which the store
         checks in the write's transaction (kbs.store.base.StaleDecision)."""
         with self._lock:
-            cached = self._cache.get(path) if self._generation is not None else None
-            if cached is None:
+            generation = self._generation
+            cached = self._cache.get(path) if generation is not None else None
+            if generation is None or cached is None:
                 return None
             self.hits += 1
-            assert self._generation is not None
-            return self._generation, cached
+            return generation, cached
 
     def get_at(self, path: str, generation: int) -> ReleaseInputs:
         """`get` for a generation the caller read from the store just before."""

@@ -103,10 +103,8 @@ class BrokerState:
         return generation
 
     async def release_inputs(self, path: str) -> ReleaseInputs:
-        """`decisions.get(path)` for a request: a store that reads the decision generation on the event loop
-        (PostgreSQL) is asked there, and the inputs cached for it need no thread hop; anything else as `read`."""
-        if getattr(self.store, "decision_generation_async", None) is None:
-            return await self.read(self.decisions.get, path)
+        """`decisions.get(path)` for a request: the generation read as `decision_generation` does, and the inputs
+        cached for it taken without a thread hop; a miss reads them as `read`."""
         generation = await self.decision_generation()
         cached = self.decisions.cached(path, generation)
         return cached if cached is not None else await self.read(self.decisions.get_at, path, generation)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 import psycopg_pool
@@ -54,7 +54,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation
+from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation, generation_of
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -98,13 +98,6 @@ class _Sql:
 
 
 
-def _generation(cur: Cursor) -> int:
-    row = cur.execute(GENERATION_QUERY).fetchone()
-    if row is None:
-        raise StoreError("the decision generation row was removed outside the broker")
-    return int(row["value"])
-
-
 def describe(url: str) -> str:
     """The database as errors name it: host, port and name, never the password the URL may hold."""
     try:
@@ -139,7 +132,7 @@ class PostgresStore(StoreReads):
         self._batch_conn: psycopg.Connection[DictRow] | None = None  # the group-commit batch's, while open
         self._batch_generation = 0  # the decision generation read as the batch began
         self._conninfo, self._timeout = conninfo, pool_timeout
-        self._loop_conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None  # decision_generation_async's
+        self._loop_conn: psycopg.AsyncConnection[DictRow] | None = None  # decision_generation_async's
         self._loop_connecting = asyncio.Lock()
 
     def _create_schema(self, conn: psycopg.Connection[DictRow]) -> None:
@@ -199,20 +192,22 @@ class PostgresStore(StoreReads):
                           for chain in CHAINS}
                 edge = conn.execute(_RIGHT_EDGE, (RELEASES,))
                 generation = conn.execute(GENERATION_QUERY)
-            row = generation.fetchone()
             begun = {r["chain"]: r for r in heads.fetchall()}
             newest_rows = {chain: cur.fetchone() for chain, cur in newest.items()}
             edge_rows = edge.fetchall()
+            row = generation.fetchone()
         except psycopg.Error as exc:
             self._end_batch(conn, "ROLLBACK")
             raise StoreError(f"{self.name} failed: {exc}") from exc
-        if row is None:
+        try:
+            batch_generation = generation_of(row)
+        except StoreError:
             self._end_batch(conn, "ROLLBACK")
-            raise StoreError(f"{self.name} has no decision generation row: it was removed outside the broker")
+            raise
         for chain in CHAINS:  # each log's reads checked when an append first needs them: an edited log fails alone
             self._tails.begun(chain, functools.partial(self._begun_tail, chain, begun.get(chain), newest_rows[chain],
                                                        edge_rows))
-        self._batch_conn, self._batch_generation = conn, int(row["value"])
+        self._batch_conn, self._batch_generation = conn, batch_generation
 
     def _begun_tail(self, chain: str, head: DictRow | None, newest: DictRow | None, edge: list[DictRow]) -> tlog.Tail:
         return tlog.begun_tail(self._rows.head(chain, head),
@@ -339,7 +334,8 @@ class PostgresStore(StoreReads):
                 async with asyncio.timeout(self._timeout):
                     async with self._loop_connecting:  # one connection, however many requests ask at once
                         if self._loop_conn is None or self._loop_conn.closed:
-                            self._loop_conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                            self._loop_conn = await psycopg.AsyncConnection.connect(
+                                self._conninfo, autocommit=True, row_factory=dict_row)
                         conn = self._loop_conn
                     row = await (await conn.execute(GENERATION_QUERY)).fetchone()
             except (psycopg.OperationalError, TimeoutError) as exc:  # the connection broke, or the server is slow
@@ -349,9 +345,7 @@ class PostgresStore(StoreReads):
                 continue
             except psycopg.Error as exc:
                 raise StoreError(f"{self.name} failed: {exc}") from exc
-            if row is None:
-                raise StoreError(f"{self.name} has no decision generation row: it was removed outside the broker")
-            return int(row[0])
+            return generation_of(row)
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
@@ -370,6 +364,7 @@ class PostgresStore(StoreReads):
         if session.expires_at <= now:
             return False
 
+        insert = "INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s)"
         values = (session.session_id, session.tee, session.nonce, _ts(session.created_at), _ts(session.expires_at),
                   evidence_digest, token)
 
@@ -379,11 +374,11 @@ class PostgresStore(StoreReads):
                 # on the logs' locked heads, was most of a batch's time).  If the nonce was used, its unique key
                 # fails the statement, the batch is rolled back and runs again with a savepoint a call, where the
                 # branch below answers false to this call alone.
-                cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s)", values)
+                cur.execute(insert, values)
                 won = True
             else:  # RETURNING: the answer is read (in a pipelined batch, rowcount is not known until then)
-                won = cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,'attested',%s,%s) ON CONFLICT "
-                                  "(session_id) DO NOTHING RETURNING 1", values).fetchone() is not None
+                won = cur.execute(f"{insert} ON CONFLICT (session_id) DO NOTHING RETURNING 1",
+                                  values).fetchone() is not None
             if won and record is not None:
                 self._insert_attestation(cur, record)
             if won and summary is not None:
@@ -643,7 +638,8 @@ class PostgresStore(StoreReads):
         def step(cur: Cursor) -> ReleaseRecord:
             if generation is not None:
                 in_batch = cur.connection is self._batch_conn
-                check_generation(generation, self._batch_generation if in_batch else _generation(cur))
+                check_generation(generation, self._batch_generation if in_batch else
+                                 generation_of(cur.execute(GENERATION_QUERY).fetchone()))
             return self._append(cur, chain, record)
         return self._tx(step)
 

@@ -23,11 +23,19 @@ from kbs.store.base import (
     Session,
     StaleDecision,
     StoredCheckpoint,
+    StoreError,
 )
 from kbs.store.rows import Row, Rows, ts
 from kbs.store.rows import log_table as _table
 
 GENERATION_QUERY = "SELECT value FROM decision_generation WHERE id = 1"
+
+
+def generation_of(row: Any) -> int:
+    """The decision generation in GENERATION_QUERY's row (None: the row is gone)."""
+    if row is None:
+        raise StoreError("the store has no decision generation row: it was removed outside the broker")
+    return int(row["value"])
 
 
 def check_generation(decided: int, current: int) -> None:
@@ -95,7 +103,8 @@ class StoreReads:
 
     def decision_generation(self) -> int:
         """A number that changes with every change to resources, policies or reference sets (schema triggers)."""
-        return int(self._select(GENERATION_QUERY)[0]["value"])
+        rows = self._select(GENERATION_QUERY)
+        return generation_of(rows[0] if rows else None)
 
     def log_entries(self, chain: str, after_seq: int = 0, limit: int = 100,
                     query: LogQuery | None = None) -> list[ReleaseRecord]:
