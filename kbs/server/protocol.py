@@ -40,6 +40,7 @@ from kbs.policy.rego_pool import FAILURE_LABELS
 from kbs.server.decisions import OwnedInputs, ReleaseInputs, Resolved
 from kbs.server.errors import ProtocolError
 from kbs.server.identity import evidence_identity
+from kbs.server.ids import time_ordered_id
 from kbs.server.sessions import Attested, session_id_of
 from kbs.server.state import BrokerState
 from kbs.server.tokens import TokenInvalid
@@ -256,7 +257,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
         raise ProtocolError("AttestationError" if status == 401 else "SerdeError",
                             f"Attestation error: {exc.check}: {exc}", status=status, reason=exc.check) from exc
     st.metrics.verify_seconds.labels(tee=session.tee).observe(time.perf_counter() - started)
-    attestation_id = secrets.token_hex(16)  # 128 random bits, as hex (a uuid4's construction costs 4x more)
+    attestation_id = time_ordered_id()  # kbs.server.ids: inserts on the index's right edge
     tee_pubkey = message.tee_pubkey
     runtime = {"nonce": session.nonce, "tee-pubkey": tee_pubkey}
     init_claims = message.init_data.claims if message.init_data else None

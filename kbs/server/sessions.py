@@ -23,6 +23,7 @@ from hashlib import sha256
 
 from kbs.cache import ByteBoundedCache
 from kbs.keys.kek import Kek
+from kbs.server.ids import time_ordered_id
 from kbs.store.base import Session
 
 COOKIE_KEY_PURPOSE = "session-cookie"
@@ -56,7 +57,8 @@ class SessionCookies:
         return cls(kek.derive(COOKIE_KEY_PURPOSE), timedelta(seconds=lifetime_seconds))
 
     def new_session(self, tee: str, now: datetime) -> Session:
-        """A fresh session: a random id and 32-byte nonce, valid for at least the lifetime from `now`.
+        """A fresh session: a time-ordered id (kbs.server.ids) and a random 32-byte nonce, valid for at least the
+        lifetime from `now`.
 
         The cookie carries whole seconds: the creation is rounded down and the expiry up, so a short lifetime
         is never cut to a fraction of itself by where in its second the guest happened to call /auth."""
@@ -64,7 +66,7 @@ class SessionCookies:
             raise ValueError(f"TEE name {tee!r} cannot be carried in a session cookie")
         created = now.replace(microsecond=0)
         expires = created + self.lifetime + (timedelta(seconds=1) if now.microsecond else timedelta())
-        return Session(session_id=secrets.token_hex(16), tee=tee,
+        return Session(session_id=time_ordered_id(), tee=tee,
                        nonce=base64.b64encode(secrets.token_bytes(32)).decode(), created_at=created,
                        expires_at=expires, state="authed")
 
