@@ -70,6 +70,7 @@ class _Recorder:
         self.fail_commit = False
         self.fail_rollback = False
         self.lock_busy = False
+        self.gate: threading.Event | None = None
 
     def _on(self, step: str) -> None:
         self.threads.setdefault(step, set()).add(threading.current_thread().name)
@@ -83,6 +84,8 @@ class _Recorder:
 
     def begin_batch(self) -> None:
         self._on("begin")
+        if self.gate is not None:  # another process holds the lock until the test lets go
+            assert self.gate.wait(5)
         self.events.append("begin (waited)")
 
     @contextmanager
@@ -142,6 +145,30 @@ def test_answers_come_after_the_commit_and_a_failed_commit_fails_all() -> None:
     main = threading.current_thread().name
     assert store.threads["put"] == store.threads["calls"] == store.threads["try_begin"] == {main}
     assert store.threads["commit"] == store.threads["begin"] and main not in store.threads["commit"]
+
+
+@pytest.mark.parametrize("calls_on_loop", [True, False], ids=["calls on the loop", "whole batch on the thread"])
+def test_writes_that_arrive_while_a_batch_waits_for_the_lock_join_it(calls_on_loop: bool) -> None:
+    """The batch's writes are taken once its transaction is open: those that came while it waited for another
+    process's lock (or, on PostgreSQL, the logs' heads) go in with it, not a whole batch later."""
+    store = _Recorder()
+    store.lock_busy, store.gate = True, threading.Event()
+    store.calls_on_loop = calls_on_loop  # type: ignore[attr-defined]
+
+    async def go() -> list[str]:
+        writer = GroupCommitWriter(store)
+        first = asyncio.ensure_future(writer.write(store.put, "a"))
+        while "begin" not in store.threads:  # the batch is waiting for the lock on the writer's thread
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(writer.write(store.put, v)) for v in ("b", "c")]
+        await asyncio.sleep(0.01)
+        store.gate.set()  # let go of the lock
+        results = await asyncio.gather(first, *later)
+        assert (writer.batches, writer.writes) == (1, 3)
+        await writer.close()
+        return results
+    assert asyncio.run(go()) == ["a", "b", "c"]
+    assert store.events == ["begin (waited)", "calls without savepoints", "put a", "put b", "put c", "commit"]
 
 
 def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting() -> None:

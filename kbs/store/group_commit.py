@@ -4,7 +4,8 @@ caller is answered only after its batch is durable.
 In a storm, writes arrive faster than one fsync each can keep up with; waiting writers (each with its own
 transaction and fsync) were what made the latency tail.  Here a request's write joins the batch being
 gathered; one batch at a time is written: the write lock is taken (at once when it is free, else on a
-thread, so the loop never waits for another process's commit), the calls run on the event loop, and the
+thread, so the loop never waits for another process's commit), the batch's writes are taken from the queue
+(those that arrived while it waited for the lock join it), the calls run on the event loop, and the
 COMMIT, which waits for the disk, runs on a thread.  The calls run first without a savepoint each (every
 call usually succeeds; a savepoint is two more statements a call, two more round trips on a network
 database); if one fails, the whole transaction is rolled back and the batch runs again with each call in
@@ -98,32 +99,40 @@ class GroupCommitWriter:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                jobs, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
                 try:
-                    await self._write_batch(jobs)
+                    await self._write_batch()
                 except asyncio.CancelledError:  # the loop is going away: nobody is left waiting for an answer
-                    _settle_all([*jobs, *self._pending], StoreError("the broker stopped before the write"))
-                    self._pending = []
+                    _settle_all(self._take(len(self._pending)), StoreError("the broker stopped before the write"))
                     raise
         finally:
             self._flushing = None
 
-    async def _write_batch(self, jobs: list[_Job]) -> None:
+    def _take(self, count: int | None = None) -> list[_Job]:
+        """The next batch's jobs, taken once its transaction is open: the writes that arrived while it waited for
+        the lock join it, instead of waiting a whole batch more.  Safe from the commit thread: the loop only
+        ever appends to the list, and the slice and the delete both act on its head."""
+        count = min(len(self._pending), self._max_batch if count is None else count)
+        jobs = self._pending[:count]
+        del self._pending[:count]
+        return jobs
+
+    async def _write_batch(self) -> None:
         loop = asyncio.get_running_loop()
         retried = self.retried
         if not getattr(self._store, "calls_on_loop", True):
-            try:  # shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task
-                whole, held = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch, jobs))
-            except Exception as exc:  # no transaction, or its COMMIT failed: nothing of the batch is durable
-                _settle_all(jobs, exc)
-                return
-            self._settled(jobs, whole, held, self.retried != retried)
+            # Shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task.
+            jobs, outcome = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch))
+            if isinstance(outcome, Exception):  # no transaction, or its COMMIT failed: nothing of it is durable
+                _settle_all(jobs, outcome)
+            else:
+                self._settled(jobs, *outcome, self.retried != retried)
             return
         try:
             begun = await self._begin(loop)
         except Exception as exc:  # no transaction: nothing of the batch ran
-            _settle_all(jobs, exc)
+            _settle_all(self._take(), exc)
             return
+        jobs = self._take()
         try:
             results = self._optimistic(jobs)
             if results is None:  # a call failed: everything was undone; again, each call in a savepoint
@@ -180,15 +189,23 @@ class GroupCommitWriter:
             self.retried += 1
             return None
 
-    def _whole_batch(self, jobs: list[_Job]) -> tuple[list[tuple[bool, Any]], float]:
-        """Begin, the calls, commit: on the writer's thread, for a store whose calls wait on the network.  The
-        results, and the seconds from the (last) BEGIN to the COMMIT's return."""
-        begun = self._timed_begin()
-        results = self._optimistic(jobs)
-        if results is None:
+    def _whole_batch(self) -> tuple[list[_Job], tuple[list[tuple[bool, Any]], float] | Exception]:
+        """Begin, take the jobs, the calls, commit: on the writer's thread, for a store whose calls wait on the
+        network.  The jobs, and their results with the seconds from the (last) BEGIN to the COMMIT's return, or
+        the exception that failed them all."""
+        try:
             begun = self._timed_begin()
-            results = self._with_savepoints(jobs)
-        return results, self._timed_commit() - begun
+        except Exception as exc:  # no transaction: nothing of the batch ran
+            return self._take(), exc
+        jobs = self._take()
+        try:
+            results = self._optimistic(jobs)
+            if results is None:
+                begun = self._timed_begin()
+                results = self._with_savepoints(jobs)
+            return jobs, (results, self._timed_commit() - begun)
+        except Exception as exc:
+            return jobs, exc
 
     def _with_savepoints(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         """The calls in the open batch, each in its own savepoint: a call that fails is undone and fails alone."""
