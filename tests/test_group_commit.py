@@ -171,6 +171,32 @@ def test_writes_that_arrive_while_a_batch_waits_for_the_lock_join_it(calls_on_lo
     assert store.events == ["begin (waited)", "calls without savepoints", "put a", "put b", "put c", "commit"]
 
 
+def test_a_batch_stopped_while_waiting_for_the_lock_gives_it_back_once_it_has_it() -> None:
+    """The broker stops (its tasks are cancelled) while a batch waits for another process's lock on the writer's
+    thread: the waiting callers fail at once, and when the thread gets the lock it is rolled back and let go,
+    never kept by a batch nobody will finish."""
+    store = _Recorder()
+    store.lock_busy, store.gate = True, threading.Event()
+
+    async def go() -> Any:
+        writer = GroupCommitWriter(store)
+        write = asyncio.ensure_future(writer.write(store.put, "a"))
+        while "begin" not in store.threads:
+            await asyncio.sleep(0.001)
+        assert writer._flushing is not None
+        writer._flushing.cancel()  # what the loop's shutdown does to the writer's task
+        outcome = await asyncio.gather(write, return_exceptions=True)
+        store.gate.set()
+        for _ in range(500):
+            if "rollback" in store.events:
+                break
+            await asyncio.sleep(0.002)
+        return outcome[0]
+    outcome = asyncio.run(go())
+    assert isinstance(outcome, StoreError) and "stopped" in str(outcome)
+    assert store.events == ["begin (waited)", "rollback"]
+
+
 def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting() -> None:
     """A call fails in the savepoint-free run and the rollback fails too (the connection is gone): every call of
     the batch is answered with an error at once (none is left waiting, none committed), and the writer goes on."""
