@@ -71,6 +71,7 @@ class _Recorder:
         self.fail_rollback = False
         self.lock_busy = False
         self.gate: threading.Event | None = None
+        self.commit_gate: threading.Event | None = None
 
     def _on(self, step: str) -> None:
         self.threads.setdefault(step, set()).add(threading.current_thread().name)
@@ -96,6 +97,8 @@ class _Recorder:
 
     def commit_batch(self) -> None:
         self._on("commit")
+        if self.commit_gate is not None:  # the fsync takes until the test lets go
+            assert self.commit_gate.wait(5)
         if self.fail_commit:
             raise StoreError("disk full")
         self.events.append("commit")
@@ -195,6 +198,35 @@ def test_a_batch_stopped_while_waiting_for_the_lock_gives_it_back_once_it_has_it
     outcome = asyncio.run(go())
     assert isinstance(outcome, StoreError) and "stopped" in str(outcome)
     assert store.events == ["begin (waited)", "rollback"]
+
+
+@pytest.mark.parametrize("calls_on_loop", [True, False], ids=["calls on the loop", "whole batch on the thread"])
+def test_a_batch_stopped_during_its_commit_fails_its_callers_at_once(calls_on_loop: bool) -> None:
+    """The broker stops while a batch's COMMIT runs on the thread: its callers (and the writes queued behind it)
+    are answered with an error at once, not left waiting; the COMMIT itself finishes on its thread."""
+    store = _Recorder()
+    store.commit_gate = threading.Event()
+    store.calls_on_loop = calls_on_loop  # type: ignore[attr-defined]
+
+    async def go() -> list[Any]:
+        writer = GroupCommitWriter(store)
+        writes = [asyncio.ensure_future(writer.write(store.put, "a"))]
+        while "commit" not in store.threads:
+            await asyncio.sleep(0.001)
+        writes.append(asyncio.ensure_future(writer.write(store.put, "b")))  # queued behind the batch
+        await asyncio.sleep(0)
+        assert writer._flushing is not None
+        writer._flushing.cancel()
+        outcome = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 5)
+        store.commit_gate.set()
+        for _ in range(500):
+            if "commit" in store.events:
+                break
+            await asyncio.sleep(0.002)
+        return outcome
+    outcome = asyncio.run(go())
+    assert all(isinstance(o, StoreError) and "stopped" in str(o) for o in outcome), outcome
+    assert store.events[-1] == "commit"  # it finished on its thread
 
 
 def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting() -> None:

@@ -74,6 +74,7 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._observe = observe
         self._pending: list[_Job] = []
+        self._in_flight: list[_Job] = []  # the batch being written (answered if the loop goes away meanwhile)
         self._flushing: asyncio.Task[None] | None = None
         # Commits and contended lock waits: one batch at a time, so one thread.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbs-commit")
@@ -101,8 +102,10 @@ class GroupCommitWriter:
             while self._pending:
                 try:
                     await self._write_batch()
+                    self._in_flight = []
                 except asyncio.CancelledError:  # the loop is going away: nobody is left waiting for an answer
-                    _settle_all(self._take(len(self._pending)), StoreError("the broker stopped before the write"))
+                    _settle_all([*self._in_flight, *self._take(len(self._pending))],
+                                StoreError("the broker stopped before the write"))
                     raise
         finally:
             self._flushing = None
@@ -114,6 +117,7 @@ class GroupCommitWriter:
         count = min(len(self._pending), self._max_batch if count is None else count)
         jobs = self._pending[:count]
         del self._pending[:count]
+        self._in_flight = jobs
         return jobs
 
     async def _write_batch(self) -> None:
@@ -236,7 +240,7 @@ def _call(job: _Job) -> tuple[bool, Any]:
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
+    if future.done():  # cancelled by its caller, or answered already (a batch cut short by the loop's end)
         return
     if ok:
         future.set_result(value)
