@@ -284,8 +284,7 @@ async def _attest(request: web.Request, st: BrokerState, now: datetime) -> web.R
                             attestation_id=attestation_id, evidence=identity, tee_key=tee_key)
     if not await st.write(st.store.mark_attested, session, evidence_digest, token, now, record, summary):
         st.attested.mark_used(session.session_id)
-        return _attested_before(st, session, await st.read(st.store.get_session, session.session_id),
-                                evidence_digest)
+        return await _attested_in_store(st, session, evidence_digest)
     cookie = request.cookies[COOKIE]  # opened by _cookie_session above
     st.attested.remember(cookie, Attested(Session(session.session_id, session.tee, session.nonce, session.created_at,
                                                   session.expires_at, "attested", evidence_digest, token),  # as stored
@@ -307,9 +306,13 @@ async def _known_attested(request: web.Request, st: BrokerState, session: Sessio
     if remembered is not None:
         return _attested_before(st, session, remembered.session, evidence_digest)
     if st.attested.used(session.session_id):
-        return _attested_before(st, session, await st.read(st.store.get_session, session.session_id),
-                                evidence_digest)
+        return await _attested_in_store(st, session, evidence_digest)
     return None
+
+
+async def _attested_in_store(st: BrokerState, session: Session, evidence_digest: str) -> web.Response:
+    """`_attested_before` for a session whose nonce was found used: as the store holds it."""
+    return _attested_before(st, session, await st.read(st.store.get_session, session.session_id), evidence_digest)
 
 
 def _attested_before(st: BrokerState, session: Session, stored: Session | None, evidence_digest: str) -> web.Response:
