@@ -535,7 +535,7 @@ def test_the_supervisor_logs_lines_of_the_brokers_shape(monkeypatch: pytest.Monk
 def test_config_keys_and_worker_count() -> None:
     config = parse_config({"server": {"workers": 3}, "limits": {"max_in_flight": 8}})
     assert (config.workers, config.max_in_flight) == (3, 8)
-    assert (Config().workers, Config().max_in_flight, Config().max_connections) == (0, 128, 256)
+    assert (Config().workers, Config().max_in_flight, Config().max_connections) == (0, 64, 256)
     assert worker_count(3) == 3 and worker_count(0) >= 1
     for document, message in (({"server": {"workers": -1}}, "[server] workers"),
                                ({"limits": {"max_in_flight": 0}}, "[limits] max_in_flight"),

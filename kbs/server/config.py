@@ -17,7 +17,7 @@
                attestation_retention_days = 30, refusal_retention_days = 30, max_attest_body_bytes,
                max_claims_bytes, token_cache_bytes, session_cache_bytes, max_connections, max_connections_per_client,
                header_timeout_seconds, auth_per_second, attest_per_second, resource_per_second, rate_burst,
-               max_in_flight = 128 (requests in flight per worker; beyond it 503 with Retry-After)
+               max_in_flight = 64 (requests in flight per worker; beyond it 503 with Retry-After)
     [policy]   rego_workers = 2, rego_timeout_seconds = 2, rego_memory_mb = 512
     [metrics]  listen = ""              # HOST:PORT (or a bare PORT: loopback) of a listener serving /metrics alone;
                                         # the main listener then has no /metrics.  Same TLS as the main one.
@@ -104,7 +104,7 @@ class Config:
     attest_rate: float = 10.0
     resource_rate: float = 50.0
     rate_burst: int = 20
-    max_in_flight: int = 128  # per worker process (kbs.server.admission)
+    max_in_flight: int = 64  # per worker process (kbs.server.admission); see the README on a storm's memory
     workers: int = 0  # 0: one per core (kbs.server.workers)
     admin_keys: tuple[AdminKey, ...] = ()
     verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
