@@ -54,7 +54,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation, generation_of
+from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation, generation_in, generation_of
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import log_table as _table
 from kbs.store.rows import ts as _ts
@@ -638,8 +638,7 @@ class PostgresStore(StoreReads):
         def step(cur: Cursor) -> ReleaseRecord:
             if generation is not None:
                 in_batch = cur.connection is self._batch_conn
-                check_generation(generation, self._batch_generation if in_batch else
-                                 generation_of(cur.execute(GENERATION_QUERY).fetchone()))
+                check_generation(generation, self._batch_generation if in_batch else generation_in(cur))
             return self._append(cur, chain, record)
         return self._tx(step)
 

@@ -38,6 +38,11 @@ def generation_of(row: Any) -> int:
     return int(row["value"])
 
 
+def generation_in(db: Any) -> int:
+    """The decision generation as `db` (a connection or cursor, in the caller's transaction) sees it."""
+    return generation_of(db.execute(GENERATION_QUERY).fetchone())
+
+
 def check_generation(decided: int, current: int) -> None:
     """A release decided under generation `decided` may be written only while the store is still there."""
     if current != decided:

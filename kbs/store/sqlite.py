@@ -36,7 +36,7 @@ from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, digest
 from kbs.store.kek_state import KekState, Reseal, Unseal
-from kbs.store.reads import GENERATION_QUERY, StoreReads, check_generation, generation_of
+from kbs.store.reads import StoreReads, check_generation, generation_in
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
 from kbs.store.rows import log_table as _table
@@ -534,7 +534,7 @@ class SqliteStore(StoreReads):
         _table(chain)  # an unknown log is refused before anything is written
         with self._tx() as db:
             if generation is not None:
-                check_generation(generation, generation_of(db.execute(GENERATION_QUERY).fetchone()))
+                check_generation(generation, generation_in(db))
             return self._append(db, chain, record)
 
     def _append(self, db: sqlite3.Connection, chain: str, record: ReleaseRecord) -> ReleaseRecord:
