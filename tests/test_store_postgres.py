@@ -98,3 +98,51 @@ def test_a_batch_reads_the_trees_edge_by_index_whatever_its_size(database: str) 
     assert "Index Cond: ((level = edge.level) AND (idx = edge.idx))" in plan, plan
     assert "Join Filter" not in plan.split("CTE Scan on edge")[1], plan
     assert sorted((level, idx) for level, idx, _ in edge) == sorted(merkle.right_edge(1501))  # the SQL's = Python's
+
+
+def test_a_batchs_first_run_sends_its_rows_with_its_commit(database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group-commit batch's first run holds its rows back and sends them with its COMMIT (one round trip fewer
+    while the logs' heads are locked): nothing is in the transaction before it.  A row refused there (a nonce used
+    already) runs the batch again, a savepoint a call, where only its own call fails."""
+    import asyncio
+
+    from kbs.store.group_commit import GroupCommitWriter
+    from kbs.store.postgres import PostgresStore
+    store = open_store(database, KEY)
+    assert isinstance(store, PostgresStore)
+    in_transaction_at_commit: list[int] = []
+    commit = store.commit_batch
+
+    def counted_commit() -> None:
+        conn = store._batch_conn
+        assert conn is not None
+        row = conn.execute("SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM release_log) AS n"
+                           ).fetchone()
+        in_transaction_at_commit.append(int(row["n"]) if row else -1)
+        commit()
+    monkeypatch.setattr(store, "commit_batch", counted_commit)
+
+    def session(i: int) -> Session:
+        return Session(f"{i:032x}", "snp", f"nonce-{i}", NOW, NOW + dt.timedelta(minutes=5), "authed")
+
+    def entry(i: int) -> ReleaseRecord:
+        return ReleaseRecord(NOW, "release", "policy", f"r/t/{i}", 1, f"{i:032x}", "snp", "p", "h", None)
+
+    async def batch(ids: list[int]) -> list[bool]:
+        writer = GroupCommitWriter(store)
+        results = await asyncio.gather(*[writer.write(store.mark_attested, session(i), "d", "t", NOW, None, entry(i))
+                                         for i in ids])
+        await writer.close()
+        assert writer.batches == 1
+        return results
+
+    try:
+        assert asyncio.run(batch([1, 2, 3])) == [True, True, True]
+        assert in_transaction_at_commit == [0]  # the first run sent none of its 6 rows before the COMMIT
+        assert asyncio.run(batch([4, 2, 5])) == [True, False, True]  # session 2's nonce is used: its call alone
+        # Its first run sent none of its rows before its COMMIT (the 6 committed before are all there is), which
+        # refused them; the second sent each call's rows as it ran: sessions 4 and 5 with their log entries.
+        assert in_transaction_at_commit == [0, 6, 10]
+        assert [h.entries for h in store.verify_logs()] == [5, 0]
+    finally:
+        store.close()

@@ -27,6 +27,12 @@ class StoreError(KbsError):
     check = "store"
 
 
+class BatchRowRefused(StoreError):
+    """A row that a group-commit batch's first run held back to its COMMIT was refused there (a unique key: a nonce
+    used twice): nothing of the batch is durable.  The writer runs the batch again, a savepoint a call, so that the
+    call that made the row fails alone (kbs.store.group_commit)."""
+
+
 class StaleDecision(KbsError):
     """A release decided under a decision generation the store has moved past (a resource, policy or reference
     set changed meanwhile): nothing was written; the caller decides again on what the store holds now."""

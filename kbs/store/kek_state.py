@@ -67,6 +67,16 @@ class Sql(Protocol):
     def rows(self, sql: str, args: tuple[object, ...] = ()) -> Sequence[Row]: ...
     def execute(self, sql: str, args: tuple[object, ...] = ()) -> None: ...
     def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None: ...
+    def insert(self, into: str, rows: Sequence[tuple[object, ...]]) -> None: ...  # see insert_statement
+
+
+def insert_statement(into: str, width: int, count: int) -> str:
+    """One INSERT of `count` rows of `width` values: `into` is the table and its column list ("t (a, b)").
+    A store may hold a write transaction's inserts back and send each table's as one such statement (the
+    PostgreSQL store's group-commit batch does), so an `insert` is only seen by the transaction's later
+    reads, never by the statements in between."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return f"INSERT INTO {into} VALUES " + ", ".join([row] * count)
 
 
 class RotatableStore(Protocol):

@@ -65,6 +65,9 @@ class _Reads:
     def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None:
         raise TypeError("a read-only view of the store")
 
+    def insert(self, into: str, rows: Sequence[tuple[object, ...]]) -> None:
+        raise TypeError("a read-only view of the store")
+
 
 class StoreReads:
     _rows: Rows

@@ -35,7 +35,7 @@ from kbs.store import kek_state, schema, tlog
 from kbs.store import owners as owner_rows
 from kbs.store.base import AttestationRecord, ReleaseRecord, ResourceVersion, Session, StoredCheckpoint, StoreError
 from kbs.store.integrity import RowAuthenticator, digest
-from kbs.store.kek_state import KekState, Reseal, Unseal
+from kbs.store.kek_state import KekState, Reseal, Unseal, insert_statement
 from kbs.store.reads import StoreReads, check_generation, generation_in
 from kbs.store.rows import Rows, check_binding_change, policy_in_use, state_changes
 from kbs.store.rows import dt as _dt
@@ -70,6 +70,9 @@ class _Sql:
 
     def executemany(self, sql: str, args: Sequence[tuple[object, ...]]) -> None:
         self._db.executemany(sql, args)
+
+    def insert(self, into: str, rows: Sequence[tuple[object, ...]]) -> None:
+        self._db.execute(insert_statement(into, len(rows[0]), len(rows)), [v for row in rows for v in row])
 
 
 def _set_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:

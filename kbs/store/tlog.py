@@ -85,9 +85,8 @@ def append(sql: Sql, index: int, entry: bytes, root: str | None = None,
     (the edge this transaction itself left) is given."""
     if builder is None:
         builder = _edge_builder(index, reader(sql)(merkle.right_edge(index)), root)
-    stored = builder.push(merkle.leaf_hash(entry))  # the leaf and the subtrees it completes: one statement
-    sql.execute("INSERT INTO log_tree (level, idx, hash) VALUES " + ", ".join(["(?, ?, ?)"] * len(stored)),
-                tuple(value for row in stored for value in row))
+    stored = builder.push(merkle.leaf_hash(entry))  # the leaf and the subtrees it completes: one insert
+    sql.insert("log_tree (level, idx, hash)", stored)
     return builder
 
 
@@ -174,13 +173,12 @@ def append_entry(sql: Sql, rows: Rows, start: Head | Tail, record: ReleaseRecord
     leaf = canonical(record.body())  # its RFC 8785 form, once: the chain's body hash or the tree's leaf
     prev, hashed = chains.hashes_for(chain, head.head_hash, leaf)
     seq = head.head_seq + 1
-    sql.execute(f"INSERT INTO {table} (seq, at, decision, reason, resource, version, session_id, tee, policy_id, "
-                "policy_hash, attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, evidence, tee_key, "
-                f"refs_hash) VALUES ({', '.join('?' * 20)})",
-                (seq, record.at.timestamp(), record.decision, record.reason, record.resource, record.version,
+    sql.insert(f"{table} (seq, at, decision, reason, resource, version, session_id, tee, policy_id, policy_hash, "
+               "attestation_id, ref, actor, detail, prev_hash, entry_hash, mac, evidence, tee_key, refs_hash)",
+               [(seq, record.at.timestamp(), record.decision, record.reason, record.resource, record.version,
                  record.session_id, record.tee, record.policy_id, record.policy_hash, record.attestation_id,
                  record.ref, record.actor, record.detail, prev, hashed, rows.log_mac(chain, seq, prev, hashed),
-                 record.evidence, record.tee_key, record.refs_hash))
+                 record.evidence, record.tee_key, record.refs_hash)])
     tree = None
     if chain in TREES:
         known = start.tree.copy() if isinstance(start, Tail) and start.tree is not None else None
