@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,7 @@ class GroupCommitWriter:
         self._observe = observe
         self._pending: list[_Job] = []
         self._in_flight: list[_Job] = []  # the batch being written (answered if the loop goes away meanwhile)
+        self._taking = threading.Lock()  # `_take` runs on the loop or on the commit thread (see there)
         self._flushing: asyncio.Task[None] | None = None
         # Commits and contended lock waits: one batch at a time, so one thread.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbs-commit")
@@ -106,21 +108,33 @@ class GroupCommitWriter:
                     await self._write_batch()
                     self._in_flight = []
                 except asyncio.CancelledError:  # the loop is going away: nobody is left waiting for an answer
-                    _settle_all([*self._in_flight, *self._take(len(self._pending))],
-                                StoreError("the broker stopped before the write"))
+                    in_flight, queued = self._take_the_rest()
+                    _settle_all(in_flight, StoreError("the broker stopped during the write (it may be durable)"))
+                    _settle_all(queued, StoreError("the broker stopped before the write"))
                     raise
         finally:
             self._flushing = None
 
     def _take(self, count: int | None = None) -> list[_Job]:
         """The next batch's jobs, taken once its transaction is open: the writes that arrived while it waited for
-        the lock join it, instead of waiting a whole batch more.  Safe from the commit thread: the loop only
-        ever appends to the list, and the slice and the delete both act on its head."""
-        count = min(len(self._pending), self._max_batch if count is None else count)
-        jobs = self._pending[:count]
-        del self._pending[:count]
-        self._in_flight = jobs
-        return jobs
+        the lock join it, instead of waiting a whole batch more.  Taken on the commit thread too (a whole batch
+        there), while the loop only appends, except when it stops: then it takes what is left, under the same
+        lock, so no job is both failed by the loop and written by the thread."""
+        with self._taking:
+            count = min(len(self._pending), self._max_batch if count is None else count)
+            jobs = self._pending[:count]
+            del self._pending[:count]
+            self._in_flight = jobs
+            return jobs
+
+    def _take_the_rest(self) -> tuple[list[_Job], list[_Job]]:
+        """As the loop stops: the batch in flight and every job still queued, which the commit thread, under the
+        same lock, can no longer take."""
+        with self._taking:
+            in_flight, queued = self._in_flight, self._pending[:]
+            self._pending.clear()
+            self._in_flight = []
+            return in_flight, queued
 
     async def _write_batch(self) -> None:
         loop = asyncio.get_running_loop()
@@ -204,6 +218,9 @@ class GroupCommitWriter:
         except Exception as exc:  # no transaction: nothing of the batch ran
             return self._take(), exc
         jobs = self._take()
+        if not jobs:  # the loop stopped and failed them while this waited for the lock
+            self._store.rollback_batch()
+            return jobs, ([], 0.0)
         try:
             results = self._optimistic(jobs)
             if results is not None:
