@@ -146,3 +146,27 @@ def test_a_batchs_first_run_sends_its_rows_with_its_commit(database: str, monkey
         assert [h.entries for h in store.verify_logs()] == [5, 0]
     finally:
         store.close()
+
+
+def test_a_read_inside_a_first_run_sees_the_rows_held_back(database: str) -> None:
+    """Rows held back to the COMMIT are sent before any read in the batch (kbs.store.tlog reads through the same
+    `Sql`): a read never misses what its own transaction wrote."""
+    from kbs.store.postgres import PostgresStore
+    store = open_store(database, KEY)
+    assert isinstance(store, PostgresStore)
+    try:
+        store.begin_batch()
+        with store.batch_calls(savepoints=False):
+            for i in range(3):
+                store.append_log(RELEASES, ReleaseRecord(NOW, "release", "policy", f"r/t/{i}", 1, "s", "snp", "p",
+                                                         "h", None))
+            conn = store._batch_conn
+            assert conn is not None
+            held = conn.execute("SELECT count(*) AS n FROM release_log").fetchone()
+            seen = store._sql(conn.cursor()).rows("SELECT count(*) AS n FROM release_log")
+        store.commit_batch()
+        assert held is not None and held["n"] == 0  # nothing sent while the calls ran
+        assert seen[0]["n"] == 3  # the read through the batch's Sql sent them first
+        assert [h.entries for h in store.verify_logs()] == [3, 0]
+    finally:
+        store.close()
