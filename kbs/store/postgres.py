@@ -104,11 +104,12 @@ def _insert_sql(into: str, width: int, count: int) -> str:
 
 class _Inserts:
     """A group-commit batch's inserts in its first run (no savepoint a call), held back and sent with its COMMIT,
-    as one multi-row INSERT per table.  While the logs' heads are locked for every replica, each statement cost
-    psycopg its Python and a wait on the socket (which lets go of the GIL and takes it back, against the event
-    loop), and each round trip such a wait: a batch of 15 writes made about 50 statements in three round trips,
-    now about 13 in two.  A row refused (a nonce used twice) fails its table's statement and so the COMMIT: the
-    writer runs the batch again with a savepoint a call (kbs.store.base.BatchRowRefused)."""
+    a few multi-row INSERTs per table (or before a read through the batch's `_Sql`, which must see them).  While
+    the logs' heads are locked for every replica, each statement cost psycopg its Python and a wait on the socket
+    (which lets go of the GIL and takes it back, against the event loop), and each round trip such a wait: a
+    batch of 15 writes made about 50 statements in three round trips, now about 15 in two.  A row refused (a
+    nonce used twice) fails its statement and so the COMMIT: the writer runs the batch again with a savepoint a
+    call (kbs.store.base.BatchRowRefused)."""
 
     def __init__(self) -> None:
         self._rows: dict[str, list[tuple[object, ...]]] = {}
