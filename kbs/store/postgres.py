@@ -120,15 +120,20 @@ class _Inserts:
     def send(self, cur: Cursor) -> None:
         held, self._rows = self._rows, {}
         for into, rows in held.items():  # the tables in the order of their first row
-            start = 0
-            while start < len(rows):  # in chunks of 8, 4, 2, 1 rows
-                size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_INSERT_ROWS)
-                chunk = rows[start:start + size]
-                cur.execute(_insert_sql(into, len(chunk[0]), size), [value for row in chunk for value in row])
-                start += size
+            _insert(cur, into, rows)
 
     def clear(self) -> None:
         self._rows = {}
+
+
+def _insert(cur: Cursor, into: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """`rows` into `into` ("table (columns)" or a table), in statements of 8, 4, 2 or 1 rows."""
+    start = 0
+    while start < len(rows):
+        size = min(1 << ((len(rows) - start).bit_length() - 1), _MAX_INSERT_ROWS)
+        chunk = rows[start:start + size]
+        cur.execute(_insert_sql(into, len(chunk[0]), size), [value for row in chunk for value in row])
+        start += size
 
 
 class _Sql:
@@ -154,7 +159,7 @@ class _Sql:
         if self._inserts is not None:
             self._inserts.add(into, rows)
         else:
-            self.execute(insert_statement(into, len(rows[0]), len(rows)), tuple(v for row in rows for v in row))
+            _insert(self._cur, into, rows)
 
 
 
@@ -281,11 +286,7 @@ class PostgresStore(StoreReads):
         conn = self._batch_conn
         self._local.batch, self._local.savepoints = conn, savepoints
         try:
-            try:  # without savepoints, the calls send nothing: their rows wait for the COMMIT (_Inserts)
-                yield
-            except BaseException:
-                self._inserts.clear()
-                raise
+            yield  # without savepoints, the calls send nothing: their rows wait for the COMMIT (_Inserts)
             if conn is not None and conn.info.transaction_status == TransactionStatus.INERROR:
                 raise StoreError(f"{self.name}: a statement of the batch failed")  # and was swallowed: never COMMIT
         finally:
@@ -440,7 +441,7 @@ class PostgresStore(StoreReads):
                 # of its own (one a call, on the logs' locked heads, was most of a batch's time).  If the nonce was
                 # used, its unique key fails the COMMIT, and the batch runs again with a savepoint a call, where
                 # the branch below answers false to this call alone.
-                self._inserts.add("sessions", [values])
+                self._sql(cur).insert("sessions", [values])
                 won = True
             else:  # RETURNING: the answer is read
                 won = cur.execute("INSERT INTO sessions VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (session_id) "
