@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -423,3 +425,124 @@ def _mth(hashes: list[bytes]) -> bytes:
         return hashes[0]
     split = 1 << ((len(hashes) - 1).bit_length() - 1)
     return merkle.node_hash(_mth(hashes[:split]), _mth(hashes[split:]))
+
+
+# -- SQLite: the WAL's fsync after the lock (kbs.store.sqlite.sync_committed) -----------------------------------
+
+def test_the_lock_is_let_go_before_the_fsync_and_the_answer_waits_for_it(tmp_path: Path) -> None:
+    """The batch's COMMIT runs on the loop and lets the lock go; its fsync runs on the writer's thread: another
+    process can take the lock meanwhile, and the caller is answered only once the fsync returned."""
+    store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    other = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+    syncing, release = threading.Event(), threading.Event()
+    threads: dict[str, str] = {}
+    real_commit, real_sync = store.commit_batch_unsynced, store.sync_committed
+
+    def commit() -> None:
+        threads["commit"] = threading.current_thread().name
+        real_commit()
+
+    def sync() -> None:
+        threads["sync"] = threading.current_thread().name
+        syncing.set()
+        assert release.wait(5)
+        real_sync()
+    store.commit_batch_unsynced, store.sync_committed = commit, sync  # type: ignore[method-assign]
+
+    async def go() -> tuple[bool, bool, bool]:
+        writer = GroupCommitWriter(store)
+        write = asyncio.ensure_future(writer.write(_attested, store, 1))
+        for _ in range(2500):
+            if syncing.is_set() or write.done():
+                break
+            await asyncio.sleep(0.002)
+        lock_free = other.try_begin_batch()  # the lock is free while the fsync runs
+        if lock_free:
+            other.rollback_batch()
+        answered_early = write.done()
+        release.set()
+        result = await write
+        await writer.close()
+        return lock_free, answered_early, result
+    assert asyncio.run(go()) == (True, False, True)
+    assert threads["commit"] == threading.current_thread().name != threads["sync"]
+    assert store._batch_db is not None
+    assert store._batch_db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: the COMMIT does not fsync
+
+
+def test_the_answer_follows_an_fsync_of_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What makes a batch durable is an fsync of the database's WAL, after its COMMIT and before the answer."""
+    import kbs.store.sqlite as sqlite_module
+
+    path = tmp_path / "kbs.sqlite3"
+    store = SqliteStore(path, b"k" * 32)
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        wal = os.stat(f"{path}-wal").st_ino
+        events.append("fsync of the WAL" if os.fstat(fd).st_ino == wal else "fsync of something else")
+    monkeypatch.setattr(sqlite_module.os, "fsync", fsync)
+
+    async def go() -> None:
+        writer = GroupCommitWriter(store)
+        for i in range(3):
+            assert await writer.write(_attested, store, i)
+            events.append(f"answered {i}")
+        await writer.close()
+    asyncio.run(go())
+    assert events == ["fsync of the WAL", "answered 0", "fsync of the WAL", "answered 1", "fsync of the WAL",
+                      "answered 2"]
+
+
+def test_a_failed_fsync_fails_its_batch_and_every_later_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed fsync the committed pages' fate is unknown: the batch's callers get an error (nothing
+    released on it), and every later batch and readiness's probe fail until the broker restarts."""
+    import kbs.store.sqlite as sqlite_module
+
+    store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def go() -> list[object]:
+        writer = GroupCommitWriter(store)
+        out: list[object] = []
+        for i, fsync in enumerate((failing, os.fsync)):
+            monkeypatch.setattr(sqlite_module.os, "fsync", fsync)
+            out.append((await asyncio.gather(writer.write(_attested, store, i), return_exceptions=True))[0])
+        await writer.close()
+        return out
+    first, later = asyncio.run(go())
+    assert isinstance(first, StoreError) and "syncing its WAL failed (Input/output error)" in str(first)
+    assert isinstance(later, StoreError) and "restart the broker" in str(later)
+    with pytest.raises(StoreError, match="syncing its WAL failed"):
+        store.probe_write(NOW)
+
+
+def test_callers_waiting_for_a_sync_share_the_next_one() -> None:
+    """`synced` waits for an fsync begun after the call: callers that come while one runs share the next."""
+    store = _Recorder()
+    syncs: list[int] = []
+    gate = threading.Event()
+
+    def sync_committed() -> None:
+        syncs.append(len(syncs))
+        assert gate.wait(5)
+    store.commit_batch_unsynced = lambda: None  # type: ignore[attr-defined]
+    store.sync_committed = sync_committed  # type: ignore[attr-defined]
+
+    async def go() -> None:
+        writer = GroupCommitWriter(store)
+        first = asyncio.ensure_future(writer.synced())
+        while not syncs:
+            await asyncio.sleep(0.001)
+        later = [asyncio.ensure_future(writer.synced()) for _ in range(5)]  # the running sync began before them
+        await asyncio.sleep(0.01)
+        assert not any(f.done() for f in [first, *later])
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), 5)
+        await writer.close()
+    asyncio.run(go())
+    assert syncs == [0, 1]  # the first, and one shared by the five
