@@ -6,7 +6,9 @@ transaction and fsync) were what made the latency tail.  Here a request's write 
 gathered; one batch at a time is written: the write lock is taken (at once when it is free, else on a
 thread, so the loop never waits for another process's commit), the batch's writes are taken from the queue
 (those that arrived while it waited for the lock join it), the calls run on the event loop, and the
-COMMIT, which waits for the disk, runs on a thread.  The calls run first without a savepoint each (every
+COMMIT, which waits for the disk, runs on a thread; or, for a store that can split it (SyncingStore: SQLite),
+the COMMIT runs on the loop and lets the lock go, and only the fsync that makes it durable runs on the thread,
+so the next writer does not wait for the disk.  The calls run first without a savepoint each (every
 call usually succeeds; a savepoint is two more statements a call, two more round trips on a network
 database); if one fails, the whole transaction is rolled back and the batch runs again with each call in
 its own savepoint, so that the failing call is undone alone and fails alone.  Nothing is answered before
