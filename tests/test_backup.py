@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from kbs.keys.jwe import decrypt
 from tests.broker import REPO, full_flow, run_broker
 from tests.test_server_e2e import admin
@@ -58,27 +56,3 @@ def test_backup_while_serving_and_restore_into_a_fresh_state_dir(tmp_path: Path)
     with run_broker(tmp_path, state_dir=second) as broker:
         status, out, key = asyncio.run(full_flow(broker.url, "sample", "lab/key/kept"))
         assert status == 200 and decrypt(out, key.private_key) == SECRET
-
-
-def test_a_backup_syncs_the_databases_wal_after_its_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The broker's batches are visible before their fsync: the backup syncs the WAL after copying, so it never
-    holds a commit that a power loss could take back from the database."""
-    import os
-
-    import kbs.store.backup as backup_module
-    from kbs.store.backup import backup_sqlite
-    from kbs.store.sqlite import SqliteStore
-
-    database = tmp_path / "kbs.sqlite3"
-    store = SqliteStore(database, b"k" * 32)
-    store.get_or_create_secret("x", b"y" * 32)  # a commit in the WAL
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-    monkeypatch.setattr(backup_module.os, "fsync", fsync)
-    backup_sqlite(database, tmp_path / "copy.sqlite3")
-    assert os.stat(f"{database}-wal").st_ino in synced
-    store.close()

@@ -81,27 +81,6 @@ def _rate_limiters(config: Config) -> dict[str, RateLimiter]:
                for route in (*owners.OPEN_ROUTES, *contributions.OPEN_ROUTES)}}
 
 
-# Routes whose answers need no WAL sync of their own (see _after_sync): the guest protocol's steps answer after
-# their own write's sync (or, /auth, read nothing); the probes, metrics and the API's description read no rows.
-_ANSWERED_DURABLE = frozenset({"/kbs/v0/auth", "/kbs/v0/attest", "/kbs/v0/resource/{repo}/{type}/{tag}", "/healthz",
-                               "/readyz", "/metrics", "/openapi.json", "unmatched"})
-
-
-async def _after_sync(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
-    """An answer given once what its reads may have seen is durable: on SQLite another batch's COMMIT is visible
-    before its WAL fsync (kbs.store.group_commit), so an admin, owner or log read waits for an fsync begun after
-    it (shared by the readers meanwhile).  A read can then never show what a power loss would take back."""
-    st = request.app.get(STATE)
-    if st is None or st.writer is None:
-        return response
-    try:
-        await st.writer.synced()
-    except StoreError as exc:
-        return ProtocolError("PluginInternalError", f"the store could not make its state durable: {exc}",
-                             status=503, reason="store_unavailable").response()
-    return response
-
-
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
@@ -142,8 +121,6 @@ async def errors_and_metrics(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unexpected error", extra={"path": request.path})
         response = ProtocolError("PluginInternalError", "internal error; see the broker's log", status=500).response()
-    if route not in _ANSWERED_DURABLE:
-        response = await _after_sync(request, response)
     if wait:
         response.headers["Retry-After"] = str(max(1, round(wait)))
     metrics.requests.labels(route=route, method=request.method, status=str(response.status)).inc()

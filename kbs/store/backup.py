@@ -27,26 +27,12 @@ def backup_sqlite(database: Path, out: Path) -> int:
     try:
         with _connect(database) as source, _connect(out) as target:
             source.backup(target)
-            _sync_wal(database)
             pages = int(target.execute("PRAGMA page_count").fetchone()[0])
             _check_integrity(target, out)
     except (sqlite3.Error, StoreError) as exc:
         out.unlink(missing_ok=True)
         raise StoreError(f"backup of {database} failed: {exc}") from exc
     return pages
-
-
-def _sync_wal(database: Path) -> None:
-    """The broker's batches are visible before their WAL's fsync (kbs.store.sqlite.SqliteStore.sync_committed): one
-    after the copy makes durable whatever it holds, so it never holds what a power loss could take back."""
-    try:
-        fd = os.open(f"{database}-wal", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # no WAL: nothing committed is waiting for an fsync
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def restore_sqlite(backup: Path, database: Path) -> None:

@@ -6,9 +6,7 @@ transaction and fsync) were what made the latency tail.  Here a request's write 
 gathered; one batch at a time is written: the write lock is taken (at once when it is free, else on a
 thread, so the loop never waits for another process's commit), the batch's writes are taken from the queue
 (those that arrived while it waited for the lock join it), the calls run on the event loop, and the
-COMMIT, which waits for the disk, runs on a thread; or, for a store that can split it (SyncingStore: SQLite),
-the COMMIT runs on the loop and lets the lock go, and only the fsync that makes it durable runs on the thread,
-so the next writer does not wait for the disk.  The calls run first without a savepoint each (every
+COMMIT, which waits for the disk, runs on a thread.  The calls run first without a savepoint each (every
 call usually succeeds; a savepoint is two more statements a call, two more round trips on a network
 database); if one fails, the whole transaction is rolled back and the batch runs again with each call in
 its own savepoint, so that the failing call is undone alone and fails alone.  Nothing is answered before
@@ -37,7 +35,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeGuard, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeGuard, TypeVar
 
 from kbs.store.base import BatchRowRefused, StoreError
 
@@ -52,15 +50,6 @@ class BatchingStore(Protocol):
     def batch_calls(self, savepoints: bool = True) -> Any: ...  # a context manager
     def commit_batch(self) -> None: ...
     def rollback_batch(self) -> None: ...
-
-
-@runtime_checkable
-class SyncingStore(Protocol):
-    """A store whose batch COMMIT may let the next writer in before it is durable (SQLite: the fsync of its WAL
-    is a step of its own), so that the disk's wait leaves the write lock's hold."""
-
-    def commit_batch_unsynced(self) -> None: ...
-    def sync_committed(self) -> None: ...
 
 
 def can_batch(store: object) -> TypeGuard[BatchingStore]:
@@ -88,8 +77,6 @@ class GroupCommitWriter:
         self._max_batch = max_batch
         self._observe = observe
         self._pending: list[_Job] = []
-        self._next_sync: asyncio.Future[None] | None = None  # the fsync callers of `synced` share, not begun yet
-        self._next_sync_lock = threading.Lock()
         self._in_flight: list[_Job] = []  # the batch being written (answered if the loop goes away meanwhile)
         self._taking = threading.Lock()  # `_take` runs on the loop or on the commit thread (see there)
         self._flushing: asyncio.Task[None] | None = None
@@ -179,37 +166,12 @@ class GroupCommitWriter:
     async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], results: list[tuple[bool, Any]],
                       begun: float, retried: bool) -> None:
         try:
-            if isinstance(self._store, SyncingStore):
-                # COMMIT on the loop, the lock let go, then the fsync on the thread: no hop, and no wait for the
-                # disk, while the lock is held.  The callers are answered after the fsync, as before.
-                self._store.commit_batch_unsynced()
-                committed = time.perf_counter()
-                await self.synced()
-            else:
-                # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
-                committed = await asyncio.shield(loop.run_in_executor(self._thread, self._timed_commit))
-        except Exception as exc:  # COMMIT or fsync failed: nothing of the batch is durable
+            # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
+            committed = await asyncio.shield(loop.run_in_executor(self._thread, self._timed_commit))
+        except Exception as exc:  # COMMIT failed: nothing of the batch is durable
             _settle_all(jobs, exc)
             return
         self._settled(jobs, results, committed - begun, retried)
-
-    async def synced(self) -> None:
-        """Return once every transaction committed before this call is durable: at once for a store whose
-        COMMIT is durable itself, else after an fsync begun after the call (one for all the callers waiting
-        meanwhile, on the commit thread).  StoreError if it failed."""
-        if not isinstance(self._store, SyncingStore):
-            return
-        with self._next_sync_lock:  # the thread takes it as the sync begins (_sync): not before it is recorded
-            if self._next_sync is None:
-                self._next_sync = asyncio.get_running_loop().run_in_executor(self._thread, self._sync)
-            next_sync = self._next_sync
-        await asyncio.shield(next_sync)
-
-    def _sync(self) -> None:
-        with self._next_sync_lock:
-            self._next_sync = None  # begun: what commits from now on needs the one after it
-        assert isinstance(self._store, SyncingStore)
-        self._store.sync_committed()
 
     async def _begin(self, loop: asyncio.AbstractEventLoop) -> float:
         """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread.

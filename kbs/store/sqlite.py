@@ -105,9 +105,6 @@ class SqliteStore(StoreReads):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._thread_writer = threading.Lock()
         self._batch_db: sqlite3.Connection | None = None  # group commit's own connection (see begin_batch)
-        self._wal_fd: int | None = None  # the WAL, for sync_committed (the batch's connection keeps it in place)
-        self._sync_failed: str | None = None
-        self._syncing = threading.Lock()  # sync_committed may run on the commit thread and on another
         self._tails = tlog.Tails()  # where each log stands in the open batch's transaction
         self._lock_fd = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._shm_fd: int | None = None  # other_users' probe, kept open (see there)
@@ -222,13 +219,8 @@ class SqliteStore(StoreReads):
 
     def _begin_locked(self) -> None:
         try:
-            if self._sync_failed is not None:
-                raise StoreError(self._sync_failed)
             if self._batch_db is None:
                 self._batch_db = self._open(same_thread=False)
-                # The batch's COMMIT does not fsync: the writer lets the next batch in first, then syncs the WAL
-                # (sync_committed) before it answers anyone: the fsync leaves the write lock's hold.
-                self._batch_db.execute("PRAGMA synchronous=NORMAL")
             self._tails.reset()
             self._batch_db.execute("BEGIN IMMEDIATE")
         except BaseException as exc:
@@ -250,13 +242,7 @@ class SqliteStore(StoreReads):
             self._local.batch_db = None
 
     def commit_batch(self) -> None:
-        """Commit the batch, let the next writer in, then make it durable (fsync): StoreError if either failed."""
-        self.commit_batch_unsynced()
-        self.sync_committed()
-
-    def commit_batch_unsynced(self) -> None:
-        """COMMIT the batch and let the next writer in, before it is durable: `sync_committed` makes it so, and
-        nothing that depends on the batch may be answered before it has.  StoreError if the COMMIT failed."""
+        """Make the batch durable (fsync), then let the next writer in; StoreError if the COMMIT failed."""
         db = self._batch_db
         assert db is not None
         try:
@@ -269,36 +255,6 @@ class SqliteStore(StoreReads):
         finally:
             self._tails.reset()
             self._unlock_writer()
-
-    def sync_committed(self) -> None:
-        """Make every transaction committed on this database so far durable: one fsync of its WAL, which holds
-        every commit not yet checkpointed into the database file (a checkpoint syncs what it copies).
-
-        A failed fsync leaves committed pages of unknown state (Linux may drop them and report the error only
-        once): every later batch is refused until the broker restarts, as PostgreSQL panics on one."""
-        with self._syncing:
-            self._sync_wal()
-
-    def _sync_wal(self) -> None:
-        if self._sync_failed is not None:
-            raise StoreError(self._sync_failed)
-        wal = f"{self.path}-wal"
-        try:
-            try:
-                current = os.stat(wal).st_ino
-            except FileNotFoundError:  # no connection has the database open in WAL mode: nothing is unsynced
-                return
-            if self._wal_fd is not None and os.fstat(self._wal_fd).st_ino != current:  # removed, made again
-                os.close(self._wal_fd)
-                self._wal_fd = None
-            if self._wal_fd is None:
-                self._wal_fd = os.open(wal, os.O_RDONLY | os.O_CLOEXEC)
-            os.fsync(self._wal_fd)
-        except OSError as exc:
-            self._sync_failed = (f"database {self.path}: syncing its WAL failed ({exc.strerror or exc}); "
-                                 "restart the broker once the disk is fixed")
-            log.critical("%s", self._sync_failed)
-            raise StoreError(self._sync_failed) from exc
 
     def rollback_batch(self) -> None:
         db = self._batch_db
@@ -380,15 +336,12 @@ class SqliteStore(StoreReads):
             raise StoreError(f"database {self.path} read failed: {exc}") from exc
 
     def probe_write(self, now: datetime) -> None:
-        """A real write transaction: readiness fails when the disk is full or the file read-only, or after a
-        failed WAL sync (sync_committed)."""
-        if self._sync_failed is not None:
-            raise StoreError(self._sync_failed)
+        """A real write transaction: readiness fails when the disk is full or the file read-only."""
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", (_ts(now),))
 
     def __del__(self) -> None:
-        for name in ("_lock_fd", "_shm_fd", "_wal_fd"):
+        for name in ("_lock_fd", "_shm_fd"):
             fd = getattr(self, name, None)
             if fd is not None:
                 os.close(fd)
@@ -403,9 +356,6 @@ class SqliteStore(StoreReads):
         if self._batch_db is not None and not self._batch_db.in_transaction:
             self._batch_db.close()
             self._batch_db = None
-            if self._wal_fd is not None:  # the last connection's close may remove the WAL: open it again after
-                os.close(self._wal_fd)
-                self._wal_fd = None
 
     # -- sessions --------------------------------------------------------------------------
 
