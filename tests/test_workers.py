@@ -542,3 +542,38 @@ def test_config_keys_and_worker_count() -> None:
                                ({"server": {"threads": 2}}, "unknown configuration key [server] threads")):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_config(document)
+
+
+def _cpus_of(pid: int) -> set[int]:
+    """The CPUs every thread of process `pid` may run on (their union; each thread's set for pinned ones)."""
+    return {cpu for task in os.listdir(f"/proc/{pid}/task") for cpu in os.sched_getaffinity(int(task))}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to pin to")
+@pytest.mark.parametrize("pinned", [True, False], ids=["pin_workers (default)", "pin_workers = false"])
+def test_each_worker_runs_on_a_cpu_of_its_own(tmp_path: Path, pinned: bool) -> None:
+    """Two workers on a machine with two or more CPUs: each worker's threads (loop, commit, pools) on one CPU,
+    not the other's; with `pin_workers = false`, everywhere the broker may run."""
+    allowed = sorted(os.sched_getaffinity(0))
+    with run_broker(tmp_path, "" if pinned else "[server]\npin_workers = false\n", workers=2) as broker:
+        view = until(lambda: running(broker), "both workers running")
+        provision(broker)
+        obtain_keys(broker, 4)  # the commit thread and the I/O pool exist by now
+        per_worker = {w["index"]: _cpus_of(w["pid"]) for w in view}
+    if pinned:
+        assert per_worker == {0: {allowed[0]}, 1: {allowed[1]}}
+    else:
+        assert per_worker == {0: set(allowed), 1: set(allowed)}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to pin to")
+def test_a_pinned_worker_gives_the_processes_it_starts_every_cpu() -> None:
+    """kbs.cpus: a pinned process's child (a Rego worker) is given back the CPUs the parent had before."""
+    probe = ("import os, subprocess, sys\nfrom kbs import cpus\nbefore = os.sched_getaffinity(0)\n"
+             "cpu = cpus.pin(1, 2)\nchild = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(5)'])\n"
+             "inherited = os.sched_getaffinity(child.pid)\ncpus.unpin(child.pid)\n"
+             "print(sorted(before), cpu, sorted(os.sched_getaffinity(0)), sorted(inherited),"
+             " sorted(os.sched_getaffinity(child.pid)))\nchild.kill()\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    allowed = sorted(os.sched_getaffinity(0))
+    assert out.strip() == f"{allowed} {allowed[1]} {[allowed[1]]} {[allowed[1]]} {allowed}"

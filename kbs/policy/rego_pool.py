@@ -49,6 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from kbs import cpus
 from kbs.errors import KbsError
 from kbs.policy.model import Decision, Explanation, PolicyInvalid
 from kbs.policy.rego_worker import HEADER, ProtocolError, decode_body, encode_frame
@@ -524,6 +525,7 @@ class RegoWorkerPool:
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, close_fds=True)
         except OSError as exc:
             raise _Lost(START, f"cannot start a Rego worker: {exc}") from exc
+        cpus.unpin(proc.pid)  # a broker worker pinned to one CPU (kbs.cpus): Rego runs on any
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         # Own the descriptors: the pool reads and writes them with poll and deadlines, not file objects.
         fds = [os.dup(f.fileno()) for f in (proc.stdin, proc.stdout, proc.stderr)]

@@ -10,6 +10,7 @@
     insecure_http = false               # allow plain HTTP on a non-loopback `listen` (TLS terminated in front)
 
     [server]   workers = 0              # worker processes sharing `listen` (SO_REUSEPORT); 0: one per core
+               pin_workers = true       # each worker on a CPU of its own, when there are as many CPUs as workers
 
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)
     [token]    lifetime_seconds = 300   # the EAR attestation token's life
@@ -106,6 +107,7 @@ class Config:
     rate_burst: int = 20
     max_in_flight: int = 64  # per worker process (kbs.server.admission); see the README on a storm's memory
     workers: int = 0  # 0: one per core (kbs.server.workers)
+    pin_workers: bool = True  # each worker on a CPU of its own when there are as many CPUs as workers (kbs.cpus)
     admin_keys: tuple[AdminKey, ...] = ()
     verifiers_enabled: tuple[str, ...] | None = None  # None: snp, plus sample in dev mode
     # [verifiers.<tee>] tables as written: each verifier validates its own (kbs.evidence.registry)
@@ -212,7 +214,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
                "auth_per_second": "auth_rate", "attest_per_second": "attest_rate",
                "resource_per_second": "resource_rate", "rate_burst": "rate_burst",
                "max_in_flight": "max_in_flight"},
-    "server": {"workers": "workers"},
+    "server": {"workers": "workers", "pin_workers": "pin_workers"},
     "verifiers": {"enabled": "verifiers_enabled"},
     "policy": {"rego_workers": "rego_workers", "rego_timeout_seconds": "rego_timeout",
                "rego_memory_mb": "rego_memory_mb"},

@@ -49,6 +49,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
+from kbs import cpus
 from kbs.errors import KbsError
 from kbs.server.app import make_app, run_loop, serve_app, setup_logging
 from kbs.server.config import Config
@@ -173,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = WorkerIdentity(args.index, args.count, args.runtime / STATUS_FILE)
     try:
         config = _load_config(args.runtime / CONFIG_FILE)
+        if config.pin_workers:  # before the worker starts a thread: they inherit it
+            cpu = cpus.pin(args.index, args.count)
+            if cpu is not None:
+                log.info("pinned to a CPU", extra={"worker": args.index, "cpu": cpu})
         run_loop(serve_app(make_app(config), *config.host_port, ssl_context=server_ssl_context(config),
                            worker=identity, on_listening=lambda urls: _tell(supervisor, kind="listening", urls=urls),
                            stop_when_readable=supervisor.fileno()))
