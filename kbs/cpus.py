@@ -1,8 +1,8 @@
 """Each worker on a CPU of its own (`[server] pin_workers`), and the processes it starts back on all of them.
 
-With as many workers as CPUs, a worker pinned to one keeps its caches warm: unpinned, the scheduler moved
-the workers' threads between the CPUs at every wake-up, and at 450 guests/s on the 2-core machine a release
-cost 4-13% more CPU and the p99 was worse in 5 of 7 alternating pairs (README).  Pinning applies to the
+With as many workers as CPUs, a worker pinned to one keeps its caches warm; unpinned, the scheduler moves its
+threads between the CPUs as they wake.  At 450 guests/s on the 2-core machine, unpinned workers had the higher
+p99 in 8 of 11 alternating pairs and the higher CPU per release in 6 (by up to 13%; README).  Pinning applies to the
 calling thread and to every thread it starts later (Linux), so a worker pins itself before it starts any.
 A process the worker starts (a Rego worker) inherits the mask and is given back the whole set.
 """
