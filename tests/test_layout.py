@@ -10,7 +10,7 @@ import pytest
 KBS = Path(__file__).resolve().parent.parent / "kbs"
 LAYERS = ["native", "trust", "evidence", "policy", "server"]  # each may import only those before it
 # below every layer
-SHARED = {"errors", "cache", "files", "jsondoc", "canonical", "keys", "timearg", "_native", "audit"}
+SHARED = {"errors", "cache", "files", "jsondoc", "canonical", "keys", "timearg", "_native", "audit", "cpus"}
 COMPOSERS = {"server"}  # composes the rest: the store, the audit log, the layers below
 
 
