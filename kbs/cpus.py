@@ -2,7 +2,7 @@
 
 With as many workers as CPUs, a worker pinned to one keeps its caches warm; unpinned, the scheduler moves its
 threads between the CPUs as they wake.  At 450 guests/s on the 2-core machine, unpinned workers had the higher
-p99 in 8 of 11 alternating pairs and the higher CPU per release in 6 (by up to 13%; README).  Pinning applies to the
+p99 in 10 of 15 alternating pairs and the higher CPU per release in 8 (by up to 13%; README).  Pinning applies to the
 calling thread and to every thread it starts later (Linux), so a worker pins itself before it starts any.
 A process the worker starts (a Rego worker) inherits the mask and is given back the whole set.
 """
