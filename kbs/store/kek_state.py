@@ -19,6 +19,7 @@ heads operators keep elsewhere stay valid).  SQLite and PostgreSQL both hold suc
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class Sql(Protocol):
     def insert(self, into: str, rows: Sequence[tuple[object, ...]]) -> None: ...  # see insert_statement
 
 
+@functools.lru_cache(maxsize=256)  # a few shapes a table, built on every append of the hot path otherwise
 def insert_statement(into: str, width: int, count: int) -> str:
     """One INSERT of `count` rows of `width` values: `into` is the table and its column list ("t (a, b)").
     A store may hold a write transaction's inserts back and send each table's as one such statement (the
