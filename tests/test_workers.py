@@ -7,6 +7,7 @@ while the broker keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -329,7 +330,7 @@ def test_a_port_in_use_is_one_error_line(tmp_path: Path, workers: int) -> None:
 
 
 def test_workers_flag_overrides_the_config(tmp_path: Path) -> None:
-    """`--workers` beats `[server] workers`; a second broker cannot take the port with SO_REUSEPORT."""
+    """`--workers` beats `[server] workers`; a second broker cannot take the port."""
     port = free_port()
     config = write_config(tmp_path / "kbs.toml", port, tmp_path / "state", workers=1)
     command = [sys.executable, "-m", "kbs.cli", "serve", "--config", str(config)]
@@ -496,12 +497,88 @@ def test_the_supervisor_is_lean_and_alone_with_its_workers(tmp_path: Path) -> No
             assert not any(parent == helper for parent in tree.values())
 
 
+def listening_inodes(port: int) -> list[int]:
+    """The inodes of the sockets listening on `port` (TCP, IPv4 and IPv6), from /proc/net."""
+    found = []
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                found.append(int(fields[9]))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:["):-1]))
+    return inodes
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc")
+def test_the_workers_accept_from_one_listening_socket(tmp_path: Path) -> None:
+    """One socket listens on the port (not one per worker, as with SO_REUSEPORT): made before the workers, held
+    by each of them and by the supervisor (so a restarted worker gets it too), and by nothing the workers
+    start (their Rego pools)."""
+    with run_broker(tmp_path, workers=2) as broker:
+        port = int(broker.url.rsplit(":", 1)[1])
+        view = until(lambda: running(broker), "both workers running")
+        [listener] = listening_inodes(port)
+        assert listener in socket_inodes(broker.process.pid)
+        for worker in view:
+            assert listener in socket_inodes(worker["pid"]), worker
+        helpers = [child for child, parent in parents().items() if parent in {w["pid"] for w in view}]
+        assert all(listener not in socket_inodes(helper) for helper in helpers)
+
+        os.kill(view[0]["pid"], signal.SIGKILL)
+        after = until(lambda: [w for w in running(broker) if w["pid"] != view[0]["pid"]] if running(broker) else [],
+                      "the killed worker replaced")
+        assert listening_inodes(port) == [listener]
+        assert all(listener in socket_inodes(worker["pid"]) for worker in after)
+
+
+def test_a_stalled_worker_strands_no_connection(tmp_path: Path) -> None:
+    """With one worker stopped (SIGSTOP: as good as a worker stuck on a long step), every new connection is
+    served by the other: the queue is one, and a worker takes from it only when it is free.  With a queue per
+    worker (SO_REUSEPORT) about half of them would wait in the stopped worker's queue until it woke."""
+    with run_broker(tmp_path, workers=2) as broker:
+        view = until(lambda: running(broker), "both workers running")
+        stalled, other = view[0], view[1]
+        os.kill(stalled["pid"], signal.SIGSTOP)
+        try:
+            answers = [get(broker, "/healthz") for _ in range(12)]  # a fresh connection each, 5 s to answer
+        finally:
+            os.kill(stalled["pid"], signal.SIGCONT)
+        assert [status for status, _, _ in answers] == [200] * 12
+        assert {headers["Kbs-Worker-Pid"] for _, headers, _ in answers} == {str(other["pid"])}
+
+
 def test_the_supervisor_imports_the_standard_library_only() -> None:
     probe = ("import sys, kbs.server.supervisor; "
              "print(' '.join(m for m in sys.modules if m.partition('.')[0] in "
              "('aiohttp', 'prometheus_client', 'multiprocessing', 'pythonjsonlogger', 'cryptography', 'kbs')))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert sorted(done.stdout.split()) == ["kbs", "kbs.server", "kbs.server.supervisor"]
+
+
+def test_the_listening_descriptors_on_the_command_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """The supervisor passes its listening sockets on to each worker by number; anything but numbers is a usage
+    error, before it starts anything."""
+    assert supervisor.worker_command(Path("/run/x"), 1, 2, 7, [3, 4])[-2:] == ["7", "3,4"]
+    assert supervisor.supervisor_command(Path("/run/x"), 2, [5])[-2:] == ["2", "5"]
+    assert supervisor.parse_fd_list("3,4") == (3, 4)
+    for bad in ("", "3,", "x", "-1", "3;4"):
+        with pytest.raises(ValueError):
+            supervisor.parse_fd_list(bad)
+    assert supervisor.main(["/nonexistent", "2"]) == 2
+    assert supervisor.main(["/nonexistent", "2", "3,x"]) == 2
+    assert "LISTEN_FDS" in capsys.readouterr().err
 
 
 def test_the_supervisor_forgets_exactly_the_live_gauges_of_a_dead_worker(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import ssl
 import sys
 import time
@@ -410,14 +411,15 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
 
 async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None, *,
                     worker: health.WorkerIdentity | None = None,
+                    listeners: Sequence[socket.socket] = (),
                     on_listening: Callable[[list[str]], None] | None = None,
                     stop_when_readable: int | None = None) -> None:
     """Bind (with TLS when given a context), say where, serve until SIGTERM/SIGINT, then drain requests.
 
-    As one of several workers (`worker` given): bind with SO_REUSEPORT, say which worker listens (before
-    serving, so the line precedes any answer), report the URLs to `on_listening`, and stop too when
-    `stop_when_readable` (the pipe from the supervisor, which never writes to it) becomes readable: the
-    supervisor is gone.
+    As one of several workers (`worker` given): accept on `listeners`, the listening sockets every worker
+    shares (kbs.server.workers), instead of binding HOST:PORT; say which worker listens (before serving, so the
+    line precedes any answer), report the URLs to `on_listening`, and stop too when `stop_when_readable` (the
+    pipe from the supervisor, which never writes to it) becomes readable: the supervisor is gone.
     """
     config, metrics = app[CONFIG], app[METRICS]
     if worker is not None:
@@ -437,17 +439,22 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
                                 on_refused=lambda why: metrics.connections_refused.labels(limit=why).inc(),
                                 on_open=metrics.connections_open)
     assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    protocols = limiter.wrap(runner.server)
     try:
-        server = await asyncio.get_running_loop().create_server(
-            limiter.wrap(runner.server), host, port, ssl=ssl_context, reuse_address=True,
-            reuse_port=worker is not None, backlog=LISTEN_BACKLOG)
+        if listeners:
+            servers = [await loop.create_server(protocols, sock=sock, ssl=ssl_context, backlog=LISTEN_BACKLOG)
+                       for sock in listeners]
+        else:
+            servers = [await loop.create_server(protocols, host, port, ssl=ssl_context, reuse_address=True,
+                                                backlog=LISTEN_BACKLOG)]
     except OSError as exc:
         await runner.cleanup()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio rewrites strerror
         raise ServeError(f"cannot listen on {config.listen}: {reason}") from exc
     scheme = "https" if ssl_context is not None else "http"
     urls = []
-    for sock in server.sockets:
+    for sock in (sock for server in servers for sock in server.sockets):
         bound_host, bound_port = sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         urls.append(f"{scheme}://{shown}:{bound_port}")
@@ -460,7 +467,6 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
     if on_listening is not None:
         on_listening(urls)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if stop_when_readable is not None:
@@ -470,7 +476,8 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
         loop.add_reader(stop_when_readable, supervisor_gone)
     await stop.wait()
     log.info("shutting down: draining requests")
-    server.close()
+    for server in servers:
+        server.close()
     if metrics_runner is not None:
         await metrics_runner.cleanup()
     await runner.cleanup()

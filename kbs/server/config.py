@@ -9,7 +9,7 @@
     dev_mode = true                     # generate the KEK and an admin key on first start (never in production)
     insecure_http = false               # allow plain HTTP on a non-loopback `listen` (TLS terminated in front)
 
-    [server]   workers = 0              # worker processes sharing `listen` (SO_REUSEPORT); 0: one per core
+    [server]   workers = 0              # worker processes sharing `listen` (one accept queue); 0: one per core
                pin_workers = true       # each worker on a CPU of its own, when there are as many CPUs as workers
 
     [session]  lifetime_seconds = 300   # /auth -> /attest window (the nonce's life)

@@ -5,8 +5,8 @@ broker is, which TEEs attest and which checks fail, so guests should not read th
   4096 printable ASCII characters without spaces, surrounding whitespace ignored, not readable by group or
   others, like the KEK).  The token is compared in constant time (HMAC's compare over SHA-256 digests, so
   not even its length shows); a missing or wrong one is 401 with `WWW-Authenticate: Bearer`.
-- `listen`: /metrics is served on a listener of its own (one more socket in every worker, SO_REUSEPORT as
-  the main one, the same TLS), and the main listener no longer routes it (404).
+- `listen`: /metrics is served on a listener of its own (one more socket in every worker, with SO_REUSEPORT:
+  scrapes need no balancing; the same TLS), and the main listener no longer routes it (404).
 - neither: the main listener serves /metrics openly when `public` (the default in dev mode only), else
   answers 403 saying which setting to add.
 """

@@ -1,11 +1,17 @@
 """The supervisor of `kbs serve` with several workers: a lean process that imports the standard library only.
 
-kbs.server.workers.supervise does what needs the broker's imports (configuration, first start, port probe,
-the private runtime directory) and then execs `python -m kbs.server.supervisor RUNTIME COUNT`: the same
-process and PID (what systemd watches), but about 15 MB instead of the 70 MB those imports hold.  From here
-it starts each worker as `python -m kbs.server.workers RUNTIME INDEX COUNT FD` (a plain subprocess, so no
-multiprocessing resource tracker either), restarts workers that die, forwards SIGTERM/SIGINT and writes the
-status file for `/healthz?all`.  It never reads the configuration: the workers unpickle it from RUNTIME.
+kbs.server.workers.supervise does what needs the broker's imports (configuration, first start, the listening
+sockets, the private runtime directory) and then execs `python -m kbs.server.supervisor RUNTIME COUNT
+LISTEN_FDS`: the same process and PID (what systemd watches), but about 15 MB instead of the 70 MB those imports
+hold.  From here it starts each worker as `python -m kbs.server.workers RUNTIME INDEX COUNT FD LISTEN_FDS` (a
+plain subprocess, so no multiprocessing resource tracker either), restarts workers that die, forwards
+SIGTERM/SIGINT and writes the status file for `/healthz?all`.  It never reads the configuration: the workers
+unpickle it from RUNTIME.
+
+LISTEN_FDS are the broker's listening sockets (one per address of `listen`, comma-separated descriptor
+numbers), made once before the exec and inherited by every worker, a restarted one too: the workers accept
+from one queue (see kbs.server.workers).  The supervisor never accepts; it closes its copies when it stops,
+so that once the workers have closed theirs, new connections are refused while the drain goes on.
 
 Each worker gets one end of a socketpair as FD.  It writes its reports there as JSON lines
 (`{"kind": "listening", "urls": [...]}`, `{"kind": "error", "message": "..."}`), and the supervisor never
@@ -26,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -50,12 +57,24 @@ START_SECONDS = 120.0  # a worker that has not listened by then is killed (and c
 LIVE_GAUGE_MODES = ("liveall", "livemax", "livemin", "livemostrecent", "livesum")
 
 
-def supervisor_command(runtime: Path, count: int) -> list[str]:
-    return [sys.executable, "-m", "kbs.server.supervisor", str(runtime), str(count)]
+def supervisor_command(runtime: Path, count: int, listen_fds: Sequence[int]) -> list[str]:
+    return [sys.executable, "-m", "kbs.server.supervisor", str(runtime), str(count), fd_list(listen_fds)]
 
 
-def worker_command(runtime: Path, index: int, count: int, fd: int) -> list[str]:
-    return [sys.executable, "-m", WORKER_MODULE, str(runtime), str(index), str(count), str(fd)]
+def worker_command(runtime: Path, index: int, count: int, fd: int, listen_fds: Sequence[int]) -> list[str]:
+    return [sys.executable, "-m", WORKER_MODULE, str(runtime), str(index), str(count), str(fd), fd_list(listen_fds)]
+
+
+def fd_list(fds: Sequence[int]) -> str:
+    return ",".join(str(fd) for fd in fds)
+
+
+def parse_fd_list(text: str) -> tuple[int, ...]:
+    """LISTEN_FDS as given on the command line; ValueError unless one or more descriptor numbers."""
+    fds = tuple(int(part) for part in text.split(","))
+    if any(fd < 0 for fd in fds):
+        raise ValueError(f"not descriptor numbers: {text!r}")
+    return fds
 
 
 def forget_live_gauges(metrics_dir: Path, pid: int) -> None:
@@ -83,8 +102,9 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, runtime: Path, count: int) -> None:
+    def __init__(self, runtime: Path, count: int, listen_fds: Sequence[int]) -> None:
         self.runtime = runtime
+        self.listen_fds = tuple(listen_fds)  # open until the stop: every worker started gets them
         self.status_file = runtime / STATUS_FILE
         self.metrics_dir = runtime / METRICS_DIR
         self.slots = [_Slot(i) for i in range(count)]
@@ -146,8 +166,9 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         mine, theirs = socket.socketpair()
         try:
-            command = worker_command(self.runtime, slot.index, len(self.slots), theirs.fileno())
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
+            command = worker_command(self.runtime, slot.index, len(self.slots), theirs.fileno(), self.listen_fds)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                       pass_fds=(theirs.fileno(), *self.listen_fds))
         except BaseException:
             mine.close()
             raise
@@ -224,8 +245,11 @@ class Supervisor:
         log.info("all workers listening", extra={"workers": len(self.slots)})
 
     def _drain(self) -> None:
-        """SIGTERM to every worker, then wait for them to drain; SIGKILL any still there after DRAIN_SECONDS."""
+        """SIGTERM to every worker, then wait for them to drain; SIGKILL any still there after DRAIN_SECONDS.
+        The supervisor's copies of the listening sockets are closed first: the listeners close when the workers
+        close theirs, and new connections are refused instead of waiting in a queue nobody will accept from."""
         self._stopping = True
+        self._close_listeners()
         live = [slot for slot in self.slots if slot.process is not None]
         for slot in live:
             assert slot.process is not None
@@ -241,6 +265,12 @@ class Supervisor:
                 log.warning("worker did not drain in time: killed", extra={"worker": slot.index})
                 slot.process.kill()
             self._exited(slot)
+
+    def _close_listeners(self) -> None:
+        for fd in self.listen_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.listen_fds = ()
 
     def _write_status(self) -> None:
         """The supervisor's view for /healthz?all, replaced atomically so a reader never sees half."""
@@ -287,13 +317,14 @@ def main(argv: list[str]) -> int:
     """Supervise COUNT workers with the runtime directory RUNTIME; 0 once they drained after a stop signal,
     1 with the `kbs: error: serve: …` line kbs.cli prints for a ServeError when they cannot serve."""
     try:
-        runtime, count = Path(argv[0]), int(argv[1])
+        runtime, count, listen_fds = Path(argv[0]), int(argv[1]), parse_fd_list(argv[2])
     except (IndexError, ValueError):
-        print("usage: python -m kbs.server.supervisor RUNTIME COUNT (started by `kbs serve`)", file=sys.stderr)
+        print("usage: python -m kbs.server.supervisor RUNTIME COUNT LISTEN_FDS (started by `kbs serve`)",
+              file=sys.stderr)
         return 2
     setup_logging(os.environ.get("KBS_LOG_LEVEL", "INFO"))
     try:
-        failure = Supervisor(runtime, count).run()
+        failure = Supervisor(runtime, count, listen_fds).run()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
     if failure:
