@@ -536,9 +536,13 @@ def test_the_workers_accept_from_one_listening_socket(tmp_path: Path) -> None:
         helpers = [child for child, parent in parents().items() if parent in {w["pid"] for w in view}]
         assert all(listener not in socket_inodes(helper) for helper in helpers)
 
-        os.kill(view[0]["pid"], signal.SIGKILL)
-        after = until(lambda: [w for w in running(broker) if w["pid"] != view[0]["pid"]] if running(broker) else [],
-                      "the killed worker replaced")
+        killed = view[0]["pid"]
+        os.kill(killed, signal.SIGKILL)
+
+        def replaced() -> list[dict[str, Any]]:
+            now = running(broker)
+            return now if now and killed not in {w["pid"] for w in now} else []
+        after = until(replaced, "the killed worker replaced")
         assert listening_inodes(port) == [listener]
         assert all(listener in socket_inodes(worker["pid"]) for worker in after)
 
