@@ -185,9 +185,12 @@ def test_process_metrics_of_one_process(tmp_path: Path) -> None:
 
 
 def wait_for_workers(b: Broker, count: int) -> None:
-    """Until every worker says it listens (run_broker returns once any one answers)."""
+    """Until every worker has started serving, its metrics listener too: the supervisor says so once each worker
+    reported it listens, which a worker does last (run_broker returns once any one answers, and the listening
+    socket accepts connections before the workers start)."""
     deadline = time.monotonic() + 30
-    while not all(f"(worker {i} of {count})" in b.log() for i in range(1, count + 1)):
+    while not (all(f"(worker {i} of {count})" in b.log() for i in range(1, count + 1))
+               and "all workers listening" in b.log()):
         assert time.monotonic() < deadline, b.log()
         time.sleep(0.05)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -40,21 +41,47 @@ def broker(tmp_path_factory: pytest.TempPathFactory, pki: SyntheticAmd) -> Itera
         yield b
 
 
+async def on_each_worker(broker: Broker, per_worker: int, stack: contextlib.AsyncExitStack,
+                         cookies: dict[str, str] | None = None) -> list[aiohttp.ClientSession]:
+    """`per_worker` client sessions of one keep-alive connection each on worker 0, then as many on worker 1;
+    closed with `stack`.  The workers share one accept queue, and an idle broker's connections mostly go to the
+    same worker, so each worker's connections are made while the other is stopped (SIGSTOP): only it accepts.
+    Each connection's /healthz names the worker that accepted it, which the test checks."""
+    workers = {str(w["index"]): w["pid"] for w in until(lambda: running(broker), "both workers running")}
+    sessions = []
+    for index in sorted(workers):
+        others = [pid for other, pid in workers.items() if other != index]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(per_worker):
+                fresh = await stack.enter_async_context(
+                    aiohttp.ClientSession(cookies=cookies, connector=aiohttp.TCPConnector(limit=1)))
+                async with fresh.get(f"{broker.url}/healthz") as r:  # the same connection carries what follows
+                    assert r.headers["Kbs-Worker"] == index, r.headers
+                    await r.read()
+                sessions.append(fresh)
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+    return sessions
+
+
 def test_one_nonce_many_workers_one_attestation(broker: Broker, pki: SyntheticAmd) -> None:
-    """Twelve /attest with distinct valid evidence (each binds another TEE key) for one session, each on its
-    own connection so that the kernel spreads them over the workers: exactly one is accepted."""
+    """Twelve /attest with distinct valid evidence (each binds another TEE key) for one session, at once, six on
+    connections worker 0 accepted and six on worker 1's (`on_each_worker`): exactly one is accepted."""
     guest = SnpGuest(pki)
+    per_worker = 6
 
     async def go() -> list[int]:
         async with aiohttp.ClientSession(cookie_jar=jar()) as http:
             nonce = await auth(http, broker.url, "snp")
             cookie = {c.key: c.value for c in http.cookie_jar}
-        bodies = [attestation(nonce, generate_tee_key("EC-P256"), "snp", guest) for _ in range(12)]
-
-        async def one(body: dict[str, Any]) -> int:
-            async with aiohttp.ClientSession(cookies=cookie) as fresh:  # a connection (and worker) each
-                return (await attest(fresh, broker.url, body))[0]
-        return list(await asyncio.gather(*(one(b) for b in bodies)))
+        bodies = [attestation(nonce, generate_tee_key("EC-P256"), "snp", guest) for _ in range(2 * per_worker)]
+        async with contextlib.AsyncExitStack() as stack:
+            sessions = await on_each_worker(broker, per_worker, stack, cookie)
+            answers = await asyncio.gather(*(attest(s, broker.url, b) for s, b in zip(sessions, bodies, strict=True)))
+        return [status for status, _ in answers]
     for _ in range(3):
         statuses = asyncio.run(go())
         assert statuses.count(200) == 1 and statuses.count(401) == 11, statuses
@@ -142,10 +169,10 @@ def test_every_worker_sees_key_changes_at_once(broker: Broker, pki: SyntheticAmd
         token = body["token"]
 
         async def releases() -> list[bytes | int]:
-            """Eight GETs, each on its own connection (spread over the workers by the kernel)."""
+            """Eight GETs, four on connections to each worker (`on_each_worker`)."""
             out: list[bytes | int] = []
-            for _ in range(8):
-                async with aiohttp.ClientSession() as fresh:
+            async with contextlib.AsyncExitStack() as stack:
+                for fresh in await on_each_worker(broker, 4, stack):
                     status, answer = await get_resource(fresh, broker.url, path, token)
                     out.append(decrypt(answer, key.private_key) if status == 200 else status)
             return out
