@@ -485,7 +485,8 @@ async def serve_app(app: web.Application, host: str, port: int, ssl_context: ssl
 
 async def _metrics_listener(app: web.Application, ssl_context: ssl.SSLContext | None,
                             worker: health.WorkerIdentity | None) -> web.AppRunner | None:
-    """[metrics] listen: /metrics on a socket of its own (shared by the workers like the main one)."""
+    """[metrics] listen: /metrics on a socket of its own, each worker binding it with SO_REUSEPORT (unlike the main
+    listener, one socket inherited by all: a scrape needs no balancing)."""
     where = app[CONFIG].metrics_host_port
     if where is None:
         return None

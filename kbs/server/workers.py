@@ -93,14 +93,14 @@ def supervise(config: Config, count: int) -> NoReturn:
     host, port = config.host_port
     listeners = listen_sockets(host, port, config.listen)
     try:
-        _exec_with_listeners(config, count, host, listeners)
+        _exec_with_listeners(config, count, listeners)
     finally:  # only reached when the exec failed: the supervisor would have owned them
         for sock in listeners:
             sock.close()
 
 
-def _exec_with_listeners(config: Config, count: int, host: str, listeners: list[socket.socket]) -> NoReturn:
-    config = replace(config, listen=_host_port(host, listeners[0].getsockname()[1]))
+def _exec_with_listeners(config: Config, count: int, listeners: list[socket.socket]) -> NoReturn:
+    config = replace(config, listen=_host_port(config.host_port[0], listeners[0].getsockname()[1]))
     if config.metrics_host_port is not None:  # [metrics] listen: checked free, and port 0 fixed, likewise
         metrics_host, metrics_port = config.metrics_host_port
         metrics_port = probe_port(metrics_host, metrics_port, f"[metrics] listen {config.metrics_listen}")
