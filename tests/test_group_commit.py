@@ -236,50 +236,6 @@ def test_a_batch_stopped_during_its_commit_fails_its_callers_at_once(calls_on_lo
     assert store.events[-1] == "commit"  # it finished on its thread
 
 
-def test_a_lock_got_after_the_loop_closed_is_given_back_on_the_thread() -> None:
-    """The loop is closed (not only the writer stopped) by the time the thread gets the lock: nobody can take the
-    outcome on the loop, so the thread rolls the batch back itself, which lets the lock go."""
-    store = _Recorder()
-    store.lock_busy, store.gate = True, threading.Event()
-
-    async def go() -> None:
-        writer = GroupCommitWriter(store)
-        write = asyncio.ensure_future(writer.write(store.put, "a"))
-        while "begin" not in store.threads:
-            await asyncio.sleep(0.001)
-        assert not write.done()
-    asyncio.run(go())  # its end cancels the writer's task and closes the loop
-    store.gate.set()
-    for _ in range(500):
-        if "rollback" in store.events:
-            break
-        threading.Event().wait(0.002)
-    assert store.events == ["begin (waited)", "rollback"]
-    assert "put a" not in store.events
-
-
-def test_a_step_that_fails_unexpectedly_fails_its_batch_and_the_writes_after_it_go_on() -> None:
-    """A bug in a step that runs as a callback (here: answering the callers) cannot leave the writer stuck:
-    that batch's callers get an error, and the next write is written."""
-    store = _Recorder()
-
-    async def go() -> list[Any]:
-        writer = GroupCommitWriter(store)
-        settled = writer._settled
-
-        def broken(*args: Any) -> None:
-            writer._settled = settled  # type: ignore[method-assign]
-            raise RuntimeError("a bug")
-        writer._settled = broken  # type: ignore[method-assign]
-        first = await asyncio.wait_for(asyncio.gather(writer.write(store.put, "a"), return_exceptions=True), 5)
-        after = await asyncio.wait_for(writer.write(store.put, "b"), 5)
-        await writer.close()
-        return [*first, after]
-    first, after = asyncio.run(go())
-    assert isinstance(first, StoreError) and "a bug" in str(first)
-    assert after == "b"
-
-
 def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting() -> None:
     """A call fails in the savepoint-free run and the rollback fails too (the connection is gone): every call of
     the batch is answered with an error at once (none is left waiting, none committed), and the writer goes on."""
@@ -297,69 +253,6 @@ def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting(
     results = asyncio.run(go())
     assert [type(r) for r in results[:2]] == [StoreError, StoreError] and results[2] == "after"
     assert "commit" not in store.events[:store.events.index("put after")]
-
-
-class _Passes:
-    """Counts the event loop's passes: a callback that queues itself again each time it runs, behind whatever
-    else the loop has queued, as a busy broker's loop always has something."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._stopped = False
-
-    def start(self) -> None:
-        asyncio.get_running_loop().call_soon(self._tick)
-
-    def stop(self) -> None:
-        self._stopped = True
-
-    def _tick(self) -> None:
-        self.count += 1
-        if not self._stopped:
-            asyncio.get_running_loop().call_soon(self._tick)
-
-
-@pytest.mark.parametrize("contended", [False, True], ids=["lock free", "lock held by another process"])
-def test_the_callers_resume_two_passes_after_the_commit_and_a_contended_batch_runs_one_pass_after_the_lock(
-        contended: bool) -> None:
-    """The steps that wait on the thread come back to the loop as one callback each: the batch's calls run in
-    the pass after the thread got the lock (the lock is held while they wait for the loop), and the callers'
-    handlers resume in the second pass after the COMMIT returned (one to hear of it, one to resume them).
-    Awaiting run_in_executor under a shield took three passes for each hop, and answered the callers a pass
-    after that: under load a pass is about a millisecond, and up to seven."""
-    store = _Recorder()
-    passes = _Passes()
-    seen: dict[str, int] = {}
-    store.lock_busy = contended
-    original_begin, original_calls, original_commit = store.begin_batch, store.batch_calls, store.commit_batch
-
-    def begin_batch() -> None:
-        original_begin()
-        seen["locked"] = passes.count
-
-    def batch_calls(savepoints: bool = True) -> Any:
-        seen["calls"] = passes.count
-        return original_calls(savepoints)
-
-    def commit_batch() -> None:
-        original_commit()
-        seen["committed"] = passes.count
-
-    store.begin_batch, store.batch_calls, store.commit_batch = (  # type: ignore[method-assign]
-        begin_batch, batch_calls, commit_batch)
-
-    async def go() -> None:
-        writer = GroupCommitWriter(store)
-        passes.start()
-        assert await writer.write(store.put, "a") == "a"
-        seen["resumed"] = passes.count
-        passes.stop()
-        await writer.close()
-    asyncio.run(go())
-    # The thread reads the count while the loop runs: each bound allows one pass of that race.
-    if contended:
-        assert seen["calls"] - seen["locked"] <= 2, seen
-    assert seen["resumed"] - seen["committed"] <= 3, seen
 
 
 def test_a_writer_waits_for_another_process_lock_without_holding_the_loop(tmp_path: Path) -> None:

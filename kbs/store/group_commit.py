@@ -11,8 +11,7 @@ call usually succeeds; a savepoint is two more statements a call, two more round
 database); if one fails, the whole transaction is rolled back and the batch runs again with each call in
 its own savepoint, so that the failing call is undone alone and fails alone.  Nothing is answered before
 the COMMIT returns: if it fails, every call of the batch fails, so a request that depends on its write
-fails closed.  Each wait on the thread comes back to the loop as one callback that runs the batch's next
-step there, so a batch costs the fewest passes of a busy loop (see `_on_thread`).
+fails closed.
 
 Why the calls run on the loop: a store call is Python (rows, MACs, canonical JSON) between short SQLite
 steps.  On a writer thread, every step released and re-took the GIL in competition with the loop, and
@@ -80,12 +79,7 @@ class GroupCommitWriter:
         self._pending: list[_Job] = []
         self._in_flight: list[_Job] = []  # the batch being written (answered if the loop goes away meanwhile)
         self._taking = threading.Lock()  # `_take` runs on the loop or on the commit thread (see there)
-        self._flushing: asyncio.Task[None] | None = None  # while batches are written (see _flush)
-        self._active = False  # batches are being written: a new write joins them, it starts nothing
-        self._drained: asyncio.Future[None] | None = None  # done when no write is left
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._epoch = 0  # outcomes from the thread of an earlier epoch reach nobody (the loop stopped the writer)
-        self._retried_before = 0
+        self._flushing: asyncio.Task[None] | None = None
         # Commits and contended lock waits: one batch at a time, so one thread.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kbs-commit")
         self.batches = 0  # transactions committed (tests and metrics read these)
@@ -97,8 +91,7 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Job(fn, args, future))
-        if not self._active:
-            self._active = True
+        if self._flushing is None:
             self._flushing = loop.create_task(self._flush())
         return await future
 
@@ -109,152 +102,18 @@ class GroupCommitWriter:
         self._thread.shutdown(wait=True)
 
     async def _flush(self) -> None:
-        """The writer among the loop's tasks while it has writes: the batches themselves go on as callbacks
-        (`_next_batch` and the steps after it), this waits until none is left.  If it is cancelled (the loop is
-        going away), the callers still waiting are answered at once, and what the thread still does reaches
-        nobody (a lock it gets after that is given back)."""
-        self._loop = asyncio.get_running_loop()
-        self._epoch += 1
-        drained = self._drained = self._loop.create_future()
-        self._next_batch()
         try:
-            await drained
-        except asyncio.CancelledError:  # the loop is going away: nobody is left waiting for an answer
-            self._epoch += 1
-            self._active = False
-            in_flight, queued = self._take_the_rest()
-            _settle_all(in_flight, StoreError("the broker stopped during the write (it may be durable)"))
-            _settle_all(queued, StoreError("the broker stopped before the write"))
-            raise
+            while self._pending:
+                try:
+                    await self._write_batch()
+                    self._in_flight = []
+                except asyncio.CancelledError:  # the loop is going away: nobody is left waiting for an answer
+                    in_flight, queued = self._take_the_rest()
+                    _settle_all(in_flight, StoreError("the broker stopped during the write (it may be durable)"))
+                    _settle_all(queued, StoreError("the broker stopped before the write"))
+                    raise
         finally:
-            if self._flushing is asyncio.current_task():
-                self._flushing = None
-
-    # -- the batches: one step per pass of the loop --------------------------------------------------------
-    #
-    # Each step that waits (for the lock held by another process, for the COMMIT's fsync) does so on the
-    # commit thread, whose outcome comes back to the loop as one callback (`_on_thread`), and the next step runs
-    # in that callback.  Awaiting run_in_executor under a shield took three passes of the loop instead (the
-    # executor's future, the shield's, the task's wakeup), each queued behind everything the loop had to do
-    # meanwhile (~1 ms a pass under load, up to ~7); the callers were answered a pass after that, and a
-    # contended batch held the write lock through all of it.
-
-    def _next_batch(self) -> None:
-        """Begin the next batch, or stop when no write is left."""
-        self._in_flight = []
-        if not self._pending:
-            self._active = False
-            if self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-            return
-        self._retried_before = self.retried
-        if not getattr(self._store, "calls_on_loop", True):
-            self._on_thread(self._whole_batch, self._whole_batch_ended)
-            return
-        self._begin(self._first_run, lambda exc: self._failed(self._take(), exc))
-
-    def _begin(self, then: Callable[[float], None], failed: Callable[[Exception], None]) -> None:
-        """Open the batch's transaction, then `then(begun)` (perf_counter when the lock was taken): at once when
-        the write lock is free, else in the pass after the thread got it.  `failed(exc)`: no transaction."""
-        try:
-            if self._store.try_begin_batch():
-                then(time.perf_counter())
-                return
-        except Exception as exc:
-            failed(exc)
-            return
-        self._on_thread(self._timed_begin, lambda ok, value: then(value) if ok else failed(value),
-                        orphaned=self._give_back)
-
-    def _first_run(self, begun: float) -> None:
-        jobs = self._take()
-        try:
-            results = self._optimistic(jobs)
-        except Exception as exc:  # the batch could not be undone: nothing of it is durable
-            self._failed(jobs, exc)
-            return
-        if results is None:  # a call failed: everything was undone; again, each call in a savepoint
-            self._begin(lambda again: self._savepoint_run(jobs, again), lambda exc: self._failed(jobs, exc))
-            return
-        self._commit(jobs, results, begun)
-
-    def _savepoint_run(self, jobs: list[_Job], begun: float) -> None:
-        try:
-            results = self._with_savepoints(jobs)
-        except Exception as exc:
-            self._failed(jobs, exc)
-            return
-        self._commit(jobs, results, begun)
-
-    def _commit(self, jobs: list[_Job], results: list[tuple[bool, Any]], begun: float) -> None:
-        retried = self.retried != self._retried_before
-
-        def committed(ok: bool, value: Any) -> None:
-            if ok:
-                self._settled(jobs, results, value - begun, retried)
-            else:  # COMMIT failed: nothing of the batch is durable
-                _settle_all(jobs, value)
-            self._next_batch()
-        # Once begun, the COMMIT finishes (and releases the lock) on its thread whatever happens on the loop.
-        self._on_thread(self._timed_commit, committed)
-
-    def _whole_batch_ended(self, ok: bool, value: Any) -> None:
-        jobs, batch = value  # _whole_batch answers its own failures: it returns, never raises
-        if isinstance(batch, Exception):  # no transaction, or its COMMIT failed: nothing of it is durable
-            _settle_all(jobs, batch)
-        else:
-            results, held = batch
-            self._settled(jobs, results, held, self.retried != self._retried_before)
-        self._next_batch()
-
-    def _failed(self, jobs: list[_Job], exc: Exception) -> None:
-        """No transaction, or one that could not be undone: every call of the batch fails; the next batch begins
-        in the loop's next pass (never recursively: every batch could fail the same way)."""
-        _settle_all(jobs, exc)
-        self._in_flight = []
-        assert self._loop is not None
-        self._loop.call_soon(self._next_batch_of, self._epoch)
-
-    def _next_batch_of(self, epoch: int) -> None:
-        if epoch == self._epoch:
-            self._next_batch()
-
-    def _on_thread(self, fn: Callable[[], Any], then: Callable[[bool, Any], None], *,
-                   orphaned: Callable[[bool, Any], None] | None = None) -> None:
-        """`fn()` on the commit thread, then `then(True, result)` or `then(False, exception)` on the loop, in
-        one pass.  `orphaned` instead when nobody waits any more: the writer was stopped meanwhile, or the loop
-        is closed (then on the thread)."""
-        loop, epoch = self._loop, self._epoch
-        assert loop is not None
-
-        def deliver(ok: bool, value: Any) -> None:
-            if epoch != self._epoch:
-                if orphaned is not None:
-                    orphaned(ok, value)
-                return
-            try:
-                then(ok, value)
-            except Exception as exc:  # a bug: its batch fails, and the writes after it still go on
-                log.exception("the group commit's step failed")
-                self._failed(self._in_flight, StoreError(f"the write failed: {exc}"))
-
-        def run() -> None:
-            try:
-                ok, value = True, fn()
-            except Exception as exc:
-                ok, value = False, exc
-            try:
-                loop.call_soon_threadsafe(deliver, ok, value)
-            except RuntimeError:  # the loop is closed: nobody will take the outcome
-                if orphaned is not None:
-                    orphaned(ok, value)
-
-        self._thread.submit(run)
-
-    def _give_back(self, ok: bool, value: Any) -> None:
-        """The lock came after the writer was stopped: roll back, which lets it go."""
-        if ok:
-            self._store.rollback_batch()
+            self._flushing = None
 
     def _take(self, count: int | None = None) -> list[_Job]:
         """The next batch's jobs, taken once its transaction is open: the writes that arrived while it waited for
@@ -276,6 +135,55 @@ class GroupCommitWriter:
             self._pending.clear()
             self._in_flight = []
             return in_flight, queued
+
+    async def _write_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        retried = self.retried
+        if not getattr(self._store, "calls_on_loop", True):
+            # Shielded: once begun, the batch ends (committed or rolled back) whatever happens to this task.
+            jobs, outcome = await asyncio.shield(loop.run_in_executor(self._thread, self._whole_batch))
+            if isinstance(outcome, Exception):  # no transaction, or its COMMIT failed: nothing of it is durable
+                _settle_all(jobs, outcome)
+            else:
+                self._settled(jobs, *outcome, self.retried != retried)
+            return
+        try:
+            begun = await self._begin(loop)
+        except Exception as exc:  # no transaction: nothing of the batch ran
+            _settle_all(self._take(), exc)
+            return
+        jobs = self._take()
+        try:
+            results = self._optimistic(jobs)
+            if results is None:  # a call failed: everything was undone; again, each call in a savepoint
+                begun = await self._begin(loop)
+                results = self._with_savepoints(jobs)
+        except Exception as exc:  # the batch could not be undone or begun again: nothing of it is durable
+            _settle_all(jobs, exc)
+            return
+        await self._commit(loop, jobs, results, begun, self.retried != retried)
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], results: list[tuple[bool, Any]],
+                      begun: float, retried: bool) -> None:
+        try:
+            # Shielded: once begun, the COMMIT finishes (and releases the lock) whatever happens to this task.
+            committed = await asyncio.shield(loop.run_in_executor(self._thread, self._timed_commit))
+        except Exception as exc:  # COMMIT failed: nothing of the batch is durable
+            _settle_all(jobs, exc)
+            return
+        self._settled(jobs, results, committed - begun, retried)
+
+    async def _begin(self, loop: asyncio.AbstractEventLoop) -> float:
+        """Open the batch's transaction: at once when the write lock is free, else waiting for it on the thread.
+        When it was begun (the lock taken), by perf_counter."""
+        if self._store.try_begin_batch():
+            return time.perf_counter()
+        begin = loop.run_in_executor(self._thread, self._timed_begin)
+        try:
+            return await asyncio.shield(begin)
+        except asyncio.CancelledError:  # the thread still gets the lock: give it back
+            begin.add_done_callback(lambda f: None if f.exception() else self._store.rollback_batch())
+            raise
 
     def _timed_begin(self) -> float:
         self._store.begin_batch()
