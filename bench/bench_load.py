@@ -415,6 +415,14 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
         o = measure(broker, generators, job)
         report(f"open {rate:.0f}/s", broker, o)
         results[f"open {rate:.0f}/s"] = o
+    # The rates above are fractions of a saturation measured a minute earlier, on a shared machine whose speed
+    # swings by a quarter within minutes: measured again after them, the two say how far the machine moved
+    # meanwhile, and so at what load the open phases really ran.
+    if any(name.startswith("open") for name in results):
+        again = measure(broker, generators, {"kind": "closed", "concurrency": args.concurrency,
+                                             "seconds": args.seconds})
+        report(f"closed again c={args.concurrency}", broker, again)
+        results["closed again"] = again
 
 
 def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
@@ -436,11 +444,19 @@ def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
             print(f"  framework ceiling: {ceiling.rate:.0f} exchanges/s at {cper:.2f} ms CPU/exchange; "
                   f"ratio broker/ceiling: {closed.rate / ceiling.rate:.2f} (throughput), CPU per exchange "
                   f"{per / cper:.1f}x the ceiling's")
+    again = results.get("closed again")
+    if closed and again:
+        print(f"  saturation again after the open phases: {again.rate:.0f} releases/s, "
+              f"{100 * (again.rate / closed.rate - 1):+.0f}% (the machine's drift meanwhile)")
     for name, m in results.items():
         if name.startswith("open"):
+            load = ""
+            if closed and again:
+                load = (f" (the rate is {100 * m.rate / closed.rate:.0f}% of the saturation before, "
+                        f"{100 * m.rate / again.rate:.0f}% of after)")
             print(f"  {name}: achieved {m.rate:.0f} releases/s, p50 {ms(pct(m.result.exchanges, .5))} ms, "
                   f"p99 {ms(pct(m.result.exchanges, .99))} ms, {m.result.failed} failed, "
-                  f"{sum(m.result.refused_503)} 503s")
+                  f"{sum(m.result.refused_503)} 503s{load}")
     storm = results.get("storm")
     if storm:
         print(f"  storm {args.storm}: {storm.result.completed} keys in {storm.result.wall:.1f} s, p99 "
