@@ -151,7 +151,7 @@ def pct(values: Any, q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+    return float(ordered[min(len(ordered) - 1, int(len(ordered) * q))])
 
 
 def ms(seconds: float) -> str:
@@ -260,7 +260,7 @@ def brokers(tmp: Path, args: argparse.Namespace, pki: SyntheticAmd) -> Iterator[
               "resource_per_second = 0\n" + "".join(f"{line}\n" for line in args.limit))
     env = {"KBS_LOG_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
-        database, pg_pids = "", []
+        database, pg_pids = "", list[int]()
         if args.postgres:
             database, pg_pids = stack.enter_context(postgres_database(args.postgres))
         started: list[Broker] = []
@@ -297,7 +297,7 @@ def ceiling_server(tmp: Path, workers: int, canned: dict[str, str]) -> Iterator[
 
 
 def rates(spec: str, saturation: float) -> list[float]:
-    out = []
+    out: list[float] = []
     for part in spec.split(","):
         part = part.strip()
         if part.endswith("%"):

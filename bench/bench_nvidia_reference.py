@@ -77,7 +77,7 @@ def our_path(vectors: Path, work: Path) -> Callable[[], object]:
     binding = Binding("n", {}, report_data=bytes.fromhex(NONCE))
     loop = asyncio.new_event_loop()
 
-    async def inline(fn: Callable[..., Any], *args: Any) -> Any:
+    async def inline(fn: Callable[..., Any], /, *args: Any, inline: bool = False) -> Any:
         return fn(*args)
 
     def once() -> object:

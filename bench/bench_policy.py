@@ -113,7 +113,7 @@ def main() -> None:
             assert decide(good) is True and decide(bad) is False, name
 
         paths = {name: (lambda d=decide: d(good)) for name, decide in engines.items()}
-        results = interleaved(paths, args.rounds, args.seconds)  # type: ignore[arg-type]
+        results = interleaved(paths, args.rounds, args.seconds)
         lock = threading.Lock()
         local = engines["Rego, in-process regopy"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:
@@ -16,7 +16,7 @@ def rate(fn: Callable[[], object], seconds: float) -> float:
     return count / elapsed
 
 
-def interleaved(paths: dict[str, Callable[[], object]], rounds: int, seconds: float,
+def interleaved(paths: Mapping[str, Callable[[], object]], rounds: int, seconds: float,
                 per_call: int = 1) -> dict[str, list[float]]:
     """Each path once per round, in turn, so drift in machine speed hits them all alike."""
     results: dict[str, list[float]] = {name: [] for name in paths}

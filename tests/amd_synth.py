@@ -95,7 +95,7 @@ class SyntheticAmd:
                   product_name: str | None = None, struct_version: int | None = None,
                   csp_id: str | None = None, not_before: dt.datetime | None = None,
                   not_after: dt.datetime | None = None, cn: str | None = None,
-                  omit: tuple[str, ...] = (), rsa_padding: padding.AsymmetricPadding | None = None,
+                  omit: tuple[str, ...] = (), rsa_padding: padding.PSS | padding.PKCS1v15 | None = None,
                   signer: rsa.RSAPrivateKey | None = None) -> Vek:
         """A VCEK/VLEK for `public_key` (a fresh P-384 key if None) with the AMD extensions."""
         private = None
