@@ -26,8 +26,8 @@ SYNTHETIC = [build_quote(_KEYS, version=v, body_type=t, qe_auth_data=bytes(range
 REAL = real_quotes(vectors_dir())
 SEEDS = [q.data for q in REAL] + SYNTHETIC
 # (quote, its PCK point): the real ones (trailing bytes cut where they are not zero) and a synthetic one.
-SIGNED = [(native.tdx_parse(q.data, allow_trailing_bytes=True), q.data, q.pck_point) for q in REAL[:4]]
-SIGNED = [(d[:p.signed_size + 4 + p.signature_data_len] if p.extra_bytes else d, k) for p, d, k in SIGNED]
+_PARSED = [(native.tdx_parse(q.data, allow_trailing_bytes=True), q.data, q.pck_point) for q in REAL[:4]]
+SIGNED = [(d[:p.signed_size + 4 + p.signature_data_len] if p.extra_bytes else d, k) for p, d, k in _PARSED]
 SIGNED.append((SYNTHETIC[2], _KEYS.pck_point))
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import types
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +96,7 @@ class NVMLError_LibraryNotFound(NVMLError):
         super().__init__(NVML_ERROR_LIBRARY_NOT_FOUND)
 
 
-_BY_CODE: dict[int, type[NVMLError]] = {NVML_ERROR_UNINITIALIZED: NVMLError_Uninitialized,
+_BY_CODE: dict[int, Callable[[], NVMLError]] = {NVML_ERROR_UNINITIALIZED: NVMLError_Uninitialized,
                                         NVML_ERROR_NOT_SUPPORTED: NVMLError_NotSupported,
                                         NVML_ERROR_DRIVER_NOT_LOADED: NVMLError_DriverNotLoaded,
                                         NVML_ERROR_LIBRARY_NOT_FOUND: NVMLError_LibraryNotFound}

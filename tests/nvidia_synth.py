@@ -28,7 +28,7 @@ import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from aiohttp import web
 from cryptography import x509
@@ -43,10 +43,10 @@ from tests import der as dertools
 from tests import fake_http
 from tests.fake_http import Reply, scripted
 from tests.intel_synth import der_int, der_octets, der_oid, seq
-from tests.pki_synth import NOW, Node, Pki, fresh_key, key_usage, resign_ocsp, shared_key
+from tests.pki_synth import NOW, Algorithm, Hash, Node, Pki, fresh_key, key_usage, resign_ocsp, shared_key
 
-HOPPER = "HOPPER"
-BLACKWELL = "BLACKWELL"
+HOPPER: Final = "HOPPER"
+BLACKWELL: Final = "BLACKWELL"
 Arch = Literal["HOPPER", "BLACKWELL"]
 Encoding_ = Literal["composite", "tcbinfo", "both", "none"]
 Status = Literal["good", "revoked", "unknown", "hold"]
@@ -55,7 +55,7 @@ SHA384_OID = "2.16.840.1.101.3.4.2.2"
 OID_COMPOSITE = "2.23.133.5.4.1"
 OID_TCB_INFO = "2.23.133.5.4.1.1"
 FOREVER = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
-ALGORITHM = "ecdsa-p384-sha384"
+ALGORITHM: Algorithm = "ecdsa-p384-sha384"
 _CHIPS = {HOPPER: "GH100", BLACKWELL: "GB100"}
 _ICAS = {HOPPER: "NVIDIA GH100 Provisioner ICA 1", BLACKWELL: "NVIDIA GB100 Provisioner ICA 00000"}
 
@@ -142,7 +142,7 @@ class SyntheticNvidia:
                not_before: dt.datetime | None = None, not_after: dt.datetime = FOREVER,
                usage: x509.KeyUsage | None = None, eku: bool = False, serial: int | None = None,
                extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
-               signer: ec.EllipticCurvePrivateKey | None = None, digest: hashes.HashAlgorithm | None = None) -> Node:
+               signer: ec.EllipticCurvePrivateKey | None = None, digest: Hash | None = None) -> Node:
         builder = (x509.CertificateBuilder().subject_name(subject)
                    .issuer_name(issuer.cert.subject if issuer is not None else subject)
                    .public_key(key.public_key()).serial_number(serial or self._next_serial())
@@ -187,7 +187,7 @@ class SyntheticNvidia:
     def issue_gpu(self, arch: Arch = HOPPER, fwid: bytes | None = None, *, encoding: Encoding_ | None = None,
                   fwid_value: bytes | None = None, leaf_not_after: dt.datetime = FOREVER,
                   leaf_usage: x509.KeyUsage | None = None, leaf_ca: bool | None = None,
-                  leaf_key: ec.EllipticCurvePrivateKey | None = None, leaf_digest: hashes.HashAlgorithm | None = None,
+                  leaf_key: ec.EllipticCurvePrivateKey | None = None, leaf_digest: Hash | None = None,
                   leaf_signer: ec.EllipticCurvePrivateKey | None = None, brom_ca: bool = True,
                   leaf_extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
                   brom_extra: Sequence[tuple[x509.ExtensionType, bool]] = (),
@@ -215,7 +215,8 @@ class SyntheticNvidia:
                   "none": []}[chosen]
         if fwid_value is not None:
             values = [(values[0][0] if values else OID_COMPOSITE, fwid_value)]
-        extra = [(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), False) for oid, value in values]
+        extra: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), False) for oid, value in values]
         extra += leaf_extra
         leaf_serial = self._next_serial() << 64 | device
         leaf = self._issue(nvidia_name(f"{chip} A01 GSP FMC LF", serial=f"{leaf_serial:X}"), brom, key, ca=leaf_ca,

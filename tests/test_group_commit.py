@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import rfc8785
@@ -38,7 +38,7 @@ def _attested(store: SqliteStore, i: int, attestation: int | None = None) -> boo
 def test_concurrent_writes_share_transactions(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "kbs.sqlite3", b"k" * 32)
 
-    async def storm() -> tuple[list[object], GroupCommitWriter]:
+    async def storm() -> tuple[list[bool | BaseException], GroupCommitWriter]:
         writer = GroupCommitWriter(store)
         calls = [writer.write(_attested, store, i) for i in range(300)]
         calls.append(writer.write(_attested, store, 300, 7))  # a duplicate attestation id: fails alone
@@ -165,6 +165,7 @@ def test_writes_that_arrive_while_a_batch_waits_for_the_lock_join_it(calls_on_lo
             await asyncio.sleep(0.001)
         later = [asyncio.ensure_future(writer.write(store.put, v)) for v in ("b", "c")]
         await asyncio.sleep(0.01)
+        assert store.gate is not None
         store.gate.set()  # let go of the lock
         results = await asyncio.gather(first, *later)
         assert (writer.batches, writer.writes) == (1, 3)
@@ -192,6 +193,7 @@ def test_a_batch_stopped_while_waiting_for_the_lock_gives_it_back_once_it_has_it
         assert writer._flushing is not None
         writer._flushing.cancel()  # what the loop's shutdown does to the writer's task
         outcome = await asyncio.gather(write, return_exceptions=True)
+        assert store.gate is not None
         store.gate.set()
         for _ in range(500):
             if "rollback" in store.events:
@@ -221,6 +223,7 @@ def test_a_batch_stopped_during_its_commit_fails_its_callers_at_once(calls_on_lo
         assert writer._flushing is not None
         writer._flushing.cancel()
         outcome = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 5)
+        assert store.commit_gate is not None
         store.commit_gate.set()
         for _ in range(500):
             if "commit" in store.events:
@@ -244,8 +247,8 @@ def test_a_batch_that_cannot_be_undone_fails_every_call_and_leaves_none_waiting(
 
     async def go() -> list[Any]:
         writer = GroupCommitWriter(store)
-        results = await asyncio.wait_for(asyncio.gather(writer.write(store.put, "x"), writer.write(store.put, "bad"),
-                                                        return_exceptions=True), 5)
+        results = cast(list[Any], await asyncio.wait_for(asyncio.gather(
+            writer.write(store.put, "x"), writer.write(store.put, "bad"), return_exceptions=True), 5))
         store.fail_rollback = False
         results.append(await writer.write(store.put, "after"))
         await writer.close()

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 from pathlib import Path
+from typing import cast
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -13,6 +14,7 @@ from kbs.server.app import bootstrap_dev, make_app
 from kbs.server.config import Config
 from kbs.server.protocol import STATE
 from kbs.store.base import StoreError
+from kbs.store.sqlite import SqliteStore
 
 
 def test_readyz_follows_the_store(tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ def test_readyz_fails_when_writes_fail_but_reads_work(tmp_path: Path) -> None:
         app = make_app(bootstrap_dev(Config(state_dir=tmp_path, verifier_tables={"snp": {"offline": True}})))
         async with TestClient(TestServer(app)) as client:
             ready = (await client.get("/readyz")).status
-            store = app[STATE].store
+            store = cast(SqliteStore, app[STATE].store)
             # One I/O thread whose connection is read-only: SELECT 1 works, every write fails.
             app[STATE].io = concurrent.futures.ThreadPoolExecutor(max_workers=1)
             app[STATE].io.submit(lambda: setattr(store._local, "db", sqlite3.connect(

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kbs.errors import CollateralUnavailable, KbsError, MalformedEvidence
 from kbs.trust.intel import collateral as collateral_module
-from kbs.trust.intel.certs import PckChain, verify_pck_chain
+from kbs.trust.intel.certs import PckChain, check_pck_crl, verify_pck_chain
 from kbs.trust.intel.collateral import (
     IntelCollateral,
     frame,
@@ -271,7 +271,7 @@ def test_a_verified_set_is_remembered_with_its_window(intel: SyntheticIntel, pck
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     collateral = intel.collateral(tcb_info=intel.sign_tcb_info(evaluation=77))  # bytes no other test verified
     calls: list[object] = []
-    real = collateral_module.check_pck_crl
+    real = check_pck_crl
 
     def counting(*args: Any) -> Any:
         calls.append(args)

@@ -303,7 +303,7 @@ def _verified_set(intel: SyntheticIntel, **docs: Any) -> VerifiedCollateral:
 
 def test_cached_evaluation_is_the_evaluation_and_is_reused(intel: SyntheticIntel) -> None:
     verified, platform = _verified_set(intel), pck(intel)
-    values = {"tee_tcb_svn": DEFAULT_TEE_TCB_SVN, "tee_tcb_svn2": None, "body_type": 2,
+    values: dict[str, Any] = {"tee_tcb_svn": DEFAULT_TEE_TCB_SVN, "tee_tcb_svn2": None, "body_type": 2,
               "mr_signer_seam": bytes(48), "seam_attributes": bytes(8), "qe": qe_values()}
     first = evaluate_tcb_cached(verified, platform, **values)
     assert first == evaluate_tcb(verified.tcb_info, verified.qe_identity, platform, **values)

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ExtensionOID
 
 from kbs.errors import ChainInvalid, KbsError, MalformedEvidence
 from kbs.trust import chain as chain_module
@@ -288,7 +289,7 @@ def test_fwid_extensions_are_bounded(nvidia: SyntheticNvidia) -> None:
 
 
 def test_a_malformed_extension_the_walker_reads(nvidia: SyntheticNvidia) -> None:
-    broken = x509.UnrecognizedExtension(x509.ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x03\x01\x01")
+    broken = x509.UnrecognizedExtension(ExtensionOID.BASIC_CONSTRAINTS, b"\x30\x03\x01\x01")
     device = nvidia.issue_gpu(brom_extra=((broken, True),))
     with pytest.raises(MalformedEvidence) as info:
         verify_device_chain(device.pem_chain, NOW, trust_roots=nvidia.trust_roots)

@@ -17,7 +17,7 @@ from kbs.trust.nvidia.rim import VerifiedRim, verify_rim
 from kbs.trust.nvidia.rim_store import RimStore
 from kbs.trust.nvidia.rim_xml import GoldenEntry
 from tests.conftest import vector_file
-from tests.nvidia_rim_synth import SyntheticRims
+from tests.nvidia_rim_synth import Golden, SyntheticRims
 
 AT = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)  # inside both real signers' windows
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -132,7 +132,7 @@ def digest(label: str) -> bytes:
 
 
 BLOCKS = {i: digest(f"block {i}") for i in range(1, 65)}
-DRIVER_ENTRIES = {7: BLOCKS[8], 21: [digest("other"), BLOCKS[22]], 35: BLOCKS[36]}
+DRIVER_ENTRIES: dict[int, Golden] = {7: BLOCKS[8], 21: [digest("other"), BLOCKS[22]], 35: BLOCKS[36]}
 VBIOS_ENTRIES = {0: BLOCKS[1], 9: BLOCKS[10]}
 
 

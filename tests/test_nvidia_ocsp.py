@@ -312,7 +312,7 @@ def test_arguments_are_checked(device: SyntheticGpu) -> None:
     with pytest.raises(ValueError, match="outside a chain of 5"):
         check(OcspChecker(), device.certificates, NOW, indices=[4])
     with pytest.raises(ValueError, match="stance"):
-        check(OcspChecker(), device.certificates, NOW, stance="sometimes")  # type: ignore[arg-type]
+        check(OcspChecker(), device.certificates, NOW, stance="sometimes")
 
 
 # -- the directory -----------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ from kbs.trust.nvidia.rim import VerifiedRim, cached_rim, configure_rim_cache, v
 from kbs.trust.nvidia.rim_ids import check_rim_id, driver_rim_id, format_vbios_version, vbios_rim_id
 from kbs.trust.nvidia.rim_roots import CORIM_ROOT_NAME, CORIM_ROOT_SHA256, corim_root_certificate
 from kbs.trust.nvidia.rim_signature import DS_NS
-from kbs.trust.nvidia.rim_xml import HASH_NS, MAX_RIM_BYTES, SWID_NS, hardened_parser, refuse_dtd
+from kbs.trust.nvidia.rim_xml import HASH_NS, MAX_RIM_BYTES, SWID_NS, hardened_parser, read_document, refuse_dtd
 from kbs.trust.x509 import load_certificates
 from tests.conftest import vector_file, vectors_dir
-from tests.nvidia_rim_synth import SyntheticRims, document
+from tests.nvidia_rim_synth import Golden, SyntheticRims, document
 from tests.pki_synth import DAY, Node, fresh_key, key_usage
 
 GPU = ("gpu",)
@@ -37,7 +37,7 @@ AT = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 RIM_ID = "NV_GPU_DRIVER_GH100_1.2.3"
 DIGEST_7 = hashlib.sha384(b"block 8").digest()
-ENTRIES = {7: DIGEST_7, 35: [hashlib.sha384(b"a").digest(), hashlib.sha384(b"b").digest()]}
+ENTRIES: dict[int, Golden] = {7: DIGEST_7, 35: [hashlib.sha384(b"a").digest(), hashlib.sha384(b"b").digest()]}
 
 
 def real(path: str) -> bytes:
@@ -275,7 +275,7 @@ def test_other_algorithms_are_refused(rims: SyntheticRims, kwargs: dict[str, Any
 
 
 def test_an_rsa_signer_is_refused_by_the_profile(rims: SyntheticRims) -> None:
-    signer = rims.issue_signer(key=fresh_key("rsa"))  # type: ignore[arg-type]
+    signer = rims.issue_signer(key=fresh_key("rsa"))
     xml = rims.sign(RIM_ID, "1", ENTRIES, signer=signer, signature_method=SignatureMethod.RSA_SHA384)
     assert "rsa-sha384" in synth_refused(rims, "nvgpu.rim.signature", xml)
 
@@ -400,7 +400,7 @@ def test_comments_are_not_signed_and_not_read(rims: SyntheticRims, synth: Callab
 def test_measurements_are_read_from_what_signxml_returns(rims: SyntheticRims, monkeypatch: pytest.MonkeyPatch,
                                                          synth: Callable[..., VerifiedRim]) -> None:
     seen: list[Any] = []
-    original = rim_module.read_document
+    original = read_document
 
     def spy(root: Any, what: str) -> Any:
         seen.append(root)
@@ -420,7 +420,7 @@ def _resource(tree: Any, index: int) -> Any:
     return tree.find(f"{{{SWID_NS}}}Payload")[index]
 
 
-FIELD_EDITS: list[tuple[str, Callable[[Any], None], str]] = [
+FIELD_EDITS: list[tuple[str, Callable[[Any], object], str]] = [
     ("root", lambda t: setattr(t, "tag", f"{{{SWID_NS}}}SoftwareIdentityX"), "wanted SoftwareIdentity"),
     ("tag_id", lambda t: t.attrib.pop("tagId"), "lacks the attribute 'tagId'"),
     ("meta", lambda t: t.remove(t.find(f"{{{SWID_NS}}}Meta")), "0 Meta elements"),
@@ -450,7 +450,7 @@ FIELD_EDITS: list[tuple[str, Callable[[Any], None], str]] = [
 
 
 @pytest.mark.parametrize(("name", "edit", "said"), FIELD_EDITS, ids=[f[0] for f in FIELD_EDITS])
-def test_swid_fields_are_read_strictly(rims: SyntheticRims, name: str, edit: Callable[[Any], None],
+def test_swid_fields_are_read_strictly(rims: SyntheticRims, name: str, edit: Callable[[Any], object],
                                        said: str) -> None:
     root = document(RIM_ID, "1", ENTRIES)
     edit(root)
@@ -478,7 +478,7 @@ def test_a_warm_check_is_one_lookup(rims: SyntheticRims, synth: Callable[..., Ve
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a warm check parsed the RIM again")
     monkeypatch.setattr(rim_module, "parse_xml", never)
-    assert synth(xml) is first and synth(bytearray(xml)) is first  # type: ignore[arg-type]
+    assert synth(xml) is first and synth(bytearray(xml)) is first
     monkeypatch.undo()
     # Outside its window everything runs again, and the refusal says what expired.
     assert "expired" in synth_refused(rims, "nvgpu.rim.chain", xml, first.not_after + DAY)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ from tests.ec_ref import P256
 from tests.tdx_quotes import QuoteKeys, build_quote, real_quotes
 
 lib = native.lib
-OK = lib.KBS_OK
+OK: int = lib.KBS_OK
 KEY_ERRORS = {lib.KBS_ERR_KEY_LENGTH, lib.KBS_ERR_KEY_FORMAT, lib.KBS_ERR_KEY_NOT_ON_CURVE}
 
 # P-256 in plain integer arithmetic (tests.ec_ref), for crafting edge cases.
@@ -64,6 +65,7 @@ def statuses(key: bytes, hash_value: bytes, sig: bytes) -> dict[str, int]:
         "libcrypto": lib.kbs_p256_verify_digest_libcrypto(key, len(key), digest, r, s),
         "status": native.p256_verify_status(key, digest, sig),
     }
+    fn: Callable[[], object]
     for name, fn in (("wrap-digest", lambda: native.p256_verify_digest(key, digest, sig)),
                      ("wrap-hash", lambda: native.p256_verify_hash(key, hash_value, sig))):
         try:
@@ -418,6 +420,7 @@ def test_wrappers() -> None:
     assert native.p256_verify_status(key, digest, sig) == OK
     assert native.p256_verify_status(key, digest, sig[:63]) == lib.KBS_ERR_SIG_RANGE
     assert native.sha256(b"message") == digest
+    call: Callable[[], object]
     for call, check in ((lambda: native.p256_verify(key, b"other", sig), "signature"),
                         (lambda: native.p256_verify(key, b"message", sig[:63]), "signature"),
                         (lambda: native.p256_verify_digest(key, digest[:31], sig), "signature"),
@@ -550,7 +553,7 @@ def test_generic_key_cache_builds_once_per_due_sighting() -> None:
 
 # --- TDX quotes through key tables ---
 
-REAL_QUOTES = real_quotes(p384_ref.vectors_dir()) if ROOT is not None else []
+REAL_QUOTES = real_quotes(ROOT) if ROOT is not None else []
 
 
 def allow_trailing(data: bytes) -> bool:
@@ -569,7 +572,8 @@ def test_tdx_with_tables_agrees_on_real_quotes(index: int) -> None:
         assert len(cache) == (0 if round_ == 0 else 2)
     assert cache.get(real.pck_point) is not None and cache.get(cold.attestation_point) is not None
     assert native.tdx_verify_status(real.data, real.pck_point, allow_trailing_bytes=allow, cache=cache) == OK
-    assert native.tdx_verify_signatures(real.data, real.pck_point, allow_trailing_bytes=allow, cache=cache) is None
+    assert native.tdx_verify_signatures(  # type: ignore[func-returns-value]
+        real.data, real.pck_point, allow_trailing_bytes=allow, cache=cache) is None
     # with tables in C, each check still refuses its own defect
     pck_table, ak_table = (native.P256KeyTable(k) for k in (real.pck_point, cold.attestation_point))
     out = native.ffi.new("struct kbs_tdx_quote *")
@@ -644,10 +648,10 @@ def test_tdx_cache_counts_only_keys_of_quotes_that_verified() -> None:
                           (data.index(q.signature) + 50, "quote.signature")):
         bad = bytearray(data)
         bad[region] ^= 1
-        with pytest.raises(KbsError) as err:
+        with pytest.raises(KbsError) as warm_err:
             native.tdx_verify_signatures(bytes(bad), keys.pck_point, cache=cache)
-        assert err.value.check == check
+        assert warm_err.value.check == check
         with pytest.raises(KbsError) as cold_err:
             native.tdx_verify(bytes(bad), keys.pck_point)
-        assert cold_err.value.check == check and str(cold_err.value) == str(err.value)
+        assert cold_err.value.check == check and str(cold_err.value) == str(warm_err.value)
 

@@ -21,10 +21,10 @@ from tests.appraisals import gpu_sub, snp_sub
 NOW = dt.datetime(2026, 11, 25, 18, 30, tzinfo=dt.UTC)
 REQUEST = ResourceRequest.parse("prod/key/disk")
 
-SNP = {"measurement": "aa" * 48, "policy_debug_allowed": False, "policy_migrate_ma": False,
-       "reported_tcb_snp": 22, "reported_tcb_microcode": 210, "vmpl": 0, "report_data": "00" * 64,
-       "init_data": "11" * 32, "firmware": {"current": {"major": 1, "minor": 55, "build": 40}},
-       "firmware_version": "1.55.40", "product": "Genoa", "chip_id": "cc" * 64}
+SNP: dict[str, Any] = {"measurement": "aa" * 48, "policy_debug_allowed": False, "policy_migrate_ma": False,
+                       "reported_tcb_snp": 22, "reported_tcb_microcode": 210, "vmpl": 0, "report_data": "00" * 64,
+                       "init_data": "11" * 32, "firmware": {"current": {"major": 1, "minor": 55, "build": 40}},
+                       "firmware_version": "1.55.40", "product": "Genoa", "chip_id": "cc" * 64}
 GPU = {"driver_version": "550.144.03", "vbios_version": "96.00.9F.00.01", "measres": "success"}
 
 
@@ -49,7 +49,7 @@ def decide(text: str, claims: dict[str, Any] | None = None, refs: ReferenceValue
 
 
 # (condition, allowed on SNP above) — each operator with a case that allows and one that denies.
-OPERATOR_CASES = [
+OPERATOR_CASES: list[tuple[dict[str, Any], bool]] = [
     ({"claim": "snp.policy_debug_allowed", "equals": False}, True),
     ({"claim": "snp.policy_debug_allowed", "equals": True}, False),
     ({"claim": "snp.product", "notEquals": "Milan"}, True),

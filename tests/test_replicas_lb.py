@@ -338,7 +338,8 @@ def test_sigkill_of_a_replica_behind_haproxy_mid_storm(tmp_path: Path, database:
         assert all(len(ids) == 1 for ids in by_session.values()), {s: i for s, i in by_session.items() if len(i) > 1}
         assert len({r.nonce for r in tally.releases}) == len({r.session_id for r in tally.releases}) == GUESTS
     with psycopg.connect(database) as conn:
-        rows = dict(conn.execute("SELECT session_id, token FROM sessions WHERE state = 'attested'").fetchall())
+        rows: dict[str, str] = dict(
+            conn.execute("SELECT session_id, token FROM sessions WHERE state = 'attested'").fetchall())
         nonces = [n for (n,) in conn.execute("SELECT nonce FROM sessions").fetchall()]
     assert len(nonces) == len(set(nonces))
     for release in tally.releases:

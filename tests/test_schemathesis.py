@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 import requests
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     ignored_auth,
@@ -61,27 +63,27 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 schema = schemathesis.openapi.from_dict(document(Config()), config=schemathesis.Config.from_dict(SETTINGS))
 
 
-def _needs_admin(case: schemathesis.Case) -> bool:
+def _needs_admin(case: schemathesis.Case[Any]) -> bool:
     security = case.operation.definition.raw.get("security", case.operation.schema.raw_schema.get("security", []))
     return {"adminToken": []} in security
 
 
-def _with_admin_token(case: schemathesis.Case, broker: Broker) -> None:
+def _with_admin_token(case: schemathesis.Case[Any], broker: Broker) -> None:
     """A fresh admin token (single use) on an admin operation's case, unless the case is about a wrong or
     missing Authorization header.  Set at call time: the coverage phase's cases are made at collection,
     before the broker exists, so schemathesis's auth providers cannot sign for them."""
     meta = case.meta
     if _needs_admin(case) and (meta is None or not meta.is_negative_at(ParameterLocation.HEADER)):
-        case.headers = {**(case.headers or {}), **broker.admin_headers()}
+        case.headers = {**(case.headers or dict[str, Any]()), **broker.admin_headers()}  # type: ignore[assignment]
 
 
 _TEES = itertools.cycle(Config().enabled_tees)
 
 
-TEE_KEY = generate_tee_key("EC-P256").jwk
+TEE_KEY: dict[str, Any] = generate_tee_key("EC-P256").jwk
 
 
-def _with_session(case: schemathesis.Case, broker: Broker) -> None:
+def _with_session(case: schemathesis.Case[Any], broker: Broker) -> None:
     """A real session cookie (from /kbs/v0/auth, for each enabled TEE in turn) on a case of an operation that
     reads one, unless the case is about the cookie; in a well-formed attestation message, that session's
     nonce and a real TEE key: the generated evidence then reaches that TEE's verifier."""
@@ -94,11 +96,12 @@ def _with_session(case: schemathesis.Case, broker: Broker) -> None:
     case.cookies = {**(case.cookies or {}), COOKIE: answer.cookies[COOKIE]}
     runtime = case.body.get("runtime-data") if isinstance(case.body, dict) else None
     if isinstance(runtime, dict) and (meta is None or not meta.is_negative_at(ParameterLocation.BODY)):
-        case.body = {**case.body, "runtime-data": {**runtime, "nonce": answer.json()["nonce"], "tee-pubkey": TEE_KEY}}
+        case.body = {**cast(dict[str, Any], case.body),
+                     "runtime-data": {**runtime, "nonce": answer.json()["nonce"], "tee-pubkey": TEE_KEY}}
 
 
 @schema.parametrize()
-def test_the_broker_keeps_to_its_openapi_description(case: schemathesis.Case, broker: Broker) -> None:
+def test_the_broker_keeps_to_its_openapi_description(case: schemathesis.Case[Any], broker: Broker) -> None:
     _with_admin_token(case, broker)
     _with_session(case, broker)
     with requests.Session() as session:
@@ -120,5 +123,5 @@ def test_admin_cases_are_signed_and_guest_cases_are_not(broker: Broker) -> None:
 def test_the_served_document_is_the_one_tested(broker: Broker) -> None:
     served = requests.get(f"{broker.url}{PATH}", timeout=10).json()
     assert served == schema.raw_schema
-    labels = {result.ok().label for result in schema.get_all_operations()}
+    labels = {cast(Ok[Any], result).ok().label for result in schema.get_all_operations()}
     assert len(labels) >= 30 and "GET /kbs/v0/admin/status" in labels and "POST /kbs/v0/auth" in labels

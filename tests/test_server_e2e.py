@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -91,7 +91,8 @@ def joserfc_decrypt(jwe_obj: dict[str, str], key: TeeKey) -> bytes:
     pem = key.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
     key_class = joserfc_jwk.ECKey if key.jwk["kty"] == "EC" else joserfc_jwk.RSAKey
-    result = joserfc_jwe.decrypt_json(jwe_obj, key_class.import_key(pem), algorithms=[key.jwk["alg"], "A256GCM"])
+    result = joserfc_jwe.decrypt_json(cast(Any, jwe_obj), key_class.import_key(pem),
+                                      algorithms=[key.jwk["alg"], "A256GCM"])
     return bytes(result.plaintext or b"")
 
 

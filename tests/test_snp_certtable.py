@@ -19,6 +19,8 @@ from kbs.evidence.snp.certtable import (
 )
 from kbs.evidence.snp.verify import verify_snp
 from kbs.trust import chain
+from kbs.trust.signature import Profile, SignatureAlgorithm, verify_link
+from kbs.trust.x509 import Certificate
 from tests.amd_synth import NOW, SyntheticAmd
 from tests.conftest import SnpVector, load_snp_vector
 from tests.test_snp_verify import _at, certs_of
@@ -73,9 +75,13 @@ def test_chain_checks_are_cached_by_exact_bytes(synth_milan: SyntheticAmd,
     vek = synth_milan.issue_vek(hwid=CHIP)
     assert vek.private_key is not None
     report = sign_report(build_report(chip_id=CHIP), vek.private_key)
-    calls = []
-    real = chain.verify_link
-    monkeypatch.setattr(chain, "verify_link", lambda c, s, a=None: calls.append(c.subject_cn) or real(c, s, a))
+    calls: list[str] = []
+    real = verify_link
+
+    def counting(c: Certificate, s: Certificate, a: Profile | None = None) -> SignatureAlgorithm:
+        calls.append(c.subject_cn)
+        return real(c, s, a)
+    monkeypatch.setattr(chain, "verify_link", counting)
     for _ in range(3):
         verify_snp(report, _certs(synth_milan, vek), NOW, trust_roots=_roots(synth_milan))
     assert calls == ["ARK-Milan", "SEV-Milan", "SEV-VCEK"]  # once, not three times

@@ -6,6 +6,7 @@ These tests need no shared vectors, so the suite checks the verifier everywhere.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -30,7 +31,7 @@ def _roots(synth: SyntheticAmd) -> list[Certificate]:
     return [parse_certificate(synth.ark_der)]
 
 
-def _milan_report(vek: Vek, **fields: object) -> bytes:
+def _milan_report(vek: Vek, **fields: Any) -> bytes:
     assert vek.private_key is not None
     fields.setdefault("chip_id", CHIP)
     return sign_report(build_report(**fields), vek.private_key)
@@ -62,18 +63,18 @@ def test_turin_layout_and_eight_byte_hwid(synth_turin: SyntheticAmd) -> None:
     tcb = tcb_value({"fmc": 0, "bl": 1, "tee": 0, "snp": 2, "ucode": 71}, True)
     fields = {"version": 5, "chip_id": TURIN_CHIP, "reported_tcb": tcb, "current_tcb": tcb,
               "committed_tcb": tcb, "launch_tcb": tcb}
-    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **fields), vek.private_key)  # type: ignore[arg-type]
+    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **fields), vek.private_key)
     result = verify_snp(report, _certs(synth_turin, vek), NOW, trust_roots=_roots(synth_turin))
     assert result.claims()["reported_tcb_fmc"] == 0 and result.tcbs["reported"].ucode == 71
     # CHIP_ID bytes after the 8-byte Turin hwID must be zero.
     bad_chip = TURIN_CHIP[:8] + b"\x01" + bytes(55)
-    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **{**fields, "chip_id": bad_chip}),  # type: ignore[arg-type]
+    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **{**fields, "chip_id": bad_chip}),
                          vek.private_key)
     _expect(synth_turin, report, vek, "vek.chip_id", "does not match the VCEK hwID")
     # A Turin VEK without fmcSPL cannot vouch for a Turin TCB.
     no_fmc = synth_turin.issue_vek(vek.private_key.public_key(), hwid=TURIN_CHIP[:8],
                                    tcb={"bl": 1, "tee": 0, "snp": 2, "ucode": 71})
-    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **fields), vek.private_key)  # type: ignore[arg-type]
+    report = sign_report(build_report(cpuid=(0x1A, 0x02, 1), **fields), vek.private_key)
     _expect(synth_turin, report, no_fmc, "vek.tcb", "lacks fmcSPL")
 
 
@@ -142,12 +143,12 @@ VEK_DEFECTS: list[tuple[str, dict[str, object], str, str]] = [
 
 
 @pytest.mark.parametrize(("defect", "kwargs", "check", "match"), VEK_DEFECTS, ids=[d[0] for d in VEK_DEFECTS])
-def test_vek_defect_rejected(synth_milan: SyntheticAmd, defect: str, kwargs: dict[str, object],
+def test_vek_defect_rejected(synth_milan: SyntheticAmd, defect: str, kwargs: dict[str, Any],
                              check: str, match: str) -> None:
     good = synth_milan.issue_vek(hwid=CHIP)
     assert good.private_key is not None
     kwargs = {"hwid": CHIP, **kwargs}
-    bad = synth_milan.issue_vek(good.private_key.public_key(), **kwargs)  # type: ignore[arg-type]
+    bad = synth_milan.issue_vek(good.private_key.public_key(), **kwargs)
     _expect(synth_milan, _milan_report(good), bad, check, match)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_der_public_key
@@ -132,7 +133,7 @@ def _product(v: SnpVector) -> str:
     return str(v.expected["verify_results"]["ark"]).removeprefix("ARK-")  # type: ignore[index]
 
 
-def _recertify(v: SnpVector, synth: SyntheticAmd, **overrides: object) -> list[Certificate]:
+def _recertify(v: SnpVector, synth: SyntheticAmd, **overrides: Any) -> list[Certificate]:
     """The real VEK's public key and extension values, issued by `synth` (overrides change one value)."""
     from kbs.trust.amd.certs import parse_vek_extensions
 
@@ -141,7 +142,7 @@ def _recertify(v: SnpVector, synth: SyntheticAmd, **overrides: object) -> list[C
     tcb = {"bl": ext.bl, "tee": ext.tee, "snp": ext.snp, "ucode": ext.ucode}
     if ext.fmc is not None:
         tcb["fmc"] = ext.fmc
-    tcb.update(overrides.pop("tcb", {}))  # type: ignore[arg-type]
+    tcb.update(overrides.pop("tcb", {}))
     kwargs: dict[str, object] = {"tcb": tcb, "product_name": ext.product_name,
                                  "struct_version": ext.struct_version}
     if ext.hwid is not None:

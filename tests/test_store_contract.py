@@ -15,10 +15,10 @@ import multiprocessing
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 import pytest
@@ -41,8 +41,9 @@ from kbs.store.base import (
     StoredCheckpoint,
     StoreError,
 )
-from kbs.store.group_commit import GroupCommitWriter, can_batch
+from kbs.store.group_commit import BatchingStore, GroupCommitWriter, can_batch
 from kbs.store.integrity import RowAuthenticator, StoreIntegrityError
+from kbs.store.postgres import PostgresStore
 from kbs.store.rows import Rows
 from kbs.store.sqlite import SqliteStore
 from tests.postgres import PostgresServer
@@ -74,7 +75,7 @@ class Backend:
             db.close()
         else:
             with psycopg.connect(self.url, autocommit=True) as conn:
-                conn.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+                conn.execute(sql.replace("?", "%s"), params)
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         if self.kind == "sqlite":
@@ -84,7 +85,7 @@ class Backend:
             db.close()
             return rows
         with psycopg.connect(self.url, autocommit=True, row_factory=dict_row) as conn:
-            return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql).fetchall()
 
     def set_schema_version(self, version: int) -> None:
         if self.kind == "sqlite":
@@ -526,8 +527,8 @@ def test_an_edited_release_log_fails_its_appends_in_a_batch_alone(backend: Backe
         store.append_log(RELEASES, entry(i, "release"))
     backend.execute(edit, (bytes(32),) if "?" in edit else ())
 
-    async def batch() -> list[object]:
-        writer = GroupCommitWriter(store)
+    async def batch() -> list[ReleaseRecord | BaseException]:
+        writer = GroupCommitWriter(cast(BatchingStore, store))
         results = await asyncio.gather(*(writer.write(store.append_log, RELEASES if i % 2 else REFUSALS,
                                                       entry(100 + i)) for i in range(6)), return_exceptions=True)
         await writer.close()
@@ -571,9 +572,10 @@ def test_group_commit_batches_on_two_replicas(backend: Backend) -> None:
                                    entry(1000 + i, "attest"))
 
     async def storm() -> list[Any]:
-        writers = [GroupCommitWriter(store) for store in replicas]
+        writers = [GroupCommitWriter(cast(BatchingStore, store)) for store in replicas]
         assert all(can_batch(store) for store in replicas)
-        calls = [writers[i % 2].write(attest_and_log, replicas[i % 2], i) for i in range(120)]
+        calls: list[Coroutine[Any, Any, object]] = [writers[i % 2].write(attest_and_log, replicas[i % 2], i)
+                                                    for i in range(120)]
         calls += [writers[i % 2].write(replicas[i % 2].append_log, RELEASES, entry(i, "release")) for i in range(80)]
         results = await asyncio.gather(*calls, return_exceptions=True)
         for writer in writers:
@@ -612,11 +614,11 @@ def test_a_statement_failing_inside_a_call_that_carries_on_never_commits_the_bat
             def step(cur: Any) -> None:
                 with contextlib.suppress(psycopg.Error):
                     cur.execute("INSERT INTO no_such_table VALUES (1)")
-            store._tx(step)
+            cast(PostgresStore, store)._tx(step)
         return "carried on"
 
     async def go() -> list[Any]:
-        writer = GroupCommitWriter(store)
+        writer = GroupCommitWriter(cast(BatchingStore, store))
         calls = [writer.write(store.append_log, RELEASES, entry(1)), writer.write(swallowing),
                  writer.write(store.append_log, RELEASES, entry(2))]
         results = await asyncio.gather(*calls, return_exceptions=True)
@@ -738,8 +740,8 @@ def test_a_release_is_written_only_under_the_generation_it_was_decided_under(bac
         store.append_log(RELEASES, entry(2, "release"), decided)
     current = store.decision_generation()
 
-    async def batch() -> tuple[list[object], GroupCommitWriter]:
-        writer = GroupCommitWriter(store)
+    async def batch() -> tuple[list[ReleaseRecord | BaseException], GroupCommitWriter]:
+        writer = GroupCommitWriter(cast(BatchingStore, store))
         results = await asyncio.gather(*(writer.write(store.append_log, RELEASES, entry(10 + i, "release"),
                                                       decided if i == 3 else current) for i in range(6)),
                                        return_exceptions=True)
@@ -765,16 +767,16 @@ def test_a_removed_decision_generation_row_fails_closed(backend: Backend, store:
     with pytest.raises(StoreError, match=removed):
         store.append_log(RELEASES, entry(1, "release"), decided)
 
-    async def batch() -> list[object]:
-        writer = GroupCommitWriter(store)
+    async def batch() -> list[ReleaseRecord | BaseException]:
+        writer = GroupCommitWriter(cast(BatchingStore, store))
         results = await asyncio.gather(writer.write(store.append_log, RELEASES, entry(2, "release"), decided),
                                        return_exceptions=True)
         await writer.close()
         if backend.kind == "postgresql":
             with pytest.raises(StoreError, match=removed):
-                await store.decision_generation_async()  # type: ignore[union-attr]
-            await store.aclose()  # type: ignore[union-attr]
-        return results
+                await cast(PostgresStore, store).decision_generation_async()
+            await cast(PostgresStore, store).aclose()
+        return list(results)
     [result] = asyncio.run(batch())
     assert isinstance(result, StoreError) and removed in str(result), result
     assert store.log_entries(RELEASES) == []
@@ -785,21 +787,21 @@ def test_the_event_loop_reads_the_decision_generation_and_reconnects_once(backen
     number as the pool's, moving with a change; a connection killed under it is opened again once."""
     if backend.kind != "postgresql":
         pytest.skip("SQLite reads on the loop anyway (kbs.server.state.BrokerState.read)")
-    store = backend.open()
-    on_loop = store.decision_generation_async  # type: ignore[union-attr]
+    store = cast(PostgresStore, backend.open())
+    on_loop = store.decision_generation_async
 
     async def go() -> list[int]:
         seen = [await on_loop()]
         PolicyRegistry(store).put("p", POLICY_TEXT, created_by="a", at=NOW)
         seen.append(await on_loop())
-        first = store._loop_conn  # type: ignore[union-attr]
+        first = store._loop_conn
         killed = backend.query("SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE pid <> "
                                "pg_backend_pid() AND datname = current_database() "
                                "AND query = 'SELECT value FROM decision_generation WHERE id = 1'")
         assert [r["killed"] for r in killed] == [True]  # the loop's connection, the only one that asked
         seen.append(await on_loop())  # a new connection answers
-        assert store._loop_conn is not first  # type: ignore[union-attr]
-        await store.aclose()  # type: ignore[union-attr]
+        assert store._loop_conn is not first
+        await store.aclose()
         return seen
     seen = asyncio.run(go())
     assert seen[0] != seen[1] == seen[2] == store.decision_generation()

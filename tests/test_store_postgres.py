@@ -93,8 +93,8 @@ def test_a_batch_reads_the_trees_edge_by_index_whatever_its_size(database: str) 
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("ANALYZE")
         plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN (ANALYZE, COSTS OFF) " + _RIGHT_EDGE, (RELEASES,)).fetchall())  # type: ignore[operator]
-        edge = conn.execute(_RIGHT_EDGE, (RELEASES,)).fetchall()  # type: ignore[arg-type]
+            "EXPLAIN (ANALYZE, COSTS OFF) " + _RIGHT_EDGE, (RELEASES,)).fetchall())
+        edge = conn.execute(_RIGHT_EDGE, (RELEASES,)).fetchall()
     assert "Index Cond: ((level = edge.level) AND (idx = edge.idx))" in plan, plan
     assert "Join Filter" not in plan.split("CTE Scan on edge")[1], plan
     assert sorted((level, idx) for level, idx, _ in edge) == sorted(merkle.right_edge(1501))  # the SQL's = Python's

@@ -26,7 +26,7 @@ needs_vectors = pytest.mark.skipif(not REAL, reason=f"no TDX quotes under KBS_VE
 EXTRA_BYTES_QUOTE = "tdx/go-tdx-guest/quote_v4_50806f_spr_extra_bytes.dat"
 
 
-@pytest.fixture(params=REAL or [None], ids=[q.name for q in REAL] or ["no-vectors"])
+@pytest.fixture(params=list[RealQuote | None](REAL) or [None], ids=[q.name for q in REAL] or ["no-vectors"])
 def real(request: pytest.FixtureRequest) -> RealQuote:
     if request.param is None:
         pytest.skip(f"no TDX quotes under KBS_VECTORS={vectors_dir()}")
@@ -39,7 +39,7 @@ def allow(quote: RealQuote) -> bool:
     return quote.name.endswith(EXTRA_BYTES_QUOTE.split("/", 1)[1])
 
 
-def refusal(fn: Callable[[], object]) -> EvidenceError:
+def refusal(fn: Callable[..., object]) -> EvidenceError:
     with pytest.raises(EvidenceError) as err:
         fn()
     assert str(err.value), "every refusal says what was wrong"
@@ -72,12 +72,12 @@ def test_fields_equal_expected(real: RealQuote) -> None:
              "mrowner": q.mr_owner, "mrownerconfig": q.mr_owner_config, "report_data": q.report_data,
              "qe_auth_data": q.qe_auth_data,
              **{f"rtmr{i}": rtmr for i, rtmr in enumerate(q.rtmrs)}}
-    for name, value in hexes.items():
-        assert value.hex() == exp[name], name
+    for name, raw in hexes.items():
+        assert raw.hex() == exp[name], name
     assert q.td_attributes == int.from_bytes(bytes.fromhex(exp["td_attributes"]), "little")
     assert q.xfam == int.from_bytes(bytes.fromhex(exp["xfam"]), "little")
-    for name, value in (("tee_tcb_svn2", q.tee_tcb_svn2), ("mrservicetd", q.mr_service_td)):
-        assert (value.hex() if value is not None else None) == exp[name], name
+    for name, optional in (("tee_tcb_svn2", q.tee_tcb_svn2), ("mrservicetd", q.mr_service_td)):
+        assert (optional.hex() if optional is not None else None) == exp[name], name
     assert (exp["cert_data_type_outer"], exp["cert_data_type_inner"]) == (6, 5)  # the parser requires both
     assert len(q.pck_chain_pem) + exp["pck_chain_ends_with_nul"] == exp["pck_chain_pem_len"]
     assert not q.pck_chain_pem.endswith(b"\0") and q.pck_chain_pem.startswith(b"-----BEGIN CERTIFICATE-----")
@@ -88,9 +88,9 @@ def test_fields_equal_expected(real: RealQuote) -> None:
     qe, qe_exp = q.qe_report, exp["qe_report"]
     assert (qe.misc_select, qe.isv_prod_id, qe.isv_svn) == (qe_exp["miscselect"], qe_exp["isvprodid"],
                                                           qe_exp["isvsvn"])
-    for name, value in (("cpusvn", qe.cpu_svn), ("attributes", qe.attributes), ("mrenclave", qe.mr_enclave),
+    for name, raw in (("cpusvn", qe.cpu_svn), ("attributes", qe.attributes), ("mrenclave", qe.mr_enclave),
                         ("mrsigner", qe.mr_signer), ("report_data", qe.report_data)):
-        assert value.hex() == qe_exp[name], name
+        assert raw.hex() == qe_exp[name], name
     # The raw parts are the quote's own bytes, at the offsets tdx.md §1 gives.
     assert q.raw_header == data[:48] and q.raw_body == data[q.signed_size - q.body_size:q.signed_size]
     sig_at = q.signed_size + 4

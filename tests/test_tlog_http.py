@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -38,7 +39,7 @@ def admin(broker: Broker, method: str, path: str, data: bytes = b"") -> bytes:
     request = urllib.request.Request(broker.url + path, data=data if method != "GET" else None, method=method,
                                      headers=broker.admin_headers())
     with urllib.request.urlopen(request, timeout=10) as r:
-        return r.read()
+        return cast(bytes, r.read())
 
 
 @pytest.fixture(scope="module")

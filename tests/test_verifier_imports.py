@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -107,12 +108,12 @@ def test_kbs_verify_lists_every_verifier_with_a_command(capsys: pytest.CaptureFi
 def test_every_command_is_built_when_named_and_listed_in_help() -> None:
     """cli._COMMANDS names each top-level command (`kbs <command>` builds that one parser only)."""
     everything = cli._parser([])
-    listed = everything._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    listed = cast(Any, everything._subparsers)._group_actions[0].choices
     assert list(listed) == [name for names, _ in cli._COMMANDS for name in names]
     for names, _ in cli._COMMANDS:
         for name in names:
             alone = cli._parser([name])
-            assert list(alone._subparsers._group_actions[0].choices) == list(names)  # type: ignore[union-attr]
+            assert list(cast(Any, alone._subparsers)._group_actions[0].choices) == list(names)
 
 
 def test_known_verifiers_are_declared_as_their_classes_say() -> None:
@@ -129,7 +130,8 @@ def test_known_verifiers_are_declared_as_their_classes_say() -> None:
 
 def test_a_disabled_verifiers_table_is_checked_by_name_only(tmp_path: Path) -> None:
     context = VerifierContext(state_dir=tmp_path)
-    tables = {"snp": {"offline": True, "cache_dir": str(tmp_path / "kds")}, "tdx": {"key_tables": 0}}
+    tables: dict[str, dict[str, Any]] = {"snp": {"offline": True, "cache_dir": str(tmp_path / "kds")},
+                                         "tdx": {"key_tables": 0}}
     registry = VerifierRegistry.from_config(["snp"], tables, context)
     assert registry.names == ("snp",)
     with pytest.raises(VerifierConfigError, match="key_tables must be at least 1"):

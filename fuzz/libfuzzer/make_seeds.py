@@ -333,10 +333,10 @@ def main(out: Path) -> None:
         for turin in (0, 1):
             report = bytes([version - 2]) + hashlib.sha512(bytes([version, turin])).digest() * 19
             for style in (0, 7, 24, 63):
-                certs = [(3, body[:300]), (2, body[7:107]), (1, body[:50])][: style % 4]
+                built = [(3, body[:300]), (2, body[7:107]), (1, body[:50])][: style % 4]
                 for action in (0, 3, 4, 7, 10):  # none; each edit kind (action // 3 % 4)
                     write(out, "fuzz_snp_coco", f"built-v{version}-t{turin}-s{style}-a{action}",
-                          coco_built(turin, style, certs, 17 * action + style, action, version + style, report,
+                          coco_built(turin, style, built, 17 * action + style, action, version + style, report,
                                      200 + (11 * action + version) % 56 if style == 24 else 0))
     for name, report, _, certs in vectors:
         version = int.from_bytes(report[:4], "little")
