@@ -260,7 +260,8 @@ def brokers(tmp: Path, args: argparse.Namespace, pki: SyntheticAmd) -> Iterator[
               "resource_per_second = 0\n" + "".join(f"{line}\n" for line in args.limit))
     env = {"KBS_LOG_LEVEL": "WARNING"}
     with contextlib.ExitStack() as stack:
-        database, pg_pids = "", list[int]()
+        database = ""
+        pg_pids: list[int] = []  # the PostgreSQL server's processes, when there is one to measure
         if args.postgres:
             database, pg_pids = stack.enter_context(postgres_database(args.postgres))
         started: list[Broker] = []
@@ -380,7 +381,8 @@ def main() -> None:
 def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target, generators: Generators,
                results: dict[str, Measured]) -> None:
     tag = f"closed c={args.concurrency}"
-    m = measure(broker, generators, {"kind": "closed", "concurrency": args.concurrency, "seconds": args.seconds})
+    closed_job = {"kind": "closed", "concurrency": args.concurrency, "seconds": args.seconds}
+    m = measure(broker, generators, closed_job)
     report(tag, broker, m)
     results["closed"] = m
     if not args.no_ceiling:
@@ -419,8 +421,7 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
     # swings by a quarter within minutes: measured again after them, the two say how far the machine moved
     # meanwhile, and so at what load the open phases really ran.
     if any(name.startswith("open") for name in results):
-        again = measure(broker, generators, {"kind": "closed", "concurrency": args.concurrency,
-                                             "seconds": args.seconds})
+        again = measure(broker, generators, closed_job)
         report(f"closed again c={args.concurrency}", broker, again)
         results["closed again"] = again
 
