@@ -426,6 +426,18 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
         results["closed again"] = again
 
 
+def cpu_load(m: Measured, saturated: list[Measured]) -> str:
+    """How busy the broker's CPUs were at an open rate, against the closed loop's: a worker that idles between
+    requests pays more CPU for each (bench/idle_cost.py), so a fraction of the saturated rate can keep the cores
+    busier than that fraction suggests, and the tail there is the CPU's queue."""
+    cores = m.cpu / m.seconds if m.seconds else 0.0
+    per = m.cpu / max(1, m.result.completed) * 1000
+    full = max(c.cpu / c.seconds for c in saturated if c.seconds)
+    full_per = min(c.cpu / max(1, c.result.completed) * 1000 for c in saturated)
+    return (f"broker CPU {cores:.2f} cores, {100 * cores / full:.0f}% of the closed loop's busiest; "
+            f"{per:.2f} ms/release, {100 * (per / full_per - 1):+.0f}% over the closed loop's cheapest")
+
+
 def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
     print("summary:")
     closed = results.get("closed")
@@ -458,6 +470,8 @@ def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
             print(f"  {name}: achieved {m.rate:.0f} releases/s, p50 {ms(pct(m.result.exchanges, .5))} ms, "
                   f"p99 {ms(pct(m.result.exchanges, .99))} ms, {m.result.failed} failed, "
                   f"{sum(m.result.refused_503)} 503s{load}")
+            if closed:
+                print(f"    {cpu_load(m, [c for c in (closed, again) if c])}")
     storm = results.get("storm")
     if storm:
         print(f"  storm {args.storm}: {storm.result.completed} keys in {storm.result.wall:.1f} s, p99 "
