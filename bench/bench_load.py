@@ -10,7 +10,8 @@ Phases (one line per measurement):
 - closed: `--concurrency` guests back to back: releases/s at saturation;
 - ceiling: the same generator against bench/ceiling.py, a minimal aiohttp app on as many processes
   answering canned bodies of the broker's sizes: the ratio broker / ceiling is the number to compare
-  across machines (absolute numbers on shared machines drift);
+  across machines (absolute numbers on shared machines drift); then the ceiling under Poisson arrivals at
+  the `--rates` given in % of its own saturation: the latency and CPU an empty server has there;
 - endpoints: closed loops that stop after /auth, and after /attest: broker CPU split by endpoint;
 - open: Poisson arrivals at each of `--rates` (guests/s; "80%" is 80% of the closed-loop rate), latency
   counted from the scheduled arrival (no coordinated omission);
@@ -378,6 +379,10 @@ def main() -> None:
             generators.close()
 
 
+def open_job(args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    return {"kind": "open", "rate": rate, "seconds": args.seconds, "poisson": not args.uniform, "cap": 4000}
+
+
 def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target, generators: Generators,
                results: dict[str, Measured]) -> None:
     tag = f"closed c={args.concurrency}"
@@ -401,10 +406,16 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
                 ceiling_generators.run({"kind": "closed", "concurrency": 8, "seconds": 1.0})
                 c = measure(ceiling, ceiling_generators, {"kind": "closed", "concurrency": args.concurrency,
                                                           "seconds": args.seconds})
+                report(f"ceiling c={args.concurrency}", ceiling, c, unit="exchanges")
+                results["ceiling"] = c
+                # The empty framework at the same fractions of its own saturation as the broker's open rates: the
+                # latency and CPU a server that does nothing costs there, on this machine, in this run.
+                for rate in rates(",".join(r for r in args.rates.split(",") if r.strip().endswith("%")), c.rate):
+                    o = measure(ceiling, ceiling_generators, open_job(args, rate))
+                    report(f"ceiling open {rate:.0f}/s", ceiling, o, unit="exchanges")
+                    results[f"ceiling open {rate:.0f}/s"] = o
             finally:
                 ceiling_generators.close()
-        report(f"ceiling c={args.concurrency}", ceiling, c, unit="exchanges")
-        results["ceiling"] = c
     for steps, name in ((1, "auth only"), (2, "auth+attest")):
         e = measure(broker, generators, {"kind": "closed", "concurrency": args.concurrency, "seconds": args.seconds / 2,
                                          "steps": steps})
@@ -413,8 +424,7 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
               f" exchange p99 {ms(pct(e.result.exchanges, .99))} ms, {e.result.failed} failed", flush=True)
         results[name] = e
     for rate in rates(args.rates, m.rate):
-        job = {"kind": "open", "rate": rate, "seconds": args.seconds, "poisson": not args.uniform, "cap": 4000}
-        o = measure(broker, generators, job)
+        o = measure(broker, generators, open_job(args, rate))
         report(f"open {rate:.0f}/s", broker, o)
         results[f"open {rate:.0f}/s"] = o
     # The rates above are fractions of a saturation measured a minute earlier, on a shared machine whose speed
@@ -426,7 +436,7 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
         results["closed again"] = again
 
 
-def cpu_load(m: Measured, saturated: list[Measured]) -> str:
+def cpu_load(m: Measured, saturated: list[Measured], unit: str = "release") -> str:
     """How busy the broker's CPUs were at an open rate, against the closed loop's: a worker that idles between
     requests pays more CPU for each (bench/idle_cost.py), so a fraction of the saturated rate can keep the cores
     busier than that fraction suggests, and the tail there is the CPU's queue."""
@@ -434,8 +444,8 @@ def cpu_load(m: Measured, saturated: list[Measured]) -> str:
     per = m.cpu / max(1, m.result.completed) * 1000
     full = max(c.cpu / c.seconds for c in saturated if c.seconds)
     full_per = min(c.cpu / max(1, c.result.completed) * 1000 for c in saturated)
-    return (f"broker CPU {cores:.2f} cores, {100 * cores / full:.0f}% of the closed loop's busiest; "
-            f"{per:.2f} ms/release, {100 * (per / full_per - 1):+.0f}% over the closed loop's cheapest")
+    return (f"CPU {cores:.2f} cores, {100 * cores / full:.0f}% of the closed loop's busiest; "
+            f"{per:.2f} ms/{unit}, {100 * (per / full_per - 1):+.0f}% over the closed loop's cheapest")
 
 
 def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
@@ -457,6 +467,11 @@ def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
             print(f"  framework ceiling: {ceiling.rate:.0f} exchanges/s at {cper:.2f} ms CPU/exchange; "
                   f"ratio broker/ceiling: {closed.rate / ceiling.rate:.2f} (throughput), CPU per exchange "
                   f"{per / cper:.1f}x the ceiling's")
+            for name, m in results.items():
+                if name.startswith("ceiling open"):
+                    print(f"  {name} ({100 * m.rate / ceiling.rate:.0f}% of the ceiling's saturation): p50 "
+                          f"{ms(pct(m.result.exchanges, .5))} ms, p99 {ms(pct(m.result.exchanges, .99))} ms; "
+                          f"{cpu_load(m, [ceiling], 'exchange')}")
     again = results.get("closed again")
     if closed and again:
         print(f"  saturation again after the open phases: {again.rate:.0f} releases/s, "
@@ -471,7 +486,7 @@ def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
                   f"p99 {ms(pct(m.result.exchanges, .99))} ms, {m.result.failed} failed, "
                   f"{sum(m.result.refused_503)} 503s{load}")
             if closed:
-                print(f"    {cpu_load(m, [c for c in (closed, again) if c])}")
+                print(f"    broker {cpu_load(m, [c for c in (closed, again) if c])}")
     storm = results.get("storm")
     if storm:
         print(f"  storm {args.storm}: {storm.result.completed} keys in {storm.result.wall:.1f} s, p99 "
