@@ -173,6 +173,16 @@ class Measured:
     def rate(self) -> float:
         return self.result.completed / self.result.wall if self.result.wall else 0.0
 
+    @property
+    def cpu_ms(self) -> float:
+        """The target's CPU per completed exchange (a release, for the broker), in milliseconds."""
+        return self.cpu / max(1, self.result.completed) * 1000
+
+    @property
+    def cores(self) -> float:
+        """The target's CPU over the phase's wall time: how many cores it kept busy."""
+        return self.cpu / self.seconds if self.seconds else 0.0
+
 
 def measure(target: Target, generators: Generators, job: dict[str, Any]) -> Measured:
     before = scrape(target.urls) if target.urls else {}
@@ -199,7 +209,7 @@ def report(tag: str, target: Target, m: Measured, unit: str = "releases") -> Non
           f" exchange p50 {ms(pct(r.exchanges, .5))} p99 {ms(pct(r.exchanges, .99))} ms;"
           f" 503s auth/attest/resource {refused}; connection errors {r.connection_errors}", flush=True)
     pg = f", PostgreSQL {m.pg_cpu / done * 1000:.2f} ms/{unit[:-1]}" if target.postgres else ""
-    print(f"[{tag}] {target.name} CPU: {m.cpu / done * 1000:.2f} ms/{unit[:-1]} ({m.cpu / m.seconds:.2f} cores){pg};"
+    print(f"[{tag}] {target.name} CPU: {m.cpu_ms:.2f} ms/{unit[:-1]} ({m.cores:.2f} cores){pg};"
           f" generator CPU {r.cpu / done * 1000:.2f} ms/exchange ({r.cpu / m.seconds:.2f} cores)"
           f"{f'; arrival lag p99 {ms(pct(r.lag, .99))} ms' if r.lag else ''}", flush=True)
     client = "  ".join(f"{name} {ms(pct(lat, .5))}/{ms(pct(lat, .99))}" for name, lat in zip(ENDPOINTS, r.endpoints,
@@ -298,13 +308,14 @@ def ceiling_server(tmp: Path, workers: int, canned: dict[str, str]) -> Iterator[
             proc.wait()
 
 
-def rates(spec: str, saturation: float) -> list[float]:
+def rates(spec: str, saturation: float, relative_only: bool = False) -> list[float]:
+    """The rates of `spec` (guests/s, or % of `saturation`); with `relative_only`, only the % ones."""
     out: list[float] = []
     for part in spec.split(","):
         part = part.strip()
         if part.endswith("%"):
             out.append(round(saturation * float(part[:-1]) / 100))
-        elif part:
+        elif part and not relative_only:
             out.append(float(part))
     return sorted(r for r in out if r > 0)  # overload last: its backlog would spill into the next rate
 
@@ -410,7 +421,7 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
                 results["ceiling"] = c
                 # The empty framework at the same fractions of its own saturation as the broker's open rates: the
                 # latency and CPU a server that does nothing costs there, on this machine, in this run.
-                for rate in rates(",".join(r for r in args.rates.split(",") if r.strip().endswith("%")), c.rate):
+                for rate in rates(args.rates, c.rate, relative_only=True):
                     o = measure(ceiling, ceiling_generators, open_job(args, rate))
                     report(f"ceiling open {rate:.0f}/s", ceiling, o, unit="exchanges")
                     results[f"ceiling open {rate:.0f}/s"] = o
@@ -419,8 +430,7 @@ def run_phases(args: argparse.Namespace, tmp: Path, setup: Setup, broker: Target
     for steps, name in ((1, "auth only"), (2, "auth+attest")):
         e = measure(broker, generators, {"kind": "closed", "concurrency": args.concurrency, "seconds": args.seconds / 2,
                                          "steps": steps})
-        done = max(1, e.result.completed)
-        print(f"[endpoints] {name}: {e.rate:.0f} exchanges/s, broker CPU {e.cpu / done * 1000:.2f} ms/exchange,"
+        print(f"[endpoints] {name}: {e.rate:.0f} exchanges/s, broker CPU {e.cpu_ms:.2f} ms/exchange,"
               f" exchange p99 {ms(pct(e.result.exchanges, .99))} ms, {e.result.failed} failed", flush=True)
         results[name] = e
     for rate in rates(args.rates, m.rate):
@@ -440,30 +450,27 @@ def cpu_load(m: Measured, saturated: list[Measured], unit: str = "release") -> s
     """How busy the broker's CPUs were at an open rate, against the closed loop's: a worker that idles between
     requests pays more CPU for each (bench/idle_cost.py), so a fraction of the saturated rate can keep the cores
     busier than that fraction suggests, and the tail there is the CPU's queue."""
-    cores = m.cpu / m.seconds if m.seconds else 0.0
-    per = m.cpu / max(1, m.result.completed) * 1000
-    full = max(c.cpu / c.seconds for c in saturated if c.seconds)
-    full_per = min(c.cpu / max(1, c.result.completed) * 1000 for c in saturated)
-    return (f"CPU {cores:.2f} cores, {100 * cores / full:.0f}% of the closed loop's busiest; "
-            f"{per:.2f} ms/{unit}, {100 * (per / full_per - 1):+.0f}% over the closed loop's cheapest")
+    full = max(c.cores for c in saturated)
+    cheapest = min(c.cpu_ms for c in saturated)
+    return (f"CPU {m.cores:.2f} cores, {100 * m.cores / full:.0f}% of the closed loop's busiest; "
+            f"{m.cpu_ms:.2f} ms/{unit}, {100 * (m.cpu_ms / cheapest - 1):+.0f}% over the closed loop's cheapest")
 
 
 def summary(args: argparse.Namespace, results: dict[str, Measured]) -> None:
     print("summary:")
     closed = results.get("closed")
     if closed:
-        per = closed.cpu / max(1, closed.result.completed) * 1000
+        per = closed.cpu_ms
         print(f"  saturation (closed loop, {args.concurrency} guests): {closed.rate:.0f} releases/s, broker CPU "
               f"{per:.2f} ms/release, p99 {ms(pct(closed.result.exchanges, .99))} ms")
         auth, both = results.get("auth only"), results.get("auth+attest")
         if auth and both:
-            a = auth.cpu / max(1, auth.result.completed) * 1000
-            b = both.cpu / max(1, both.result.completed) * 1000
+            a, b = auth.cpu_ms, both.cpu_ms
             print(f"  broker CPU by endpoint (differences of phases): /auth {a:.2f} ms, /attest {b - a:.2f} ms, "
                   f"GET resource {per - b:.2f} ms")
         ceiling = results.get("ceiling")
         if ceiling:
-            cper = ceiling.cpu / max(1, ceiling.result.completed) * 1000
+            cper = ceiling.cpu_ms
             print(f"  framework ceiling: {ceiling.rate:.0f} exchanges/s at {cper:.2f} ms CPU/exchange; "
                   f"ratio broker/ceiling: {closed.rate / ceiling.rate:.2f} (throughput), CPU per exchange "
                   f"{per / cper:.1f}x the ceiling's")
